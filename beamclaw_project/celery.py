@@ -1,0 +1,12 @@
+"""The Celery app. Work is routed per tenant: each task is sent to its tenant's queue explicitly
+(see tenants.queues), system work goes to the `system` queue."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "beamclaw_project.settings")
+
+app = Celery("beamclaw")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

@@ -1,0 +1,56 @@
+"""GET /health: is every dependency of a run reachable? 503 when one is not."""
+
+import time
+
+from django.db import connection
+from django.http import JsonResponse
+
+from beamclaw_project.asyncdb import db_call
+from beamclaw_project.worker import WORKER_KEY_PREFIX
+from sessions.events import async_redis
+
+STARTED_AT = time.monotonic()
+
+
+@db_call
+def _check_database() -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return {"ok": True}
+
+
+async def _check(fn) -> dict:
+    try:
+        return await fn()
+    except Exception as exc:  # noqa: BLE001 - any failure of a dependency is reported, not raised
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+async def _check_redis() -> dict:
+    await async_redis().ping()
+    return {"ok": True}
+
+
+async def _check_workers() -> dict:
+    # Workers refresh a short-lived key from their housekeeping thread; see beamclaw_project/worker.py.
+    names = [key.decode()[len(WORKER_KEY_PREFIX):] async for key in async_redis().scan_iter(f"{WORKER_KEY_PREFIX}*")]
+    if not names:
+        return {"ok": False, "count": 0, "error": "No worker is running: start one with `python manage.py worker`."}
+    return {"ok": True, "count": len(names), "names": sorted(names)}
+
+
+async def health(request):
+    checks = {
+        "database": await _check(_check_database),
+        "redis": await _check(_check_redis),
+    }
+    checks["workers"] = await _check(_check_workers) if checks["redis"]["ok"] else {"ok": False, "error": "Redis is unreachable."}
+    healthy = all(check["ok"] for check in checks.values())
+    return JsonResponse(
+        {
+            "status": "ok" if healthy else "degraded",
+            "checks": checks,
+            "uptime_seconds": int(time.monotonic() - STARTED_AT),
+        },
+        status=200 if healthy else 503,
+    )

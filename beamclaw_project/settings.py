@@ -1,0 +1,169 @@
+"""Settings, read from the environment only (12-factor), with defaults that work on a laptop."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+DEBUG = env_bool("DEBUG", False)
+# A fixed development key keeps `make run` zero-config; production must set SECRET_KEY.
+SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "*").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "django_celery_beat",
+    "tenants",
+    "sessions.apps.AgentSessionsConfig",
+    "tools",
+    "cron",
+    "channels_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "beamclaw_project.urls"
+ASGI_APPLICATION = "beamclaw_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL", "postgres:///beamclaw"))}
+# Django's psycopg pool: web and worker threads borrow a connection per unit of work and give it back,
+# so hundreds of streaming runs share a handful of Postgres connections.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    "min_size": 1,
+    "max_size": env_int("DB_POOL_MAX_SIZE", 16),
+    "timeout": 30,
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Request bodies above this size are refused with 413 by the API views.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "BeamClaw API",
+    "DESCRIPTION": "Multi-tenant AI agent gateway",
+    "VERSION": "0.1.0",
+}
+
+# --- Celery -------------------------------------------------------------------------------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "system"
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", True)
+CELERY_TASK_SEND_SENT_EVENT = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Redelivery of an unacknowledged task after a crash; longer than any step. Crashed runs are picked
+# up much sooner by the run lease reaper (see sessions/engine.py), so this is only the last resort.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+
+# --- BeamClaw -----------------------------------------------------------------------------------
+BEAMCLAW = {
+    "DEFAULT_MODEL": os.environ.get("BEAMCLAW_DEFAULT_MODEL", "claude-sonnet-4-5"),
+    "DEFAULT_MAX_TOKENS": env_int("BEAMCLAW_DEFAULT_MAX_TOKENS", 8192),
+    "STEP_CAP": env_int("BEAMCLAW_STEP_CAP", 25),
+    # A running step holds a lease in Redis; a run whose lease lapsed was orphaned by a dead worker.
+    "RUN_LEASE_SECONDS": env_float("BEAMCLAW_RUN_LEASE_SECONDS", 30.0),
+    "HOUSEKEEPING_SECONDS": env_float("BEAMCLAW_HOUSEKEEPING_SECONDS", 5.0),
+    "EVENT_STREAM_TTL_SECONDS": env_int("BEAMCLAW_EVENT_STREAM_TTL_SECONDS", 3600),
+    "PROVIDER_MAX_RETRIES": env_int("BEAMCLAW_PROVIDER_MAX_RETRIES", 3),
+    "PROVIDER_RETRY_BASE_SECONDS": env_float("BEAMCLAW_PROVIDER_RETRY_BASE_SECONDS", 0.5),
+    "PROVIDER_TIMEOUT_SECONDS": env_float("BEAMCLAW_PROVIDER_TIMEOUT_SECONDS", 600.0),
+    "WORKER_CONCURRENCY": env_int("BEAMCLAW_WORKER_CONCURRENCY", 200),
+    # How long an HTTP request waits for a run's next event before giving up on the run.
+    "RUN_WAIT_TIMEOUT_SECONDS": env_float("BEAMCLAW_RUN_WAIT_TIMEOUT_SECONDS", 600.0),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        "django.channels.server": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,204 @@
+"""Turning an OpenAI chat-completions request into a run on an agent session.
+
+Sessions: with `user` (or the X-Session-Key header) the conversation is the persistent session
+`agent:<agent>:<name>`, whose transcript lives in Postgres, so only the request's last user message is
+new input (clients resend the whole history; the server already has it). Without one, the request's
+messages seed a fresh ephemeral session that is closed once its run ends.
+"""
+
+import secrets
+from dataclasses import dataclass, field
+
+from django.db import IntegrityError, transaction
+
+from sessions.engine import run_submit
+from sessions.models import AgentSession, Message, Run
+from tenants.models import Agent, Tenant
+
+ROLES = {"system", "developer", "user", "assistant"}
+SESSION_NAME_MAX = 200
+
+
+class ChatRequestError(Exception):
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    stream: bool
+    system: str
+    turns: list[tuple[str, list[dict]]]  # (role, Anthropic content blocks), without system messages
+    session_name: str | None
+    params: dict = field(default_factory=dict)
+    include_usage: bool = False
+
+
+def _content_blocks(content, where: str) -> list[dict]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if content is None:
+        return []
+    if not isinstance(content, list):
+        raise ChatRequestError(f"{where}.content must be a string or an array of content parts.", where)
+    blocks = []
+    for i, part in enumerate(content):
+        part_where = f"{where}.content[{i}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise ChatRequestError(f"{part_where} must be an object with a 'type'.", part_where)
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise ChatRequestError(f"{part_where}.text must be a string.", part_where)
+            if part["text"]:
+                blocks.append({"type": "text", "text": part["text"]})
+        elif part["type"] == "image_url":
+            blocks.append(_image_block(part.get("image_url"), part_where))
+        else:
+            raise ChatRequestError(
+                f"{part_where}.type '{part['type']}' is not supported; use 'text' or 'image_url'.", part_where
+            )
+    return blocks
+
+
+def _image_block(image_url, where: str) -> dict:
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    if not isinstance(url, str) or not url:
+        raise ChatRequestError(f"{where}.image_url.url must be a string.", where)
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";")[0]
+        if ";base64" not in header or not media_type.startswith("image/") or not data:
+            raise ChatRequestError(f"{where}: data URLs must look like data:image/png;base64,....", where)
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise ChatRequestError(f"{where}.image_url.url must be an http(s) URL or a data URL.", where)
+
+
+def _text_of(blocks: list[dict]) -> str:
+    return "\n".join(b["text"] for b in blocks if b.get("type") == "text")
+
+
+def parse_chat_request(body, *, session_header: str | None) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise ChatRequestError("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ChatRequestError("model is required and must be the slug of one of your agents (see GET /v1/models).", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ChatRequestError("messages is required and must be a non-empty array", "messages")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise ChatRequestError("stream must be a boolean.", "stream")
+
+    system_parts: list[str] = []
+    turns: list[tuple[str, list[dict]]] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise ChatRequestError(f"{where} must be an object with 'role' and 'content'.", where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise ChatRequestError(f"{where}.role must be one of {', '.join(sorted(ROLES))}.", f"{where}.role")
+        blocks = _content_blocks(message.get("content"), where)
+        if role in ("system", "developer"):
+            system_parts.append(_text_of(blocks))
+        else:
+            turns.append((role, blocks))
+    if not turns or turns[-1][0] != "user":
+        raise ChatRequestError("The last non-system message must have role 'user'.", "messages")
+    if not turns[-1][1]:
+        raise ChatRequestError("The last user message has no content.", "messages")
+
+    params: dict = {}
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ChatRequestError("max_tokens must be a positive integer.", "max_tokens")
+        params["max_tokens"] = max_tokens
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            raise ChatRequestError("temperature must be a number between 0 and 2.", "temperature")
+        # Anthropic's scale is 0..1.
+        params["temperature"] = min(float(temperature), 1.0)
+    system = "\n\n".join(p for p in system_parts if p)
+    if system:
+        params["system"] = system
+
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise ChatRequestError("stream_options must be an object.", "stream_options")
+
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise ChatRequestError("user must be a string.", "user")
+    session_name = (session_header or user or "").strip() or None
+    if session_name is not None and len(session_name) > SESSION_NAME_MAX:
+        raise ChatRequestError(f"The session name is longer than {SESSION_NAME_MAX} characters.", "user")
+
+    return ChatRequest(
+        model=model.strip(),
+        stream=stream,
+        system=system,
+        turns=turns,
+        session_name=session_name,
+        params=params,
+        include_usage=bool((stream_options or {}).get("include_usage")),
+    )
+
+
+def session_key_for(agent: Agent, name: str) -> str:
+    if name.startswith("agent:"):
+        parts = name.split(":")
+        if len(parts) < 3 or parts[1] != agent.slug or not all(parts[2:]):
+            raise ChatRequestError(
+                f"Session key '{name}' must look like agent:{agent.slug}:<name> for model '{agent.slug}'.", "user"
+            )
+        return name
+    return f"agent:{agent.slug}:{name}"
+
+
+def _persistent_session(tenant: Tenant, agent: Agent, name: str) -> AgentSession:
+    key = session_key_for(agent, name)
+    session = AgentSession.objects.filter(tenant=tenant, key=key).select_related("agent").first()
+    if session is None:
+        try:
+            with transaction.atomic():
+                session = AgentSession.objects.create(tenant=tenant, agent=agent, key=key)
+        except IntegrityError:  # created by a concurrent request
+            session = AgentSession.objects.get(tenant=tenant, key=key)
+    if session.agent_id != agent.pk:
+        raise ChatRequestError(f"Session '{key}' belongs to another agent.", "user")
+    return session
+
+
+def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]]) -> AgentSession:
+    with transaction.atomic():
+        session = AgentSession.objects.create(
+            tenant=tenant,
+            agent=agent,
+            key=f"agent:{agent.slug}:api-{secrets.token_hex(8)}",
+            ephemeral=True,
+            next_seq=len(history) + 1,
+        )
+        Message.objects.bulk_create(
+            Message(session=session, seq=i, role=role, content=blocks)
+            for i, (role, blocks) in enumerate(history, start=1)
+        )
+    return session
+
+
+def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest) -> Run:
+    """Create or find the session, then submit the last user message as a run."""
+    if request.session_name:
+        session = _persistent_session(tenant, agent, request.session_name)
+    else:
+        session = _ephemeral_session(tenant, agent, request.turns[:-1])
+    return run_submit(session=session, content=request.turns[-1][1], trigger=Run.Trigger.OPENAI, params=request.params)

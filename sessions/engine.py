@@ -1,0 +1,360 @@
+"""The durable run engine (DESIGN §5).
+
+A run is a chain of short, idempotent `run_step` tasks on its tenant's queue; Postgres holds every bit of
+state, Redis holds only the live event stream and the leases. Invariants:
+
+- one active run per session: runs wait as `queued` and start in order (`_advance_locked`), always under
+  the session's row lock;
+- a run's user message enters the transcript when the run starts, its reply exactly once per step
+  (unique constraints back both, so a redelivered task cannot duplicate either);
+- a step whose worker died is found by the reaper (no lease in Redis) and run again; text that already
+  reached clients is not streamed a second time.
+"""
+
+import logging
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from sessions import events
+from sessions.events import redis_client
+from sessions.leases import RunLease, mark_queued, unleased
+from sessions.models import AgentSession, Message, Run
+from sessions.providers.anthropic import get_provider
+from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
+from tenants.queues import tenant_queue
+
+logger = logging.getLogger(__name__)
+
+ABORT_CHECK_INTERVAL = 0.2
+
+
+def _abort_key(run_id) -> str:
+    return f"bc:run:{run_id}:abort"
+
+
+def _attempts_key(run_id, step: int) -> str:
+    return f"bc:run:{run_id}:step:{step}:attempts"
+
+
+# --- starting runs ---------------------------------------------------------------------------------
+
+
+def run_submit(
+    *, session: AgentSession, content: list[dict], trigger: str, params: dict | None = None
+) -> Run:
+    """Queue a user turn on a session; it starts at once unless another run of the session is active."""
+    with transaction.atomic():
+        locked = AgentSession.objects.select_for_update().get(pk=session.pk)
+        run = Run.objects.create(
+            tenant_id=locked.tenant_id, session=locked, input=content, trigger=trigger, params=params or {}
+        )
+        started = _advance_locked(locked)
+    return started if started is not None and started.pk == run.pk else run
+
+
+def session_advance(*, session_id) -> Run | None:
+    with transaction.atomic():
+        session = AgentSession.objects.select_for_update().get(pk=session_id)
+        return _advance_locked(session)
+
+
+def _advance_locked(session: AgentSession) -> Run | None:
+    """Start the session's oldest queued run if none is active. Caller holds the session row lock."""
+    if Run.objects.filter(session=session, status__in=Run.ACTIVE_STATUSES).exists():
+        return None
+    run = Run.objects.filter(session=session, status=Run.Status.QUEUED).order_by("created_at").first()
+    if run is None:
+        return None
+    _append_message(session, role=Message.Role.USER, content=run.input, run=run)
+    run.status = Run.Status.RUNNING
+    run.started_at = timezone.now()
+    run.step = 0
+    run.save(update_fields=["status", "started_at", "step"])
+    tenant_slug = session.tenant.slug
+    run_id = run.pk
+
+    def announce_and_enqueue():
+        events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session.pk)})
+        _enqueue_step(run_id, 0, tenant_slug)
+
+    transaction.on_commit(announce_and_enqueue)
+    return run
+
+
+def _append_message(session: AgentSession, **fields) -> Message:
+    seq = session.next_seq
+    session.next_seq = seq + 1
+    session.save(update_fields=["next_seq", "updated_at"])
+    return Message.objects.create(session=session, seq=seq, **fields)
+
+
+def _enqueue_step(run_id, step: int, tenant_slug: str) -> None:
+    from sessions.tasks import run_step
+
+    mark_queued(run_id)
+    run_step.apply_async(args=[str(run_id), step], queue=tenant_queue(tenant_slug))
+
+
+# --- aborting --------------------------------------------------------------------------------------
+
+
+def run_abort(*, run: Run, reason: str = "aborted by request") -> Run:
+    """Abort a run. A queued run ends here; a running one ends at its step's next stream event."""
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        if locked.is_terminal:
+            return locked
+        redis_client().set(_abort_key(locked.pk), reason, ex=settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
+        if locked.status == Run.Status.QUEUED:
+            _end_run_locked(locked, Run.Status.ABORTED, error=reason)
+    return locked
+
+
+class _AbortCheck:
+    """Polls the abort flag at most every ABORT_CHECK_INTERVAL seconds: a Redis round trip per stream
+    event would cost more than the event."""
+
+    def __init__(self, run_id):
+        self.key = _abort_key(run_id)
+        self.next_check = 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + ABORT_CHECK_INTERVAL
+        return bool(redis_client().exists(self.key))
+
+
+# --- executing a step ------------------------------------------------------------------------------
+
+
+class _DeltaPublisher:
+    """Publishes text deltas, skipping the first `skip` characters (already streamed by a crashed attempt)."""
+
+    def __init__(self, run_id, step: int, skip: int):
+        self.run_id = run_id
+        self.step = step
+        self.skip = skip
+        self.seen = 0
+        self.parts: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def __call__(self, text: str) -> None:
+        self.parts.append(text)
+        start = self.seen
+        self.seen += len(text)
+        if self.seen <= self.skip:
+            return
+        events.publish(self.run_id, events.TEXT_DELTA, {"text": text[max(0, self.skip - start):], "step": self.step})
+
+
+def run_step(*, run_id, step: int) -> None:
+    lease = RunLease(run_id)
+    if not lease.acquire():
+        logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
+        return
+    try:
+        _execute_step(run_id, step)
+    finally:
+        lease.release()
+
+
+def _execute_step(run_id, step: int) -> None:
+    run = Run.objects.select_related("session__agent", "tenant").filter(pk=run_id).first()
+    if run is None or run.status != Run.Status.RUNNING or run.step != step:
+        return
+    if redis_client().exists(_abort_key(run_id)):
+        _finish_aborted(run_id, step, partial_text="")
+        return
+    if step >= settings.BEAMCLAW["STEP_CAP"]:
+        _finish_failed(
+            run_id, step, f"Run stopped after {step} steps (step cap {settings.BEAMCLAW['STEP_CAP']}).", code="step_cap"
+        )
+        return
+
+    agent = run.session.agent
+    request = CompletionRequest(
+        model=agent.model,
+        system=_system_prompt(agent.system_prompt, run.params.get("system")),
+        messages=provider_messages(run.session_id),
+        max_tokens=min(int(run.params.get("max_tokens") or agent.max_tokens), agent.max_tokens),
+        fallbacks=tuple(agent.fallbacks or ()),
+        temperature=run.params.get("temperature"),
+    )
+    provider_name = agent.provider
+    # Streaming takes seconds; give the Postgres connection back to the pool meanwhile.
+    close_old_connections()
+
+    attempts = redis_client().incr(_attempts_key(run_id, step))
+    redis_client().expire(_attempts_key(run_id, step), settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
+    already_streamed = events.published_text(run_id, step) if attempts > 1 else ""
+    publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed))
+
+    try:
+        completion = get_provider(provider_name).stream(request, on_text=publish_delta, should_abort=_AbortCheck(run_id))
+    except Aborted:
+        _finish_aborted(run_id, step, partial_text=publish_delta.text)
+        return
+    except ProviderError as exc:
+        _finish_failed(run_id, step, exc.message, code=exc.kind)
+        return
+    _finish_step(run_id, step, completion)
+
+
+def _system_prompt(agent_prompt: str, request_system: str | None) -> str:
+    return "\n\n".join(part for part in (agent_prompt, request_system) if part)
+
+
+def provider_messages(session_id) -> list[dict]:
+    """The transcript in the shape the Messages API accepts: roles alternate (consecutive turns of one
+    role, e.g. after a failed run, are merged) and the first turn is the user's."""
+    merged: list[dict] = []
+    for role, content in Message.objects.filter(session_id=session_id).order_by("seq").values_list("role", "content"):
+        if not content:
+            continue
+        if merged and merged[-1]["role"] == role:
+            merged[-1]["content"] = merged[-1]["content"] + list(content)
+        else:
+            merged.append({"role": role, "content": list(content)})
+    if merged and merged[0]["role"] != Message.Role.USER:
+        merged.insert(0, {"role": "user", "content": [{"type": "text", "text": "(conversation start)"}]})
+    return merged
+
+
+def _finish_step(run_id, step: int, completion: Completion) -> None:
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run_id)
+        if run.status != Run.Status.RUNNING or run.step != step:
+            return
+        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=run.session_id)
+        message = _append_message(
+            session,
+            role=Message.Role.ASSISTANT,
+            content=completion.content,
+            run=run,
+            step=step,
+            usage=completion.usage,
+        )
+        _add_usage(run, session, completion.input_tokens, completion.output_tokens)
+        payload = {
+            "run_id": str(run.pk),
+            "message": {"seq": message.seq, "role": message.role, "content": message.content},
+            "text": completion.text,
+            "stop_reason": completion.stop_reason,
+            "model": completion.model,
+            "usage": run.usage,
+        }
+        _end_run_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload)
+
+
+def _finish_failed(run_id, step: int, error: str, code: str = "") -> None:
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run_id)
+        if run.status != Run.Status.RUNNING or run.step != step:
+            return
+        run.error_code = code
+        _end_run_locked(run, Run.Status.FAILED, error=error)
+
+
+def _finish_aborted(run_id, step: int, partial_text: str) -> None:
+    """End an aborted run; what the user already saw of the reply stays in the transcript."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run_id)
+        if run.is_terminal or run.step != step:
+            return
+        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=run.session_id)
+        if partial_text:
+            _append_message(
+                session,
+                role=Message.Role.ASSISTANT,
+                content=[{"type": "text", "text": partial_text}],
+                run=run,
+                step=step,
+            )
+        reason = redis_client().get(_abort_key(run_id))
+        _end_run_locked(run, Run.Status.ABORTED, error=reason.decode() if reason else "aborted", session=session)
+
+
+def _add_usage(run: Run, session: AgentSession, input_tokens: int, output_tokens: int) -> None:
+    run.input_tokens += input_tokens
+    run.output_tokens += output_tokens
+    session.input_tokens += input_tokens
+    session.output_tokens += output_tokens
+    session.save(update_fields=["input_tokens", "output_tokens", "updated_at"])
+
+
+_TERMINAL_EVENT = {
+    Run.Status.SUCCEEDED: events.RUN_COMPLETED,
+    Run.Status.FAILED: events.RUN_FAILED,
+    Run.Status.ABORTED: events.RUN_ABORTED,
+}
+
+
+def _end_run_locked(run: Run, status: str, *, error: str = "", session: AgentSession | None = None, payload=None) -> None:
+    """Mark a run terminal, announce it after commit, and start the session's next queued run."""
+    run.status = status
+    run.error = error
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "error", "error_code", "finished_at", "input_tokens", "output_tokens"])
+    event_payload = payload or {"run_id": str(run.pk), "error": error, "code": run.error_code, "usage": run.usage}
+    run_id = run.pk
+    transaction.on_commit(lambda: events.publish(run_id, _TERMINAL_EVENT[status], event_payload))
+    if session is None:
+        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=run.session_id)
+    if session.ephemeral:
+        session.status = AgentSession.Status.CLOSED
+        session.save(update_fields=["status", "updated_at"])
+    _advance_locked(session)
+
+
+def terminal_event_from_db(run: Run) -> events.RunEvent | None:
+    """The terminal event rebuilt from Postgres, for a run whose stream lost it (e.g. the worker died
+    between commit and publish, or the stream expired)."""
+    if not run.is_terminal:
+        return None
+    payload = {"run_id": str(run.pk), "error": run.error, "code": run.error_code, "usage": run.usage}
+    if run.status == Run.Status.SUCCEEDED:
+        reply = run.messages.filter(role=Message.Role.ASSISTANT).order_by("-seq").first()
+        if reply is not None:
+            payload.update(
+                message={"seq": reply.seq, "role": reply.role, "content": reply.content},
+                text=reply.text,
+            )
+    return events.RunEvent(seq=0, event=_TERMINAL_EVENT[run.status], payload=payload)
+
+
+# --- housekeeping ----------------------------------------------------------------------------------
+
+
+def reap_orphaned_runs() -> int:
+    """Re-enqueue steps whose worker died, and start queued runs whose session has nothing active."""
+    running = list(
+        Run.objects.filter(status=Run.Status.RUNNING).values_list("pk", "step", "tenant__slug")[:5000]
+    )
+    orphans = set(unleased([pk for pk, _, _ in running]))
+    reaped = 0
+    for pk, step, slug in running:
+        if pk in orphans and mark_queued(pk, only_if_free=True):
+            logger.warning("run %s step %s lost its worker; re-enqueueing", pk, step)
+            from sessions.tasks import run_step as run_step_task
+
+            run_step_task.apply_async(args=[str(pk), step], queue=tenant_queue(slug))
+            reaped += 1
+    stale = timezone.now() - timedelta(seconds=settings.BEAMCLAW["RUN_LEASE_SECONDS"])
+    waiting_sessions = (
+        Run.objects.filter(status=Run.Status.QUEUED, created_at__lt=stale)
+        .exclude(session__runs__status__in=Run.ACTIVE_STATUSES)
+        .values_list("session_id", flat=True)
+        .distinct()[:1000]
+    )
+    for session_id in list(waiting_sessions):
+        session_advance(session_id=session_id)
+    return reaped

@@ -1,0 +1,122 @@
+"""The run event stream (DESIGN §6): one Redis Stream per run, ordered by a per-run `seq`.
+
+Entry ids are `0-<seq>`, so "resume after seq N" is simply XREAD from `0-N`; a Lua script hands out the
+seq and appends in one round trip, which keeps the order total even when a step is redelivered to
+another worker. Streams expire an hour after their last event; Postgres keeps the final transcript.
+"""
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+RUN_STARTED = "run.started"
+TEXT_DELTA = "text.delta"
+TOOL_CALL = "tool.call"
+TOOL_RESULT = "tool.result"
+RUN_COMPLETED = "run.completed"
+RUN_FAILED = "run.failed"
+RUN_ABORTED = "run.aborted"
+TERMINAL_EVENTS = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_ABORTED})
+
+_APPEND_SCRIPT = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], '0-' .. seq, 'e', ARGV[1], 'd', ARGV[2])
+if seq == 1 or ARGV[4] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return seq
+"""
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    seq: int
+    event: str
+    payload: dict
+
+    def as_dict(self) -> dict:
+        return {"seq": self.seq, "event": self.event, "payload": self.payload}
+
+
+def stream_key(run_id) -> str:
+    return f"bc:run:{run_id}:events"
+
+
+def _seq_key(run_id) -> str:
+    return f"bc:run:{run_id}:seq"
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    """One connection pool per process, shared by all worker threads (redis-py is thread-safe)."""
+    return redis.Redis.from_url(settings.REDIS_URL, max_connections=1000, health_check_interval=30)
+
+
+@lru_cache(maxsize=1)
+def _append_script():
+    return redis_client().register_script(_APPEND_SCRIPT)
+
+
+def publish(run_id, event: str, payload: dict) -> int:
+    """Append an event to the run's stream and return its seq."""
+    ttl = settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"]
+    refresh_ttl = "1" if event in TERMINAL_EVENTS else "0"
+    return int(
+        _append_script()(
+            keys=[stream_key(run_id), _seq_key(run_id)],
+            args=[event, json.dumps(payload, separators=(",", ":")), ttl, refresh_ttl],
+        )
+    )
+
+
+def _decode(entry_id, fields) -> RunEvent:
+    seq = int(entry_id.split(b"-", 1)[1])
+    return RunEvent(seq=seq, event=fields[b"e"].decode(), payload=json.loads(fields[b"d"]))
+
+
+def read_all(run_id, after_seq: int = 0) -> list[RunEvent]:
+    entries = redis_client().xrange(stream_key(run_id), min=f"0-{after_seq + 1}")
+    return [_decode(entry_id, fields) for entry_id, fields in entries]
+
+
+def published_text(run_id, step: int) -> str:
+    """Text already streamed to clients for one step (used when a crashed step is run again)."""
+    return "".join(
+        e.payload.get("text", "") for e in read_all(run_id) if e.event == TEXT_DELTA and e.payload.get("step") == step
+    )
+
+
+@lru_cache(maxsize=1)
+def _async_pool() -> aioredis.ConnectionPool:
+    return aioredis.ConnectionPool.from_url(settings.REDIS_URL, max_connections=10000)
+
+
+def async_redis() -> aioredis.Redis:
+    return aioredis.Redis(connection_pool=_async_pool())
+
+
+async def tail(run_id, after_seq: int = 0, *, block_seconds: float = 5.0):
+    """Yield a run's events after `after_seq` in order, waiting for new ones, until a terminal event.
+
+    Yields None after each `block_seconds` without an event, so the caller can send a keep-alive or
+    check on the run.
+    """
+    client = async_redis()
+    key = stream_key(run_id)
+    last_id = f"0-{after_seq}"
+    while True:
+        response = await client.xread({key: last_id}, block=int(block_seconds * 1000), count=500)
+        if not response:
+            yield None
+            continue
+        for entry_id, fields in response[0][1]:
+            last_id = entry_id
+            event = _decode(entry_id, fields)
+            yield event
+            if event.event in TERMINAL_EVENTS:
+                return

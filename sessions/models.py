@@ -1,0 +1,169 @@
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from tenants.models import Agent, Tenant
+
+
+class AgentSession(models.Model):
+    """A conversation with one agent. Its transcript is the ordered list of its Messages."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        CLOSED = "closed"
+
+    class QueueMode(models.TextChoices):
+        FOLLOWUP = "followup"
+        COLLECT = "collect"
+        STEER = "steer"
+        INTERRUPT = "interrupt"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="sessions")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sessions")
+    key = models.CharField(max_length=255, help_text="e.g. agent:<agent>:<name>")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    ephemeral = models.BooleanField(default=False, help_text="Made for one request; closed after it.")
+    queue_mode = models.CharField(max_length=16, choices=QueueMode.choices, default=QueueMode.FOLLOWUP)
+    # The next Message.seq to hand out; bumped under the session row lock.
+    next_seq = models.PositiveIntegerField(default=1)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="session_unique_key_per_tenant")]
+        indexes = [models.Index(fields=["tenant", "agent", "-updated_at"])]
+        verbose_name = "session"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Run(models.Model):
+    """One agent turn: from a user message to the final assistant reply, through any number of steps."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        AWAITING_APPROVAL = "awaiting_approval"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        ABORTED = "aborted"
+
+    ACTIVE_STATUSES = (Status.RUNNING, Status.AWAITING_APPROVAL)
+    TERMINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.ABORTED)
+
+    class Trigger(models.TextChoices):
+        API = "api"
+        OPENAI = "openai"
+        WEBSOCKET = "websocket"
+        CRON = "cron"
+        CHANNEL = "channel"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="runs")
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.API)
+    # The user turn this run answers; written to the transcript when the run starts, so a message that
+    # waits behind another run never lands between that run's user and assistant messages.
+    input = models.JSONField(help_text="Anthropic content blocks of the user message.")
+    # Per-request overrides, e.g. max_tokens / temperature from the OpenAI endpoint.
+    params = models.JSONField(default=dict, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=32, blank=True, help_text="e.g. overloaded, auth, not_found")
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["session", "status", "created_at"]),
+            models.Index(fields=["tenant", "status"]),
+            models.Index(fields=["tenant", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL_STATUSES
+
+    @property
+    def usage(self) -> dict:
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="messages")
+    seq = models.PositiveIntegerField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.JSONField(help_text="Anthropic content blocks.")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    step = models.PositiveIntegerField(null=True, blank=True)
+    usage = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="message_unique_seq"),
+            # A redelivered step must not write its reply twice.
+            models.UniqueConstraint(
+                fields=["run", "step"], condition=Q(role="assistant"), name="message_one_reply_per_step"
+            ),
+            # A run's user message is written once however often the run is started.
+            models.UniqueConstraint(fields=["run"], condition=Q(role="user"), name="message_one_input_per_run"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session.key}#{self.seq} {self.role}"
+
+    @property
+    def text(self) -> str:
+        return "".join(b.get("text", "") for b in self.content if isinstance(b, dict) and b.get("type") == "text")
+
+
+class ToolCall(models.Model):
+    """A tool_use block of an assistant message, executed as its own task (tools issue)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        AWAITING_APPROVAL = "awaiting_approval"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        DENIED = "denied"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tool_calls")
+    step = models.PositiveIntegerField()
+    tool_use_id = models.CharField(max_length=64)
+    name = models.CharField(max_length=64)
+    input = models.JSONField(default=dict)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    output = models.JSONField(null=True, blank=True)
+    decided_by = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "step", "id"]
+        constraints = [models.UniqueConstraint(fields=["run", "tool_use_id"], name="toolcall_unique_use_id")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"

@@ -1,0 +1,202 @@
+"""OpenAI-compatible edge: GET /v1/models, POST /v1/chat/completions (stream true and false).
+
+Plain async Django views rather than DRF: the streaming path must not tie up a thread per client, and
+the error shape is OpenAI's, not DRF's.
+"""
+
+import json
+import secrets
+import time
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from beamclaw_project.asyncdb import db_call
+from sessions import events
+from sessions.chat import ChatRequestError, chat_start, parse_chat_request
+from sessions.run_stream import follow_run
+from tenants.auth import AuthError, authenticate_key, bearer_token
+from tenants.models import Agent
+
+FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def openai_error(status: int, message: str, *, type: str = "invalid_request_error", code=None, param=None) -> JsonResponse:
+    return JsonResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status=status)
+
+
+def _provider_error_status(code: str) -> int:
+    # Overload and rate limits are worth retrying for the client; anything else upstream is a bad gateway.
+    return 503 if code in ("overloaded", "rate_limited") else 502
+
+
+@db_call
+def _authenticate(request: HttpRequest):
+    return authenticate_key(bearer_token(request.headers.get("Authorization")))
+
+
+@db_call
+def _list_agents(tenant) -> list[dict]:
+    return list(Agent.objects.filter(tenant=tenant).order_by("slug").values("slug", "created_at"))
+
+
+@db_call
+def _find_agent(tenant, slug: str) -> Agent | None:
+    return Agent.objects.filter(tenant=tenant, slug=slug).select_related("tenant").first()
+
+
+_start_chat = db_call(chat_start)
+
+
+async def _auth_or_error(request):
+    try:
+        return await _authenticate(request), None
+    except AuthError as exc:
+        error_type = "permission_error" if exc.status == 403 else "invalid_request_error"
+        return None, openai_error(exc.status, exc.message, type=error_type, code=exc.code)
+
+
+def _model_object(agent: dict, owner: str) -> dict:
+    return {"id": agent["slug"], "object": "model", "created": int(agent["created_at"].timestamp()), "owned_by": owner}
+
+
+@require_GET
+async def list_models(request):
+    principal, error = await _auth_or_error(request)
+    if error:
+        return error
+    agents = await _list_agents(principal.tenant)
+    return JsonResponse({"object": "list", "data": [_model_object(a, principal.tenant.slug) for a in agents]})
+
+
+@require_GET
+async def retrieve_model(request, model_id: str):
+    principal, error = await _auth_or_error(request)
+    if error:
+        return error
+    agent = await _find_agent(principal.tenant, model_id)
+    if agent is None:
+        return openai_error(404, f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
+    return JsonResponse(_model_object({"slug": agent.slug, "created_at": agent.created_at}, principal.tenant.slug))
+
+
+def _sse(data) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+@csrf_exempt
+@require_POST
+async def chat_completions(request):
+    principal, error = await _auth_or_error(request)
+    if error:
+        return error
+    try:
+        body = json.loads(request.body)
+    except RequestDataTooBig:
+        return openai_error(413, "Request body is larger than 2 MB.", code="request_too_large")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return openai_error(400, f"The request body is not valid JSON: {exc}", code="invalid_json")
+    try:
+        chat = parse_chat_request(body, session_header=request.headers.get("X-Session-Key"))
+    except ChatRequestError as exc:
+        return openai_error(400, exc.message, param=exc.param, code="invalid_request")
+    agent = await _find_agent(principal.tenant, chat.model)
+    if agent is None:
+        return openai_error(
+            404, f"The model '{chat.model}' does not exist: use the slug of one of your agents (GET /v1/models).",
+            code="model_not_found", param="model",
+        )
+    try:
+        run = await _start_chat(tenant=principal.tenant, agent=agent, request=chat)
+    except ChatRequestError as exc:
+        return openai_error(400, exc.message, param=exc.param, code="invalid_request")
+
+    completion_id = f"chatcmpl-{secrets.token_hex(12)}"
+    created = int(time.time())
+    if chat.stream:
+        response = StreamingHttpResponse(
+            _stream_chunks(run.pk, completion_id, created, chat.model, chat.include_usage),
+            content_type="text/event-stream",
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        response["X-Run-Id"] = str(run.pk)
+        response["X-Session-Id"] = str(run.session_id)
+        return response
+    return await _complete(run.pk, run.session_id, completion_id, created, chat.model)
+
+
+async def _complete(run_id, session_id, completion_id: str, created: int, model: str):
+    try:
+        async for event in follow_run(run_id):
+            if event is None or event.event not in events.TERMINAL_EVENTS:
+                continue
+            payload = event.payload
+            if event.event == events.RUN_FAILED:
+                return openai_error(
+                    _provider_error_status(payload.get("code", "")),
+                    payload.get("error") or "The run failed.",
+                    type="upstream_error", code=payload.get("code") or "run_failed",
+                )
+            if event.event == events.RUN_ABORTED:
+                return openai_error(409, f"The run was aborted: {payload.get('error')}", type="run_aborted", code="aborted")
+            usage = payload.get("usage", {})
+            response = JsonResponse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": payload.get("text", "")},
+                            "finish_reason": FINISH_REASONS.get(payload.get("stop_reason"), "stop"),
+                        }
+                    ],
+                    "usage": _usage(usage),
+                }
+            )
+            response["X-Run-Id"] = str(run_id)
+            response["X-Session-Id"] = str(session_id)
+            return response
+    except TimeoutError as exc:
+        return openai_error(504, f"{exc}; the run continues, see its status in the admin.", type="timeout", code="timeout")
+
+
+def _usage(usage: dict) -> dict:
+    prompt, completion = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _stream_chunks(run_id, completion_id: str, created: int, model: str, include_usage: bool):
+    def chunk(delta: dict, finish_reason=None) -> dict:
+        return {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+
+    yield _sse(chunk({"role": "assistant", "content": ""}))
+    try:
+        async for event in follow_run(run_id):
+            if event is None:
+                yield b": keep-alive\n\n"
+            elif event.event == events.TEXT_DELTA:
+                yield _sse(chunk({"content": event.payload["text"]}))
+            elif event.event == events.RUN_COMPLETED:
+                payload = event.payload
+                yield _sse(chunk({}, FINISH_REASONS.get(payload.get("stop_reason"), "stop")))
+                if include_usage:
+                    yield _sse({**chunk({}), "choices": [], "usage": _usage(payload.get("usage", {}))})
+            elif event.event in (events.RUN_FAILED, events.RUN_ABORTED):
+                payload = event.payload
+                code = payload.get("code") or ("aborted" if event.event == events.RUN_ABORTED else "run_failed")
+                yield _sse({"error": {"message": payload.get("error") or "The run failed.", "type": "upstream_error", "code": code}})
+    except TimeoutError as exc:
+        yield _sse({"error": {"message": str(exc), "type": "timeout", "code": "timeout"}})
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,51 @@
+"""API key authentication shared by every edge (OpenAI views, REST, WebSocket)."""
+
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from tenants.models import ApiKey, Tenant
+
+
+class AuthError(Exception):
+    def __init__(self, message: str, status: int = 401, code: str = "invalid_api_key"):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: Tenant
+    api_key: ApiKey
+
+
+def bearer_token(authorization_header: str | None) -> str | None:
+    if not authorization_header:
+        return None
+    scheme, _, token = authorization_header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authenticate_key(raw_key: str | None) -> Principal:
+    if not raw_key:
+        raise AuthError("Missing API key: send it as 'Authorization: Bearer bc_...'.")
+    key = (
+        ApiKey.objects.select_related("tenant")
+        .filter(key_hash=ApiKey.hash_key(raw_key))
+        .first()
+    )
+    if key is None:
+        raise AuthError("Invalid API key.")
+    if key.revoked_at is not None:
+        raise AuthError("This API key has been revoked.", code="revoked_api_key")
+    if key.tenant.status != Tenant.Status.ACTIVE:
+        raise AuthError("This tenant is suspended.", status=403, code="tenant_suspended")
+    # Touch last_used_at at most once a minute: a write per request would cost more than the auth itself.
+    now = timezone.now()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return Principal(tenant=key.tenant, api_key=key)

@@ -1,0 +1,113 @@
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+slug_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9-]{0,62}$",
+    "Use 1-63 lowercase letters, digits and hyphens, starting with a letter or digit.",
+)
+
+
+class Tenant(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+
+    slug = models.CharField(max_length=63, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    max_concurrent_runs = models.PositiveIntegerField(default=10)
+    daily_token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Input+output tokens per UTC day; empty means unlimited."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def queue_name(self) -> str:
+        return f"tenant.{self.slug}"
+
+
+class ApiKey(models.Model):
+    """An API key `bc_<prefix>_<secret>`; only the SHA-256 of the whole key is stored."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"bc_{self.prefix}_…"
+
+    @staticmethod
+    def hash_key(raw_key: str) -> str:
+        return hashlib.sha256(raw_key.encode()).hexdigest()
+
+    @staticmethod
+    def generate() -> tuple[str, str]:
+        """Return (prefix, raw_key)."""
+        prefix = secrets.token_hex(4)
+        return prefix, f"bc_{prefix}_{secrets.token_urlsafe(32)}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+def default_tool_policy() -> dict:
+    return {"allow": [], "deny": []}
+
+
+def default_approval() -> dict:
+    return {"mode": "off", "allowlist": []}
+
+
+def default_sandbox() -> dict:
+    return {"network": False}
+
+
+class Agent(models.Model):
+    class Provider(models.TextChoices):
+        ANTHROPIC = "anthropic"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="agents")
+    slug = models.CharField(max_length=63, validators=[slug_validator])
+    name = models.CharField(max_length=200, blank=True)
+    provider = models.CharField(max_length=32, choices=Provider.choices, default=Provider.ANTHROPIC)
+    model = models.CharField(max_length=128)
+    fallbacks = models.JSONField(default=list, blank=True, help_text="Models tried, in order, when the model is unavailable.")
+    system_prompt = models.TextField(blank=True, default="You are a helpful assistant.")
+    max_tokens = models.PositiveIntegerField(default=4096)
+    tool_policy = models.JSONField(default=default_tool_policy, blank=True)
+    approval = models.JSONField(default=default_approval, blank=True)
+    skills_dirs = models.JSONField(default=list, blank=True)
+    sandbox = models.JSONField(default=default_sandbox, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant__slug", "slug"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "slug"], name="agent_unique_slug_per_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.slug}"
+
+    def save(self, *args, **kwargs):
+        if not self.model:
+            self.model = settings.BEAMCLAW["DEFAULT_MODEL"]
+        super().save(*args, **kwargs)
