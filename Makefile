@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make run` and `make test`. Both are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: run test install services db bench clean-test-db
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+services:
+	@scripts/ensure_services.sh
+
+db: install services
+	@$(PY) manage.py ensure_database
+	@$(PY) manage.py migrate --noinput -v 0
+
+run: db
+	@scripts/run_all.sh
+
+test: install services
+	@$(PY) -m pytest
+
+bench: db
+	@$(PY) bench/gateway_bench.py

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# `make run`: make sure a demo tenant exists, print how to reach everything, then run every process of
+# the Procfile in the foreground (Ctrl-C stops them all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+mkdir -p .run
+PORT="${PORT:-8000}"
+FLOWER_PORT="${FLOWER_PORT:-5555}"
+export PORT FLOWER_PORT
+
+# The demo tenant's key is shown once at creation, so keep it for the next `make run`.
+if [ -s .run/demo.json ] && python manage.py api_key_valid "$(python -c 'import json;print(json.load(open(".run/demo.json"))["api_key"])')" 2>/dev/null; then
+  :
+else
+  python manage.py create_tenant demo --exists-ok > .run/demo.json
+fi
+API_KEY=$(python -c 'import json;print(json.load(open(".run/demo.json"))["api_key"])')
+AGENT=$(python -c 'import json;print(json.load(open(".run/demo.json"))["agent"])')
+ADMIN_PASSWORD=$(python manage.py ensure_admin_user --username admin --password-file .run/admin-password)
+
+cp Procfile .run/Procfile
+LLM_NOTE="Claude via the Anthropic API"
+if [ -z "${ANTHROPIC_API_KEY:-}" ]; then
+  # No key: run the bundled fake model server (it echoes), so the whole gateway can still be tried.
+  FAKE_PORT="${FAKE_LLM_PORT:-8765}"
+  echo "fake-llm: python -m tests.fakes.anthropic_server --port ${FAKE_PORT}" >> .run/Procfile
+  export ANTHROPIC_BASE_URL="http://127.0.0.1:${FAKE_PORT}" ANTHROPIC_API_KEY="fake-local-key"
+  LLM_NOTE="the bundled FAKE model (it echoes; set ANTHROPIC_API_KEY to talk to Claude)"
+fi
+
+cat <<INFO
+
+BeamClaw is starting.
+  Gateway (OpenAI-compatible): http://127.0.0.1:${PORT}/v1
+  Health:                      http://127.0.0.1:${PORT}/health
+  Django admin:                http://127.0.0.1:${PORT}/admin/   (user: admin, password: ${ADMIN_PASSWORD})
+  Flower:                      http://127.0.0.1:${FLOWER_PORT}/
+  Tenant: demo   Agent (model): ${AGENT}   Model backend: ${LLM_NOTE}
+  API key: ${API_KEY}
+
+Try it:
+  curl http://127.0.0.1:${PORT}/v1/chat/completions -H "Authorization: Bearer ${API_KEY}" \\
+       -H 'Content-Type: application/json' -d '{"model": "${AGENT}", "messages": [{"role": "user", "content": "Hello"}]}'
+
+INFO
+exec honcho -f .run/Procfile -d . start

@@ -1,0 +1,252 @@
+"""Shared fixtures: the real processes a user would run, started once per test session.
+
+- Postgres: a database of its own (`beamclaw_test`), recreated and migrated at the start.
+- Redis: db 15, flushed at the start.
+- The fake Anthropic server (tests/fakes), a real Celery worker (`manage.py worker`) and a real Daphne.
+
+Tests do not run inside a rolled-back transaction: the worker and Daphne are other processes and must
+see committed rows. Each test makes its own tenant (unique slug), which is all the isolation needed.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from django.conf import settings
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.05, message: str = "condition"):
+    """Poll until predicate() is truthy; return its value. Fails the test with `message` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class Process:
+    """A child process with its output in a log file, started in its own process group."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no cleanup runs."""
+        if self.alive:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> None:
+        if not self.alive:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def _recreate_test_database():
+    db = settings.DATABASES["default"]
+    params = {k: v for k, v in {"host": db.get("HOST"), "port": db.get("PORT"), "user": db.get("USER"), "password": db.get("PASSWORD")}.items() if v}
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db["NAME"])))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_blocker):
+    from django.core.management import call_command
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        connections.close_all()
+        _recreate_test_database()
+        call_command("migrate", verbosity=0)
+
+
+@pytest.fixture(autouse=True)
+def _db_access(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        yield
+
+
+@pytest.fixture(scope="session")
+def redis_clean():
+    from sessions.events import redis_client
+
+    redis_client().flushdb()
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory) -> Path:
+    path = Path(os.environ.get("BEAMCLAW_TEST_LOG_DIR") or tmp_path_factory.mktemp("logs"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_llm(log_dir):
+    """The fake Anthropic Messages API server; yields its base URL."""
+    port = free_port()
+    proc = Process("fake-llm", [sys.executable, "-m", "tests.fakes.anthropic_server", "--port", str(port)], dict(os.environ), log_dir).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return httpx.get(f"{url}/_fake/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, timeout=20, message="the fake LLM server")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(fake_llm) -> dict:
+    env = dict(os.environ)
+    env.update(ANTHROPIC_BASE_URL=fake_llm, ANTHROPIC_API_KEY="test-key", PYTHONUNBUFFERED="1")
+    return env
+
+
+@dataclass
+class Workers:
+    env: dict
+    log_dir: Path
+
+    def spawn(self, name: str | None = None, concurrency: int = 50) -> Process:
+        name = name or f"worker-{uuid.uuid4().hex[:6]}"
+        argv = [sys.executable, "manage.py", "worker", "-c", str(concurrency), "-n", f"{name}@%h", "-l", "INFO"]
+        proc = Process(name, argv, self.env, self.log_dir).start()
+        self.wait_ready(name)
+        return proc
+
+    def wait_ready(self, name: str) -> None:
+        from beamclaw_project.worker import worker_heartbeat_key
+        from sessions.events import redis_client
+
+        hostname = f"{name}@{socket.gethostname()}"
+        wait_until(lambda: redis_client().exists(worker_heartbeat_key(hostname)), timeout=30, message=f"worker {name}")
+
+
+@pytest.fixture(scope="session")
+def workers(service_env, log_dir, django_db_setup, redis_clean) -> Workers:
+    return Workers(env=service_env, log_dir=log_dir)
+
+
+@pytest.fixture(scope="session")
+def worker(workers):
+    """The shared worker. Tests that stop it must start it again (see restart_shared_worker)."""
+    holder = {"proc": workers.spawn("shared")}
+    yield holder
+    holder["proc"].stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(service_env, log_dir, django_db_setup, redis_clean) -> str:
+    """A real Daphne serving the ASGI app; yields its base URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "beamclaw_project.asgi:application"]
+    proc = Process("daphne", argv, service_env, log_dir).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code in (200, 503)
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=30, message="Daphne")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+def live(gateway, worker) -> str:
+    """A running gateway with a worker behind it; the base URL."""
+    return gateway
+
+
+@dataclass
+class TenantBundle:
+    tenant: object
+    agent: object
+    api_key: str
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+@pytest.fixture
+def make_tenant():
+    from tenants.services import tenant_create
+
+    def make(**agent_fields) -> TenantBundle:
+        slug = f"t-{uuid.uuid4().hex[:10]}"
+        tenant, agent, issued = tenant_create(slug=slug, agent_slug="assistant")
+        if agent_fields:
+            for field, value in agent_fields.items():
+                setattr(agent, field, value)
+            agent.save()
+        return TenantBundle(tenant=tenant, agent=agent, api_key=issued.raw_key)
+
+    return make
+
+
+@pytest.fixture
+def tenant(make_tenant) -> TenantBundle:
+    return make_tenant()
+
+
+@pytest.fixture
+def fake_requests(fake_llm):
+    """Requests the fake LLM received, newest last."""
+
+    def fetch(limit: int = 50) -> list[dict]:
+        return httpx.get(f"{fake_llm}/_fake/requests", params={"limit": limit}).json()
+
+    return fetch

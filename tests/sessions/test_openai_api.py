@@ -1,0 +1,118 @@
+"""The OpenAI-compatible endpoints, driven with the official `openai` client and with raw HTTP."""
+
+import httpx
+import openai
+import pytest
+
+from sessions.models import AgentSession, Message, Run
+
+
+def client_for(live: str, bundle) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live}/v1", api_key=bundle.api_key, max_retries=0, timeout=30)
+
+
+def test_models_lists_only_the_tenants_agents(live, make_tenant):
+    mine, other = make_tenant(), make_tenant()
+    models = client_for(live, mine).models.list()
+    assert [m.id for m in models.data] == ["assistant"]
+    assert models.data[0].owned_by == mine.tenant.slug
+    assert client_for(live, mine).models.retrieve("assistant").id == "assistant"
+    with pytest.raises(openai.NotFoundError):
+        client_for(live, other).models.retrieve("nope")
+
+
+def test_non_streaming_completion_with_openai_client(live, tenant):
+    reply = client_for(live, tenant).chat.completions.create(
+        model="assistant", messages=[{"role": "user", "content": "hello gateway"}]
+    )
+    assert reply.choices[0].message.content == "Echo: hello gateway"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.object == "chat.completion"
+    assert reply.id.startswith("chatcmpl-")
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens == 3
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+    # Without `user` the request formed an ephemeral session, closed once answered.
+    session = AgentSession.objects.get(tenant=tenant.tenant)
+    assert session.ephemeral and session.status == AgentSession.Status.CLOSED
+    assert [m.role for m in session.messages.all()] == ["user", "assistant"]
+    assert Run.objects.get(session=session).status == Run.Status.SUCCEEDED
+
+
+def test_streaming_completion_with_openai_client(live, tenant):
+    stream = client_for(live, tenant).chat.completions.create(
+        model="assistant",
+        messages=[{"role": "user", "content": "one two three four [[delay_ms=5]]"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Echo: one two three four"
+    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_chunks) == 5, "each provider delta reaches the client as its own chunk"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == 5
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stream_wire_format_ends_with_done(live, tenant):
+    with httpx.stream(
+        "POST", f"{live}/v1/chat/completions", headers=tenant.headers, timeout=30,
+        json={"model": "assistant", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
+
+
+def test_user_field_keeps_a_persistent_session(live, tenant, fake_requests):
+    client = client_for(live, tenant)
+    first = client.chat.completions.create(model="assistant", user="alice", messages=[{"role": "user", "content": "first"}])
+    second = client.chat.completions.create(model="assistant", user="alice", messages=[{"role": "user", "content": "second"}])
+    assert first.choices[0].message.content == "Echo: first"
+    assert second.choices[0].message.content == "Echo: second"
+
+    session = AgentSession.objects.get(tenant=tenant.tenant, key="agent:assistant:alice")
+    assert not session.ephemeral
+    transcript = [(m.role, m.text) for m in session.messages.order_by("seq")]
+    assert transcript == [("user", "first"), ("assistant", "Echo: first"), ("user", "second"), ("assistant", "Echo: second")]
+    # The model saw the whole conversation, kept by the server, on the second turn.
+    sent = fake_requests(1)[0]["body"]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+
+
+def test_session_key_header_selects_the_session(live, tenant):
+    headers = {**tenant.headers, "X-Session-Key": "agent:assistant:support"}
+    for text in ("a", "b"):
+        response = httpx.post(
+            f"{live}/v1/chat/completions", headers=headers, timeout=30,
+            json={"model": "assistant", "messages": [{"role": "user", "content": text}]},
+        )
+        assert response.status_code == 200, response.text
+    session = AgentSession.objects.get(tenant=tenant.tenant, key="agent:assistant:support")
+    assert session.messages.count() == 4
+
+
+def test_ephemeral_request_history_and_system_prompt_reach_the_model(live, make_tenant, fake_requests):
+    bundle = make_tenant(system_prompt="You are the test agent.", max_tokens=1000)
+    client_for(live, bundle).chat.completions.create(
+        model="assistant",
+        max_tokens=50,
+        messages=[
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "earlier question"},
+            {"role": "assistant", "content": "earlier answer"},
+            {"role": "user", "content": [{"type": "text", "text": "now this"}]},
+        ],
+    )
+    body = fake_requests(1)[0]["body"]
+    assert body["system"] == "You are the test agent.\n\nAnswer briefly."
+    assert body["max_tokens"] == 50
+    assert body["model"] == bundle.agent.model
+    assert [(m["role"], m["content"][0]["text"]) for m in body["messages"]] == [
+        ("user", "earlier question"), ("assistant", "earlier answer"), ("user", "now this"),
+    ]
