@@ -1,0 +1,147 @@
+"""The durable run engine: ordering, the event stream, abort, per-tenant queues, crash recovery."""
+
+import json
+import threading
+
+import httpx
+
+from beamclaw_project.celery import app
+from sessions import events
+from sessions.engine import run_abort, run_submit
+from sessions.models import AgentSession, Message, Run
+from sessions.events import redis_client
+from tests.conftest import wait_until
+
+
+class StreamReader(threading.Thread):
+    """Reads one streaming chat completion in the background, keeping every SSE payload."""
+
+    def __init__(self, live, bundle, text, user=None):
+        super().__init__(daemon=True)
+        self.request = {
+            "url": f"{live}/v1/chat/completions",
+            "headers": bundle.headers,
+            "json": {"model": "assistant", "stream": True, "messages": [{"role": "user", "content": text}],
+                     **({"user": user} if user else {})},
+        }
+        self.payloads: list = []
+        self.run_id = None
+        self.done = False
+
+    def run(self):
+        with httpx.stream("POST", timeout=60, **self.request) as response:
+            self.run_id = response.headers.get("x-run-id")
+            for line in response.iter_lines():
+                if line == "data: [DONE]":
+                    self.done = True
+                elif line.startswith("data: "):
+                    self.payloads.append(json.loads(line[6:]))
+
+    @property
+    def text(self) -> str:
+        return "".join(p["choices"][0]["delta"].get("content", "") for p in self.payloads if p.get("choices"))
+
+    @property
+    def content_chunks(self) -> int:
+        return sum(1 for p in self.payloads if p.get("choices") and p["choices"][0]["delta"].get("content"))
+
+
+def test_event_stream_is_ordered_and_replayable(live, tenant):
+    response = httpx.post(
+        f"{live}/v1/chat/completions", headers=tenant.headers, timeout=30,
+        json={"model": "assistant", "messages": [{"role": "user", "content": "alpha beta gamma"}]},
+    )
+    run_id = response.headers["x-run-id"]
+    stream = events.read_all(run_id)
+    assert [e.seq for e in stream] == list(range(1, len(stream) + 1))
+    assert stream[0].event == events.RUN_STARTED and stream[-1].event == events.RUN_COMPLETED
+    assert "".join(e.payload["text"] for e in stream if e.event == events.TEXT_DELTA) == "Echo: alpha beta gamma"
+    assert stream[-1].payload["message"]["content"] == [{"type": "text", "text": "Echo: alpha beta gamma"}]
+    assert events.read_all(run_id, after_seq=2) == stream[2:], "a client can resume after any seq"
+    assert 0 < redis_client().ttl(events.stream_key(run_id)) <= 3600
+
+
+def test_one_run_at_a_time_per_session(live, tenant):
+    first = StreamReader(live, tenant, "first [[deltas=8]] [[delay_ms=60]]", user="bob")
+    first.start()
+    wait_until(lambda: first.content_chunks >= 1, timeout=20, message="the first run to stream")
+    second = StreamReader(live, tenant, "second", user="bob")
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert first.text == "Echo: first" and second.text == "Echo: second"
+
+    session = AgentSession.objects.get(tenant=tenant.tenant, key="agent:assistant:bob")
+    runs = list(session.runs.order_by("created_at"))
+    assert runs[1].started_at >= runs[0].finished_at, "the second run waited for the first"
+    transcript = [(m.role, m.text) for m in session.messages.order_by("seq")]
+    assert transcript == [
+        ("user", "first [[deltas=8]] [[delay_ms=60]]"), ("assistant", "Echo: first"), ("user", "second"), ("assistant", "Echo: second"),
+    ]
+
+
+def test_abort_stops_a_streaming_run_and_keeps_what_was_said(live, tenant):
+    reader = StreamReader(live, tenant, "a b c d e f g h i j k l [[delay_ms=150]]", user="carol")
+    reader.start()
+    wait_until(lambda: reader.content_chunks >= 2, timeout=20, message="some streamed text")
+    run_abort(run=Run.objects.get(pk=reader.run_id), reason="user pressed stop")
+    reader.join(30)
+    assert reader.done
+    assert reader.payloads[-1]["error"]["code"] == "aborted"
+    run = Run.objects.get(pk=reader.run_id)
+    assert run.status == Run.Status.ABORTED and run.error == "user pressed stop"
+    reply = run.messages.get(role="assistant")
+    assert reply.text and "Echo: a b c d e f g h i j k l".startswith(reply.text)
+    assert len(reply.text) < len("Echo: a b c d e f g h i j k l")
+
+
+def test_work_goes_to_the_tenants_own_queue(live, tenant, worker, workers):
+    worker["proc"].stop()
+    try:
+        session = AgentSession.objects.create(tenant=tenant.tenant, agent=tenant.agent, key="agent:assistant:q")
+        run = run_submit(session=session, content=[{"type": "text", "text": "queued"}], trigger=Run.Trigger.API)
+        queue = f"tenant.{tenant.tenant.slug}"
+        wait_until(lambda: redis_client().llen(queue) == 1, timeout=5, message=f"the step in {queue}")
+        assert redis_client().llen("system") == 0
+    finally:
+        worker["proc"] = workers.spawn("shared-after-queue-test")
+    wait_until(lambda: Run.objects.get(pk=run.pk).status == Run.Status.SUCCEEDED, timeout=20, message="the run")
+
+
+def test_worker_consumes_queues_of_tenants_created_after_it_started(live, make_tenant, worker):
+    bundle = make_tenant()
+    queue = f"tenant.{bundle.tenant.slug}"
+
+    def consuming():
+        replies = app.control.inspect(timeout=1).active_queues() or {}
+        return any(queue in {q["name"] for q in queues} for queues in replies.values())
+
+    wait_until(consuming, timeout=15, interval=0.2, message=f"a worker consuming {queue}")
+    response = httpx.post(
+        f"{live}/v1/chat/completions", headers=bundle.headers, timeout=30,
+        json={"model": "assistant", "messages": [{"role": "user", "content": "new tenant"}]},
+    )
+    assert response.json()["choices"][0]["message"]["content"] == "Echo: new tenant"
+
+
+def test_sigkilled_worker_mid_stream_completes_exactly_once(gateway, tenant, worker, workers):
+    live = gateway
+    worker["proc"].stop()
+    victim = workers.spawn("victim")
+    expected = "Echo: " + " ".join(f"w{i}" for i in range(30))
+    reader = StreamReader(live, tenant, " ".join(f"w{i}" for i in range(30)) + " [[delay_ms=80]]", user="dave")
+    reader.start()
+    try:
+        wait_until(lambda: reader.content_chunks >= 5, timeout=20, message="the run to be mid-stream")
+        victim.kill()
+        assert Run.objects.get(pk=reader.run_id).status == Run.Status.RUNNING
+    finally:
+        worker["proc"] = workers.spawn("shared-after-crash")
+    reader.join(60)
+
+    assert reader.done
+    assert reader.text == expected, "the client saw every word once: no loss, no repeat"
+    run = Run.objects.get(pk=reader.run_id)
+    assert run.status == Run.Status.SUCCEEDED
+    transcript = [(m.role, m.text) for m in Message.objects.filter(session=run.session).order_by("seq")]
+    assert transcript == [("user", expected[len("Echo: "):] + " [[delay_ms=80]]"), ("assistant", expected)]
