@@ -1,5 +1,6 @@
 """GET /health: is every dependency of a run reachable? 503 when one is not."""
 
+import asyncio
 import time
 
 from django.db import connection
@@ -10,6 +11,7 @@ from beamclaw_project.worker import WORKER_KEY_PREFIX
 from sessions.events import async_redis
 
 STARTED_AT = time.monotonic()
+CHECK_TIMEOUT_SECONDS = 3
 
 
 @db_call
@@ -21,7 +23,9 @@ def _check_database() -> dict:
 
 async def _check(fn) -> dict:
     try:
-        return await fn()
+        return await asyncio.wait_for(fn(), CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {CHECK_TIMEOUT_SECONDS}s"}
     except Exception as exc:  # noqa: BLE001 - any failure of a dependency is reported, not raised
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -40,10 +44,8 @@ async def _check_workers() -> dict:
 
 
 async def health(request):
-    checks = {
-        "database": await _check(_check_database),
-        "redis": await _check(_check_redis),
-    }
+    database, redis = await asyncio.gather(_check(_check_database), _check(_check_redis))
+    checks = {"database": database, "redis": redis}
     checks["workers"] = await _check(_check_workers) if checks["redis"]["ok"] else {"ok": False, "error": "Redis is unreachable."}
     healthy = all(check["ok"] for check in checks.values())
     return JsonResponse(

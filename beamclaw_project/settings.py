@@ -81,7 +81,8 @@ DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL", "po
 # Django's psycopg pool: web and worker threads borrow a connection per unit of work and give it back,
 # so hundreds of streaming runs share a handful of Postgres connections.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
-DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+DATABASES["default"]["OPTIONS"]["pool"] = {
     "min_size": 1,
     "max_size": env_int("DB_POOL_MAX_SIZE", 16),
     "timeout": 30,
