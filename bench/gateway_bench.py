@@ -30,12 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import anthropic
 import httpx
+import psycopg
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,6 +25,7 @@ from sessions.leases import RunLease, mark_queued, unleased
 from sessions.models import AgentSession, Message, Run
 from sessions.providers.anthropic import get_provider
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
+from sessions.signals import run_finished
 from tenants.queues import tenant_queue
 
 logger = logging.getLogger(__name__)
@@ -306,7 +307,12 @@ def _end_run_locked(run: Run, status: str, *, error: str = "", session: AgentSes
     run.save(update_fields=["status", "error", "error_code", "finished_at", "input_tokens", "output_tokens"])
     event_payload = payload or {"run_id": str(run.pk), "error": error, "code": run.error_code, "usage": run.usage}
     run_id = run.pk
-    transaction.on_commit(lambda: events.publish(run_id, _TERMINAL_EVENT[status], event_payload))
+
+    def announce():
+        events.publish(run_id, _TERMINAL_EVENT[status], event_payload)
+        run_finished.send(sender=Run, run_id=run_id, status=status)
+
+    transaction.on_commit(announce)
     if session is None:
         session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=run.session_id)
     if session.ephemeral:
