@@ -170,6 +170,8 @@ BEAMCLAW = {
     "PROVIDER_RETRY_BASE_SECONDS": env_float("BEAMCLAW_PROVIDER_RETRY_BASE_SECONDS", 0.5),
     "PROVIDER_TIMEOUT_SECONDS": env_float("BEAMCLAW_PROVIDER_TIMEOUT_SECONDS", 600.0),
     "WORKER_CONCURRENCY": env_int("BEAMCLAW_WORKER_CONCURRENCY", 200),
+    # Requests per minute per API key unless the key sets its own; 0 turns the limit off.
+    "RATE_LIMIT_PER_MINUTE": env_int("BEAMCLAW_RATE_LIMIT_PER_MINUTE", 600),
     # How long an HTTP request waits for a run's next event before giving up on the run.
     "RUN_WAIT_TIMEOUT_SECONDS": env_float("BEAMCLAW_RUN_WAIT_TIMEOUT_SECONDS", 600.0),
 }

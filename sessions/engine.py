@@ -23,9 +23,12 @@ from sessions import events
 from sessions.events import redis_client
 from sessions.leases import RunLease, mark_queued, unleased
 from sessions.models import AgentSession, Message, Run
+from sessions.notify import notify_session
 from sessions.providers.anthropic import get_provider
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
 from sessions.signals import run_finished
+from tenants.limits import check_token_budget, record_tokens
+from tenants.models import Tenant
 from tenants.queues import tenant_queue
 
 logger = logging.getLogger(__name__)
@@ -44,14 +47,54 @@ def _attempts_key(run_id, step: int) -> str:
 # --- starting runs ---------------------------------------------------------------------------------
 
 
+class SessionClosed(Exception):
+    """The session no longer takes messages (an ephemeral session whose request is over)."""
+
+
 def run_submit(
-    *, session: AgentSession, content: list[dict], trigger: str, params: dict | None = None
+    *,
+    session: AgentSession,
+    content: list[dict],
+    trigger: str,
+    params: dict | None = None,
+    mode: str | None = None,
 ) -> Run:
-    """Queue a user turn on a session; it starts at once unless another run of the session is active."""
+    """Take a user turn for a session and return the run that will answer it.
+
+    While a run of the session is active the message follows the queue mode (the session's unless `mode`
+    overrides it): `followup` queues a run; `collect` folds it into the run already waiting, if any;
+    `steer` queues a run that the active run absorbs at its next step boundary (else it runs next);
+    `interrupt` aborts the active run and anything waiting, then runs this message.
+    Raises LimitExceeded when the tenant's daily token budget is used up, SessionClosed for a closed session.
+    """
+    check_token_budget(tenant=session.tenant)
+    mode = mode or session.queue_mode
     with transaction.atomic():
-        locked = AgentSession.objects.select_for_update().get(pk=session.pk)
+        locked = AgentSession.objects.select_for_update().select_related("tenant").get(pk=session.pk)
+        if locked.status == AgentSession.Status.CLOSED:
+            raise SessionClosed(f"Session {locked.key} is closed.")
+        active = Run.objects.filter(session=locked, status__in=Run.ACTIVE_STATUSES).first()
+        if active is not None and mode == AgentSession.QueueMode.COLLECT:
+            waiting = (
+                Run.objects.select_for_update()
+                .filter(session=locked, status=Run.Status.QUEUED, params__queue_mode=AgentSession.QueueMode.COLLECT)
+                .order_by("-created_at")
+                .first()
+            )
+            if waiting is not None:
+                waiting.input = [*waiting.input, *content]
+                waiting.save(update_fields=["input"])
+                return waiting
+        if active is not None and mode == AgentSession.QueueMode.INTERRUPT:
+            for superseded in Run.objects.select_for_update().filter(session=locked, status=Run.Status.QUEUED):
+                _end_run_locked(superseded, Run.Status.ABORTED, error="superseded by a newer message", session=locked)
+            _abort_locked(Run.objects.select_for_update().get(pk=active.pk), "interrupted by a newer message", locked)
         run = Run.objects.create(
-            tenant_id=locked.tenant_id, session=locked, input=content, trigger=trigger, params=params or {}
+            tenant_id=locked.tenant_id,
+            session=locked,
+            input=content,
+            trigger=trigger,
+            params={**(params or {}), "queue_mode": mode},
         )
         started = _advance_locked(locked)
     return started if started is not None and started.pk == run.pk else run
@@ -59,16 +102,25 @@ def run_submit(
 
 def session_advance(*, session_id) -> Run | None:
     with transaction.atomic():
-        session = AgentSession.objects.select_for_update().get(pk=session_id)
+        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=session_id)
         return _advance_locked(session)
 
 
+def _tenant_has_capacity_locked(tenant_id) -> bool:
+    """Whether the tenant may start another run. Locks the tenant row so that concurrent starts count
+    each other (lock order everywhere: session, then tenant)."""
+    tenant = Tenant.objects.select_for_update().only("max_concurrent_runs").get(pk=tenant_id)
+    active = Run.objects.filter(tenant_id=tenant_id, status__in=Run.ACTIVE_STATUSES).count()
+    return active < tenant.max_concurrent_runs
+
+
 def _advance_locked(session: AgentSession) -> Run | None:
-    """Start the session's oldest queued run if none is active. Caller holds the session row lock."""
+    """Start the session's oldest queued run if none is active and the tenant has room for it.
+    Caller holds the session row lock."""
     if Run.objects.filter(session=session, status__in=Run.ACTIVE_STATUSES).exists():
         return None
     run = Run.objects.filter(session=session, status=Run.Status.QUEUED).order_by("created_at").first()
-    if run is None:
+    if run is None or not _tenant_has_capacity_locked(session.tenant_id):
         return None
     _append_message(session, role=Message.Role.USER, content=run.input, run=run)
     run.status = Run.Status.RUNNING
@@ -80,10 +132,36 @@ def _advance_locked(session: AgentSession) -> Run | None:
 
     def announce_and_enqueue():
         events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session.pk)})
+        notify_session(session.pk, run_id)
         _enqueue_step(run_id, 0, tenant_slug)
 
     transaction.on_commit(announce_and_enqueue)
     return run
+
+
+def tenant_fill_slots(*, tenant_id) -> int:
+    """Start queued runs of other sessions of the tenant while it has room (after a run ended)."""
+    started = 0
+    active_sessions = Run.objects.filter(tenant_id=tenant_id, status__in=Run.ACTIVE_STATUSES).values("session_id")
+    candidates = (
+        Run.objects.filter(tenant_id=tenant_id, status=Run.Status.QUEUED)
+        .exclude(session_id__in=active_sessions)
+        .order_by("created_at")
+        .values_list("session_id", flat=True)
+    )
+    seen = set()
+    for session_id in candidates[:200]:
+        if session_id in seen:
+            continue
+        seen.add(session_id)
+        if session_advance(session_id=session_id) is None:
+            # No room left (or the session got busy meanwhile): the next run end tries again.
+            with transaction.atomic():
+                if not _tenant_has_capacity_locked(tenant_id):
+                    break
+            continue
+        started += 1
+    return started
 
 
 def _append_message(session: AgentSession, **fields) -> Message:
@@ -104,15 +182,21 @@ def _enqueue_step(run_id, step: int, tenant_slug: str) -> None:
 
 
 def run_abort(*, run: Run, reason: str = "aborted by request") -> Run:
-    """Abort a run. A queued run ends here; a running one ends at its step's next stream event."""
+    """Abort a run. A queued run (or one waiting for an approval) ends here; a running one ends at its
+    step's next stream event."""
     with transaction.atomic():
+        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=run.session_id)
         locked = Run.objects.select_for_update().get(pk=run.pk)
-        if locked.is_terminal:
-            return locked
-        redis_client().set(_abort_key(locked.pk), reason, ex=settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
-        if locked.status == Run.Status.QUEUED:
-            _end_run_locked(locked, Run.Status.ABORTED, error=reason)
+        _abort_locked(locked, reason, session)
     return locked
+
+
+def _abort_locked(run: Run, reason: str, session: AgentSession) -> None:
+    if run.is_terminal:
+        return
+    redis_client().set(_abort_key(run.pk), reason, ex=settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
+    if run.status in (Run.Status.QUEUED, Run.Status.AWAITING_APPROVAL):
+        _end_run_locked(run, Run.Status.ABORTED, error=reason, session=session)
 
 
 class _AbortCheck:
@@ -230,12 +314,18 @@ def provider_messages(session_id) -> list[dict]:
     return merged
 
 
+def _lock_run(run_id) -> tuple[Run, AgentSession]:
+    """Lock a run's session, then the run: the one lock order used everywhere, so no two writers deadlock."""
+    session_id = Run.objects.values_list("session_id", flat=True).get(pk=run_id)
+    session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=session_id)
+    return Run.objects.select_for_update().get(pk=run_id), session
+
+
 def _finish_step(run_id, step: int, completion: Completion) -> None:
     with transaction.atomic():
-        run = Run.objects.select_for_update().get(pk=run_id)
+        run, session = _lock_run(run_id)
         if run.status != Run.Status.RUNNING or run.step != step:
             return
-        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=run.session_id)
         message = _append_message(
             session,
             role=Message.Role.ASSISTANT,
@@ -245,6 +335,8 @@ def _finish_step(run_id, step: int, completion: Completion) -> None:
             usage=completion.usage,
         )
         _add_usage(run, session, completion.input_tokens, completion.output_tokens)
+        tokens = completion.input_tokens + completion.output_tokens
+        transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
         payload = {
             "run_id": str(run.pk),
             "message": {"seq": message.seq, "role": message.role, "content": message.content},
@@ -258,20 +350,19 @@ def _finish_step(run_id, step: int, completion: Completion) -> None:
 
 def _finish_failed(run_id, step: int, error: str, code: str = "") -> None:
     with transaction.atomic():
-        run = Run.objects.select_for_update().get(pk=run_id)
+        run, session = _lock_run(run_id)
         if run.status != Run.Status.RUNNING or run.step != step:
             return
         run.error_code = code
-        _end_run_locked(run, Run.Status.FAILED, error=error)
+        _end_run_locked(run, Run.Status.FAILED, error=error, session=session)
 
 
 def _finish_aborted(run_id, step: int, partial_text: str) -> None:
     """End an aborted run; what the user already saw of the reply stays in the transcript."""
     with transaction.atomic():
-        run = Run.objects.select_for_update().get(pk=run_id)
+        run, session = _lock_run(run_id)
         if run.is_terminal or run.step != step:
             return
-        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=run.session_id)
         if partial_text:
             _append_message(
                 session,
@@ -299,8 +390,10 @@ _TERMINAL_EVENT = {
 }
 
 
-def _end_run_locked(run: Run, status: str, *, error: str = "", session: AgentSession | None = None, payload=None) -> None:
-    """Mark a run terminal, announce it after commit, and start the session's next queued run."""
+def _end_run_locked(run: Run, status: str, *, error: str = "", session: AgentSession, payload=None) -> None:
+    """Mark a run terminal, announce it after commit, and start the next queued run: the session's own
+    now, other sessions' of the tenant after commit if this frees a slot they wait for.
+    Caller holds the session and run row locks."""
     run.status = status
     run.error = error
     run.finished_at = timezone.now()
@@ -308,13 +401,14 @@ def _end_run_locked(run: Run, status: str, *, error: str = "", session: AgentSes
     event_payload = payload or {"run_id": str(run.pk), "error": error, "code": run.error_code, "usage": run.usage}
     run_id = run.pk
 
+    tenant_id = run.tenant_id
+
     def announce():
         events.publish(run_id, _TERMINAL_EVENT[status], event_payload)
         run_finished.send(sender=Run, run_id=run_id, status=status)
+        tenant_fill_slots(tenant_id=tenant_id)
 
     transaction.on_commit(announce)
-    if session is None:
-        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=run.session_id)
     if session.ephemeral:
         session.status = AgentSession.Status.CLOSED
         session.save(update_fields=["status", "updated_at"])

@@ -54,8 +54,11 @@ async def _auth_or_error(request):
     try:
         return await _authenticate(request), None
     except AuthError as exc:
-        error_type = "permission_error" if exc.status == 403 else "invalid_request_error"
-        return None, openai_error(exc.status, exc.message, type=error_type, code=exc.code)
+        error_type = {403: "permission_error", 429: "rate_limit_error"}.get(exc.status, "invalid_request_error")
+        response = openai_error(exc.status, exc.message, type=error_type, code=exc.code)
+        if exc.retry_after:
+            response["Retry-After"] = str(exc.retry_after)
+        return None, response
 
 
 def _model_object(agent: dict, owner: str) -> dict:

@@ -36,6 +36,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         except AuthError as exc:
             if exc.status == 403:
                 raise exceptions.PermissionDenied(exc.message, code=exc.code)
+            if exc.status == 429:
+                raise exceptions.Throttled(wait=exc.retry_after, detail=exc.message, code=exc.code)
             raise exceptions.AuthenticationFailed(exc.message, code=exc.code)
         return TenantUser(principal=principal), principal.api_key
 

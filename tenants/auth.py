@@ -4,15 +4,17 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
+from tenants.limits import LimitExceeded, check_rate_limit
 from tenants.models import ApiKey, Tenant
 
 
 class AuthError(Exception):
-    def __init__(self, message: str, status: int = 401, code: str = "invalid_api_key"):
+    def __init__(self, message: str, status: int = 401, code: str = "invalid_api_key", retry_after: int | None = None):
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ def authenticate_key(raw_key: str | None) -> Principal:
         raise AuthError("This API key has been revoked.", code="revoked_api_key")
     if key.tenant.status != Tenant.Status.ACTIVE:
         raise AuthError("This tenant is suspended.", status=403, code="tenant_suspended")
+    try:
+        check_rate_limit(api_key=key)
+    except LimitExceeded as exc:
+        raise AuthError(exc.message, status=429, code=exc.code, retry_after=exc.retry_after)
     # Touch last_used_at at most once a minute: a write per request would cost more than the auth itself.
     now = timezone.now()
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
