@@ -43,16 +43,14 @@ async def _check_workers() -> dict:
     return {"ok": True, "count": len(names), "names": sorted(names)}
 
 
-async def health(request):
+async def health_report() -> dict:
     database, redis = await asyncio.gather(_check(_check_database), _check(_check_redis))
     checks = {"database": database, "redis": redis}
     checks["workers"] = await _check(_check_workers) if checks["redis"]["ok"] else {"ok": False, "error": "Redis is unreachable."}
     healthy = all(check["ok"] for check in checks.values())
-    return JsonResponse(
-        {
-            "status": "ok" if healthy else "degraded",
-            "checks": checks,
-            "uptime_seconds": int(time.monotonic() - STARTED_AT),
-        },
-        status=200 if healthy else 503,
-    )
+    return {"status": "ok" if healthy else "degraded", "checks": checks, "uptime_seconds": int(time.monotonic() - STARTED_AT)}
+
+
+async def health(request):
+    report = await health_report()
+    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)

@@ -132,10 +132,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "description": "bc_... API key"}}
-    },
-    "SECURITY": [{"ApiKey": []}],
+    "ENUM_NAME_OVERRIDES": {"QueueModeEnum": "sessions.models.AgentSession.QueueMode"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "sessions.schema.add_run_events_path",
+    ],
 }
 
 # --- Celery -------------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ messages seed a fresh ephemeral session that is closed once its run ends.
 import secrets
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
 from sessions.engine import run_submit
 from sessions.models import AgentSession, Message, Run
+from sessions.services import SessionConflict, session_get_or_create
 from tenants.models import Agent, Tenant
 
 ROLES = {"system", "developer", "user", "assistant"}
@@ -34,6 +35,7 @@ class ChatRequest:
     turns: list[tuple[str, list[dict]]]  # (role, Anthropic content blocks), without system messages
     session_name: str | None
     params: dict = field(default_factory=dict)
+    queue_mode: str | None = None
     include_usage: bool = False
 
 
@@ -82,7 +84,7 @@ def _text_of(blocks: list[dict]) -> str:
     return "\n".join(b["text"] for b in blocks if b.get("type") == "text")
 
 
-def parse_chat_request(body, *, session_header: str | None) -> ChatRequest:
+def parse_chat_request(body, *, session_header: str | None, queue_mode_header: str | None = None) -> ChatRequest:
     if not isinstance(body, dict):
         raise ChatRequestError("The request body must be a JSON object.")
     model = body.get("model")
@@ -143,7 +145,13 @@ def parse_chat_request(body, *, session_header: str | None) -> ChatRequest:
     if session_name is not None and len(session_name) > SESSION_NAME_MAX:
         raise ChatRequestError(f"The session name is longer than {SESSION_NAME_MAX} characters.", "user")
 
+    if queue_mode_header is not None and queue_mode_header not in AgentSession.QueueMode.values:
+        raise ChatRequestError(
+            f"X-Queue-Mode must be one of {', '.join(AgentSession.QueueMode.values)}.", "X-Queue-Mode"
+        )
+
     return ChatRequest(
+        queue_mode=queue_mode_header,
         model=model.strip(),
         stream=stream,
         system=system,
@@ -152,31 +160,6 @@ def parse_chat_request(body, *, session_header: str | None) -> ChatRequest:
         params=params,
         include_usage=bool((stream_options or {}).get("include_usage")),
     )
-
-
-def session_key_for(agent: Agent, name: str) -> str:
-    if name.startswith("agent:"):
-        parts = name.split(":")
-        if len(parts) < 3 or parts[1] != agent.slug or not all(parts[2:]):
-            raise ChatRequestError(
-                f"Session key '{name}' must look like agent:{agent.slug}:<name> for model '{agent.slug}'.", "user"
-            )
-        return name
-    return f"agent:{agent.slug}:{name}"
-
-
-def _persistent_session(tenant: Tenant, agent: Agent, name: str) -> AgentSession:
-    key = session_key_for(agent, name)
-    session = AgentSession.objects.filter(tenant=tenant, key=key).select_related("agent").first()
-    if session is None:
-        try:
-            with transaction.atomic():
-                session = AgentSession.objects.create(tenant=tenant, agent=agent, key=key)
-        except IntegrityError:  # created by a concurrent request
-            session = AgentSession.objects.get(tenant=tenant, key=key)
-    if session.agent_id != agent.pk:
-        raise ChatRequestError(f"Session '{key}' belongs to another agent.", "user")
-    return session
 
 
 def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]]) -> AgentSession:
@@ -198,7 +181,16 @@ def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, li
 def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest) -> Run:
     """Create or find the session, then submit the last user message as a run."""
     if request.session_name:
-        session = _persistent_session(tenant, agent, request.session_name)
+        try:
+            session = session_get_or_create(tenant=tenant, agent=agent, key=request.session_name)
+        except (ValueError, SessionConflict) as exc:
+            raise ChatRequestError(str(exc), "user")
     else:
         session = _ephemeral_session(tenant, agent, request.turns[:-1])
-    return run_submit(session=session, content=request.turns[-1][1], trigger=Run.Trigger.OPENAI, params=request.params)
+    return run_submit(
+        session=session,
+        content=request.turns[-1][1],
+        trigger=Run.Trigger.OPENAI,
+        params=request.params,
+        mode=request.queue_mode,
+    )

@@ -16,8 +16,10 @@ from django.views.decorators.http import require_GET, require_POST
 from beamclaw_project.asyncdb import db_call
 from sessions import events
 from sessions.chat import ChatRequestError, chat_start, parse_chat_request
+from sessions.engine import SessionClosed
 from sessions.run_stream import follow_run
 from tenants.auth import AuthError, authenticate_key, bearer_token
+from tenants.limits import LimitExceeded
 from tenants.models import Agent
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
@@ -102,7 +104,11 @@ async def chat_completions(request):
     except (ValueError, UnicodeDecodeError) as exc:
         return openai_error(400, f"The request body is not valid JSON: {exc}", code="invalid_json")
     try:
-        chat = parse_chat_request(body, session_header=request.headers.get("X-Session-Key"))
+        chat = parse_chat_request(
+            body,
+            session_header=request.headers.get("X-Session-Key"),
+            queue_mode_header=request.headers.get("X-Queue-Mode"),
+        )
     except ChatRequestError as exc:
         return openai_error(400, exc.message, param=exc.param, code="invalid_request")
     agent = await _find_agent(principal.tenant, chat.model)
@@ -115,6 +121,12 @@ async def chat_completions(request):
         run = await _start_chat(tenant=principal.tenant, agent=agent, request=chat)
     except ChatRequestError as exc:
         return openai_error(400, exc.message, param=exc.param, code="invalid_request")
+    except LimitExceeded as exc:
+        response = openai_error(429, exc.message, type="insufficient_quota", code=exc.code)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
+    except SessionClosed as exc:
+        return openai_error(409, str(exc), code="session_closed")
 
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())

@@ -1,1 +1,5 @@
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from sessions.consumers import GatewayConsumer
+
+websocket_urlpatterns = [path("ws/", GatewayConsumer.as_asgi())]

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
@@ -57,3 +58,13 @@ class TenantScopedMixin:
 
     def get_queryset(self):
         return super().get_queryset().filter(**{self.tenant_field: self.tenant})
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Tells drf-spectacular that the REST API takes `Authorization: Bearer <api key>`."""
+
+    target_class = "tenants.api_auth.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API key, bc_<prefix>_<secret>."}

@@ -1,0 +1,179 @@
+"""REST API for sessions, their messages and runs. Thin: validation here, work in services and the engine."""
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, Throttled, ValidationError
+from rest_framework.response import Response
+
+from sessions.engine import SessionClosed, run_abort, run_submit
+from sessions.models import AgentSession, Message, Run
+from sessions.serializers import (
+    MessageCreateSerializer,
+    MessageSerializer,
+    RunAcceptedSerializer,
+    RunSerializer,
+    SessionCreateSerializer,
+    SessionResetSerializer,
+    SessionSerializer,
+)
+from sessions.services import SessionConflict, session_create, session_delete, session_reset
+from tenants.api_auth import TenantScopedMixin
+from tenants.limits import LimitExceeded
+from tenants.models import Agent
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+def submit_message(*, session: AgentSession, content: list[dict], mode: str | None, trigger: str) -> Run:
+    """run_submit with its refusals turned into HTTP errors (shared by the REST views)."""
+    try:
+        return run_submit(session=session, content=content, trigger=trigger, mode=mode)
+    except LimitExceeded as exc:
+        raise Throttled(wait=exc.retry_after, detail=exc.message, code=exc.code)
+    except SessionClosed as exc:
+        raise Conflict(str(exc))
+
+
+SESSION_FILTERS = [
+    OpenApiParameter("agent", OpenApiTypes.STR, description="Agent slug"),
+    OpenApiParameter("status", OpenApiTypes.STR, enum=[s for s, _ in AgentSession.Status.choices]),
+    OpenApiParameter("key", OpenApiTypes.STR, description="Exact session key"),
+    OpenApiParameter("ephemeral", OpenApiTypes.BOOL),
+]
+
+
+class SessionViewSet(
+    TenantScopedMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = AgentSession.objects.select_related("agent").order_by("-updated_at")
+    serializer_class = SessionSerializer
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.action != "list":
+            return queryset
+        params = self.request.query_params
+        if params.get("agent"):
+            queryset = queryset.filter(agent__slug=params["agent"])
+        if params.get("status"):
+            if params["status"] not in AgentSession.Status.values:
+                raise ValidationError({"status": f"Must be one of {', '.join(AgentSession.Status.values)}."})
+            queryset = queryset.filter(status=params["status"])
+        if params.get("key"):
+            queryset = queryset.filter(key=params["key"])
+        if params.get("ephemeral") in ("true", "false"):
+            queryset = queryset.filter(ephemeral=params["ephemeral"] == "true")
+        return queryset
+
+    @extend_schema(parameters=SESSION_FILTERS)
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=SessionCreateSerializer, responses={201: SessionSerializer})
+    def create(self, request):
+        data = SessionCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        agent = Agent.objects.filter(tenant=self.tenant, slug=data.validated_data["agent"]).first()
+        if agent is None:
+            raise ValidationError({"agent": f"You have no agent '{data.validated_data['agent']}'."})
+        try:
+            session = session_create(
+                tenant=self.tenant, agent=agent,
+                key=data.validated_data.get("key"), queue_mode=data.validated_data.get("queue_mode"),
+            )
+        except ValueError as exc:
+            raise ValidationError({"key": str(exc)})
+        except SessionConflict as exc:
+            raise Conflict(str(exc))
+        return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        try:
+            session_delete(session=instance)
+        except SessionConflict as exc:
+            raise Conflict(str(exc))
+
+    @extend_schema(request=None, responses=SessionResetSerializer)
+    @action(detail=True, methods=["post"])
+    def reset(self, request, pk=None):
+        session = self.get_object()
+        try:
+            archive = session_reset(session=session)
+        except SessionConflict as exc:
+            raise Conflict(str(exc))
+        session.refresh_from_db()
+        return Response({"session": SessionSerializer(session).data, "archived_session": archive.pk})
+
+    @extend_schema(
+        methods=["GET"], responses=MessageSerializer(many=True),
+        parameters=[OpenApiParameter("after_seq", OpenApiTypes.INT, description="Only messages after this seq")],
+    )
+    @extend_schema(methods=["POST"], request=MessageCreateSerializer, responses={202: RunAcceptedSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def messages(self, request, pk=None):
+        session = self.get_object()
+        if request.method == "POST":
+            data = MessageCreateSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            run = submit_message(
+                session=session, content=data.validated_data["content"],
+                mode=data.validated_data.get("mode"), trigger=Run.Trigger.API,
+            )
+            return Response({"run": RunSerializer(run).data}, status=status.HTTP_202_ACCEPTED)
+        messages = Message.objects.filter(session=session).order_by("seq")
+        after = request.query_params.get("after_seq")
+        if after is not None:
+            if not after.isdigit():
+                raise ValidationError({"after_seq": "Must be a non-negative integer."})
+            messages = messages.filter(seq__gt=int(after))
+        page = self.paginate_queryset(messages)
+        return self.get_paginated_response(MessageSerializer(page, many=True).data)
+
+
+RUN_FILTERS = [
+    OpenApiParameter("session", OpenApiTypes.UUID),
+    OpenApiParameter("status", OpenApiTypes.STR, enum=Run.Status.values),
+]
+
+
+class RunViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = Run.objects.order_by("-created_at")
+    serializer_class = RunSerializer
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.action != "list":
+            return queryset
+        params = self.request.query_params
+        if params.get("session"):
+            try:
+                queryset = queryset.filter(session_id=AgentSession._meta.pk.to_python(params["session"]))
+            except DjangoValidationError:
+                raise ValidationError({"session": "Must be a session id (UUID)."})
+        if params.get("status"):
+            if params["status"] not in Run.Status.values:
+                raise ValidationError({"status": f"Must be one of {', '.join(Run.Status.values)}."})
+            queryset = queryset.filter(status=params["status"])
+        return queryset
+
+    @extend_schema(parameters=RUN_FILTERS)
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=None, responses=RunSerializer)
+    @action(detail=True, methods=["post"])
+    def abort(self, request, pk=None):
+        run = run_abort(run=self.get_object(), reason="aborted through the API")
+        return Response(RunSerializer(get_object_or_404(Run, pk=run.pk)).data)

@@ -1,0 +1,360 @@
+"""WebSocket `/ws/`: the JSON frame protocol of DESIGN §7.
+
+Requests `{"type":"req","id","method","params"}` get `{"type":"res","id","ok","payload"|"error"}`; run events
+arrive as `{"type":"event","event","payload","seq"}` (seq is the run's own event seq; payload carries
+`run_id`). The first frame must be `connect {"token"}`. A socket follows the sessions it sends to or
+subscribes to: every run of those sessions streams to it, whoever started the run.
+
+Daphne does not transmit close reasons, so before closing the server sends a last `res` frame saying why.
+Close codes: 4400 first frame not a connect request, 4401 bad API key, 4403 tenant suspended, 4408 no
+connect in time, 4429 rate limited at connect.
+"""
+
+import asyncio
+import json
+import uuid
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.core.serializers.json import DjangoJSONEncoder
+
+from beamclaw_project.asyncdb import db_call
+from sessions import events, notify
+from sessions.engine import SessionClosed, run_abort, run_submit
+from sessions.models import AgentSession, Message, Run
+from sessions.run_stream import follow_run
+from sessions.serializers import MessageSerializer, RunSerializer, SessionSerializer
+from sessions.services import SessionConflict, session_create, session_reset
+from tenants.auth import AuthError, authenticate_key
+from tenants.limits import LimitExceeded, check_rate_limit
+from tenants.models import Agent
+from tenants.serializers import AgentSerializer
+
+PROTOCOL_VERSION = 1
+CONNECT_TIMEOUT_SECONDS = 10
+MAX_FRAME_BYTES = 1024 * 1024
+CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}
+EVENTS = [
+    events.RUN_STARTED, events.TEXT_DELTA, events.TOOL_CALL, events.TOOL_RESULT,
+    "approval.requested", "approval.resolved", events.RUN_COMPLETED, events.RUN_FAILED, events.RUN_ABORTED,
+]
+
+
+class RequestError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _dumps(data) -> str:
+    return json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"))
+
+
+def _uuid_param(params: dict, name: str) -> uuid.UUID:
+    value = params.get(name)
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError):
+        raise RequestError("invalid_params", f"params.{name} must be an id (UUID).")
+
+
+def _text_param(params: dict, name: str, *, required: bool = True) -> str | None:
+    value = params.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError("invalid_params", f"params.{name} must be a non-empty string.")
+    return value
+
+
+def _limit_param(params: dict, default: int = 100, maximum: int = 1000) -> int:
+    value = params.get("limit", default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise RequestError("invalid_params", f"params.limit must be an integer from 1 to {maximum}.")
+    return value
+
+
+# --- the work behind each method, run on executor threads --------------------------------------------
+
+
+def _session_of(tenant, session_id) -> AgentSession:
+    session = AgentSession.objects.select_related("agent", "tenant").filter(pk=session_id, tenant=tenant).first()
+    if session is None:
+        raise RequestError("not_found", f"No session {session_id}.")
+    return session
+
+
+@db_call
+def _agents_list(tenant) -> list:
+    return AgentSerializer(Agent.objects.filter(tenant=tenant).order_by("slug"), many=True).data
+
+
+@db_call
+def _sessions_list(tenant, params) -> list:
+    sessions = AgentSession.objects.filter(tenant=tenant).select_related("agent").order_by("-updated_at")
+    if params.get("agent") is not None:
+        sessions = sessions.filter(agent__slug=_text_param(params, "agent"))
+    if params.get("status") is not None:
+        if params["status"] not in AgentSession.Status.values:
+            raise RequestError("invalid_params", f"params.status must be one of {', '.join(AgentSession.Status.values)}.")
+        sessions = sessions.filter(status=params["status"])
+    return SessionSerializer(sessions[: _limit_param(params)], many=True).data
+
+
+@db_call
+def _sessions_create(tenant, params) -> dict:
+    slug = _text_param(params, "agent")
+    agent = Agent.objects.filter(tenant=tenant, slug=slug).first()
+    if agent is None:
+        raise RequestError("not_found", f"No agent '{slug}'.")
+    queue_mode = params.get("queue_mode")
+    if queue_mode is not None and queue_mode not in AgentSession.QueueMode.values:
+        raise RequestError("invalid_params", f"params.queue_mode must be one of {', '.join(AgentSession.QueueMode.values)}.")
+    try:
+        session = session_create(
+            tenant=tenant, agent=agent, key=_text_param(params, "key", required=False), queue_mode=queue_mode
+        )
+    except ValueError as exc:
+        raise RequestError("invalid_params", str(exc))
+    except SessionConflict as exc:
+        raise RequestError("conflict", str(exc))
+    return SessionSerializer(session).data
+
+
+@db_call
+def _sessions_history(tenant, params) -> dict:
+    session = _session_of(tenant, _uuid_param(params, "session"))
+    messages = Message.objects.filter(session=session).order_by("seq")
+    after = params.get("after_seq", 0)
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise RequestError("invalid_params", "params.after_seq must be a non-negative integer.")
+    messages = messages.filter(seq__gt=after)[: _limit_param(params)]
+    return {"session": str(session.pk), "messages": MessageSerializer(messages, many=True).data}
+
+
+@db_call
+def _sessions_reset(tenant, params) -> dict:
+    session = _session_of(tenant, _uuid_param(params, "session"))
+    try:
+        archive = session_reset(session=session)
+    except SessionConflict as exc:
+        raise RequestError("conflict", str(exc))
+    session.refresh_from_db()
+    return {"session": SessionSerializer(session).data, "archived_session": str(archive.pk)}
+
+
+@db_call
+def _active_run_id(tenant, session_id) -> str | None:
+    session = _session_of(tenant, session_id)
+    run = Run.objects.filter(session=session, status__in=Run.ACTIVE_STATUSES).first()
+    return str(run.pk) if run else None
+
+
+@db_call
+def _chat_send(tenant, params) -> dict:
+    session = _session_of(tenant, _uuid_param(params, "session"))
+    message = params.get("message")
+    if isinstance(message, str) and message.strip():
+        content = [{"type": "text", "text": message}]
+    elif isinstance(message, list) and message and all(isinstance(b, dict) and b.get("type") in ("text", "image") for b in message):
+        content = message
+    else:
+        raise RequestError("invalid_params", "params.message must be a non-empty string or a list of content blocks.")
+    mode = params.get("mode")
+    if mode is not None and mode not in AgentSession.QueueMode.values:
+        raise RequestError("invalid_params", f"params.mode must be one of {', '.join(AgentSession.QueueMode.values)}.")
+    try:
+        run = run_submit(session=session, content=content, trigger=Run.Trigger.WEBSOCKET, mode=mode)
+    except LimitExceeded as exc:
+        raise RequestError(exc.code, exc.message)
+    except SessionClosed as exc:
+        raise RequestError("conflict", str(exc))
+    return {"run_id": str(run.pk), "session": str(session.pk), "status": run.status}
+
+
+@db_call
+def _chat_abort(tenant, params) -> dict:
+    if params.get("run_id") is not None:
+        run = Run.objects.filter(pk=_uuid_param(params, "run_id"), tenant=tenant).first()
+        if run is None:
+            raise RequestError("not_found", f"No run {params['run_id']}.")
+    else:
+        session = _session_of(tenant, _uuid_param(params, "session"))
+        run = Run.objects.filter(session=session, status__in=Run.ACTIVE_STATUSES).first()
+        if run is None:
+            raise RequestError("not_found", "The session has no active run.")
+    run_abort(run=run, reason="aborted over WebSocket")
+    run.refresh_from_db()
+    return RunSerializer(run).data
+
+
+@db_call
+def _check_rate(api_key) -> None:
+    try:
+        check_rate_limit(api_key=api_key)
+    except LimitExceeded as exc:
+        raise RequestError(exc.code, exc.message)
+
+
+_authenticate = db_call(authenticate_key)
+
+
+class GatewayConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.principal = None
+        self.tails: dict[str, asyncio.Task] = {}
+        self.subscriptions: set[str] = set()
+        await self.accept()
+        self.connect_deadline = asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_SECONDS, self._connect_timed_out)
+
+    def _connect_timed_out(self):
+        if self.principal is None:
+            asyncio.ensure_future(self._refuse(None, 4408, "timeout", f"Send connect within {CONNECT_TIMEOUT_SECONDS}s."))
+
+    async def disconnect(self, code):
+        self.connect_deadline.cancel()
+        for task in self.tails.values():
+            task.cancel()
+        for session_id in self.subscriptions:
+            await notify.unsubscribe(session_id, self.channel_name)
+
+    async def send_json(self, data) -> None:
+        await self.send(text_data=_dumps(data))
+
+    async def _respond(self, request_id, payload=None, *, error: RequestError | None = None) -> None:
+        if error is None:
+            await self.send_json({"type": "res", "id": request_id, "ok": True, "payload": payload})
+        else:
+            await self.send_json({"type": "res", "id": request_id, "ok": False, "error": {"code": error.code, "message": error.message}})
+
+    async def _refuse(self, request_id, close_code: int, code: str, message: str) -> None:
+        await self._respond(request_id, error=RequestError(code, message))
+        await self.close(code=close_code)
+
+    # --- frames ------------------------------------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None):
+        frame, problem = self._parse(text_data, bytes_data)
+        request_id = frame.get("id") if isinstance(frame, dict) else None
+        if self.principal is None:
+            await self._handshake(frame, problem, request_id)
+            return
+        if problem:
+            await self._respond(request_id, error=RequestError("bad_frame", problem))
+            return
+        try:
+            await _check_rate(self.principal.api_key)
+            payload = await self._dispatch(frame["method"], frame.get("params") or {})
+        except RequestError as error:
+            await self._respond(request_id, error=error)
+        else:
+            await self._respond(request_id, payload)
+            if frame["method"] == "chat.send":
+                self._tail(payload["run_id"])
+
+    @staticmethod
+    def _parse(text_data, bytes_data) -> tuple[dict | None, str | None]:
+        if text_data is None:
+            return None, "Frames must be JSON text, not binary."
+        if len(text_data) > MAX_FRAME_BYTES:
+            return None, f"Frame larger than {MAX_FRAME_BYTES} bytes."
+        try:
+            frame = json.loads(text_data)
+        except ValueError as exc:
+            return None, f"Frame is not valid JSON: {exc}"
+        if not isinstance(frame, dict):
+            return None, 'A frame must be a JSON object like {"type":"req","id":"1","method":"health","params":{}}.'
+        if frame.get("type") != "req":
+            return frame, 'Only {"type": "req"} frames are accepted from clients.'
+        if not isinstance(frame.get("method"), str):
+            return frame, "A request needs a string 'method'."
+        if "params" in frame and frame["params"] is not None and not isinstance(frame["params"], dict):
+            return frame, "'params' must be an object."
+        return frame, None
+
+    async def _handshake(self, frame, problem, request_id) -> None:
+        if problem or frame["method"] != "connect":
+            await self._refuse(request_id, 4400, "connect_required", 'The first frame must be {"type":"req","id":…,"method":"connect","params":{"token":"<api key>"}}.')
+            return
+        token = (frame.get("params") or {}).get("token")
+        try:
+            principal = await _authenticate(token if isinstance(token, str) else None)
+        except AuthError as exc:
+            await self._refuse(request_id, CLOSE_CODES.get(exc.status, 4401), exc.code, exc.message)
+            return
+        self.principal = principal
+        self.connect_deadline.cancel()
+        await self._respond(
+            request_id,
+            {
+                "protocol": PROTOCOL_VERSION,
+                "tenant": principal.tenant.slug,
+                "methods": sorted(self.METHODS),
+                "events": EVENTS,
+            },
+        )
+
+    # --- methods -----------------------------------------------------------------------------------
+
+    METHODS = {
+        "connect", "health", "agents.list", "sessions.list", "sessions.create", "sessions.history",
+        "sessions.reset", "sessions.subscribe", "chat.send", "chat.abort",
+    }
+
+    async def _dispatch(self, method: str, params: dict):
+        tenant = self.principal.tenant
+        if method == "connect":
+            raise RequestError("already_connected", "This socket is already connected.")
+        if method == "health":
+            from beamclaw_project.health import health_report
+
+            return await health_report()
+        if method == "agents.list":
+            return {"agents": await _agents_list(tenant)}
+        if method == "sessions.list":
+            return {"sessions": await _sessions_list(tenant, params)}
+        if method == "sessions.create":
+            return await _sessions_create(tenant, params)
+        if method == "sessions.history":
+            return await _sessions_history(tenant, params)
+        if method == "sessions.reset":
+            return await _sessions_reset(tenant, params)
+        if method == "sessions.subscribe":
+            session_id = _uuid_param(params, "session")
+            active = await _active_run_id(tenant, session_id)
+            await self._subscribe(str(session_id))
+            if active:
+                self._tail(active)
+            return {"session": str(session_id), "active_run": active}
+        if method == "chat.send":
+            payload = await _chat_send(tenant, params)
+            await self._subscribe(payload["session"])
+            return payload
+        if method == "chat.abort":
+            return await _chat_abort(tenant, params)
+        raise RequestError("unknown_method", f"Unknown method '{method}'. Methods: {', '.join(sorted(self.METHODS))}.")
+
+    # --- run events --------------------------------------------------------------------------------
+
+    async def _subscribe(self, session_id: str) -> None:
+        if session_id not in self.subscriptions:
+            self.subscriptions.add(session_id)
+            await notify.subscribe(session_id, self.channel_name)
+
+    def _tail(self, run_id: str) -> None:
+        if run_id not in self.tails:
+            self.tails[run_id] = asyncio.ensure_future(self._forward_events(run_id))
+
+    async def _forward_events(self, run_id: str) -> None:
+        try:
+            async for event in follow_run(run_id):
+                if event is not None:
+                    await self.send_json(
+                        {"type": "event", "event": event.event, "payload": {**event.payload, "run_id": run_id}, "seq": event.seq}
+                    )
+        except TimeoutError:
+            pass
+
+    async def run_started(self, message):
+        """Channel-layer notification: a run started in a session this socket follows."""
+        self._tail(message["run_id"])

@@ -1,0 +1,87 @@
+from rest_framework import serializers
+
+from tenants.models import Agent, ApiKey, slug_validator
+
+APPROVAL_MODES = ("off", "on_miss", "always")
+
+
+def _string_list(value, field: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise serializers.ValidationError({field: "Must be a list of non-empty strings."})
+    return value
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    slug = serializers.CharField(max_length=63, validators=[slug_validator])
+    fallbacks = serializers.JSONField(required=False, help_text="Model ids tried in order when the model fails.")
+    tool_policy = serializers.JSONField(required=False, help_text='{"allow": [...], "deny": [...]}')
+    approval = serializers.JSONField(required=False, help_text='{"mode": "off"|"on_miss"|"always", "allowlist": [...]}')
+    skills_dirs = serializers.JSONField(required=False)
+    sandbox = serializers.JSONField(required=False, help_text='{"network": false}')
+
+    class Meta:
+        model = Agent
+        fields = (
+            "slug", "name", "provider", "model", "fallbacks", "system_prompt", "max_tokens",
+            "tool_policy", "approval", "skills_dirs", "sandbox", "created_at", "updated_at",
+        )
+        read_only_fields = ("created_at", "updated_at")
+        extra_kwargs = {"model": {"required": False}, "max_tokens": {"min_value": 1, "max_value": 200000}}
+
+    def validate_slug(self, value):
+        tenant = self.context["request"].user.tenant
+        existing = Agent.objects.filter(tenant=tenant, slug=value)
+        if self.instance is not None:
+            existing = existing.exclude(pk=self.instance.pk)
+        if existing.exists():
+            raise serializers.ValidationError(f"An agent with slug '{value}' already exists.")
+        return value
+
+    def validate_fallbacks(self, value):
+        return _string_list(value, "fallbacks")
+
+    def validate_skills_dirs(self, value):
+        return _string_list(value, "skills_dirs")
+
+    def validate_tool_policy(self, value):
+        if not isinstance(value, dict) or set(value) - {"allow", "deny"}:
+            raise serializers.ValidationError('Must be an object with optional "allow" and "deny" lists.')
+        return {key: _string_list(value.get(key, []), f"tool_policy.{key}") for key in ("allow", "deny")}
+
+    def validate_approval(self, value):
+        if not isinstance(value, dict) or set(value) - {"mode", "allowlist", "timeout_seconds"}:
+            raise serializers.ValidationError('Must be an object with "mode" and optional "allowlist".')
+        mode = value.get("mode", "off")
+        if mode not in APPROVAL_MODES:
+            raise serializers.ValidationError(f"mode must be one of {', '.join(APPROVAL_MODES)}.")
+        cleaned = {"mode": mode, "allowlist": _string_list(value.get("allowlist", []), "approval.allowlist")}
+        if "timeout_seconds" in value:
+            timeout = value["timeout_seconds"]
+            if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 86400:
+                raise serializers.ValidationError("timeout_seconds must be an integer between 1 and 86400.")
+            cleaned["timeout_seconds"] = timeout
+        return cleaned
+
+    def validate_sandbox(self, value):
+        if not isinstance(value, dict) or set(value) - {"network"} or not isinstance(value.get("network", False), bool):
+            raise serializers.ValidationError('Must be an object like {"network": false}.')
+        return {"network": value.get("network", False)}
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    key_prefix = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ApiKey
+        fields = ("id", "name", "key_prefix", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
+        read_only_fields = ("id", "created_at", "last_used_at", "revoked_at")
+
+    def get_key_prefix(self, obj) -> str:
+        return f"bc_{obj.prefix}_"
+
+
+class IssuedApiKeySerializer(ApiKeySerializer):
+    api_key = serializers.CharField(read_only=True, help_text="The secret key. Shown only in this response.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = (*ApiKeySerializer.Meta.fields, "api_key")
