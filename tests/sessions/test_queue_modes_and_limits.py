@@ -1,0 +1,149 @@
+"""What happens to messages that arrive while a run is active, and the tenant limits."""
+
+import httpx
+import pytest
+
+from sessions import events
+from sessions.models import AgentSession, Run
+from tenants.models import ApiKey, Tenant
+from tests.conftest import wait_until
+
+SLOW = "[[deltas=10]] [[delay_ms=100]]"
+
+
+@pytest.fixture
+def api(live, tenant):
+    with httpx.Client(base_url=f"{live}/api", headers=tenant.headers, timeout=30) as client:
+        yield client
+
+
+def new_session(api, **fields) -> str:
+    return api.post("/sessions/", json={"agent": "assistant", **fields}).json()["id"]
+
+
+def send(api, session_id, content, mode=None) -> dict:
+    body = {"content": content, **({"mode": mode} if mode else {})}
+    response = api.post(f"/sessions/{session_id}/messages/", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["run"]
+
+
+def wait_status(run_id, *statuses, timeout=30) -> Run:
+    return wait_until(
+        lambda: (run := Run.objects.get(pk=run_id)).status in statuses and run, timeout=timeout,
+        message=f"run {run_id} to be {statuses}",
+    )
+
+
+def transcript(session_id) -> list[tuple[str, str]]:
+    return [(m.role, m.text) for m in AgentSession.objects.get(pk=session_id).messages.order_by("seq")]
+
+
+def test_followup_runs_each_message_in_turn(api):
+    session_id = new_session(api)
+    first = send(api, session_id, f"first {SLOW}")
+    second = send(api, session_id, "second")
+    assert second["status"] == "queued"
+    wait_status(second["id"], "succeeded")
+    assert [role for role, _ in transcript(session_id)] == ["user", "assistant", "user", "assistant"]
+    assert Run.objects.get(pk=first["id"]).status == "succeeded"
+
+
+def test_collect_batches_waiting_messages_into_one_run(api):
+    session_id = new_session(api, queue_mode="collect")
+    first = send(api, session_id, f"first {SLOW}")
+    second = send(api, session_id, "second")
+    third = send(api, session_id, "third")
+    assert second["id"] == third["id"], "the third message joined the run already waiting"
+    wait_status(second["id"], "succeeded")
+    messages = list(AgentSession.objects.get(pk=session_id).messages.order_by("seq"))
+    assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert [block["text"] for block in messages[2].content] == ["second", "third"]
+    assert Run.objects.filter(session_id=session_id).count() == 2
+    assert first["id"] != second["id"]
+
+
+def test_interrupt_aborts_the_active_run_and_answers_the_new_message(api):
+    session_id = new_session(api)
+    first = send(api, session_id, f"long answer {SLOW}")
+    wait_until(
+        lambda: any(e.event == events.TEXT_DELTA for e in events.read_all(first["id"])), timeout=10,
+        message="the first run to stream",
+    )
+    waiting = send(api, session_id, "waiting")
+    urgent = send(api, session_id, "urgent", mode="interrupt")
+    assert wait_status(first["id"], "aborted").error == "interrupted by a newer message"
+    assert wait_status(waiting["id"], "aborted").error == "superseded by a newer message"
+    wait_status(urgent["id"], "succeeded")
+    turns = transcript(session_id)
+    assert turns[-2:] == [("user", "urgent"), ("assistant", "Echo: urgent")]
+    assert turns[1][0] == "assistant" and "Echo: long answer".startswith(turns[1][1]), "the interrupted reply is kept"
+
+
+def test_steer_without_a_step_boundary_falls_back_to_followup(api):
+    session_id = new_session(api, queue_mode="steer")
+    send(api, session_id, f"first {SLOW}")
+    steer = send(api, session_id, "also consider this")
+    wait_status(steer["id"], "succeeded")
+    assert transcript(session_id)[-1] == ("assistant", "Echo: also consider this")
+
+
+def test_openai_endpoint_honours_the_queue_mode_header(live, tenant):
+    session_key = "agent:assistant:oa-modes"
+    headers = {**tenant.headers, "X-Session-Key": session_key}
+    body = {"model": "assistant", "messages": [{"role": "user", "content": "x"}]}
+    bad = httpx.post(f"{live}/v1/chat/completions", headers={**headers, "X-Queue-Mode": "loud"}, json=body, timeout=30)
+    assert bad.status_code == 400 and "X-Queue-Mode" in bad.json()["error"]["message"]
+    ok = httpx.post(f"{live}/v1/chat/completions", headers={**headers, "X-Queue-Mode": "interrupt"}, json=body, timeout=30)
+    assert ok.status_code == 200
+    assert Run.objects.get(pk=ok.headers["x-run-id"]).params["queue_mode"] == "interrupt"
+
+
+def test_max_concurrent_runs_queues_extra_runs_instead_of_rejecting(api, tenant):
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=2)
+    runs = [send(api, new_session(api), f"run {i} {SLOW}") for i in range(5)]
+    assert [r["status"] for r in runs].count("running") == 2
+    assert [r["status"] for r in runs].count("queued") == 3
+
+    peak = 0
+    def all_done():
+        nonlocal peak
+        statuses = list(Run.objects.filter(pk__in=[r["id"] for r in runs]).values_list("status", flat=True))
+        peak = max(peak, statuses.count("running"))
+        return statuses.count("succeeded") == 5
+
+    wait_until(all_done, timeout=60, interval=0.02, message="all five runs")
+    assert peak <= 2, "never more than the tenant's limit at once"
+
+
+def test_daily_token_budget_answers_429_saying_when_it_resets(api, live, tenant):
+    session_id = new_session(api)
+    run = send(api, session_id, "spend some tokens")
+    wait_status(run["id"], "succeeded")
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(daily_token_budget=1)
+
+    refused = api.post(f"/sessions/{session_id}/messages/", json={"content": "more"})
+    assert refused.status_code == 429
+    assert "resets at" in refused.json()["detail"] and "UTC" in refused.json()["detail"]
+    assert int(refused.headers["Retry-After"]) > 0
+    openai_refused = httpx.post(
+        f"{live}/v1/chat/completions", headers=tenant.headers, timeout=30,
+        json={"model": "assistant", "messages": [{"role": "user", "content": "more"}]},
+    )
+    assert openai_refused.status_code == 429 and openai_refused.json()["error"]["code"] == "token_budget_exceeded"
+
+
+def test_per_key_rate_limit_answers_429_with_retry_after(live, tenant):
+    ApiKey.objects.filter(tenant=tenant.tenant).update(rate_limit_per_minute=3)
+    statuses = [httpx.get(f"{live}/api/agents/", headers=tenant.headers, timeout=10) for _ in range(4)]
+    assert [r.status_code for r in statuses[:3]] == [200, 200, 200]
+    assert statuses[3].status_code == 429
+    assert 1 <= int(statuses[3].headers["Retry-After"]) <= 60
+    openai = httpx.get(f"{live}/v1/models", headers=tenant.headers, timeout=10)
+    assert openai.status_code == 429 and openai.headers["Retry-After"]
+
+
+def test_suspended_tenant_is_403_everywhere(live, tenant):
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(status=Tenant.Status.SUSPENDED)
+    assert httpx.get(f"{live}/api/sessions/", headers=tenant.headers, timeout=10).status_code == 403
+    assert httpx.get(f"{live}/v1/models", headers=tenant.headers, timeout=10).status_code == 403
