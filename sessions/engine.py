@@ -241,18 +241,38 @@ class _DeltaPublisher:
         events.publish(self.run_id, events.TEXT_DELTA, {"text": text[max(0, self.skip - start):], "step": self.step})
 
 
+MAX_STEP_ATTEMPTS = 3
+
+
 def run_step(*, run_id, step: int) -> None:
     lease = RunLease(run_id)
     if not lease.acquire():
         logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
         return
     try:
-        _execute_step(run_id, step)
+        attempt = _count_attempt(run_id, step)
+        try:
+            _execute_step(run_id, step, attempt)
+        except Exception as exc:
+            # A bug or a broken dependency, not a provider error: the reaper would retry it forever, so
+            # give up on the run after a few attempts, saying why.
+            logger.exception("run %s step %s failed unexpectedly (attempt %s)", run_id, step, attempt)
+            if attempt < MAX_STEP_ATTEMPTS:
+                raise
+            _finish_failed(run_id, step, f"Internal error while running step {step}: {exc!r}", code="internal_error")
     finally:
         lease.release()
 
 
-def _execute_step(run_id, step: int) -> None:
+def _count_attempt(run_id, step: int) -> int:
+    key = _attempts_key(run_id, step)
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
+    return int(pipe.execute()[0])
+
+
+def _execute_step(run_id, step: int, attempt: int) -> None:
     run = Run.objects.select_related("session__agent", "tenant").filter(pk=run_id).first()
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
         return
@@ -278,9 +298,7 @@ def _execute_step(run_id, step: int) -> None:
     # Streaming takes seconds; give the Postgres connection back to the pool meanwhile.
     close_old_connections()
 
-    attempts = redis_client().incr(_attempts_key(run_id, step))
-    redis_client().expire(_attempts_key(run_id, step), settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
-    already_streamed = events.published_text(run_id, step) if attempts > 1 else ""
+    already_streamed = events.published_text(run_id, step) if attempt > 1 else ""
     publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed))
 
     try:
@@ -405,7 +423,9 @@ def _end_run_locked(run: Run, status: str, *, error: str = "", session: AgentSes
 
     def announce():
         events.publish(run_id, _TERMINAL_EVENT[status], event_payload)
-        run_finished.send(sender=Run, run_id=run_id, status=status)
+        for receiver, result in run_finished.send_robust(sender=Run, run_id=run_id, status=status):
+            if isinstance(result, Exception):
+                logger.error("run_finished receiver %s failed for run %s: %r", receiver, run_id, result)
         tenant_fill_slots(tenant_id=tenant_id)
 
     transaction.on_commit(announce)
