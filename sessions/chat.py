@@ -163,14 +163,14 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
 
 
 def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]]) -> AgentSession:
-    with transaction.atomic():
-        session = AgentSession.objects.create(
-            tenant=tenant,
-            agent=agent,
-            key=f"agent:{agent.slug}:api-{secrets.token_hex(8)}",
-            ephemeral=True,
-            next_seq=len(history) + 1,
-        )
+    session = AgentSession.objects.create(
+        tenant=tenant,
+        agent=agent,
+        key=f"agent:{agent.slug}:api-{secrets.token_hex(8)}",
+        ephemeral=True,
+        next_seq=len(history) + 1,
+    )
+    if history:
         Message.objects.bulk_create(
             Message(session=session, seq=i, role=role, content=blocks)
             for i, (role, blocks) in enumerate(history, start=1)
@@ -185,8 +185,13 @@ def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest) -> Run:
             session = session_get_or_create(tenant=tenant, agent=agent, key=request.session_name)
         except (ValueError, SessionConflict) as exc:
             raise ChatRequestError(str(exc), "user")
-    else:
-        session = _ephemeral_session(tenant, agent, request.turns[:-1])
+        return _submit(session, request)
+    # One transaction, so one commit (a WAL flush) on the way to the first token.
+    with transaction.atomic():
+        return _submit(_ephemeral_session(tenant, agent, request.turns[:-1]), request)
+
+
+def _submit(session: AgentSession, request: ChatRequest) -> Run:
     return run_submit(
         session=session,
         content=request.turns[-1][1],

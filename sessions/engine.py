@@ -16,7 +16,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from sessions import events
@@ -73,31 +73,43 @@ def run_submit(
         locked = AgentSession.objects.select_for_update().select_related("tenant").get(pk=session.pk)
         if locked.status == AgentSession.Status.CLOSED:
             raise SessionClosed(f"Session {locked.key} is closed.")
-        active = Run.objects.filter(session=locked, status__in=Run.ACTIVE_STATUSES).first()
+        # Workers change a session's runs only under the session lock held here, so this read is current.
+        pending = list(
+            Run.objects.filter(session=locked, status__in=(Run.Status.QUEUED, *Run.ACTIVE_STATUSES)).order_by("created_at")
+        )
+        active = next((r for r in pending if r.status in Run.ACTIVE_STATUSES), None)
+        queued = [r for r in pending if r.status == Run.Status.QUEUED]
         if active is not None and mode == AgentSession.QueueMode.COLLECT:
-            waiting = (
-                Run.objects.select_for_update()
-                .filter(session=locked, status=Run.Status.QUEUED, params__queue_mode=AgentSession.QueueMode.COLLECT)
-                .order_by("-created_at")
-                .first()
+            waiting = next(
+                (r for r in reversed(queued) if r.params.get("queue_mode") == AgentSession.QueueMode.COLLECT), None
             )
             if waiting is not None:
                 waiting.input = [*waiting.input, *content]
                 waiting.save(update_fields=["input"])
                 return waiting
         if active is not None and mode == AgentSession.QueueMode.INTERRUPT:
-            for superseded in Run.objects.select_for_update().filter(session=locked, status=Run.Status.QUEUED):
+            for superseded in queued:
                 _end_run_locked(superseded, Run.Status.ABORTED, error="superseded by a newer message", session=locked)
-            _abort_locked(Run.objects.select_for_update().get(pk=active.pk), "interrupted by a newer message", locked)
-        run = Run.objects.create(
+            queued = []
+            _abort_locked(active, "interrupted by a newer message", locked)
+            if active.is_terminal:
+                active = None
+        run = Run(
             tenant_id=locked.tenant_id,
             session=locked,
             input=content,
             trigger=trigger,
             params={**(params or {}), "queue_mode": mode},
         )
-        started = _advance_locked(locked)
-    return started if started is not None and started.pk == run.pk else run
+        if active is None and not queued and _tenant_has_capacity_locked(locked.tenant_id):
+            _start_run_locked(locked, run)  # the common case: straight to running, one insert
+            return run
+        run.save()
+        if active is None:
+            started = _advance_locked(locked)
+            if started is not None and started.pk == run.pk:
+                return started
+    return run
 
 
 def session_advance(*, session_id) -> Run | None:
@@ -109,24 +121,43 @@ def session_advance(*, session_id) -> Run | None:
 def _tenant_has_capacity_locked(tenant_id) -> bool:
     """Whether the tenant may start another run. Locks the tenant row so that concurrent starts count
     each other (lock order everywhere: session, then tenant)."""
-    tenant = Tenant.objects.select_for_update().only("max_concurrent_runs").get(pk=tenant_id)
-    active = Run.objects.filter(tenant_id=tenant_id, status__in=Run.ACTIVE_STATUSES).count()
-    return active < tenant.max_concurrent_runs
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT t.max_concurrent_runs,
+                   (SELECT count(*) FROM {Run._meta.db_table} r WHERE r.tenant_id = t.id AND r.status = ANY(%s))
+            FROM {Tenant._meta.db_table} t WHERE t.id = %s FOR UPDATE OF t
+            """,
+            [[str(status) for status in Run.ACTIVE_STATUSES], tenant_id],
+        )
+        limit, active = cursor.fetchone()
+    return active < limit
 
 
 def _advance_locked(session: AgentSession) -> Run | None:
     """Start the session's oldest queued run if none is active and the tenant has room for it.
     Caller holds the session row lock."""
-    if Run.objects.filter(session=session, status__in=Run.ACTIVE_STATUSES).exists():
+    pending = list(
+        Run.objects.filter(session=session, status__in=(Run.Status.QUEUED, *Run.ACTIVE_STATUSES)).order_by("created_at")
+    )
+    if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
         return None
-    run = Run.objects.filter(session=session, status=Run.Status.QUEUED).order_by("created_at").first()
-    if run is None or not _tenant_has_capacity_locked(session.tenant_id):
+    if not _tenant_has_capacity_locked(session.tenant_id):
         return None
-    _append_message(session, role=Message.Role.USER, content=run.input, run=run)
+    return _start_run_locked(session, pending[0])
+
+
+def _start_run_locked(session: AgentSession, run: Run) -> Run:
+    """Put the run's user message in the transcript, mark it running and (after commit) enqueue step 0.
+    Saves the run, whether it is new or was waiting."""
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.step = 0
-    run.save(update_fields=["status", "started_at", "step"])
+    if run._state.adding:
+        run.save()
+    else:
+        run.save(update_fields=["status", "started_at", "step"])
+    _append_message(session, role=Message.Role.USER, content=run.input, run=run)
     tenant_slug = session.tenant.slug
     run_id = run.pk
 
