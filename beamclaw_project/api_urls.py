@@ -8,4 +8,5 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema", authentication_classes=[], permission_classes=[]), name="api-docs"),
     path("", include("tenants.api_urls")),
     path("", include("sessions.api_urls")),
+    path("cron/", include("cron.api_urls")),
 ]

@@ -177,6 +177,29 @@ BEAMCLAW = {
     "RUN_WAIT_TIMEOUT_SECONDS": env_float("BEAMCLAW_RUN_WAIT_TIMEOUT_SECONDS", 600.0),
 }
 
+# --- cron (see docs/cron.md) ---------------------------------------------------------------------
+BEAMCLAW_CRON = {
+    "MIN_INTERVAL_SECONDS": env_int("BEAMCLAW_CRON_MIN_INTERVAL_SECONDS", 1),
+    # A run still going after this long (per job: timeout_seconds) is marked failed and aborted.
+    "RUN_TIMEOUT_SECONDS": env_int("BEAMCLAW_CRON_RUN_TIMEOUT_SECONDS", 3600),
+    "MAX_CONSECUTIVE_ERRORS": env_int("BEAMCLAW_CRON_MAX_CONSECUTIVE_ERRORS", 3),
+    # A recurring occurrence claimed later than this (beat was down) is recorded as skipped, not run late.
+    "MISFIRE_GRACE_SECONDS": env_int("BEAMCLAW_CRON_MISFIRE_GRACE_SECONDS", 300),
+    # The sweeper fires occurrences beat did not wake within SWEEP_SLACK, and ends stuck runs.
+    "SWEEP_SECONDS": env_float("BEAMCLAW_CRON_SWEEP_SECONDS", 5.0),
+    "SWEEP_SLACK_SECONDS": env_float("BEAMCLAW_CRON_SWEEP_SLACK_SECONDS", 5.0),
+    "DELIVERY_ATTEMPTS": env_int("BEAMCLAW_CRON_DELIVERY_ATTEMPTS", 5),
+    "DELIVERY_RETRY_BASE_SECONDS": env_float("BEAMCLAW_CRON_DELIVERY_RETRY_BASE_SECONDS", 1.0),
+    "DELIVERY_TIMEOUT_SECONDS": env_float("BEAMCLAW_CRON_DELIVERY_TIMEOUT_SECONDS", 10.0),
+    # Webhooks to loopback/private networks are normal on a self-hosted gateway; turn off for untrusted tenants.
+    "WEBHOOK_ALLOW_PRIVATE": env_bool("BEAMCLAW_CRON_WEBHOOK_ALLOW_PRIVATE", True),
+}
+CELERY_BEAT_SCHEDULE = {
+    **globals().get("CELERY_BEAT_SCHEDULE", {}),
+    "cron-sweep": {"task": "cron.sweep", "schedule": BEAMCLAW_CRON["SWEEP_SECONDS"], "options": {"queue": "system"}},
+}
+# --- end cron -----------------------------------------------------------------------------------
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -189,3 +212,4 @@ LOGGING = {
         "django.channels.server": {"level": "WARNING"},
     },
 }
+

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class CronConfig(AppConfig):
     name = "cron"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from cron import receivers  # noqa: F401 - connects the signal receivers

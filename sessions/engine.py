@@ -451,10 +451,11 @@ def _end_run_locked(run: Run, status: str, *, error: str = "", session: AgentSes
     run_id = run.pk
 
     tenant_id = run.tenant_id
+    trigger = run.trigger
 
     def announce():
         events.publish(run_id, _TERMINAL_EVENT[status], event_payload)
-        for receiver, result in run_finished.send_robust(sender=Run, run_id=run_id, status=status):
+        for receiver, result in run_finished.send_robust(sender=Run, run_id=run_id, status=status, trigger=trigger):
             if isinstance(result, Exception):
                 logger.error("run_finished receiver %s failed for run %s: %r", receiver, run_id, result)
         tenant_fill_slots(tenant_id=tenant_id)

@@ -2,5 +2,5 @@
 
 from django.dispatch import Signal
 
-# Sent after the transaction that ended a run has committed. kwargs: run_id, status.
+# Sent after the transaction that ended a run has committed. kwargs: run_id, status, trigger.
 run_finished = Signal()

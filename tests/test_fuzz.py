@@ -40,7 +40,7 @@ def test_openapi_fuzz_finds_no_server_errors(live, tenant, tmp_path):
     (tmp_path / "schemathesis.out").write_text(result.stdout)
     print(result.stdout)
     assert result.returncode == 0, summary
-    assert "not_a_server_error" in summary
+    assert "Server error" not in summary
 
 
 json_values = st.recursive(
@@ -71,7 +71,7 @@ def test_websocket_frame_fuzz_keeps_the_connection_usable(live, tenant):
     ApiKey.objects.filter(tenant=tenant.tenant).update(rate_limit_per_minute=0)
     client = WS(live, tenant.api_key)
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
     @given(frame=frames)
     def check(frame):
         client.send(frame)

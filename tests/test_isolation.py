@@ -24,13 +24,18 @@ def owner(live, make_tenant):
     run = api.post(f"/sessions/{session['id']}/messages/", json={"content": "A's private words"}).json()["run"]
     wait_until(lambda: Run.objects.get(pk=run["id"]).status == "succeeded", timeout=30, message="A's run")
     key = api.post("/keys/", json={"name": "a-key"}).json()
-    objects = {"agent": slug, "session": session["id"], "run": run["id"], "key": key["id"]}
+    job = api.post(
+        "/cron/jobs/",
+        json={"name": "a-job", "agent": slug, "prompt": "A's schedule", "schedule": {"kind": "every", "every": "1h"}},
+    )
+    assert job.status_code == 201, job.text
+    objects = {"agent": slug, "session": session["id"], "run": run["id"], "key": key["id"], "cron_job": job.json()["id"]}
     yield bundle, objects
     api.close()
 
 
 # Which of A's objects fills a path parameter, by the collection the path belongs to.
-PATH_OBJECTS = {"agents": "agent", "sessions": "session", "runs": "run", "keys": "key"}
+PATH_OBJECTS = {"agents": "agent", "sessions": "session", "runs": "run", "keys": "key", "cron": "cron_job"}
 
 
 def _concrete(path: str, objects: dict) -> str | None:

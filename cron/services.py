@@ -1,0 +1,355 @@
+"""Writes on cron jobs and their runs: creating and changing jobs, firing occurrences, settling runs,
+the sweeper, delivery. Lock order everywhere: the job row, then its CronRun rows."""
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from cron import schedule as sched
+from cron.beat import beat_needs_realign, beat_sync
+from cron.delivery import DeliveryError, webhook_send
+from cron.models import CronJob, CronRun
+from cron.selectors import cron_run_reply_text
+from sessions.engine import SessionClosed, run_abort, run_submit
+from sessions.models import AgentSession, Run
+from sessions.services import SessionConflict, session_get_or_create
+from tenants.limits import LimitExceeded
+from tenants.models import Agent, Tenant
+
+logger = logging.getLogger(__name__)
+
+# beat's wake-up may come a little before the occurrence (clock skew between the beat and worker hosts);
+# never more than a quarter interval early, or a second beat could claim the next occurrence.
+EARLY_TOLERANCE = timedelta(seconds=0.5)
+# Fields that only record what happened; saving them does not touch the beat schedule.
+BOOKKEEPING_FIELDS = frozenset(
+    {"next_run_at", "last_run_at", "last_status", "consecutive_errors", "updated_at"}
+)
+
+
+class CronJobInvalid(ValueError):
+    """A change that cannot be made; `field` names the input at fault (400 at the API)."""
+
+    def __init__(self, message: str, *, field: str):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+def _conf(name: str):
+    return settings.BEAMCLAW_CRON[name]
+
+
+# --- jobs ---------------------------------------------------------------------------------------------------
+
+
+def _save_job(job: CronJob, *, rescheduled: bool) -> CronJob:
+    """Save a job. Its next occurrence and PeriodicTask follow from the save (cron.beat.beat_sync)."""
+    if rescheduled and job.enabled and job.schedule.next_after(timezone.now()) is None:
+        raise CronJobInvalid(
+            f"This job has nothing left to run: its 'at' time {job.at.isoformat()} has passed; give a new one.",
+            field="schedule",
+        )
+    try:
+        with transaction.atomic():
+            job.save()
+    except IntegrityError:
+        raise CronJobInvalid(f"Agent '{job.agent.slug}' already has a job named '{job.name}'.", field="name") from None
+    return job
+
+
+def cron_job_create(
+    *,
+    tenant: Tenant,
+    agent: Agent,
+    name: str,
+    prompt: str,
+    schedule: sched.Schedule,
+    session_target: str = CronJob.SessionTarget.MAIN,
+    deliver: dict | None = None,
+    enabled: bool = True,
+    timeout_seconds: int | None = None,
+) -> CronJob:
+    if agent.tenant_id != tenant.pk:
+        raise CronJobInvalid(f"You have no agent '{agent.slug}'.", field="agent")
+    job = CronJob(
+        tenant=tenant, agent=agent, name=name, prompt=prompt, session_target=session_target, deliver=deliver,
+        enabled=enabled, timeout_seconds=timeout_seconds or _conf("RUN_TIMEOUT_SECONDS"),
+    )
+    job.schedule = schedule
+    return _save_job(job, rescheduled=True)
+
+
+_UPDATABLE = {"agent", "name", "prompt", "schedule", "session_target", "deliver", "enabled", "timeout_seconds"}
+
+
+def cron_job_update(*, job: CronJob, changes: dict) -> CronJob:
+    """Apply `changes` (keys from _UPDATABLE; `schedule` a parsed Schedule). Re-enabling clears the error
+    count and the disabled reason."""
+    unknown = set(changes) - _UPDATABLE
+    if unknown:
+        raise CronJobInvalid(f"Cannot change {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
+    if "agent" in changes and changes["agent"].tenant_id != job.tenant_id:
+        raise CronJobInvalid(f"You have no agent '{changes['agent'].slug}'.", field="agent")
+    with transaction.atomic():
+        locked = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").get(pk=job.pk)
+        if changes.get("enabled") and not locked.enabled:
+            locked.consecutive_errors = 0
+            locked.disabled_reason = ""
+        if changes.get("enabled") is False:
+            locked.disabled_reason = "disabled by request"
+        for field, value in changes.items():
+            setattr(locked, field, value)
+        return _save_job(locked, rescheduled="schedule" in changes or "enabled" in changes)
+
+
+def cron_job_set_enabled(*, job: CronJob, enabled: bool) -> CronJob:
+    return cron_job_update(job=job, changes={"enabled": enabled})
+
+
+def cron_job_delete(*, job: CronJob) -> None:
+    # The PeriodicTask goes with it (cron.receivers), however the job is deleted.
+    job.delete()
+
+
+# --- firing -------------------------------------------------------------------------------------------------
+
+
+def _claim(job: CronJob, *, scheduled_for: datetime, trigger: str) -> CronRun | None:
+    """The occurrence's CronRun, or None when someone already claimed it."""
+    try:
+        with transaction.atomic():
+            return CronRun.objects.create(job=job, tenant_id=job.tenant_id, scheduled_for=scheduled_for, trigger=trigger)
+    except IntegrityError:
+        return None
+
+
+def _skip_reason(job: CronJob, cron_run: CronRun, now: datetime) -> str:
+    if job.tenant.status != job.tenant.Status.ACTIVE:
+        return f"tenant '{job.tenant.slug}' is {job.tenant.status}"
+    late = now - cron_run.scheduled_for
+    if job.kind != CronJob.Kind.AT and late > timedelta(seconds=_conf("MISFIRE_GRACE_SECONDS")):
+        return f"missed: woken {int(late.total_seconds())} s late (was beat running?)"
+    if CronRun.objects.filter(job=job, status=CronRun.Status.RUNNING).exclude(pk=cron_run.pk).exists():
+        return "the previous run of this job is still running"
+    return ""
+
+
+def _session_for(job: CronJob, cron_run: CronRun) -> AgentSession:
+    if job.session_target == CronJob.SessionTarget.MAIN:
+        return session_get_or_create(tenant=job.tenant, agent=job.agent, key="main")
+    # A fresh session per run; ephemeral, so the engine closes it once the run ends (kept for audit).
+    return AgentSession.objects.create(
+        tenant=job.tenant, agent=job.agent, key=f"cron:{job.pk}:{cron_run.pk}", ephemeral=True
+    )
+
+
+def _start_locked(job: CronJob, cron_run: CronRun, now: datetime) -> None:
+    """Start the occurrence's run, or record why it did not run. Caller holds the job's row lock."""
+    reason = _skip_reason(job, cron_run, now) if cron_run.trigger != CronRun.Trigger.MANUAL else ""
+    if reason:
+        _finish_locked(job, cron_run, CronRun.Status.SKIPPED, reason)
+        return
+    try:
+        session = _session_for(job, cron_run)
+        run = run_submit(
+            session=session, content=[{"type": "text", "text": job.prompt}], trigger=Run.Trigger.CRON
+        )
+    except LimitExceeded as exc:
+        _finish_locked(job, cron_run, CronRun.Status.SKIPPED, exc.message)
+        return
+    except (SessionClosed, SessionConflict) as exc:
+        _finish_locked(job, cron_run, CronRun.Status.FAILED, f"could not start the run: {exc}")
+        return
+    cron_run.session = session
+    cron_run.run = run
+    cron_run.save(update_fields=["session", "run"])
+
+
+def _early_tolerance(job: CronJob) -> timedelta:
+    if job.kind == CronJob.Kind.EVERY:
+        return min(EARLY_TOLERANCE, timedelta(seconds=job.every_seconds) / 4)
+    return EARLY_TOLERANCE
+
+
+def cron_job_fire(*, job_id: int, woken_by: str) -> CronRun | None:
+    """Run the job's due occurrence, if one is due and nobody ran it yet (beat and the sweeper call this)."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").filter(pk=job_id).first()
+        if job is None or not job.enabled or job.next_run_at is None:
+            return None
+        woken_by_beat = woken_by == CronRun.Trigger.BEAT
+        if job.next_run_at > now + _early_tolerance(job):
+            if woken_by_beat and beat_needs_realign(job=job, woken_at=now):
+                beat_sync(job=job, realign=True)
+            return None
+        scheduled_for = job.next_run_at
+        schedule = job.schedule
+        job.next_run_at = schedule.next_after(max(now, scheduled_for))
+        realign = woken_by_beat and beat_needs_realign(job=job, woken_at=now)
+        cron_run = _claim(job, scheduled_for=scheduled_for, trigger=woken_by)
+        if cron_run is None:
+            job.save(update_fields=["next_run_at", "updated_at"])
+            return None
+        job.last_run_at = now
+        job.last_status = CronRun.Status.RUNNING
+        job.save(update_fields=["next_run_at", "last_run_at", "last_status", "updated_at"])
+        _start_locked(job, cron_run, now)
+        if job.next_run_at is None:  # an `at` job ran its only occurrence
+            job.enabled = False
+            job.disabled_reason = f"ran once at {scheduled_for.isoformat()} ('at' schedule)"
+            job.save(update_fields=["enabled", "disabled_reason", "updated_at"])
+        elif realign:
+            beat_sync(job=job, realign=True)
+    logger.info("cron job %s: occurrence %s claimed (%s, %s)", job_id, scheduled_for.isoformat(), woken_by, cron_run.status)
+    return cron_run
+
+
+def cron_job_run_now(*, job: CronJob) -> CronRun:
+    """Run the job once now, whether or not it is enabled; its schedule is untouched."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").get(pk=job.pk)
+        cron_run = CronRun.objects.create(
+            job=locked, tenant_id=locked.tenant_id, scheduled_for=now, trigger=CronRun.Trigger.MANUAL
+        )
+        locked.last_run_at = now
+        locked.last_status = CronRun.Status.RUNNING
+        locked.save(update_fields=["last_run_at", "last_status", "updated_at"])
+        _start_locked(locked, cron_run, now)
+    return cron_run
+
+
+# --- settling -----------------------------------------------------------------------------------------------
+
+
+def _finish_locked(job: CronJob, cron_run: CronRun, status: str, error: str = "") -> None:
+    """End a CronRun and account for it on the job. Caller holds both row locks."""
+    cron_run.status = status
+    cron_run.error = error
+    cron_run.finished_at = timezone.now()
+    if job.deliver and status != CronRun.Status.SKIPPED:
+        cron_run.delivery_status = CronRun.Delivery.PENDING
+    cron_run.save(update_fields=["status", "error", "finished_at", "delivery_status"])
+    job.last_status = status
+    fields = ["last_status", "consecutive_errors", "updated_at"]
+    if status == CronRun.Status.SUCCEEDED:
+        job.consecutive_errors = 0
+    elif status == CronRun.Status.FAILED:
+        job.consecutive_errors += 1
+        limit = _conf("MAX_CONSECUTIVE_ERRORS")
+        if job.consecutive_errors >= limit and job.enabled:
+            job.enabled = False
+            job.disabled_reason = f"disabled after {job.consecutive_errors} consecutive errors; last: {error}"[:500]
+            fields += ["enabled", "disabled_reason"]
+            logger.warning("cron job %s %s", job.pk, job.disabled_reason)
+    job.save(update_fields=fields)
+    if cron_run.delivery_status == CronRun.Delivery.PENDING:
+        from cron.tasks import deliver
+
+        cron_run_id = cron_run.pk
+        transaction.on_commit(lambda: deliver.apply_async(args=[cron_run_id]))
+
+
+def cron_run_settle(*, cron_run_id: int) -> CronRun | None:
+    """Record the outcome of a CronRun whose agent run has ended (idempotent)."""
+    job_id = CronRun.objects.filter(pk=cron_run_id).values_list("job_id", flat=True).first()
+    if job_id is None:
+        return None
+    with transaction.atomic():
+        job = CronJob.objects.select_for_update().get(pk=job_id)
+        cron_run = CronRun.objects.select_for_update(of=("self",)).select_related("run").get(pk=cron_run_id)
+        run = cron_run.run
+        if cron_run.is_terminal or run is None or not run.is_terminal:
+            return cron_run
+        if run.status == Run.Status.SUCCEEDED:
+            _finish_locked(job, cron_run, CronRun.Status.SUCCEEDED)
+        else:
+            _finish_locked(job, cron_run, CronRun.Status.FAILED, run.error or f"the run ended {run.status}")
+    return cron_run
+
+
+def _end_stuck(cron_run_id: int) -> Run | None:
+    """Mark a CronRun past its job's timeout failed; returns the agent run to abort."""
+    with transaction.atomic():
+        job_id = CronRun.objects.values_list("job_id", flat=True).get(pk=cron_run_id)
+        job = CronJob.objects.select_for_update().get(pk=job_id)
+        cron_run = CronRun.objects.select_for_update(of=("self",)).select_related("run").get(pk=cron_run_id)
+        if cron_run.is_terminal:
+            return None
+        _finish_locked(
+            job, cron_run, CronRun.Status.FAILED, f"stuck: no result after {job.timeout_seconds} s (the job's timeout)"
+        )
+        return cron_run.run
+
+
+def cron_sweep(*, now: datetime | None = None) -> dict:
+    """The safety net beside beat: fire occurrences beat did not wake, settle runs whose end was not
+    heard (the signal is sent after commit and can be lost with its process), end runs past their timeout."""
+    now = now or timezone.now()
+    slack = timedelta(seconds=_conf("SWEEP_SLACK_SECONDS"))
+    overdue = list(
+        CronJob.objects.filter(enabled=True, next_run_at__lte=now - slack).order_by("next_run_at").values_list("pk", flat=True)[:500]
+    )
+    fired = sum(1 for pk in overdue if cron_job_fire(job_id=pk, woken_by=CronRun.Trigger.SWEEPER) is not None)
+    settled = stuck = 0
+    running = CronRun.objects.filter(status=CronRun.Status.RUNNING).order_by("started_at").values_list(
+        "pk", "started_at", "job__timeout_seconds", "run__status", "run__finished_at"
+    )[:1000]
+    for pk, started_at, timeout_seconds, run_status, run_finished_at in running:
+        if run_status in Run.TERMINAL_STATUSES and run_finished_at < now - slack:
+            settled += cron_run_settle(cron_run_id=pk) is not None
+        elif now - started_at > timedelta(seconds=timeout_seconds):
+            run = _end_stuck(pk)
+            stuck += 1
+            if run is not None and not run.is_terminal:
+                run_abort(run=run, reason=f"cron: the job's timeout ({timeout_seconds} s) passed")
+    if fired or settled or stuck:
+        logger.info("cron sweep: fired %s, settled %s, ended %s stuck", fired, settled, stuck)
+    return {"fired": fired, "settled": settled, "stuck": stuck}
+
+
+# --- delivery -----------------------------------------------------------------------------------------------
+
+
+def cron_run_deliver(*, cron_run_id: int, final_attempt: bool) -> None:
+    """One delivery attempt of a settled CronRun's reply. Raises DeliveryError when a transient failure
+    should be retried (and this was not the final attempt)."""
+    cron_run = CronRun.objects.select_related("job__agent", "run").filter(pk=cron_run_id).first()
+    if cron_run is None or cron_run.delivery_status != CronRun.Delivery.PENDING:
+        return
+    job = cron_run.job
+    payload = {
+        "job": job.pk,
+        "job_name": job.name,
+        "agent": job.agent.slug,
+        "cron_run": cron_run.pk,
+        "scheduled_for": cron_run.scheduled_for.isoformat(),
+        "trigger": cron_run.trigger,
+        "status": cron_run.status,
+        "text": cron_run_reply_text(cron_run=cron_run),
+        "error": cron_run.error,
+        "run_id": str(cron_run.run_id) if cron_run.run_id else None,
+        "session_id": str(cron_run.session_id) if cron_run.session_id else None,
+        "finished_at": cron_run.finished_at.isoformat() if cron_run.finished_at else None,
+    }
+    error: DeliveryError | None = None
+    try:
+        webhook_send(target=job.deliver, payload=payload, delivery_id=f"cron-run-{cron_run.pk}")
+    except DeliveryError as exc:
+        error = exc
+    except (KeyError, TypeError) as exc:  # a target edited into an unusable shape (e.g. in the admin)
+        error = DeliveryError(f"unusable delivery target: {exc}", transient=False)
+    retry = error is not None and error.transient and not final_attempt
+    updates = {"delivery_attempts": cron_run.delivery_attempts + 1, "delivery_error": error.message if error else ""}
+    if error is None:
+        updates.update(delivery_status=CronRun.Delivery.DELIVERED, delivered_at=timezone.now())
+    elif not retry:
+        updates.update(delivery_status=CronRun.Delivery.FAILED)
+    CronRun.objects.filter(pk=cron_run.pk, delivery_status=CronRun.Delivery.PENDING).update(**updates)
+    if retry:
+        raise error

@@ -1,0 +1,39 @@
+"""Thin Celery tasks on the `system` queue: they take ids and call a service.
+
+The worker runs a thread pool, where Celery cannot enforce time limits; every task here is a few queries,
+and a webhook call is bounded by BEAMCLAW_CRON_DELIVERY_TIMEOUT_SECONDS.
+"""
+
+from celery import shared_task
+from django.conf import settings
+
+from cron import services
+from cron.delivery import DeliveryError
+from cron.models import CronRun
+from tenants.queues import SYSTEM_QUEUE
+
+
+@shared_task(name="cron.fire", queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True)
+def fire(job_id: int) -> None:
+    """Sent by beat (the job's PeriodicTask `cron-job-<id>`)."""
+    services.cron_job_fire(job_id=job_id, woken_by=CronRun.Trigger.BEAT)
+
+
+@shared_task(name="cron.settle", queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True)
+def settle(cron_run_id: int) -> None:
+    services.cron_run_settle(cron_run_id=cron_run_id)
+
+
+@shared_task(name="cron.sweep", queue=SYSTEM_QUEUE, ignore_result=True)
+def sweep() -> None:
+    services.cron_sweep()
+
+
+@shared_task(name="cron.deliver", bind=True, queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True, max_retries=None)
+def deliver(self, cron_run_id: int) -> None:
+    attempts = settings.BEAMCLAW_CRON["DELIVERY_ATTEMPTS"]
+    try:
+        services.cron_run_deliver(cron_run_id=cron_run_id, final_attempt=self.request.retries + 1 >= attempts)
+    except DeliveryError as exc:
+        countdown = settings.BEAMCLAW_CRON["DELIVERY_RETRY_BASE_SECONDS"] * 2**self.request.retries
+        raise self.retry(exc=exc, countdown=countdown, queue=SYSTEM_QUEUE)

@@ -1,0 +1,81 @@
+"""Delivering a job's final reply to a webhook (a local HTTP server on 127.0.0.1)."""
+
+import hashlib
+import hmac
+import json
+
+import pytest
+from django.test import override_settings
+
+from cron.delivery import DeliveryError, DeliveryTargetError, deliver_parse, webhook_send
+from cron.models import CronRun
+from tests.conftest import wait_until
+from tests.cron.conftest import finished
+from tests.cron.test_api import job_body
+
+
+def delivered(cron_run_id, timeout: float = 20) -> CronRun:
+    return wait_until(
+        lambda: CronRun.objects.filter(pk=cron_run_id, delivery_status__in=["delivered", "failed"]).first(),
+        timeout=timeout, message="the delivery outcome",
+    )
+
+
+def test_the_final_reply_is_posted_to_the_webhook_signed(api, webhook):
+    job = api.post("/jobs/", json=job_body(
+        prompt="daily digest", session_target="isolated",
+        deliver={"kind": "webhook", "url": webhook.url, "secret": "s3cret", "headers": {"X-Team": "ops"}},
+    )).json()
+    assert job["deliver"] == {"kind": "webhook", "url": webhook.url, "secret": "********", "headers": {"X-Team": "ops"}}
+    cron_run_id = api.post(f"/jobs/{job['id']}/run/").json()["id"]
+    outcome = delivered(cron_run_id)
+    assert (outcome.delivery_status, outcome.delivery_attempts, outcome.delivery_error) == ("delivered", 1, "")
+    [request] = webhook.received
+    body = request["body"]
+    assert body["text"] == "Echo: daily digest" and body["status"] == "succeeded"
+    assert (body["job"], body["job_name"], body["cron_run"]) == (job["id"], "morning report", cron_run_id)
+    assert body["run_id"] == str(outcome.run_id) and body["agent"] == "assistant"
+    assert request["headers"]["X-BeamClaw-Delivery"] == f"cron-run-{cron_run_id}"
+    assert request["headers"]["X-Team"] == "ops"
+    raw = json.dumps(body).encode()
+    assert request["headers"]["X-BeamClaw-Signature"] == "sha256=" + hmac.new(b"s3cret", raw, hashlib.sha256).hexdigest()
+    history = api.get(f"/jobs/{job['id']}/runs/").json()["results"][0]
+    assert history["delivery_status"] == "delivered" and history["delivered_at"]
+
+
+def test_transient_failures_are_retried_with_backoff(api, webhook):
+    webhook.statuses = [503, 500]
+    job = api.post("/jobs/", json=job_body(session_target="isolated", deliver=webhook.url)).json()
+    outcome = delivered(api.post(f"/jobs/{job['id']}/run/").json()["id"])
+    assert outcome.delivery_status == "delivered" and outcome.delivery_attempts == 3
+    assert len(webhook.received) == 3
+    assert len({r["headers"]["X-BeamClaw-Delivery"] for r in webhook.received}) == 1  # one delivery, retried
+
+
+def test_a_permanent_failure_is_recorded_without_retrying(api, webhook):
+    webhook.statuses = [404]
+    job = api.post("/jobs/", json=job_body(session_target="isolated", deliver=webhook.url)).json()
+    outcome = delivered(api.post(f"/jobs/{job['id']}/run/").json()["id"])
+    assert (outcome.delivery_status, outcome.delivery_attempts) == ("failed", 1)
+    assert outcome.delivery_error.startswith("HTTP 404")
+    assert outcome.status == "succeeded"  # the run itself went fine
+
+
+def test_a_failed_run_is_delivered_with_its_error(api, webhook):
+    job = api.post("/jobs/", json=job_body(session_target="isolated", prompt="[[status=400]] no", deliver=webhook.url)).json()
+    cron_run = finished(api.post(f"/jobs/{job['id']}/run/").json()["id"])
+    assert delivered(cron_run.pk).delivery_status == "delivered"
+    body = webhook.received[0]["body"]
+    assert body["status"] == "failed" and body["error"] == cron_run.error != "" and body["text"] == ""
+
+
+def test_private_targets_can_be_refused():
+    assert deliver_parse("http://127.0.0.1:9/hook")["url"] == "http://127.0.0.1:9/hook"  # allowed by default
+    with override_settings(BEAMCLAW_CRON={"WEBHOOK_ALLOW_PRIVATE": False}):
+        with pytest.raises(DeliveryTargetError, match="not a public address"):
+            deliver_parse("http://10.1.2.3/hook")
+        with pytest.raises(DeliveryError, match="resolves to 127.0.0.1") as err:
+            webhook_send(target={"url": "http://localhost:9/hook"}, payload={}, delivery_id="x")
+        assert err.value.transient is False
+    with pytest.raises(DeliveryTargetError, match="link-local"):
+        deliver_parse({"url": "http://[fe80::1]/hook"})

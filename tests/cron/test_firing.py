@@ -1,0 +1,201 @@
+"""Firing occurrences: exactly once with two real beat processes, failures, auto-disable, stuck runs,
+missed and overlapping occurrences, the sweeper."""
+
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from django.db import IntegrityError, connection
+from django.utils import timezone as dj_timezone
+from django_celery_beat.models import PeriodicTask
+
+from cron.models import CronJob, CronRun
+from cron.schedule import schedule_parse
+from cron.services import cron_job_create, cron_job_fire, cron_job_run_now, cron_sweep
+from sessions.models import AgentSession, Run
+from tests.conftest import Process, wait_until
+from tests.cron.conftest import finished
+
+UTC = timezone.utc
+FAIL = "[[status=400]] this run fails"
+
+
+def make_job(bundle, *, schedule="every 1h", prompt="hello", **fields) -> CronJob:
+    return cron_job_create(
+        tenant=bundle.tenant, agent=bundle.agent, name=fields.pop("name", "job"), prompt=prompt,
+        schedule=schedule_parse(schedule, now=dj_timezone.now()), **fields,
+    )
+
+
+def make_due(job: CronJob, ago: float = 0.5) -> datetime:
+    """Pretend the job's next occurrence came `ago` seconds ago (what beat sees when it wakes the job)."""
+    due = dj_timezone.now() - timedelta(seconds=ago)
+    CronJob.objects.filter(pk=job.pk).update(next_run_at=due)
+    return due
+
+
+def fire(job: CronJob, woken_by: str = CronRun.Trigger.BEAT) -> CronRun | None:
+    return cron_job_fire(job_id=job.pk, woken_by=woken_by)
+
+
+def test_two_beats_run_each_occurrence_exactly_once(worker, service_env, log_dir, tenant, tmp_path):
+    # Beat needs a few seconds to start; the first occurrence comes after that.
+    start = dj_timezone.now().replace(microsecond=0) + timedelta(seconds=6)
+    job = make_job(tenant, schedule={"kind": "every", "every": "2s", "anchor": start.isoformat()}, name="tick")
+    once = make_job(tenant, schedule={"kind": "at", "at": (start + timedelta(seconds=3)).isoformat()}, name="once",
+                    session_target="isolated")
+    beats = []
+    # The stock scheduler and our drop-in (cron/scheduler.py) side by side, as in a rolling upgrade.
+    for n, scheduler in enumerate(("django_celery_beat.schedulers:DatabaseScheduler", "cron.scheduler:CronScheduler")):
+        argv = [sys.executable, "-m", "celery", "-A", "beamclaw_project", "beat", "-l", "DEBUG", "-S", scheduler,
+                "--schedule", str(tmp_path / f"beat{n}-schedule"), "--pidfile", str(tmp_path / f"beat{n}.pid")]
+        beats.append(Process(f"beat{n}-{job.pk}", argv, service_env, log_dir).start())
+    try:
+        wait_until(lambda: CronRun.objects.filter(job=job, status="succeeded").count() >= 5, timeout=40,
+                   message="five occurrences of the 2s job")
+        wait_until(lambda: CronRun.objects.filter(job=once).exclude(status="running").exists(), timeout=10,
+                   message="the at job's run")
+    finally:
+        for beat in beats:
+            beat.stop()
+        CronJob.objects.filter(pk=job.pk).update(enabled=False, next_run_at=None)  # leave nothing due behind
+    for beat in beats:
+        # Both beats really woke the job, so every occurrence was offered twice.
+        assert f"cron-job-{job.pk}" in beat.log_path.read_text(), beat.log_tail()
+
+    runs = list(CronRun.objects.filter(job=job, status__in=["succeeded", "running"]).order_by("scheduled_for"))
+    moments = [r.scheduled_for for r in runs]
+    assert moments[0] == start
+    assert all(b - a == timedelta(seconds=2) for a, b in zip(moments, moments[1:])), moments  # none missed
+    assert not CronRun.objects.filter(job=job).exclude(status__in=["succeeded", "running"]).exists()
+    assert {r.trigger for r in runs} == {"beat"}
+    main = AgentSession.objects.get(tenant=tenant.tenant, key="agent:assistant:main")
+    cron_runs_of_session = Run.objects.filter(session=main, trigger=Run.Trigger.CRON)
+    assert cron_runs_of_session.count() == len(runs) == len({r.run_id for r in runs})  # one agent run each
+    lags = sorted((r.started_at - r.scheduled_for).total_seconds() for r in runs)
+    assert lags[len(lags) // 2] < 1.0, lags
+
+    once.refresh_from_db()
+    assert [r.status for r in once.runs.all()] == ["succeeded"]
+    assert once.enabled is False and once.next_run_at is None and "ran once" in once.disabled_reason
+    assert PeriodicTask.objects.get(name=f"cron-job-{once.pk}").enabled is False
+
+
+def test_a_woken_occurrence_is_claimed_once_however_often_it_is_woken(worker, tenant):
+    job = make_job(tenant)
+    due = make_due(job)
+    results = []
+
+    def wake():
+        try:
+            results.append(fire(job))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=wake) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = [r for r in results if r is not None]
+    assert len(claimed) == 1 and claimed[0].scheduled_for == due
+    assert finished(claimed[0].pk).status == "succeeded"
+    with pytest.raises(IntegrityError):  # the claim itself: one row per (job, scheduled time)
+        CronRun.objects.create(job=job, tenant=tenant.tenant, scheduled_for=due, trigger="beat")
+    job.refresh_from_db()
+    assert job.next_run_at > dj_timezone.now()
+    assert fire(job) is None  # woken again before the next occurrence: nothing to do
+
+
+def test_three_errors_in_a_row_disable_the_job_and_a_success_resets_the_count(worker, tenant):
+    # Isolated: in the main session the failed turns would stay in the transcript the next run sees.
+    job = make_job(tenant, prompt=FAIL, session_target="isolated")
+    for expected in (1, 2):
+        make_due(job)
+        cron_run = finished(fire(job).pk)
+        assert cron_run.status == "failed" and cron_run.error == Run.objects.get(pk=cron_run.run_id).error != ""
+        job.refresh_from_db()
+        assert job.consecutive_errors == expected and job.enabled
+
+    CronJob.objects.filter(pk=job.pk).update(prompt="fine now")
+    make_due(job)
+    assert finished(fire(job).pk).status == "succeeded"
+    job.refresh_from_db()
+    assert job.consecutive_errors == 0 and job.last_status == "succeeded"
+
+    CronJob.objects.filter(pk=job.pk).update(prompt=FAIL)
+    for _ in range(3):
+        make_due(job)
+        last = finished(fire(job).pk)
+    job.refresh_from_db()
+    assert (job.enabled, job.consecutive_errors, job.next_run_at) == (False, 3, None)
+    assert job.disabled_reason.startswith("disabled after 3 consecutive errors; last: ") and last.error in job.disabled_reason
+    assert PeriodicTask.objects.get(name=f"cron-job-{job.pk}").enabled is False
+
+
+def test_a_run_stuck_past_its_timeout_is_marked_failed_and_aborted(worker, tenant):
+    job = make_job(tenant, prompt="[[deltas=100]] [[delay_ms=200]] a very slow answer", timeout_seconds=1)
+    cron_run = cron_job_run_now(job=job)
+    wait_until(lambda: Run.objects.filter(pk=cron_run.run_id, status="running").exists(), timeout=10, message="run start")
+
+    def swept():
+        cron_sweep()
+        return CronRun.objects.filter(pk=cron_run.pk, status="failed").first()
+
+    ended = wait_until(swept, timeout=10, interval=0.2, message="the sweeper to end the stuck run")
+    assert ended.error == "stuck: no result after 1 s (the job's timeout)"
+    wait_until(lambda: Run.objects.get(pk=cron_run.run_id).status == "aborted", timeout=10, message="the run to abort")
+    job.refresh_from_db()
+    assert job.consecutive_errors == 1 and job.last_status == "failed"
+    assert CronRun.objects.get(pk=cron_run.pk).status == "failed"  # the run's own end does not overwrite it
+
+
+def test_an_occurrence_whose_run_is_still_going_is_skipped(worker, tenant):
+    job = make_job(tenant, prompt="[[deltas=10]] [[delay_ms=200]] slowish")
+    first = cron_job_run_now(job=job)
+    make_due(job)
+    second = fire(job)
+    assert second.status == "skipped" and second.error == "the previous run of this job is still running"
+    assert second.run_id is None
+    assert finished(first.pk).status == "succeeded"
+
+
+def test_a_long_missed_occurrence_is_recorded_and_not_run_late(tenant):
+    job = make_job(tenant)
+    make_due(job, ago=3600)
+    skipped = fire(job)
+    assert skipped.status == "skipped" and skipped.error.startswith("missed: woken 3600 s late")
+    assert skipped.run_id is None
+    job.refresh_from_db()
+    assert job.next_run_at > dj_timezone.now() and job.consecutive_errors == 0
+
+
+def test_the_sweeper_fires_what_beat_missed_and_settles_lost_endings(worker, tenant):
+    job = make_job(tenant, schedule={"kind": "cron", "expr": "0 3 * * *", "tz": "Europe/Berlin"})
+    make_due(job, ago=6)
+    cron_sweep()
+    cron_run = finished(CronRun.objects.get(job=job).pk)
+    assert (cron_run.trigger, cron_run.status) == ("sweeper", "succeeded")
+
+    # The worker that ended the run died before the run_finished signal: the sweeper notices.
+    CronRun.objects.filter(pk=cron_run.pk).update(status="running", finished_at=None)
+    Run.objects.filter(pk=cron_run.run_id).update(finished_at=dj_timezone.now() - timedelta(seconds=30))
+    cron_sweep()
+    assert CronRun.objects.get(pk=cron_run.pk).status == "succeeded"
+
+
+def test_a_suspended_tenants_jobs_do_not_run(tenant):
+    job = make_job(tenant)
+    tenant.tenant.status = "suspended"
+    tenant.tenant.save(update_fields=["status"])
+    make_due(job)
+    skipped = fire(job)
+    assert skipped.status == "skipped" and "suspended" in skipped.error
+
+
+def test_the_sweeper_is_scheduled_in_beat():
+    from django.conf import settings
+
+    entry = settings.CELERY_BEAT_SCHEDULE["cron-sweep"]
+    assert entry["task"] == "cron.sweep" and entry["options"]["queue"] == "system"
