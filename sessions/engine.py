@@ -70,7 +70,7 @@ def run_submit(
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode
     with transaction.atomic():
-        locked = AgentSession.objects.select_for_update().select_related("tenant").get(pk=session.pk)
+        locked = AgentSession.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=session.pk)
         if locked.status == AgentSession.Status.CLOSED:
             raise SessionClosed(f"Session {locked.key} is closed.")
         # Workers change a session's runs only under the session lock held here, so this read is current.
@@ -114,7 +114,7 @@ def run_submit(
 
 def session_advance(*, session_id) -> Run | None:
     with transaction.atomic():
-        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=session_id)
+        session = AgentSession.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=session_id)
         return _advance_locked(session)
 
 
@@ -160,6 +160,9 @@ def _start_run_locked(session: AgentSession, run: Run) -> Run:
     _append_message(session, role=Message.Role.USER, content=run.input, run=run)
     tenant_slug = session.tenant.slug
     run_id = run.pk
+    # Marked before commit: from the moment the run is visibly `running`, the reaper must not take it
+    # for an orphan (a rolled-back marker only lapses).
+    mark_queued(run_id)
 
     def announce_and_enqueue():
         events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session.pk)})
@@ -168,6 +171,27 @@ def _start_run_locked(session: AgentSession, run: Run) -> Run:
 
     transaction.on_commit(announce_and_enqueue)
     return run
+
+
+def take_steering_locked(session: AgentSession, run: Run) -> list[dict]:
+    """At a step boundary of `run`: the content of messages sent in `steer` mode since, which join the
+    run's next model call. Their own runs end here as succeeded, `merged_into` this run.
+    Caller holds the session and run locks."""
+    steering = list(
+        Run.objects.filter(
+            session=session, status=Run.Status.QUEUED, params__queue_mode=AgentSession.QueueMode.STEER
+        ).order_by("created_at")
+    )
+    content: list[dict] = []
+    for steer in steering:
+        content.extend(steer.input)
+        steer.params = {**steer.params, "merged_into": str(run.pk)}
+        steer.save(update_fields=["params"])
+        _end_run_locked(
+            steer, Run.Status.SUCCEEDED, session=session,
+            payload={"run_id": str(steer.pk), "merged_into": str(run.pk), "text": "", "usage": steer.usage},
+        )
+    return content
 
 
 def tenant_fill_slots(*, tenant_id) -> int:
@@ -216,7 +240,7 @@ def run_abort(*, run: Run, reason: str = "aborted by request") -> Run:
     """Abort a run. A queued run (or one waiting for an approval) ends here; a running one ends at its
     step's next stream event."""
     with transaction.atomic():
-        session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=run.session_id)
+        session = AgentSession.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=run.session_id)
         locked = Run.objects.select_for_update().get(pk=run.pk)
         _abort_locked(locked, reason, session)
     return locked
@@ -366,7 +390,7 @@ def provider_messages(session_id) -> list[dict]:
 def _lock_run(run_id) -> tuple[Run, AgentSession]:
     """Lock a run's session, then the run: the one lock order used everywhere, so no two writers deadlock."""
     session_id = Run.objects.values_list("session_id", flat=True).get(pk=run_id)
-    session = AgentSession.objects.select_for_update().select_related("tenant").get(pk=session_id)
+    session = AgentSession.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=session_id)
     return Run.objects.select_for_update().get(pk=run_id), session
 
 

@@ -21,6 +21,7 @@ RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 RUN_ABORTED = "run.aborted"
 TERMINAL_EVENTS = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_ABORTED})
+TAIL_BLOCK_SECONDS = 5.0
 
 _APPEND_SCRIPT = """
 local seq = redis.call('INCR', KEYS[2])
@@ -93,14 +94,17 @@ def published_text(run_id, step: int) -> str:
 
 @lru_cache(maxsize=1)
 def _async_pool() -> aioredis.ConnectionPool:
-    return aioredis.ConnectionPool.from_url(settings.REDIS_URL, max_connections=10000)
+    # A read that outlives its XREAD block by this much is a dead connection, not a quiet stream.
+    return aioredis.ConnectionPool.from_url(
+        settings.REDIS_URL, max_connections=10000, socket_timeout=TAIL_BLOCK_SECONDS + 10, socket_connect_timeout=5
+    )
 
 
 def async_redis() -> aioredis.Redis:
     return aioredis.Redis(connection_pool=_async_pool())
 
 
-async def tail(run_id, after_seq: int = 0, *, block_seconds: float = 5.0):
+async def tail(run_id, after_seq: int = 0, *, block_seconds: float = TAIL_BLOCK_SECONDS):
     """Yield a run's events after `after_seq` in order, waiting for new ones, until a terminal event.
 
     Yields None after each `block_seconds` without an event, so the caller can send a keep-alive or
@@ -110,7 +114,11 @@ async def tail(run_id, after_seq: int = 0, *, block_seconds: float = 5.0):
     key = stream_key(run_id)
     last_id = f"0-{after_seq}"
     while True:
-        response = await client.xread({key: last_id}, block=int(block_seconds * 1000), count=500)
+        try:
+            response = await client.xread({key: last_id}, block=int(block_seconds * 1000), count=500)
+        except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
+            # The connection went bad; the caller gets a keep-alive tick and the next XREAD reconnects.
+            response = None
         if not response:
             yield None
             continue

@@ -47,10 +47,23 @@ def _queued_ttl_ms() -> int:
     return settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] * 1000
 
 
+_MARK_QUEUED_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
 def mark_queued(run_id, *, only_if_free: bool = False) -> bool:
-    """Record that a step for this run sits in a queue. With only_if_free, do nothing (and return False)
-    when a worker holds the run or a step is already queued."""
-    return bool(redis_client().set(lease_key(run_id), QUEUED, px=_queued_ttl_ms(), nx=only_if_free))
+    """Record that a step for this run sits in a queue. Never overwrites a worker's lease: a step is
+    enqueued either before any worker holds the run, or by the worker holding it (which then releases).
+    With only_if_free, do nothing (and return False) when a step is already marked queued too."""
+    if only_if_free:
+        return bool(redis_client().set(lease_key(run_id), QUEUED, px=_queued_ttl_ms(), nx=True))
+    return bool(redis_client().eval(_MARK_QUEUED_SCRIPT, 1, lease_key(run_id), _queued_ttl_ms(), QUEUED))
 
 
 class _Keeper:

@@ -49,18 +49,19 @@ def _find_agent(tenant, slug: str) -> Agent | None:
     return Agent.objects.filter(tenant=tenant, slug=slug).select_related("tenant").first()
 
 
-_start_chat = db_call(chat_start)
+def _auth_error_response(exc: AuthError) -> JsonResponse:
+    error_type = {403: "permission_error", 429: "rate_limit_error"}.get(exc.status, "invalid_request_error")
+    response = openai_error(exc.status, exc.message, type=error_type, code=exc.code)
+    if exc.retry_after:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 async def _auth_or_error(request):
     try:
         return await _authenticate(request), None
     except AuthError as exc:
-        error_type = {403: "permission_error", 429: "rate_limit_error"}.get(exc.status, "invalid_request_error")
-        response = openai_error(exc.status, exc.message, type=error_type, code=exc.code)
-        if exc.retry_after:
-            response["Retry-After"] = str(exc.retry_after)
-        return None, response
+        return None, _auth_error_response(exc)
 
 
 def _model_object(agent: dict, owner: str) -> dict:
@@ -91,34 +92,39 @@ def _sse(data) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-@csrf_exempt
-@require_POST
-async def chat_completions(request):
-    principal, error = await _auth_or_error(request)
-    if error:
-        return error
+def _parse_chat(request):
+    """(ChatRequest, None) or (None, error response)."""
     try:
         body = json.loads(request.body)
     except RequestDataTooBig:
-        return openai_error(413, "Request body is larger than 2 MB.", code="request_too_large")
+        return None, openai_error(413, "Request body is larger than 2 MB.", code="request_too_large")
     except (ValueError, UnicodeDecodeError) as exc:
-        return openai_error(400, f"The request body is not valid JSON: {exc}", code="invalid_json")
+        return None, openai_error(400, f"The request body is not valid JSON: {exc}", code="invalid_json")
     try:
-        chat = parse_chat_request(
+        return parse_chat_request(
             body,
             session_header=request.headers.get("X-Session-Key"),
             queue_mode_header=request.headers.get("X-Queue-Mode"),
-        )
+        ), None
     except ChatRequestError as exc:
-        return openai_error(400, exc.message, param=exc.param, code="invalid_request")
-    agent = await _find_agent(principal.tenant, chat.model)
+        return None, openai_error(400, exc.message, param=exc.param, code="invalid_request")
+
+
+@db_call
+def _authenticate_and_start(authorization: str | None, chat):
+    """Everything a chat request needs from the database in one thread hop: the key, the agent, the run.
+    Returns the run, or the error response; raises AuthError."""
+    principal = authenticate_key(bearer_token(authorization))
+    if chat is None:
+        return None
+    agent = Agent.objects.filter(tenant=principal.tenant, slug=chat.model).select_related("tenant").first()
     if agent is None:
         return openai_error(
             404, f"The model '{chat.model}' does not exist: use the slug of one of your agents (GET /v1/models).",
             code="model_not_found", param="model",
         )
     try:
-        run = await _start_chat(tenant=principal.tenant, agent=agent, request=chat)
+        return chat_start(tenant=principal.tenant, agent=agent, request=chat)
     except ChatRequestError as exc:
         return openai_error(400, exc.message, param=exc.param, code="invalid_request")
     except LimitExceeded as exc:
@@ -128,6 +134,21 @@ async def chat_completions(request):
     except SessionClosed as exc:
         return openai_error(409, str(exc), code="session_closed")
 
+
+@csrf_exempt
+@require_POST
+async def chat_completions(request):
+    # Parse first, but report in the order a client fixes things: credentials, then the body.
+    chat, body_error = _parse_chat(request)
+    try:
+        outcome = await _authenticate_and_start(request.headers.get("Authorization"), chat)
+    except AuthError as exc:
+        return _auth_error_response(exc)
+    if body_error is not None:
+        return body_error
+    if isinstance(outcome, JsonResponse):
+        return outcome
+    run = outcome
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())
     if chat.stream:
