@@ -23,9 +23,11 @@ db: install services
 	@$(PY) manage.py migrate --noinput -v 0
 
 run: db
+	@scripts/ensure_sandbox_tools.sh
 	@scripts/run_all.sh
 
 test: install services
+	@scripts/ensure_sandbox_tools.sh
 	@$(PY) -m pytest
 
 bench: db

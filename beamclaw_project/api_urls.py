@@ -9,4 +9,5 @@ urlpatterns = [
     path("", include("tenants.api_urls")),
     path("", include("sessions.api_urls")),
     path("cron/", include("cron.api_urls")),
+    path("", include("tools.api_urls")),
 ]

@@ -108,7 +108,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # redis-py's 5 s default read timeout would cut the layer's own 5 s blocking pops short.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
     }
 }
 
@@ -215,3 +216,48 @@ LOGGING = {
     },
 }
 
+# --- Tools (tools/; see docs/tools.md) -----------------------------------------------------------
+# `process` calls must reach the worker that owns the background process: each worker also consumes
+# its own direct queue (`<nodename>.dq2`), and process handles name the node.
+CELERY_WORKER_DIRECT = True
+BEAMCLAW_TOOLS = {
+    # Per-session workspaces, the only writable place inside the exec sandbox (mounted at /workspace).
+    "WORKSPACE_ROOT": Path(os.environ.get("BEAMCLAW_WORKSPACE_ROOT") or BASE_DIR / ".run" / "workspaces"),
+    "EXEC_TIMEOUT_SECONDS": env_float("BEAMCLAW_EXEC_TIMEOUT_SECONDS", 120.0),
+    "EXEC_MAX_TIMEOUT_SECONDS": env_float("BEAMCLAW_EXEC_MAX_TIMEOUT_SECONDS", 1800.0),
+    # A command still running after this long continues in the background and the call returns a handle.
+    "EXEC_YIELD_SECONDS": env_float("BEAMCLAW_EXEC_YIELD_SECONDS", 10.0),
+    "EXEC_KILL_GRACE_SECONDS": env_float("BEAMCLAW_EXEC_KILL_GRACE_SECONDS", 5.0),
+    "EXEC_OUTPUT_LIMIT_BYTES": env_int("BEAMCLAW_EXEC_OUTPUT_LIMIT_BYTES", 200_000),
+    "EXEC_MEMORY_MB": env_int("BEAMCLAW_EXEC_MEMORY_MB", 1024),
+    "EXEC_CPU_SECONDS": env_int("BEAMCLAW_EXEC_CPU_SECONDS", 600),
+    # Per session (all its sandboxes share one uid): parallel calls, background processes, and the few
+    # seconds the kernel takes to release a finished sandbox's pid namespace all count.
+    "EXEC_MAX_PROCESSES": env_int("BEAMCLAW_EXEC_MAX_PROCESSES", 256),
+    "EXEC_FILE_SIZE_MB": env_int("BEAMCLAW_EXEC_FILE_SIZE_MB", 256),
+    "EXEC_TMP_SIZE_MB": env_int("BEAMCLAW_EXEC_TMP_SIZE_MB", 64),
+    "EXEC_MAX_BACKGROUND_PER_SESSION": env_int("BEAMCLAW_EXEC_MAX_BACKGROUND_PER_SESSION", 8),
+    "EXEC_MAX_BACKGROUND_PER_WORKER": env_int("BEAMCLAW_EXEC_MAX_BACKGROUND_PER_WORKER", 64),
+    # Workspaces have no quota of their own: exec refuses to start, and stops running commands, when the
+    # workspace filesystem gets this close to full (it is usually shared with Postgres and the logs).
+    "EXEC_MIN_FREE_DISK_MB": env_int("BEAMCLAW_EXEC_MIN_FREE_DISK_MB", 2048),
+    "EXEC_MIN_FREE_INODES": env_int("BEAMCLAW_EXEC_MIN_FREE_INODES", 100_000),
+    # Finished background processes stay listed (with their output) this long.
+    "EXEC_BACKGROUND_RETENTION_SECONDS": env_int("BEAMCLAW_EXEC_BACKGROUND_RETENTION_SECONDS", 1800),
+    # Sandboxes run as unprivileged host uids BASE..BASE+COUNT-1, one per session (see tools/sandbox.py).
+    "SANDBOX_UID_BASE": env_int("BEAMCLAW_SANDBOX_UID_BASE", 200_000),
+    "SANDBOX_UID_COUNT": env_int("BEAMCLAW_SANDBOX_UID_COUNT", 60_000),
+    # Hosts (`name` or `name:port`) web_fetch may reach even though they resolve to non-public addresses.
+    "WEB_FETCH_ALLOW_HOSTS": [
+        h.strip().lower() for h in os.environ.get("BEAMCLAW_WEB_FETCH_ALLOW_HOSTS", "").split(",") if h.strip()
+    ],
+    "WEB_FETCH_TIMEOUT_SECONDS": env_float("BEAMCLAW_WEB_FETCH_TIMEOUT_SECONDS", 30.0),
+    "WEB_FETCH_MAX_BYTES": env_int("BEAMCLAW_WEB_FETCH_MAX_BYTES", 2_000_000),
+    "WEB_FETCH_MAX_REDIRECTS": env_int("BEAMCLAW_WEB_FETCH_MAX_REDIRECTS", 5),
+    "WEB_FETCH_MAX_CHARS": env_int("BEAMCLAW_WEB_FETCH_MAX_CHARS", 50_000),
+    "APPROVAL_TIMEOUT_SECONDS": env_float("BEAMCLAW_APPROVAL_TIMEOUT_SECONDS", 120.0),
+    "MAX_TOOL_CALLS_PER_STEP": env_int("BEAMCLAW_MAX_TOOL_CALLS_PER_STEP", 16),
+    # How long POST /api/tools/invoke waits for the tool's result before answering "still running".
+    "INVOKE_WAIT_SECONDS": env_float("BEAMCLAW_INVOKE_WAIT_SECONDS", 60.0),
+}
+# --- end of tools block -------------------------------------------------------------------------

@@ -54,6 +54,7 @@ class Housekeeping(bootsteps.StartStopStep):
         from sessions.engine import reap_orphaned_runs
         from sessions.events import redis_client
         from tenants.queues import active_tenant_queues
+        from tools.services import tools_housekeeping
 
         redis_client().set(worker_heartbeat_key(hostname), "1", ex=max(int(interval * 3), 5))
         consuming = {q.name for q in consumer.task_consumer.queues}
@@ -63,3 +64,4 @@ class Housekeeping(bootsteps.StartStopStep):
                 # add_task_queue touches the consumer's connection, which belongs to the event loop.
                 consumer.call_soon(consumer.add_task_queue, queue)
         reap_orphaned_runs()
+        tools_housekeeping()  # approval timeouts, tool calls of dead workers, processes of ended sessions

@@ -189,6 +189,44 @@ def _chat_abort(tenant, params) -> dict:
 
 
 @db_call
+def _approvals_list(tenant, params) -> list:
+    from tools.models import Approval
+    from tools.serializers import ApprovalSerializer
+
+    approvals = Approval.objects.filter(tenant=tenant).select_related("agent", "tool_call", "invocation")
+    status = params.get("status", "pending")
+    if status is not None:
+        if status not in Approval.Status.values:
+            raise RequestError("invalid_params", f"params.status must be one of {', '.join(Approval.Status.values)}.")
+        approvals = approvals.filter(status=status)
+    return ApprovalSerializer(approvals.order_by("-created_at")[: _limit_param(params)], many=True).data
+
+
+@db_call
+def _approvals_resolve(tenant, params, decided_by: str) -> dict:
+    from tools.models import Approval
+    from tools.serializers import ApprovalSerializer
+    from tools.services import ApprovalNotPending, approval_resolve
+
+    decision = params.get("decision")
+    if decision not in ("allow", "deny"):
+        raise RequestError("invalid_params", "params.decision must be 'allow' or 'deny'.")
+    always = params.get("always", False)
+    if not isinstance(always, bool):
+        raise RequestError("invalid_params", "params.always must be a boolean.")
+    try:
+        approval = approval_resolve(
+            approval_id=_uuid_param(params, "approval"), tenant=tenant, decision=decision, always=always,
+            decided_by=decided_by,
+        )
+    except Approval.DoesNotExist:
+        raise RequestError("not_found", f"No approval {params.get('approval')}.")
+    except ApprovalNotPending as exc:
+        raise RequestError("conflict", str(exc))
+    return ApprovalSerializer(approval).data
+
+
+@db_call
 def _check_rate(api_key) -> None:
     try:
         check_rate_limit(api_key=api_key)
@@ -213,6 +251,8 @@ class GatewayConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         self.connect_deadline.cancel()
+        if getattr(self, "approvals_group", None):
+            await self.channel_layer.group_discard(self.approvals_group, self.channel_name)
         for task in self.tails.values():
             task.cancel()
         for session_id in self.subscriptions:
@@ -284,6 +324,10 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             return
         self.principal = principal
         self.connect_deadline.cancel()
+        from tools.approvals import tenant_approvals_group
+
+        self.approvals_group = tenant_approvals_group(principal.tenant.pk)
+        await self.channel_layer.group_add(self.approvals_group, self.channel_name)
         await self._respond(
             request_id,
             {
@@ -298,7 +342,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
 
     METHODS = {
         "connect", "health", "agents.list", "sessions.list", "sessions.create", "sessions.history",
-        "sessions.reset", "sessions.subscribe", "chat.send", "chat.abort",
+        "sessions.reset", "sessions.subscribe", "chat.send", "chat.abort", "approvals.list", "approvals.resolve",
     }
 
     async def _dispatch(self, method: str, params: dict):
@@ -332,6 +376,10 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             return payload
         if method == "chat.abort":
             return await _chat_abort(tenant, params)
+        if method == "approvals.list":
+            return {"approvals": await _approvals_list(tenant, params)}
+        if method == "approvals.resolve":
+            return await _approvals_resolve(tenant, params, f"websocket:{self.principal.api_key.prefix}")
         raise RequestError("unknown_method", f"Unknown method '{method}'. Methods: {', '.join(sorted(self.METHODS))}.")
 
     # --- run events --------------------------------------------------------------------------------
@@ -354,6 +402,10 @@ class GatewayConsumer(AsyncWebsocketConsumer):
                     )
         except TimeoutError:
             pass
+
+    async def approval_event(self, message):
+        """Channel-layer notification: an approval of this tenant was requested or resolved."""
+        await self.send_json({"type": "event", "event": message["event"], "payload": message["payload"], "seq": None})
 
     async def run_started(self, message):
         """Channel-layer notification: a run started in a session this socket follows."""

