@@ -1,6 +1,6 @@
 FROM python:3.11-slim
-# bubblewrap sandboxes the exec tool; libpq is not needed (psycopg ships its own binary).
-RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
+# The exec tool sandbox: bubblewrap, plus slirp4netns and iproute2 for agents allowed on the network.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap slirp4netns iproute2 util-linux && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt

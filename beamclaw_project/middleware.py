@@ -7,6 +7,8 @@ need no sessions, CSRF, messages or clickjacking headers, and are called directl
 """
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.exceptions import RequestDataTooBig
+from django.http import JsonResponse
 from django.urls import Resolver404, resolve
 
 FAST_PATH_PREFIXES = ("/v1/", "/health", "/api/runs/")
@@ -29,4 +31,31 @@ class ApiFastPathMiddleware:
             # Only the async views: DRF's sync views keep the full stack (and its thread handling).
             if match is not None and iscoroutinefunction(match.func):
                 return await match.func(request, *match.args, **match.kwargs)
+        return await self.get_response(request)
+
+
+class RejectNulMiddleware:
+    """Postgres cannot store NUL characters (in text or JSON), so a request carrying one in its query string
+    or JSON body would fail deep inside with a 500. Refuse it at the door with a 400 that says why."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        problem = None
+        if "\x00" in request.path_info or any("\x00" in k or "\x00" in v for k, vs in request.GET.lists() for v in vs):
+            problem = "The URL contains a NUL character (%00), which is not allowed."
+        elif request.content_type == "application/json":
+            try:
+                body = request.body
+            except RequestDataTooBig:
+                body = b""  # the view answers 413
+            if b"\x00" in body or b"\\u0000" in body:
+                problem = "The JSON body contains a NUL character (\\u0000), which is not allowed."
+        if problem:
+            return JsonResponse({"detail": problem, "error": {"message": problem, "type": "invalid_request_error", "code": "nul_character"}}, status=400)
         return await self.get_response(request)

@@ -429,7 +429,7 @@ def schedule_parse(data, *, now: datetime, min_interval_seconds: int = 1) -> Sch
             field="kind",
         )
     kind = data.get("kind")
-    if kind not in _KEYS:
+    if not isinstance(kind, str) or kind not in _KEYS:
         raise ScheduleError("'kind' must be one of 'at', 'every', 'cron'.", field="kind")
     unknown = sorted(set(data) - _KEYS[kind])
     if unknown:

@@ -30,7 +30,10 @@ def test_openapi_fuzz_finds_no_server_errors(live, tenant, tmp_path):
             "--max-time", "90",
             "--seed", "20261124",
             "--request-timeout", "20",
-            "--workers", "4",
+            # One worker: hypothesis' lambda introspection is not thread-safe on Python 3.11 (a tool crash,
+            # not a finding). Revoking keys is left out: the fuzzer would revoke its own key and go blind.
+            "--workers", "1",
+            "--exclude-path-regex", "/revoke/$",
             "--continue-on-failure",
             "--report-dir", str(tmp_path),
         ],

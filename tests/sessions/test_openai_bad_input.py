@@ -92,3 +92,9 @@ def test_body_over_2mb_is_413(live, tenant):
 
 def test_wrong_method_is_not_a_500(live, tenant):
     assert httpx.get(f"{live}/v1/chat/completions", headers=tenant.headers, timeout=10).status_code == 405
+
+
+def test_nul_characters_are_400_not_500(live, tenant):
+    assert_openai_error(post(live, tenant.headers, {**VALID, "user": "a\x00b"}), 400, mentions="NUL")
+    response = httpx.get(f"{live}/api/sessions/", params={"key": "a\x00b"}, headers=tenant.headers, timeout=10)
+    assert response.status_code == 400 and "NUL" in response.json()["detail"]
