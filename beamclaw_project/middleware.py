@@ -6,6 +6,8 @@ OpenAI-compatible API, /health and the run event stream are async views authenti
 need no sessions, CSRF, messages or clickjacking headers, and are called directly.
 """
 
+import json
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
@@ -46,7 +48,7 @@ class RejectNulMiddleware:
         markcoroutinefunction(self)
 
     async def __call__(self, request):
-        problem = None
+        problem, field = None, None
         if "\x00" in request.path_info or any("\x00" in k or "\x00" in v for k, vs in request.GET.lists() for v in vs):
             problem = "The URL contains a NUL character (%00), which is not allowed."
         elif request.content_type == "application/json":
@@ -55,7 +57,30 @@ class RejectNulMiddleware:
             except RequestDataTooBig:
                 body = b""  # the view answers 413
             if b"\x00" in body or b"\\u0000" in body:
-                problem = "The JSON body contains a NUL character (\\u0000), which is not allowed."
-        if problem:
-            return JsonResponse({"detail": problem, "error": {"message": problem, "type": "invalid_request_error", "code": "nul_character"}}, status=400)
-        return await self.get_response(request)
+                field = _field_with_nul(body)
+                problem = f"{field or 'The JSON body'} contains a NUL character (\\u0000), which is not allowed."
+        if problem is None:
+            return await self.get_response(request)
+        error = {"message": problem, "type": "invalid_request_error", "code": "nul_character", "param": field}
+        return JsonResponse({"detail": problem, **({field: [problem]} if field else {}), "error": error}, status=400)
+
+
+def _field_with_nul(body: bytes) -> str | None:
+    """The top-level field of a JSON object body whose value (or key) holds a NUL, so the 400 names it."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+
+    def has_nul(value) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, dict):
+            return any(has_nul(k) or has_nul(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(has_nul(v) for v in value)
+        return False
+
+    if isinstance(data, dict):
+        return next((key for key, value in data.items() if has_nul(key) or has_nul(value)), None)
+    return None
