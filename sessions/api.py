@@ -6,9 +6,10 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, Throttled, ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.response import Response
 
+from beamclaw_project.api_errors import Conflict
 from sessions.engine import SessionClosed, run_abort, run_submit
 from sessions.models import AgentSession, Message, Run
 from sessions.serializers import (
@@ -25,10 +26,6 @@ from tenants.api_auth import TenantScopedMixin
 from tenants.limits import LimitExceeded
 from tenants.models import Agent
 
-
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
 
 
 def submit_message(*, session: AgentSession, content: list[dict], mode: str | None, trigger: str) -> Run:

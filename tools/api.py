@@ -17,10 +17,11 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
-from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from beamclaw_project.api_errors import Conflict
 from sessions.events import async_redis
 from sessions.models import AgentSession
 from tenants.api_auth import TenantScopedMixin
@@ -41,10 +42,6 @@ from tools.services import ApprovalNotPending, approval_resolve, invocation_resp
 
 AGENT_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
-
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
 
 
 def _caller(request) -> str:
