@@ -6,6 +6,7 @@ new input (clients resend the whole history; the server already has it). Without
 messages seed a fresh ephemeral session that is closed once its run ends.
 """
 
+import json
 import secrets
 from dataclasses import dataclass, field
 
@@ -84,6 +85,69 @@ def _text_of(blocks: list[dict]) -> str:
     return "\n".join(b["text"] for b in blocks if b.get("type") == "text")
 
 
+def _number(body: dict, name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ChatRequestError(f"{name} must be a number between {low:g} and {high:g}.", name)
+    return float(value)
+
+
+# OpenAI parameters the Messages API has no counterpart for. Clients often send their neutral value
+# (n=1, penalties 0) by default, which is accepted; anything else would silently change nothing, so it is
+# refused by name.
+_NEUTRAL_ONLY = {
+    "n": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logprobs": False,
+    "top_logprobs": 0,
+}
+_UNSUPPORTED = ("logit_bias", "seed", "prediction", "audio", "modalities")
+REASONING_EFFORTS = ("low", "medium", "high")
+
+
+def _sampling_params(body: dict) -> dict:
+    """The OpenAI sampling parameters as the run engine passes them to the provider (see docs/gateway.md)."""
+    params: dict = {}
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ChatRequestError("max_tokens must be a positive integer.", "max_tokens")
+        params["max_tokens"] = max_tokens
+    temperature = _number(body, "temperature", 0, 2)
+    if temperature is not None:
+        # OpenAI's scale is 0..2, Anthropic's 0..1: both mean "deterministic" at 0, and everything above
+        # 1 is already Anthropic's most random setting.
+        params["temperature"] = min(temperature, 1.0)
+    top_p = _number(body, "top_p", 0, 1)
+    if top_p is not None:
+        params["top_p"] = top_p
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not 1 <= len(stops) <= 4 or not all(isinstance(s, str) and s for s in stops):
+            raise ChatRequestError("stop must be a non-empty string or an array of 1 to 4 non-empty strings.", "stop")
+        params["stop"] = stops
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in REASONING_EFFORTS:
+            raise ChatRequestError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}.", "reasoning_effort")
+        params["effort"] = effort
+    for name, neutral in _NEUTRAL_ONLY.items():
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) is not isinstance(neutral, bool) or value != neutral):
+            raise ChatRequestError(
+                f"{name}={json.dumps(value)[:40]} is not supported by this gateway; leave it out or send {json.dumps(neutral)}.",
+                name,
+            )
+    for name in _UNSUPPORTED:
+        if body.get(name) is not None:
+            raise ChatRequestError(f"{name} is not supported by this gateway; leave it out.", name)
+    return params
+
+
 def parse_chat_request(body, *, session_header: str | None, queue_mode_header: str | None = None) -> ChatRequest:
     if not isinstance(body, dict):
         raise ChatRequestError("The request body must be a JSON object.")
@@ -106,7 +170,7 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
         if not isinstance(message, dict):
             raise ChatRequestError(f"{where} must be an object with 'role' and 'content'.", where)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise ChatRequestError(f"{where}.role must be one of {', '.join(sorted(ROLES))}.", f"{where}.role")
         blocks = _content_blocks(message.get("content"), where)
         if role in ("system", "developer"):
@@ -118,18 +182,7 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
     if not turns[-1][1]:
         raise ChatRequestError("The last user message has no content.", "messages")
 
-    params: dict = {}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ChatRequestError("max_tokens must be a positive integer.", "max_tokens")
-        params["max_tokens"] = max_tokens
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-            raise ChatRequestError("temperature must be a number between 0 and 2.", "temperature")
-        # Anthropic's scale is 0..1.
-        params["temperature"] = min(float(temperature), 1.0)
+    params = _sampling_params(body)
     system = "\n\n".join(p for p in system_parts if p)
     if system:
         params["system"] = system

@@ -352,6 +352,9 @@ def _execute_step(run_id, step: int, attempt: int) -> None:
         max_tokens=min(int(run.params.get("max_tokens") or agent.max_tokens), agent.max_tokens),
         fallbacks=tuple(agent.fallbacks or ()),
         temperature=run.params.get("temperature"),
+        top_p=run.params.get("top_p"),
+        stop_sequences=tuple(run.params.get("stop") or ()),
+        effort=run.params.get("effort"),
         tools=tool_loop.offered_tools(agent),
     )
     provider_name = agent.provider

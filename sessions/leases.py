@@ -18,6 +18,8 @@ from sessions.events import redis_client
 logger = logging.getLogger(__name__)
 
 QUEUED = "queued"
+# Held while a run's tool calls are in flight and no step is queued or running (see tools/loop.py).
+TOOLS_PHASE = "tools"
 
 _ACQUIRE_SCRIPT = """
 local v = redis.call('GET', KEYS[1])
@@ -49,7 +51,7 @@ def _queued_ttl_ms() -> int:
 
 _MARK_QUEUED_SCRIPT = """
 local v = redis.call('GET', KEYS[1])
-if v == false or v == ARGV[2] then
+if v == false or v == ARGV[2] or v == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
   return 1
 end
@@ -60,10 +62,12 @@ return 0
 def mark_queued(run_id, *, only_if_free: bool = False) -> bool:
     """Record that a step for this run sits in a queue. Never overwrites a worker's lease: a step is
     enqueued either before any worker holds the run, or by the worker holding it (which then releases).
+    Replaces the tools-phase marker: the step enqueued when the last tool call settles must find the
+    lease free to take, or it would be skipped and wait for the reaper (a 90 s stall once).
     With only_if_free, do nothing (and return False) when a step is already marked queued too."""
     if only_if_free:
         return bool(redis_client().set(lease_key(run_id), QUEUED, px=_queued_ttl_ms(), nx=True))
-    return bool(redis_client().eval(_MARK_QUEUED_SCRIPT, 1, lease_key(run_id), _queued_ttl_ms(), QUEUED))
+    return bool(redis_client().eval(_MARK_QUEUED_SCRIPT, 1, lease_key(run_id), _queued_ttl_ms(), QUEUED, TOOLS_PHASE))
 
 
 class _Keeper:

@@ -152,15 +152,20 @@ def service_env(fake_llm) -> dict:
     return env
 
 
+# For the tests about crash recovery only, and only in the workers they start: a dead worker's lease lapses
+# in 2 s and housekeeping notices within half a second, instead of 30 s and 5 s.
+CRASH_RECOVERY_TIMINGS = {"BEAMCLAW_RUN_LEASE_SECONDS": "2", "BEAMCLAW_HOUSEKEEPING_SECONDS": "0.5"}
+
+
 @dataclass
 class Workers:
     env: dict
     log_dir: Path
 
-    def spawn(self, name: str | None = None, concurrency: int = 50) -> Process:
+    def spawn(self, name: str | None = None, concurrency: int = 50, env: dict | None = None) -> Process:
         name = name or f"worker-{uuid.uuid4().hex[:6]}"
         argv = [sys.executable, "manage.py", "worker", "-c", str(concurrency), "-n", f"{name}@%h", "-l", "INFO"]
-        proc = Process(name, argv, self.env, self.log_dir).start()
+        proc = Process(name, argv, {**self.env, **(env or {})}, self.log_dir).start()
         self.wait_ready(name)
         return proc
 
@@ -179,10 +184,28 @@ def workers(service_env, log_dir, django_db_setup, redis_clean) -> Workers:
 
 @pytest.fixture(scope="session")
 def worker(workers):
-    """The shared worker. Tests that stop it must start it again (see restart_shared_worker)."""
+    """The shared worker. Tests that stop it must start it again (see crash_recovery)."""
     holder = {"proc": workers.spawn("shared")}
     yield holder
     holder["proc"].stop()
+
+
+@pytest.fixture
+def crash_recovery(worker, workers):
+    """For crash-recovery tests: stops the shared worker, and `spawn(name)` starts workers with
+    CRASH_RECOVERY_TIMINGS. Afterwards those are stopped and a shared worker with the production
+    timings is back."""
+    worker["proc"].stop()
+    started: list[Process] = []
+
+    def spawn(name: str) -> Process:
+        started.append(workers.spawn(name, env=CRASH_RECOVERY_TIMINGS))
+        return started[-1]
+
+    yield spawn
+    for proc in started:
+        proc.stop()
+    worker["proc"] = workers.spawn(f"shared-{uuid.uuid4().hex[:4]}")
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ import os
 os.environ["DATABASE_URL"] = os.environ.get("TEST_DATABASE_URL", "postgres:///beamclaw_test")
 os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.pop("CELERY_BROKER_URL", None)
-# Short leases and housekeeping so crash recovery is observable in seconds; quick provider retries.
-os.environ["BEAMCLAW_RUN_LEASE_SECONDS"] = "2"
-os.environ["BEAMCLAW_HOUSEKEEPING_SECONDS"] = "0.5"
-os.environ["BEAMCLAW_PROVIDER_RETRY_BASE_SECONDS"] = "0.02"
-os.environ["BEAMCLAW_RUN_WAIT_TIMEOUT_SECONDS"] = "60"
+# Every timing setting (leases, housekeeping, retries, timeouts) keeps its production default: a
+# shortened one hides real stalls. Only the crash-recovery tests shorten the lease, for the workers they
+# start themselves (tests/conftest.py: CRASH_RECOVERY_TIMINGS).
+for name in [n for n in os.environ if n.startswith("BEAMCLAW_") and n.endswith(("_SECONDS", "_MS"))]:
+    del os.environ[name]
 os.environ["DB_POOL_MAX_SIZE"] = "8"

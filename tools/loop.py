@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from sessions import events
 from sessions.events import redis_client
+from sessions.leases import TOOLS_PHASE
 from sessions.leases import lease_key as run_lease_key
 from sessions.models import AgentSession, Message, Run, ToolCall
 from tools import approvals, execution, registry
@@ -42,7 +43,6 @@ from tools.models import Approval
 logger = logging.getLogger(__name__)
 
 KIND = "call"
-TOOLS_MARKER = "tools"
 SETTLED = (ToolCall.Status.SUCCEEDED, ToolCall.Status.FAILED, ToolCall.Status.DENIED)
 UNSETTLED = (ToolCall.Status.PENDING, ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.RUNNING)
 
@@ -64,7 +64,7 @@ def _marker_ttl_ms() -> int:
 def _mark_tools_phase(run_ids) -> None:
     client = redis_client()
     for run_id in run_ids:
-        client.eval(_MARK_SCRIPT, 1, run_lease_key(run_id), TOOLS_MARKER, _marker_ttl_ms())
+        client.eval(_MARK_SCRIPT, 1, run_lease_key(run_id), TOOLS_PHASE, _marker_ttl_ms())
 
 
 def _abort_requested(run_id) -> bool:

@@ -110,6 +110,10 @@ class AnthropicProvider:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every SDK failure is classified below
                     error = exc if isinstance(exc, ProviderError) else _classify(exc, model)
+                    if error.kind == "unknown":
+                        logger.error("provider call to %s failed unexpectedly", model, exc_info=exc)
+                    else:
+                        logger.warning("provider call to %s failed (%s): %s", model, error.kind, error.message)
                     if emitted:
                         raise ProviderError(
                             f"{error.message} The reply broke off after it had started streaming.",
@@ -152,8 +156,16 @@ class AnthropicProvider:
         kwargs = {"model": model, "max_tokens": request.max_tokens, "messages": request.messages, "stream": True}
         if request.system:
             kwargs["system"] = request.system
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+        if request.stop_sequences:
+            kwargs["stop_sequences"] = list(request.stop_sequences)
+        if request.effort:
+            kwargs["output_config"] = {"effort": request.effort}
+        # The pinned SDK has no typed argument for the sampling knobs the Messages API still takes; its
+        # documented way to send such fields is extra_body (a TypeError here once broke every request).
+        sampling = {name: value for name, value in (("temperature", request.temperature), ("top_p", request.top_p))
+                    if value is not None}
+        if sampling:
+            kwargs["extra_body"] = sampling
         if request.tools:
             kwargs["tools"] = list(request.tools)
 

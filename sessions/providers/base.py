@@ -46,6 +46,9 @@ class CompletionRequest:
     max_tokens: int
     fallbacks: tuple[str, ...] = ()
     temperature: float | None = None
+    top_p: float | None = None
+    stop_sequences: tuple[str, ...] = ()
+    effort: str | None = None
     tools: tuple[dict, ...] = ()
 
 

@@ -184,6 +184,16 @@ def _validate(body: dict[str, Any]) -> str | None:
     system = body.get("system")
     if system is not None and not isinstance(system, (str, list)):
         return "system: Input should be a string or a list of text blocks"
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            return f"{name}: Input should be a number between 0 and 1"
+    stops = body.get("stop_sequences")
+    if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)):
+        return "stop_sequences: Input should be a list of strings"
+    effort = (body.get("output_config") or {}).get("effort")
+    if effort is not None and effort not in ("low", "medium", "high", "xhigh", "max"):
+        return "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
     return None
 
 

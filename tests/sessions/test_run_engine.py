@@ -124,10 +124,9 @@ def test_worker_consumes_queues_of_tenants_created_after_it_started(live, make_t
     assert response.json()["choices"][0]["message"]["content"] == "Echo: new tenant"
 
 
-def test_sigkilled_worker_mid_stream_completes_exactly_once(gateway, tenant, worker, workers):
+def test_sigkilled_worker_mid_stream_completes_exactly_once(gateway, tenant, crash_recovery):
     live = gateway
-    worker["proc"].stop()
-    victim = workers.spawn("victim")
+    victim = crash_recovery("victim")
     expected = "Echo: " + " ".join(f"w{i}" for i in range(30))
     reader = StreamReader(live, tenant, " ".join(f"w{i}" for i in range(30)) + " [[delay_ms=80]]", user="dave")
     reader.start()
@@ -136,7 +135,7 @@ def test_sigkilled_worker_mid_stream_completes_exactly_once(gateway, tenant, wor
         victim.kill()
         assert Run.objects.get(pk=reader.run_id).status == Run.Status.RUNNING
     finally:
-        worker["proc"] = workers.spawn("shared-after-crash")
+        crash_recovery("rescuer")
     reader.join(60)
 
     assert reader.done

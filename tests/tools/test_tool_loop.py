@@ -188,17 +188,16 @@ def test_a_call_whose_worker_died_is_settled_not_rerun(live, tenant):
 
 
 @requires_bwrap
-def test_sigkilled_worker_during_exec(gateway, make_tenant, worker, workers):
+def test_sigkilled_worker_during_exec(gateway, make_tenant, crash_recovery):
     bundle = make_tenant()
     session = session_for(bundle)
-    worker["proc"].stop()
-    victim = workers.spawn("tool-victim")
+    victim = crash_recovery("tool-victim")
     try:
         run = ask(session, tool("exec", {"command": "echo started > marker; sleep 30", "yield_ms": 60000}))
         wait_until(lambda: ToolCall.objects.filter(run=run, status="running").exists(), timeout=20, message="exec to start")
         victim.kill()
     finally:
-        worker["proc"] = workers.spawn("shared-after-tool-crash")
+        crash_recovery("tool-rescuer")
     run = wait_for_run(run.pk, timeout=40)
     assert run.status == "succeeded"
     call = ToolCall.objects.get(run=run)
