@@ -6,12 +6,12 @@ OpenAI-compatible API, /health and the run event stream are async views authenti
 need no sessions, CSRF, messages or clickjacking headers, and are called directly.
 """
 
-import json
-
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.urls import Resolver404, resolve
+
+from beamclaw_project import json_input
 
 FAST_PATH_PREFIXES = ("/v1/", "/health", "/api/runs/")
 
@@ -68,7 +68,7 @@ class RejectNulMiddleware:
 def _field_with_nul(body: bytes) -> str | None:
     """The top-level field of a JSON object body whose value (or key) holds a NUL, so the 400 names it."""
     try:
-        data = json.loads(body)
+        data = json_input.loads(body)
     except ValueError:
         return None
 

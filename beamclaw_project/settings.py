@@ -117,11 +117,14 @@ CHANNEL_LAYERS = {
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.api_auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # An authenticated key whose scopes cover the request (tenants/scopes.py has the table).
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.api_auth.HasKeyScope"],
+    # One error shape for every REST view: {"detail", "code", <field>: [...]} (docs/gateway.md).
+    "EXCEPTION_HANDLER": "beamclaw_project.api_errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["beamclaw_project.json_input.JSONParser"],
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -238,6 +241,9 @@ BEAMCLAW_TOOLS = {
     "EXEC_FILE_SIZE_MB": env_int("BEAMCLAW_EXEC_FILE_SIZE_MB", 256),
     "EXEC_TMP_SIZE_MB": env_int("BEAMCLAW_EXEC_TMP_SIZE_MB", 64),
     "EXEC_MAX_BACKGROUND_PER_SESSION": env_int("BEAMCLAW_EXEC_MAX_BACKGROUND_PER_SESSION", 8),
+    # A tenant's share of a worker's background processes (all its sessions together); keep it well
+    # below the per-worker total so a few tenants at their cap still leave room for the others.
+    "EXEC_MAX_BACKGROUND_PER_TENANT": env_int("BEAMCLAW_EXEC_MAX_BACKGROUND_PER_TENANT", 16),
     "EXEC_MAX_BACKGROUND_PER_WORKER": env_int("BEAMCLAW_EXEC_MAX_BACKGROUND_PER_WORKER", 64),
     # Workspaces have no quota of their own: exec refuses to start, and stops running commands, when the
     # workspace filesystem gets this close to full (it is usually shared with Postgres and the logs).

@@ -7,12 +7,13 @@ the error shape is OpenAI's, not DRF's.
 import json
 import secrets
 import time
+from functools import wraps
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 
+from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
 from sessions import events
 from sessions.chat import ChatRequestError, chat_start, parse_chat_request
@@ -27,6 +28,31 @@ FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "le
 
 def openai_error(status: int, message: str, *, type: str = "invalid_request_error", code=None, param=None) -> JsonResponse:
     return JsonResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status=status)
+
+
+def _only(method: str):
+    """Django's require_GET/require_POST answer 405 with an empty body; OpenAI clients expect their error
+    shape, and HTTP wants the Allow header."""
+
+    def decorator(view):
+        @wraps(view)
+        async def wrapper(request, *args, **kwargs):
+            if request.method != method:
+                response = openai_error(
+                    405, f"Method {request.method} is not allowed on {request.path}; use {method}.",
+                    code="method_not_allowed",
+                )
+                response["Allow"] = method
+                return response
+            return await view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+require_GET = _only("GET")
+require_POST = _only("POST")
 
 
 def _provider_error_status(code: str) -> int:
@@ -95,9 +121,11 @@ def _sse(data) -> bytes:
 def _parse_chat(request):
     """(ChatRequest, None) or (None, error response)."""
     try:
-        body = json.loads(request.body)
+        body = json_input.loads(request.body)
     except RequestDataTooBig:
         return None, openai_error(413, "Request body is larger than 2 MB.", code="request_too_large")
+    except json_input.JSONTooDeep as exc:
+        return None, openai_error(400, f"The request body is refused: {exc}", code="json_too_deep")
     except (ValueError, UnicodeDecodeError) as exc:
         return None, openai_error(400, f"The request body is not valid JSON: {exc}", code="invalid_json")
     try:
