@@ -1,9 +1,11 @@
 """Settings, read from the environment only (12-factor), with defaults that work on a laptop."""
 
+import ipaddress
 import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -198,14 +200,38 @@ BEAMCLAW_CRON = {
     "DELIVERY_ATTEMPTS": env_int("BEAMCLAW_CRON_DELIVERY_ATTEMPTS", 5),
     "DELIVERY_RETRY_BASE_SECONDS": env_float("BEAMCLAW_CRON_DELIVERY_RETRY_BASE_SECONDS", 1.0),
     "DELIVERY_TIMEOUT_SECONDS": env_float("BEAMCLAW_CRON_DELIVERY_TIMEOUT_SECONDS", 10.0),
-    # Webhooks to loopback/private networks are normal on a self-hosted gateway; turn off for untrusted tenants.
-    "WEBHOOK_ALLOW_PRIVATE": env_bool("BEAMCLAW_CRON_WEBHOOK_ALLOW_PRIVATE", True),
 }
+if env_bool("BEAMCLAW_CRON_WEBHOOK_ALLOW_PRIVATE", False):
+    raise ImproperlyConfigured(
+        "BEAMCLAW_CRON_WEBHOOK_ALLOW_PRIVATE was removed: private addresses are refused by default. List the "
+        "ranges webhooks may reach in BEAMCLAW_OUTBOUND_ALLOW_CIDRS (e.g. 10.0.0.0/8) and unset it."
+    )
 CELERY_BEAT_SCHEDULE = {
     **globals().get("CELERY_BEAT_SCHEDULE", {}),
     "cron-sweep": {"task": "cron.sweep", "schedule": BEAMCLAW_CRON["SWEEP_SECONDS"], "options": {"queue": "system"}},
 }
 # --- end cron -----------------------------------------------------------------------------------
+
+# --- outbound requests (beamclaw_project/infra/address_policy.py; see docs/tools.md) --------------
+def env_cidrs(name: str) -> list[str]:
+    """Comma-separated networks (`10.0.0.0/8`, `fd00::/8`, or one address)."""
+    entries = [entry.strip() for entry in os.environ.get(name, "").split(",") if entry.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name}: {entry!r} is not a network ({exc}). Give comma-separated CIDRs such as 10.0.0.0/8,fd00::/8."
+            ) from None
+    return entries
+
+
+BEAMCLAW_OUTBOUND = {
+    # Non-public ranges that web_fetch, webhooks and every other outbound request may reach anyway.
+    # Empty (the default) refuses loopback, private, link-local/metadata and every other non-public address.
+    "ALLOW_CIDRS": env_cidrs("BEAMCLAW_OUTBOUND_ALLOW_CIDRS"),
+}
+# --- end outbound --------------------------------------------------------------------------------
 
 LOGGING = {
     "version": 1,

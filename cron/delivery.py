@@ -5,23 +5,34 @@ webhook receives a JSON POST; with a `secret` the body is signed (`X-BeamClaw-Si
 `X-BeamClaw-Delivery` is the same on every retry of one delivery, so a receiver can drop duplicates.
 Errors are transient (network, timeout, 408/425/429, 5xx: retried with backoff) or permanent (any other
 status, a redirect, a refused address: not retried).
+
+Where a webhook may point is the gateway's address policy (beamclaw_project/infra/address_policy.py):
+public addresses only unless the operator allows a range, checked when the job is saved (IP literals) and
+before every attempt (every resolved address), with the connection pinned to the checked address.
+What a tenant reads back in `delivery_error` is deliberately poor: a status code and never the response
+body (which could be an internal page's content), and one text for every connection failure, timeout or
+refusal, so deliveries cannot be used to tell open ports from closed ones. The details go to the log.
 """
 
 import hashlib
 import hmac
-import ipaddress
 import json
-import socket
+import logging
 from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
+
+from beamclaw_project.infra import address_policy
+
+logger = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 2000
 MAX_HEADERS = 20
 # Headers a target may not set: they describe the request itself or are ours.
 RESERVED_HEADERS = {"content-type", "content-length", "host", "x-beamclaw-delivery", "x-beamclaw-signature"}
 TRANSIENT_STATUSES = {408, 425, 429}
+NO_ANSWER = "could not deliver: the webhook did not answer (connection failed, was refused or timed out)"
 
 
 class DeliveryTargetError(ValueError):
@@ -55,7 +66,10 @@ def deliver_parse(value) -> dict | None:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DeliveryTargetError(f"'{url}' is not an http(s) URL.")
-    _check_literal_address(parts.hostname)
+    try:
+        address_policy.check_literal(url.strip())
+    except address_policy.TargetRefused as exc:
+        raise DeliveryTargetError(f"Webhook refused: {exc.message}.") from None
     target = {"kind": "webhook", "url": url.strip()}
     headers = value.get("headers") or {}
     if not isinstance(headers, dict) or len(headers) > MAX_HEADERS or not all(
@@ -82,40 +96,9 @@ def deliver_public(target: dict | None) -> dict | None:
     return {**target, "secret": "********"} if target.get("secret") else dict(target)
 
 
-def _refusal(address) -> str | None:
-    if address.is_link_local or address.is_multicast or address.is_unspecified or address.is_reserved:
-        return f"{address} is a link-local, multicast or reserved address"
-    if not settings.BEAMCLAW_CRON["WEBHOOK_ALLOW_PRIVATE"] and not address.is_global:
-        return f"{address} is not a public address (BEAMCLAW_CRON_WEBHOOK_ALLOW_PRIVATE is off)"
-    return None
-
-
-def _check_literal_address(host: str) -> None:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return
-    reason = _refusal(address)
-    if reason:
-        raise DeliveryTargetError(f"Webhook refused: {reason}.")
-
-
-def _check_resolved(host: str, port: int) -> None:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise DeliveryError(f"cannot resolve {host}: {exc}", transient=True) from None
-    for info in infos:
-        reason = _refusal(ipaddress.ip_address(info[4][0]))
-        if reason:
-            raise DeliveryError(f"refused: {host} resolves to {reason}", transient=False)
-
-
 def webhook_send(*, target: dict, payload: dict, delivery_id: str) -> int:
     """POST the payload; returns the HTTP status or raises DeliveryError."""
     url = target["url"]
-    parts = urlsplit(url)
-    _check_resolved(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     body = json.dumps(payload).encode()
     headers = {
         **target.get("headers", {}),
@@ -126,16 +109,37 @@ def webhook_send(*, target: dict, payload: dict, delivery_id: str) -> int:
     if target.get("secret"):
         digest = hmac.new(target["secret"].encode(), body, hashlib.sha256).hexdigest()
         headers["X-BeamClaw-Signature"] = f"sha256={digest}"
+    timeout = settings.BEAMCLAW_CRON["DELIVERY_TIMEOUT_SECONDS"]
     try:
-        response = httpx.post(
-            url, content=body, headers=headers, follow_redirects=False,
-            timeout=settings.BEAMCLAW_CRON["DELIVERY_TIMEOUT_SECONDS"],
-        )
+        with address_policy.client(timeout=timeout, resolve_timeout=min(5.0, timeout)) as client:
+            # Streamed and closed unread: only the status matters, and a body is never loaded or shown.
+            with client.stream("POST", url, content=body, headers=headers) as response:
+                status = response.status_code
+    except address_policy.TargetRefused as exc:
+        logger.warning("webhook delivery %s refused: %s", delivery_id, exc.message)
+        if exc.address:
+            raise DeliveryError(
+                f"refused: {exc.host} is not a public address ({exc.reason}); only public addresses are reached "
+                f"unless the operator allows the range ({address_policy.ALLOW_SETTING})",
+                transient=False,
+            ) from None
+        raise DeliveryError(f"refused: {exc.message}", transient=False) from None
+    except address_policy.ResolveFailed as exc:
+        logger.warning("webhook delivery %s: %s", delivery_id, exc.message)
+        raise DeliveryError(f"could not deliver: {exc.message}", transient=True) from None
+    except httpx.InvalidURL as exc:  # a target edited into an unusable shape (e.g. in the admin)
+        raise DeliveryError(f"unusable delivery target: {exc}", transient=False) from None
     except httpx.HTTPError as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}", transient=True) from None
-    status = response.status_code
+        logger.warning("webhook delivery %s to %s failed: %s: %s", delivery_id, _where(url), type(exc).__name__, exc)
+        raise DeliveryError(NO_ANSWER, transient=True) from None
     if 200 <= status < 300:
         return status
     transient = status >= 500 or status in TRANSIENT_STATUSES
-    detail = "redirects are not followed" if 300 <= status < 400 else response.text[:200]
-    raise DeliveryError(f"HTTP {status}: {detail}".rstrip(": "), transient=transient)
+    detail = ": redirects are not followed" if 300 <= status < 400 else ""
+    raise DeliveryError(f"HTTP {status}{detail}", transient=transient)
+
+
+def _where(url: str) -> str:
+    """host:port of a URL, for logs (a URL may carry credentials)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"

@@ -1,17 +1,55 @@
-"""Delivering a job's final reply to a webhook (a local HTTP server on 127.0.0.1)."""
+"""Delivering a job's final reply to a webhook (a local HTTP server on a loopback address of its own).
+
+Webhooks to non-public addresses are refused unless the operator allows the range. The receiver here
+listens on WEBHOOK_HOST, and only that one address is allowed, through BEAMCLAW_OUTBOUND_ALLOW_CIDRS in the
+environment the worker and gateway of this test session start with (they copy os.environ when they
+start, which is after collection). Every other loopback address stays refused, as the web_fetch tests and
+tests/security/test_outbound_delivery.py check against the same processes.
+"""
 
 import hashlib
 import hmac
 import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from django.test import override_settings
 
 from cron.delivery import DeliveryError, DeliveryTargetError, deliver_parse, webhook_send
 from cron.models import CronRun
 from tests.conftest import wait_until
-from tests.cron.conftest import finished
+from tests.cron.conftest import WebhookServer, finished
 from tests.cron.test_api import job_body
+
+WEBHOOK_HOST = "127.0.0.9"
+os.environ["BEAMCLAW_OUTBOUND_ALLOW_CIDRS"] = f"{WEBHOOK_HOST}/32"
+
+
+@pytest.fixture
+def webhook():
+    """A receiver on WEBHOOK_HOST; `statuses` scripts the answers (then 200). Answers other than 200 carry
+    a body the gateway must never show to the tenant."""
+    state = WebhookServer(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            state.received.append({"headers": dict(self.headers), "body": json.loads(body)})
+            status = state.statuses.pop(0) if state.statuses else 200
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(b"ok" if status == 200 else b"internal detail: db password is hunter2")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((WEBHOOK_HOST, 0), Handler)
+    state.url = f"http://{WEBHOOK_HOST}:{server.server_address[1]}/hook"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield state
+    server.shutdown()
+    server.server_close()
 
 
 def delivered(cron_run_id, timeout: float = 20) -> CronRun:
@@ -57,7 +95,7 @@ def test_a_permanent_failure_is_recorded_without_retrying(api, webhook):
     job = api.post("/jobs/", json=job_body(session_target="isolated", deliver=webhook.url)).json()
     outcome = delivered(api.post(f"/jobs/{job['id']}/run/").json()["id"])
     assert (outcome.delivery_status, outcome.delivery_attempts) == ("failed", 1)
-    assert outcome.delivery_error.startswith("HTTP 404")
+    assert outcome.delivery_error == "HTTP 404", "the status only: the receiver's body is not shown"
     assert outcome.status == "succeeded"  # the run itself went fine
 
 
@@ -69,13 +107,16 @@ def test_a_failed_run_is_delivered_with_its_error(api, webhook):
     assert body["status"] == "failed" and body["error"] == cron_run.error != "" and body["text"] == ""
 
 
-def test_private_targets_can_be_refused():
-    assert deliver_parse("http://127.0.0.1:9/hook")["url"] == "http://127.0.0.1:9/hook"  # allowed by default
-    with override_settings(BEAMCLAW_CRON={"WEBHOOK_ALLOW_PRIVATE": False}):
-        with pytest.raises(DeliveryTargetError, match="not a public address"):
-            deliver_parse("http://10.1.2.3/hook")
-        with pytest.raises(DeliveryError, match="resolves to 127.0.0.1") as err:
-            webhook_send(target={"url": "http://localhost:9/hook"}, payload={}, delivery_id="x")
-        assert err.value.transient is False
+def test_private_targets_are_refused_unless_the_operator_allows_their_range(settings):
+    settings.BEAMCLAW_OUTBOUND = {"ALLOW_CIDRS": []}
+    with pytest.raises(DeliveryTargetError, match="127.0.0.1 is a loopback address.*BEAMCLAW_OUTBOUND_ALLOW_CIDRS"):
+        deliver_parse("http://127.0.0.1:9/hook")
+    with pytest.raises(DeliveryTargetError, match="private"):
+        deliver_parse("http://10.1.2.3/hook")
+    with pytest.raises(DeliveryError, match="localhost is not a public address") as err:
+        webhook_send(target={"url": "http://localhost:9/hook"}, payload={}, delivery_id="x")
+    assert err.value.transient is False
+    settings.BEAMCLAW_OUTBOUND = {"ALLOW_CIDRS": ["10.0.0.0/8"]}
+    assert deliver_parse("http://10.1.2.3/hook")["url"] == "http://10.1.2.3/hook"
     with pytest.raises(DeliveryTargetError, match="link-local"):
         deliver_parse({"url": "http://[fe80::1]/hook"})

@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
+from beamclaw_project.infra import address_policy
 from tests.tools.conftest import WEB_PORT, invoke
-from tools import web
 from tools.builtins.web_fetch import run_web_fetch
 
 ALLOWED = f"http://localhost:{WEB_PORT}"
@@ -43,12 +43,12 @@ def fetch_tool(url: str, **extra) -> dict:
     ],
 )
 def test_non_public_addresses_are_named(address, reason):
-    assert reason in web.non_public_reason(ipaddress.ip_address(address))
+    assert reason in address_policy.non_public_reason(ipaddress.ip_address(address))
 
 
 def test_public_addresses_pass():
     for address in ("93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"):
-        assert web.non_public_reason(ipaddress.ip_address(address)) is None
+        assert address_policy.non_public_reason(ipaddress.ip_address(address)) is None
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,14 @@ def test_only_plain_http_urls(url):
 
 
 def test_a_name_resolving_to_a_mix_of_public_and_private_addresses_is_refused(monkeypatch):
-    monkeypatch.setattr(web, "_resolve", lambda host, port, timeout: ["93.184.216.34", "10.1.2.3"])
+    real = socket.getaddrinfo
+
+    def mixed(host, port, *args, **kwargs):
+        if host == "mixed.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in ("93.184.216.34", "10.1.2.3")]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", mixed)
     result = fetch_tool("http://mixed.example/")
     assert result["ok"] is False and "resolves to 10.1.2.3" in result["error"]
 
@@ -146,10 +153,10 @@ def test_connection_goes_to_the_checked_address(web_server, monkeypatch, tools_s
 
 
 def test_https_keeps_the_name_for_sni_and_certificate_checks():
-    hop = web.check_url("https://93.184.216.34/")
-    assert hop.address == "93.184.216.34" and web._host_header(hop) == "93.184.216.34"
-    named = web.Hop(url=web.httpx.URL("https://example.com:8443/x"), host="example.com", port=8443, address="93.184.216.34")
-    assert web._host_header(named) == "example.com:8443"
+    target = address_policy.check_url("https://93.184.216.34/")
+    assert target.address == "93.184.216.34" and target.extensions == {"sni_hostname": "93.184.216.34"}
+    named = address_policy.Target(url=address_policy.httpx.URL("https://example.com:8443/x"), host="example.com", port=8443, address="93.184.216.34")
+    assert str(named.pinned_url) == "https://93.184.216.34:8443/x" and named.extensions == {"sni_hostname": "example.com"}
 
 
 def test_web_fetch_through_the_api(live, tenant, web_server):

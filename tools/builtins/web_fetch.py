@@ -1,6 +1,7 @@
 """web_fetch: GET a public http(s) URL and return its readable text (Markdown for HTML).
 
-All network safety lives in tools/web.py; this module shapes input and output for the model.
+Network safety lives in tools/web.py and the gateway's address policy (beamclaw_project/infra/
+address_policy.py); this module shapes input and output for the model.
 """
 
 from django.conf import settings

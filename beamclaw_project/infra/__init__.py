@@ -1,0 +1,1 @@
+"""Infrastructure shared by every app: nothing here imports an app."""
