@@ -6,6 +6,13 @@ that node's direct queue. A summary of every process is mirrored in Redis per te
 `process list` and the per-session limit work from any worker, and a process whose worker died shows as
 `lost` instead of silently vanishing.
 
+Caps, so that no tenant can take another's share of a worker: at most EXEC_MAX_BACKGROUND_PER_SESSION
+per session (counted over every worker, from the mirror), EXEC_MAX_BACKGROUND_PER_TENANT per tenant on
+a worker, and EXEC_MAX_BACKGROUND_PER_WORKER in all. A session or tenant at its own cap is refused (its
+own processes are in the way, and `process kill` frees them). A full worker refuses only `background`
+requests: a command that outlives its yield window there stays in the foreground until it ends, so one
+tenant's background processes never make another tenant's `echo` fail.
+
 Cleanup, from each worker's housekeeping loop: processes of a session that was closed or deleted are
 killed; finished entries are forgotten after EXEC_BACKGROUND_RETENTION_SECONDS. A process's own
 timeout (exec's `timeout`, at most EXEC_MAX_TIMEOUT_SECONDS) bounds its lifetime in any case.
@@ -79,19 +86,80 @@ class BackgroundProcess:
         }
 
 
+@dataclass(eq=False)
+class Slot:
+    """A background place held for a tenant and scope (see ProcessTable.claim)."""
+
+    tenant_id: int
+    scope: str
+
+
 class ProcessTable:
     """This worker's background processes."""
 
     def __init__(self):
         self._items: dict[str, BackgroundProcess] = {}
+        self._slots: list[Slot] = []  # claimed, not yet added or released
         self._lock = threading.Lock()
 
-    def add(self, *, process: SandboxProcess, tenant_id, scope: str, command: str, node: str) -> BackgroundProcess:
+    def _problem_locked(self, tenant_id, scope: str, *, worker: bool, session_count: int = 0) -> str | None:
+        conf = settings.BEAMCLAW_TOOLS
+        held = [(e.tenant_id, e.scope) for e in self._items.values() if e.process.running]
+        held += [(slot.tenant_id, slot.scope) for slot in self._slots]
+        in_session = max(session_count, sum(1 for held_by in held if held_by == (tenant_id, scope)))
+        if in_session >= (limit := conf["EXEC_MAX_BACKGROUND_PER_SESSION"]):
+            return (
+                f"this session already has {in_session} background processes running (at most {limit} per "
+                "session); stop one with the process tool (action kill; action list shows them) or wait for "
+                "one to finish"
+            )
+        in_tenant = sum(1 for held_tenant, _ in held if held_tenant == tenant_id)
+        if in_tenant >= (limit := conf["EXEC_MAX_BACKGROUND_PER_TENANT"]):
+            return (
+                f"this tenant already has {in_tenant} background processes running on this worker (at most "
+                f"{limit} per tenant, over all its sessions); stop some with the process tool (action kill, "
+                "in the sessions that started them) or wait for them to finish"
+            )
+        if worker and len(held) >= (limit := conf["EXEC_MAX_BACKGROUND_PER_WORKER"]):
+            return (
+                f"this worker already runs {len(held)} background processes (at most {limit}, shared by all "
+                "tenants), so the command cannot run in the background; run it without `background` (the "
+                "call then waits for it to finish) or try again later"
+            )
+        return None
+
+    def cap_problem(self, *, tenant_id, scope: str, background: bool) -> str | None:
+        """Why this tenant and scope may not start a command now, or None. The session and tenant caps
+        refuse any command (any may end up in the background, and the caller's own processes are in the
+        way); the worker's total refuses only commands asked to run in the background."""
+        session_count = running_count(tenant_id=tenant_id, scope=scope)
+        with self._lock:
+            return self._problem_locked(tenant_id, scope, worker=background, session_count=session_count)
+
+    def claim(self, *, tenant_id, scope: str) -> Slot | str:
+        """Hold a background place for this tenant and scope, or say which cap is reached. Checking and
+        holding happen under one lock, so parallel calls cannot all take the last place."""
+        with self._lock:
+            problem = self._problem_locked(tenant_id, scope, worker=True)
+            if problem is not None:
+                return problem
+            slot = Slot(tenant_id=tenant_id, scope=scope)
+            self._slots.append(slot)
+            return slot
+
+    def release(self, slot: Slot) -> None:
+        with self._lock:
+            if slot in self._slots:
+                self._slots.remove(slot)
+
+    def add(self, *, process: SandboxProcess, slot: Slot, command: str, node: str) -> BackgroundProcess:
         entry = BackgroundProcess(
-            handle=f"proc-{secrets.token_hex(6)}@{node}", process=process, tenant_id=tenant_id, scope=scope,
-            command=command, node=node,
+            handle=f"proc-{secrets.token_hex(6)}@{node}", process=process, tenant_id=slot.tenant_id,
+            scope=slot.scope, command=command, node=node,
         )
         with self._lock:
+            if slot in self._slots:
+                self._slots.remove(slot)
             self._items[entry.handle] = entry
             # It may have ended between the yield window and now; its exit callback found no entry then.
             if not process.running and entry.finished_at is None:
@@ -107,9 +175,6 @@ class ProcessTable:
                 return
             entry.finished_at = time.time()
             self._mirror(entry)
-
-    def running_here(self) -> int:
-        return sum(1 for entry in list(self._items.values()) if entry.process.running)
 
     def get(self, handle: str, *, tenant_id, scope: str) -> BackgroundProcess | None:
         """A process of this tenant and scope; another scope's handle is as good as unknown."""

@@ -274,11 +274,45 @@ def _nproc_limit(uid: int) -> int:
     return own + _conf("EXEC_MAX_PROCESSES")
 
 
-def bwrap_argv(spec: SandboxSpec, *, info_fd: int, block_fd: int | None = None) -> list[str]:
+COMMAND_FILE = "/.exec/command"
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding `data`, positioned at its start. Unlike a pipe it cannot
+    fill up before bwrap reads it, and unlike argv it is not world-readable in /proc."""
+    fd = os.memfd_create(name, 0)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass
+class Launch:
+    """What starts one sandbox: the argv and the descriptors it must inherit (closed by `close`)."""
+
+    argv: list[str]
+    pass_fds: list[int]
+    own_fds: list[int]
+
+    def close(self) -> None:
+        for fd in self.own_fds:
+            os.close(fd)
+        self.own_fds = []
+
+
+def bwrap_options(spec: SandboxSpec, *, info_fd: int, block_fd: int | None, command_fd: int) -> list[str]:
+    """bwrap's options. They reach bwrap through `--args FD`, never its argv: argv is readable by every
+    host user in /proc/<pid>/cmdline (and inside, as the sandbox's /proc/1/cmdline), and these carry
+    the caller's environment values and host paths."""
     etc = _generated_etc()
     tmp_bytes = str(_conf("EXEC_TMP_SIZE_MB") * 1024 * 1024)
     args = [
-        _which("bwrap") or "bwrap",
         "--unshare-all",
         "--unshare-user",
         "--disable-userns",
@@ -296,6 +330,8 @@ def bwrap_argv(spec: SandboxSpec, *, info_fd: int, block_fd: int | None = None) 
         "--size", tmp_bytes, "--tmpfs", "/tmp",
         "--size", tmp_bytes, "--tmpfs", "/dev/shm",
         "--bind", str(spec.workspace), WORKSPACE,
+        # The command travels as a read-only file, not as `sh -c <command>`, for the same reason.
+        "--perms", "0444", "--ro-bind-data", str(command_fd), COMMAND_FILE,
     ]
     if spec.network:
         args += ["--ro-bind", str(etc / "resolv.conf"), "/etc/resolv.conf"]
@@ -311,7 +347,22 @@ def bwrap_argv(spec: SandboxSpec, *, info_fd: int, block_fd: int | None = None) 
         args += ["--block-fd", str(block_fd)]
     for name, value in sandbox_environment(spec.env).items():
         args += ["--setenv", name, value]
-    return [*_rlimit_args(spec.uid), *args, "--", "/bin/sh", "-c", spec.command]
+    return args
+
+
+def bwrap_launch(spec: SandboxSpec, *, info_fd: int, block_fd: int | None = None) -> Launch:
+    """prlimit, then bwrap reading its options from a memfd, then `sh` sourcing the command file.
+    Every process of the sandbox shows only `... -c . /.exec/command` in its cmdline."""
+    command_fd = _memfd("exec-command", spec.command.encode() + b"\n")
+    try:
+        options = bwrap_options(spec, info_fd=info_fd, block_fd=block_fd, command_fd=command_fd)
+        args_fd = _memfd("bwrap-args", b"".join(option.encode() + b"\0" for option in options))
+    except BaseException:
+        os.close(command_fd)
+        raise
+    argv = [*_rlimit_args(spec.uid), _which("bwrap") or "bwrap", "--args", str(args_fd), "--", "/bin/sh", "-c", f". {COMMAND_FILE}"]
+    fds = [args_fd, command_fd]
+    return Launch(argv=argv, pass_fds=fds, own_fds=list(fds))
 
 
 def sandbox_environment(extra: dict) -> dict:
@@ -431,30 +482,36 @@ class SandboxProcess:
     # -- lifecycle --
 
     def start(self) -> "SandboxProcess":
+        # bwrap reports its sandbox's pid (info fd), then waits (block fd) before it starts the command:
+        # the moment to put the sandbox in its cgroup and give it its network, before it can fork.
         info_r, info_w = os.pipe()
-        block_r = block_w = None
-        if self.spec.network:
-            block_r, block_w = os.pipe()
-        pass_fds = [info_w] + ([block_r] if block_r is not None else [])
-        argv = bwrap_argv(self.spec, info_fd=info_w, block_fd=block_r)
+        block_r, block_w = os.pipe()
+        launch = None
         identity = {}
         if self.spec.uid != os.geteuid():
             identity = {"user": self.spec.uid, "group": self.spec.uid, "extra_groups": []}
         try:
+            launch = bwrap_launch(self.spec, info_fd=info_w, block_fd=block_r)
             self._popen = subprocess.Popen(
-                argv,
+                launch.argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env={"PATH": _HOST_TOOL_PATH},
                 cwd="/",
-                pass_fds=pass_fds,
+                pass_fds=[info_w, block_r, *launch.pass_fds],
                 process_group=0,
                 **identity,
             )
+        except BaseException:
+            os.close(info_r)
+            os.close(block_w)
+            raise
         finally:
-            for fd in pass_fds:
-                os.close(fd)
+            os.close(info_w)
+            os.close(block_r)
+            if launch is not None:
+                launch.close()
         self._deadline = time.monotonic() + self.spec.timeout
         try:
             info = _read_info(info_r)
@@ -463,8 +520,13 @@ class SandboxProcess:
         if info is not None:
             self._pid_ns = info.get("pid-namespace")
         try:
+            self._contain(info)
             if self.spec.network:
-                self._start_network(info, block_w)
+                self._start_network(info)
+            try:
+                os.write(block_w, b"1")
+            except BrokenPipeError:
+                pass  # bwrap already failed; the monitor reports its message and exit code
         except (SandboxError, OSError, subprocess.SubprocessError):
             self._kill_now()
             self._popen.wait()
@@ -473,14 +535,16 @@ class SandboxProcess:
             self._popen.stdin.close()
             raise
         finally:
-            if block_w is not None:
-                os.close(block_w)
+            os.close(block_w)
         threading.Thread(target=self._monitor, name="sandbox-monitor", daemon=True).start()
         return self
 
-    def _start_network(self, info: dict | None, block_w: int) -> None:
+    def _contain(self, info: dict | None) -> None:
+        """Resource limits for the whole sandbox (none yet beyond the rlimits)."""
+
+    def _start_network(self, info: dict | None) -> None:
         """slirp4netns gives the sandbox's namespace a NATed interface with the host's loopback disabled;
-        routes make non-public ranges unreachable. Only then may the command start (block fd)."""
+        routes make non-public ranges unreachable. The command starts after this (block fd)."""
         if info is None or "child-pid" not in info:
             raise SandboxError("the sandbox ended before its network could be set up")
         child = str(info["child-pid"])
@@ -519,7 +583,6 @@ class SandboxProcess:
         )
         if result.returncode != 0:
             raise SandboxError(f"could not set up the sandbox network: {result.stderr.decode(errors='replace')[-300:]}")
-        os.write(block_w, b"1")
 
     def _monitor(self) -> None:
         stdout = self._popen.stdout.fileno()

@@ -13,7 +13,7 @@ import time
 from django.conf import settings
 
 from tools.base import ToolContext, ToolInputError, ToolSpec, error_result
-from tools.processes import PROCESSES, running_count
+from tools.processes import PROCESSES
 from tools.sandbox import (
     WORKSPACE,
     SandboxError,
@@ -120,19 +120,20 @@ def run_exec(context: ToolContext, tool_input: dict) -> dict:
     env = _env(tool_input.get("env"))
     timeout = float(tool_input.get("timeout") or conf["EXEC_TIMEOUT_SECONDS"])
     yield_seconds = tool_input["yield_ms"] / 1000 if "yield_ms" in tool_input else conf["EXEC_YIELD_SECONDS"]
-    # Any command may end up in the background, so the background caps apply to all of them.
-    limit = conf["EXEC_MAX_BACKGROUND_PER_SESSION"]
-    if running_count(tenant_id=context.tenant.pk, scope=context.scope) >= limit:
-        return error_result(
-            f"this session already has {limit} background processes running; wait for them or stop some "
-            "with the process tool (action kill)"
-        )
-    if PROCESSES.running_here() >= conf["EXEC_MAX_BACKGROUND_PER_WORKER"]:
-        return error_result("this worker runs as many background processes as it may; try again later")
+    background = bool(tool_input.get("background"))
+    if (capped := PROCESSES.cap_problem(tenant_id=context.tenant.pk, scope=context.scope, background=background)) is not None:
+        return error_result(capped)
+    slot = None
+    if background:
+        slot = PROCESSES.claim(tenant_id=context.tenant.pk, scope=context.scope)
+        if isinstance(slot, str):
+            return error_result(slot)
 
     uid = sandbox_uid(tenant_slug=context.tenant.slug, scope=context.scope)
     workspace = workspace_prepare(tenant_slug=context.tenant.slug, scope=context.scope, uid=uid)
     if (disk := disk_problem(workspace)) is not None:
+        if slot is not None:
+            PROCESSES.release(slot)
         return error_result(f"not run: {disk}")
     spec = SandboxSpec(
         command=tool_input["command"],
@@ -146,13 +147,27 @@ def run_exec(context: ToolContext, tool_input: dict) -> dict:
     started = time.monotonic()
     try:
         process = sandbox_run(spec, on_exit=PROCESSES.on_exit)
-    except SandboxError as exc:
-        return error_result(str(exc))
+    except BaseException as exc:
+        if slot is not None:
+            PROCESSES.release(slot)
+        if isinstance(exc, SandboxError):
+            return error_result(str(exc))
+        raise
 
-    if tool_input.get("background") or not process.wait(yield_seconds):
-        entry = PROCESSES.add(
-            process=process, tenant_id=context.tenant.pk, scope=context.scope, command=spec.command, node=context.node
-        )
+    if slot is None and not process.wait(yield_seconds):
+        slot = PROCESSES.claim(tenant_id=context.tenant.pk, scope=context.scope)
+        if isinstance(slot, str):
+            # No background place is free: the command stays in the foreground until it ends (its
+            # timeout bounds that), rather than failing because of processes the caller cannot stop.
+            # Its input is closed: nobody could write to it without a handle.
+            slot = None
+            try:
+                process.write(b"", eof=True)
+            except BrokenPipeError:
+                pass
+            process.wait(None)
+    if slot is not None:
+        entry = PROCESSES.add(process=process, slot=slot, command=spec.command, node=context.node)
         output, entry.poll_offset = process.output.since(0)
         return {
             "ok": True,
