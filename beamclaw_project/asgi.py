@@ -1,9 +1,16 @@
 """ASGI entry point: HTTP goes to Django (views may stream), WebSocket to Channels consumers."""
 
 import os
+from http import HTTPStatus
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
+from twisted.web import http as twisted_http
+
+# Daphne writes the status line from Twisted's reason table, which lacks codes we answer with (a 429 went
+# out as "429 Unknown Status"); fill the gaps from Python's own table.
+for _status in HTTPStatus:
+    twisted_http.RESPONSES.setdefault(_status.value, _status.phrase.encode())
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "beamclaw_project.settings")
 # Static files (the admin's CSS and JS) are served by the app itself, so one Daphne is a whole deployment.

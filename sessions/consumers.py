@@ -284,8 +284,9 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             return
         try:
             await _check_rate(self.principal.api_key)
+            self.principal.require_websocket_method(frame["method"])
             payload = await self._dispatch(frame["method"], frame.get("params") or {})
-        except RequestError as error:
+        except (RequestError, AuthError) as error:
             await self._respond(request_id, error=error)
         else:
             await self._respond(request_id, payload)

@@ -62,7 +62,7 @@ def _provider_error_status(code: str) -> int:
 
 @db_call
 def _authenticate(request: HttpRequest):
-    return authenticate_key(bearer_token(request.headers.get("Authorization")))
+    return authenticate_key(bearer_token(request.headers.get("Authorization")), scope="chat", what="the OpenAI-compatible API")
 
 
 @db_call
@@ -142,7 +142,7 @@ def _parse_chat(request):
 def _authenticate_and_start(authorization: str | None, chat):
     """Everything a chat request needs from the database in one thread hop: the key, the agent, the run.
     Returns the run, or the error response; raises AuthError."""
-    principal = authenticate_key(bearer_token(authorization))
+    principal = authenticate_key(bearer_token(authorization), scope="chat", what="the OpenAI-compatible API")
     if chat is None:
         return None
     agent = Agent.objects.filter(tenant=principal.tenant, slug=chat.model).select_related("tenant").first()

@@ -19,7 +19,7 @@ from tenants.auth import AuthError, authenticate_key, bearer_token
 
 @db_call
 def _authorized_run(authorization: str | None, run_id):
-    principal = authenticate_key(bearer_token(authorization))
+    principal = authenticate_key(bearer_token(authorization), scope="read", what="a run's event stream")
     return Run.objects.filter(pk=run_id, tenant=principal.tenant).first()
 
 

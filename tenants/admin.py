@@ -1,7 +1,9 @@
+from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 
 from tenants.models import Agent, ApiKey, Tenant
+from tenants.scopes import Scope
 from tenants.services import api_key_create
 
 
@@ -15,7 +17,7 @@ class AgentInline(admin.TabularInline):
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
     extra = 0
-    fields = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
+    fields = ("name", "prefix", "scopes", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
     readonly_fields = fields
     can_delete = False
 
@@ -39,24 +41,46 @@ class AgentAdmin(admin.ModelAdmin):
     list_select_related = ("tenant",)
 
 
+class ApiKeyForm(forms.ModelForm):
+    # Checkboxes instead of the array field's comma-separated text box.
+    scopes = forms.MultipleChoiceField(
+        choices=Scope.choices, widget=forms.CheckboxSelectMultiple, initial=list(Scope.values),
+        help_text="read: view everything; chat: talk to agents; admin: agents, keys, cron, approvals.",
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ("tenant", "name", "scopes", "rate_limit_per_minute")
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "tenant", "name", "created_at", "last_used_at", "revoked_at")
+    """The operator's place for keys: the only one where a key's scopes or request rate can go up."""
+
+    form = ApiKeyForm
+    list_display = ("__str__", "tenant", "name", "scope_list", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
     list_filter = ("tenant", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("prefix", "name", "tenant__slug")
     list_select_related = ("tenant",)
     actions = ["revoke"]
 
+    @admin.display(description="scopes")
+    def scope_list(self, obj) -> str:
+        return ", ".join(obj.scopes)
+
     def get_fields(self, request, obj=None):
-        return ("tenant", "name") if obj is None else ("tenant", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+        issued = ("tenant", "name", "scopes", "rate_limit_per_minute")
+        return issued if obj is None else (*issued, "prefix", "created_by", "created_at", "last_used_at", "revoked_at")
 
     def get_readonly_fields(self, request, obj=None):
-        return () if obj is None else ("tenant", "prefix", "created_at", "last_used_at", "revoked_at")
+        return () if obj is None else ("tenant", "prefix", "created_by", "created_at", "last_used_at", "revoked_at")
 
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        issued = api_key_create(tenant=obj.tenant, name=obj.name)
+        issued = api_key_create(
+            tenant=obj.tenant, name=obj.name, scopes=obj.scopes, rate_limit_per_minute=obj.rate_limit_per_minute
+        )
         obj.pk = issued.api_key.pk
         obj.refresh_from_db()
         messages.warning(request, f"New API key (shown only this once, copy it now): {issued.raw_key}")

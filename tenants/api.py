@@ -1,4 +1,3 @@
-from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -7,8 +6,8 @@ from rest_framework.response import Response
 
 from tenants.api_auth import TenantScopedMixin
 from tenants.models import Agent, ApiKey
-from tenants.serializers import AgentSerializer, ApiKeySerializer, IssuedApiKeySerializer
-from tenants.services import api_key_create, api_key_revoke
+from tenants.serializers import AgentSerializer, ApiKeyCreateSerializer, ApiKeySerializer, IssuedApiKeySerializer
+from tenants.services import KeyEscalation, api_key_create, api_key_revoke
 
 
 class AgentViewSet(TenantScopedMixin, viewsets.ModelViewSet):
@@ -34,15 +33,15 @@ class ApiKeyViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveMod
     queryset = ApiKey.objects.all()
     serializer_class = ApiKeySerializer
 
-    @extend_schema(request=ApiKeySerializer, responses={201: IssuedApiKeySerializer})
+    @extend_schema(request=ApiKeyCreateSerializer, responses={201: IssuedApiKeySerializer})
     def create(self, request):
-        serializer = ApiKeySerializer(data=request.data)
+        """A new key with, at most, the scopes and request rate of the key making the request."""
+        serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        with transaction.atomic():
-            issued = api_key_create(tenant=self.tenant, name=serializer.validated_data.get("name", ""))
-            if serializer.validated_data.get("rate_limit_per_minute") is not None:
-                issued.api_key.rate_limit_per_minute = serializer.validated_data["rate_limit_per_minute"]
-                issued.api_key.save(update_fields=["rate_limit_per_minute"])
+        try:
+            issued = api_key_create(tenant=self.tenant, created_by=request.user.api_key, **serializer.validated_data)
+        except KeyEscalation as exc:
+            raise ValidationError({exc.field: [exc.message]})
         data = IssuedApiKeySerializer(issued.api_key).data
         data["api_key"] = issued.raw_key
         return Response(data, status=status.HTTP_201_CREATED)

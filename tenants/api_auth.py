@@ -1,12 +1,15 @@
-"""API key authentication for the REST API (DRF)."""
+"""API key authentication and scope checks for the REST API (DRF)."""
 
 from dataclasses import dataclass
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import BasePermission
 
+from beamclaw_project.api_errors import MissingScopeError
 from tenants.auth import AuthError, Principal, authenticate_key, bearer_token
+from tenants.scopes import missing_scope_message, rest_scope
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,24 @@ class ApiKeyAuthentication(BaseAuthentication):
     def authenticate_header(self, request):
         # Makes DRF answer 401 (not 403) to a request without credentials.
         return 'Bearer realm="api"'
+
+
+class HasKeyScope(BasePermission):
+    """The default permission of every REST view: an authenticated key whose scopes cover the request.
+
+    The scope comes from the request (method and URL name, `tenants.scopes.rest_scope`), so views declare
+    nothing and a new write endpoint needs `admin` until it is listed as a chat action.
+    """
+
+    def has_permission(self, request, view):
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False  # DRF answers 401 when no credentials were sent
+        match = request.resolver_match
+        scope = rest_scope(method=request.method, url_name=match.url_name if match else None)
+        if not user.principal.allows(scope):
+            raise MissingScopeError(missing_scope_message(scope, f"{request.method} {request.path}"), scope=scope)
+        return True
 
 
 class TenantScopedMixin:

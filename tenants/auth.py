@@ -1,4 +1,8 @@
-"""API key authentication shared by every edge (OpenAI views, REST, WebSocket)."""
+"""API key authentication shared by every edge (OpenAI views, REST, WebSocket).
+
+Every edge asks the same two questions here: which tenant is this key (`authenticate_key`), and may it do
+this (`Principal.allows` / `Principal.require`, with the scope tables in `tenants.scopes`).
+"""
 
 from dataclasses import dataclass
 
@@ -6,6 +10,7 @@ from django.utils import timezone
 
 from tenants.limits import LimitExceeded, check_rate_limit
 from tenants.models import ApiKey, Tenant
+from tenants.scopes import missing_scope_message, websocket_scope
 
 
 class AuthError(Exception):
@@ -17,10 +22,29 @@ class AuthError(Exception):
         self.retry_after = retry_after
 
 
+class MissingScope(AuthError):
+    """403: the key is valid but its scopes do not cover the request."""
+
+    def __init__(self, scope: str, what: str):
+        super().__init__(missing_scope_message(scope, what), status=403, code="insufficient_scope")
+        self.scope = scope
+
+
 @dataclass(frozen=True)
 class Principal:
     tenant: Tenant
     api_key: ApiKey
+
+    def allows(self, scope: str | None) -> bool:
+        return scope is None or self.api_key.allows(scope)
+
+    def require(self, scope: str | None, what: str) -> None:
+        """Raise MissingScope unless the key has `scope`; `what` names the request in the message."""
+        if not self.allows(scope):
+            raise MissingScope(scope, what)
+
+    def require_websocket_method(self, method: str) -> None:
+        self.require(websocket_scope(method), f"the WebSocket method '{method}'")
 
 
 def bearer_token(authorization_header: str | None) -> str | None:
@@ -32,7 +56,9 @@ def bearer_token(authorization_header: str | None) -> str | None:
     return token.strip()
 
 
-def authenticate_key(raw_key: str | None) -> Principal:
+def authenticate_key(raw_key: str | None, *, scope: str | None = None, what: str = "this request") -> Principal:
+    """The key's principal, or AuthError. With `scope`, a key without that scope is refused (403, naming
+    the scope and `what` needs it)."""
     if not raw_key:
         raise AuthError("Missing API key: send it as 'Authorization: Bearer bc_...'.")
     key = (
@@ -46,6 +72,8 @@ def authenticate_key(raw_key: str | None) -> Principal:
         raise AuthError("This API key has been revoked.", code="revoked_api_key")
     if key.tenant.status != Tenant.Status.ACTIVE:
         raise AuthError("This tenant is suspended.", status=403, code="tenant_suspended")
+    principal = Principal(tenant=key.tenant, api_key=key)
+    principal.require(scope, what)
     try:
         check_rate_limit(api_key=key)
     except LimitExceeded as exc:
@@ -54,4 +82,4 @@ def authenticate_key(raw_key: str | None) -> Principal:
     now = timezone.now()
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    return Principal(tenant=key.tenant, api_key=key)
+    return principal

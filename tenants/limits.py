@@ -30,9 +30,7 @@ def _human(seconds: int) -> str:
 
 def check_rate_limit(*, api_key) -> None:
     """Fixed one-minute window per API key; raises LimitExceeded with the seconds left in the window."""
-    limit = api_key.rate_limit_per_minute
-    if limit is None:
-        limit = settings.BEAMCLAW["RATE_LIMIT_PER_MINUTE"]
+    limit = api_key.effective_rate_limit
     if not limit:
         return
     now = time.time()

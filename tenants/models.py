@@ -2,8 +2,11 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.core.validators import RegexValidator
 from django.db import models
+
+from tenants.scopes import ALL_SCOPES, Scope
 
 slug_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{0,62}$",
@@ -36,8 +39,16 @@ class Tenant(models.Model):
         return f"tenant.{self.slug}"
 
 
+def default_scopes() -> list[str]:
+    return list(ALL_SCOPES)
+
+
 class ApiKey(models.Model):
-    """An API key `bc_<prefix>_<secret>`; only the SHA-256 of the whole key is stored."""
+    """An API key `bc_<prefix>_<secret>`; only the SHA-256 of the whole key is stored.
+
+    A key made through the API never has a scope or a higher request rate than the key that made it
+    (`tenants.services.api_key_create`); only the operator (Django admin) raises either.
+    """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True)
@@ -46,6 +57,14 @@ class ApiKey(models.Model):
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests per minute; empty means the deployment default, 0 unlimited."
     )
+    scopes = ArrayField(
+        models.CharField(max_length=16, choices=Scope.choices), default=default_scopes,
+        help_text="What the key may do: read, chat, admin (see docs/gateway.md).",
+    )
+    created_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The key that made this one through the API; empty when the operator issued it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -53,6 +72,13 @@ class ApiKey(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API key"
+        constraints = [
+            # A key with no scope, or one nobody checks for, is a mistake that would only surface as 403s.
+            models.CheckConstraint(
+                condition=models.Q(scopes__contained_by=list(ALL_SCOPES)) & ~models.Q(scopes=[]),
+                name="apikey_known_nonempty_scopes",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"bc_{self.prefix}_…"
@@ -70,6 +96,16 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def effective_rate_limit(self) -> int:
+        """Requests per minute this key gets; 0 means unlimited."""
+        if self.rate_limit_per_minute is None:
+            return settings.BEAMCLAW["RATE_LIMIT_PER_MINUTE"]
+        return self.rate_limit_per_minute
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes
 
 
 def default_tool_policy() -> dict:

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from tenants.models import Agent, ApiKey, slug_validator
+from tenants.scopes import Scope
 
 APPROVAL_MODES = ("off", "on_miss", "always")
 
@@ -70,14 +71,27 @@ class AgentSerializer(serializers.ModelSerializer):
 
 class ApiKeySerializer(serializers.ModelSerializer):
     key_prefix = serializers.SerializerMethodField()
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.values), read_only=True)
 
     class Meta:
         model = ApiKey
-        fields = ("id", "name", "key_prefix", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
-        read_only_fields = ("id", "created_at", "last_used_at", "revoked_at")
+        fields = ("id", "name", "key_prefix", "scopes", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
+        read_only_fields = fields
 
     def get_key_prefix(self, obj) -> str:
         return f"bc_{obj.prefix}_"
+
+
+class ApiKeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=Scope.values), min_length=1, required=False,
+        help_text="Some of read, chat, admin; at most the scopes of the key making the request (the default).",
+    )
+    rate_limit_per_minute = serializers.IntegerField(
+        min_value=0, required=False,
+        help_text="At most the limit of the key making the request (the default); 0 (unlimited) only if that key is unlimited.",
+    )
 
 
 class IssuedApiKeySerializer(ApiKeySerializer):

@@ -14,9 +14,64 @@ class IssuedKey:
     raw_key: str
 
 
-def api_key_create(*, tenant: Tenant, name: str = "") -> IssuedKey:
+class KeyEscalation(Exception):
+    """A key asked to make a key with more rights than its own; `field` is the request field at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _within(limit: int, ceiling: int) -> bool:
+    # 0 is "unlimited", the largest limit there is.
+    if ceiling == 0:
+        return True
+    return limit != 0 and limit <= ceiling
+
+
+def api_key_create(
+    *,
+    tenant: Tenant,
+    name: str = "",
+    scopes: list[str] | None = None,
+    rate_limit_per_minute: int | None = None,
+    created_by: ApiKey | None = None,
+) -> IssuedKey:
+    """Issue a key. `created_by` is the key asking (API); without it the operator is asking (admin, CLI).
+
+    A key never gets more than its creator: scopes a subset of the creator's, a request rate no higher than
+    the creator's effective one. Left out, both are the creator's own. The operator's keys default to every
+    scope and the deployment's rate.
+    """
+    if created_by is not None:
+        if scopes is None:
+            scopes = list(created_by.scopes)
+        extra = [scope for scope in scopes if scope not in created_by.scopes]
+        if extra:
+            raise KeyEscalation(
+                "scopes",
+                f"The key making this request lacks {', '.join(repr(s) for s in extra)}; "
+                f"a new key can only have scopes its creator has ({', '.join(created_by.scopes)}).",
+            )
+        ceiling = created_by.effective_rate_limit
+        if rate_limit_per_minute is None:
+            rate_limit_per_minute = created_by.rate_limit_per_minute
+        elif not _within(rate_limit_per_minute, ceiling):
+            asked = "no limit (0)" if rate_limit_per_minute == 0 else str(rate_limit_per_minute)
+            raise KeyEscalation(
+                "rate_limit_per_minute",
+                f"Asked for {asked}, but the key making this request is limited to {ceiling} requests per minute; "
+                "a key can only lower its limit. Only the operator can raise it.",
+            )
     prefix, raw = ApiKey.generate()
-    key = ApiKey.objects.create(tenant=tenant, name=name, prefix=prefix, key_hash=ApiKey.hash_key(raw))
+    key = ApiKey(
+        tenant=tenant, name=name, prefix=prefix, key_hash=ApiKey.hash_key(raw),
+        rate_limit_per_minute=rate_limit_per_minute, created_by=created_by,
+    )
+    if scopes is not None:
+        key.scopes = list(dict.fromkeys(scopes))
+    key.save()
     return IssuedKey(api_key=key, raw_key=raw)
 
 

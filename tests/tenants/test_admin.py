@@ -38,7 +38,7 @@ def test_session_page_shows_the_transcript(admin_client, tenant):
 
 def test_issuing_a_key_in_the_admin_shows_it_once(admin_client, tenant):
     response = admin_client.post(
-        reverse("admin:tenants_apikey_add"), {"tenant": tenant.tenant.pk, "name": "ci"}, follow=True
+        reverse("admin:tenants_apikey_add"), {"tenant": tenant.tenant.pk, "name": "ci", "scopes": ["read", "chat", "admin"]}, follow=True
     )
     assert response.status_code == 200
     shown = [str(m) for m in response.context["messages"] if "shown only this once" in str(m)]
