@@ -45,12 +45,18 @@ class MissingScopeError(PermissionDenied):
 _DJANGO_NOT_FOUND = re.compile(r"^No (\w+) matches the given query\.$")
 
 
-def _not_found_message(exc: Http404) -> str:
+def _not_found_message(exc: Http404, view) -> str:
     match = _DJANGO_NOT_FOUND.match(str(exc))
-    if match is None:
-        return str(exc) if exc.args and str(exc) else "Not found."
-    model = next((m for m in apps.get_models() if m.__name__ == match.group(1)), None)
-    noun = str(model._meta.verbose_name) if model else "object"
+    if match is not None:
+        model = next((m for m in apps.get_models() if m.__name__ == match.group(1)), None)
+    elif str(exc):
+        return str(exc)
+    else:
+        # DRF raises a bare Http404 for a malformed id (not a UUID): the view's model is the thing not found.
+        model = getattr(getattr(view, "queryset", None), "model", None)
+    if model is None:
+        return "Not found."
+    noun = str(model._meta.verbose_name)
     return f"{noun[:1].upper()}{noun[1:]} not found."
 
 
@@ -99,7 +105,7 @@ def api_exception_handler(exc, context):
     from rest_framework.views import exception_handler as drf_exception_handler
 
     if isinstance(exc, Http404):
-        exc = NotFound(_not_found_message(exc))
+        exc = NotFound(_not_found_message(exc, context.get("view")))
     elif isinstance(exc, DjangoPermissionDenied):
         exc = PermissionDenied(*exc.args)
     response = drf_exception_handler(exc, context)

@@ -52,3 +52,28 @@ def test_revoke_action(admin_client, tenant):
     admin_client.post(reverse("admin:tenants_apikey_changelist"), {"action": "revoke", "_selected_action": [key.pk]})
     key.refresh_from_db()
     assert key.revoked_at is not None
+
+
+def test_operator_sets_scopes_and_lifts_the_rate_limit(admin_client, tenant):
+    key = ApiKey.objects.get(tenant=tenant.tenant)
+    url = reverse("admin:tenants_apikey_change", args=[key.pk])
+    page = admin_client.get(url)
+    assert page.status_code == 200
+    assert b'type="checkbox" name="scopes" value="chat"' in page.content and b"rate_limit_per_minute" in page.content
+
+    saved = admin_client.post(url, {"name": "front end", "scopes": ["chat", "read"], "rate_limit_per_minute": "0"})
+    assert saved.status_code == 302, saved.content
+    key.refresh_from_db()
+    assert sorted(key.scopes) == ["chat", "read"] and key.rate_limit_per_minute == 0
+
+    no_scope = admin_client.post(url, {"name": "front end", "rate_limit_per_minute": "0"})
+    assert no_scope.status_code == 200 and b"This field is required" in no_scope.content
+
+
+def test_issuing_a_narrow_key_in_the_admin(admin_client, tenant):
+    admin_client.post(
+        reverse("admin:tenants_apikey_add"),
+        {"tenant": tenant.tenant.pk, "name": "reader", "scopes": ["read"], "rate_limit_per_minute": "30"},
+    )
+    key = ApiKey.objects.get(tenant=tenant.tenant, name="reader")
+    assert key.scopes == ["read"] and key.rate_limit_per_minute == 30

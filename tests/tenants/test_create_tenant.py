@@ -24,6 +24,8 @@ def test_create_tenant_prints_a_working_key(live, service_env):
     assert Agent.objects.get(tenant__slug=slug, slug="helper").model == "claude-test-model"
     # Only a hash of the key is stored.
     assert not ApiKey.objects.filter(key_hash=printed["api_key"]).exists()
+    # The first key has every right; narrower keys are made from it.
+    assert sorted(ApiKey.objects.get(tenant__slug=slug).scopes) == ["admin", "chat", "read"]
     models = httpx.get(f"{live}/v1/models", headers={"Authorization": f"Bearer {printed['api_key']}"}, timeout=10)
     assert [m["id"] for m in models.json()["data"]] == ["helper"]
 
