@@ -2,7 +2,7 @@
 
 Every few seconds the worker (1) consumes the queues of tenants created since it started (the broadcast
 at creation time usually got there first; this covers workers that were down), (2) announces itself in
-Redis for /health, and (3) re-enqueues runs orphaned by a dead worker.
+Redis for /health, (3) re-enqueues runs orphaned by a dead worker, and (4) forgets expired idempotency keys.
 """
 
 import logging
@@ -53,6 +53,7 @@ class Housekeeping(bootsteps.StartStopStep):
     def _tick(self, consumer, hostname: str, interval: float) -> None:
         from sessions.engine import reap_orphaned_runs
         from sessions.events import redis_client
+        from sessions.idempotency import idempotency_purge
         from tenants.queues import active_tenant_queues
         from tools.services import tools_housekeeping
 
@@ -64,4 +65,7 @@ class Housekeeping(bootsteps.StartStopStep):
                 # add_task_queue touches the consumer's connection, which belongs to the event loop.
                 consumer.call_soon(consumer.add_task_queue, queue)
         reap_orphaned_runs()
+        # One worker of the fleet every ten minutes is plenty for a 24-hour lifetime.
+        if redis_client().set("bc:idempotency:purge", hostname, nx=True, ex=600):
+            idempotency_purge()
         tools_housekeeping()  # approval timeouts, tool calls of dead workers, processes of ended sessions

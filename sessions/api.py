@@ -11,6 +11,14 @@ from rest_framework.response import Response
 
 from beamclaw_project.api_errors import Conflict
 from sessions.engine import SessionClosed, run_abort, run_submit
+from sessions.idempotency import (
+    HEADER,
+    IdempotencyConflict,
+    IdempotencyKeyInvalid,
+    idempotency_key_from,
+    idempotent_run,
+    request_fingerprint,
+)
 from sessions.models import AgentSession, Message, Run
 from sessions.serializers import (
     MessageCreateSerializer,
@@ -28,10 +36,21 @@ from tenants.models import Agent
 
 
 
-def submit_message(*, session: AgentSession, content: list[dict], mode: str | None, trigger: str) -> Run:
-    """run_submit with its refusals turned into HTTP errors (shared by the REST views)."""
+def submit_message(*, session: AgentSession, content: list[dict], mode: str | None, trigger: str, request=None) -> Run:
+    """run_submit with its refusals turned into HTTP errors (shared by the REST views). With the
+    request's Idempotency-Key, a repeat of the same request returns the first one's run."""
     try:
-        return run_submit(session=session, content=content, trigger=trigger, mode=mode)
+        key = idempotency_key_from(request.headers) if request is not None else None
+    except IdempotencyKeyInvalid as exc:
+        raise ValidationError({HEADER: [str(exc)]})
+    try:
+        return idempotent_run(
+            tenant_id=session.tenant_id, endpoint="session.messages", key=key,
+            fingerprint=request_fingerprint(str(session.pk), request.data if request is not None else None),
+            start=lambda: run_submit(session=session, content=content, trigger=trigger, mode=mode),
+        )
+    except IdempotencyConflict as exc:
+        raise Conflict(str(exc))
     except LimitExceeded as exc:
         raise Throttled(wait=exc.retry_after, detail=exc.message, code=exc.code)
     except SessionClosed as exc:
@@ -126,7 +145,7 @@ class SessionViewSet(
             data.is_valid(raise_exception=True)
             run = submit_message(
                 session=session, content=data.validated_data["content"],
-                mode=data.validated_data.get("mode"), trigger=Run.Trigger.API,
+                mode=data.validated_data.get("mode"), trigger=Run.Trigger.API, request=request,
             )
             return Response({"run": RunSerializer(run).data}, status=status.HTTP_202_ACCEPTED)
         messages = Message.objects.filter(session=session).order_by("seq")

@@ -8,11 +8,13 @@ messages seed a fresh ephemeral session that is closed once its run ends.
 
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 
 from django.db import transaction
 
 from sessions.engine import run_submit
+from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession, Message, Run
 from sessions.services import SessionConflict, session_get_or_create
 from tenants.models import Agent, Tenant
@@ -38,6 +40,7 @@ class ChatRequest:
     params: dict = field(default_factory=dict)
     queue_mode: str | None = None
     include_usage: bool = False
+    body: dict = field(default_factory=dict)  # as sent: what makes a repeated request the same request
 
 
 def _content_blocks(content, where: str) -> list[dict]:
@@ -212,6 +215,7 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
         session_name=session_name,
         params=params,
         include_usage=bool((stream_options or {}).get("include_usage")),
+        body=body,
     )
 
 
@@ -231,8 +235,35 @@ def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, li
     return session
 
 
-def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest) -> Run:
-    """Create or find the session, then submit the last user message as a run."""
+@dataclass
+class ChatStarted:
+    run: Run
+    completion_id: str
+    created: int
+
+
+def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest, idempotency_key: str | None = None) -> ChatStarted:
+    """Create or find the session, then submit the last user message as a run. With an idempotency key,
+    a repeat of the same request returns the first one's run (and completion id) instead."""
+    if idempotency_key is None:
+        return ChatStarted(run=_start(tenant, agent, request), completion_id=_completion_id(), created=int(time.time()))
+    with transaction.atomic():
+        claim = idempotency_claim(
+            tenant_id=tenant.pk, endpoint="chat.completions", key=idempotency_key,
+            fingerprint=request_fingerprint(request.body, request.session_name, request.queue_mode),
+        )
+        if claim.replay:
+            return ChatStarted(run=claim.record.run, **claim.record.response)
+        started = ChatStarted(run=_start(tenant, agent, request), completion_id=_completion_id(), created=int(time.time()))
+        idempotency_record(claim, run=started.run, response={"completion_id": started.completion_id, "created": started.created})
+        return started
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{secrets.token_hex(12)}"
+
+
+def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> Run:
     if request.session_name:
         try:
             session = session_get_or_create(tenant=tenant, agent=agent, key=request.session_name)

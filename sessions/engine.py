@@ -35,6 +35,7 @@ from tools import loop as tool_loop
 logger = logging.getLogger(__name__)
 
 ABORT_CHECK_INTERVAL = 0.2
+RUN_FAILED_UNANSWERED = "its run failed before the model answered"
 
 
 def _abort_key(run_id) -> str:
@@ -383,7 +384,8 @@ def provider_messages(session_id) -> list[dict]:
     """The transcript in the shape the Messages API accepts: roles alternate (consecutive turns of one
     role, e.g. after a failed run, are merged) and the first turn is the user's."""
     merged: list[dict] = []
-    for role, content in Message.objects.filter(session_id=session_id).order_by("seq").values_list("role", "content"):
+    transcript = Message.objects.filter(session_id=session_id, excluded_reason="").order_by("seq")
+    for role, content in transcript.values_list("role", "content"):
         if not content:
             continue
         if merged and merged[-1]["role"] == role:
@@ -478,6 +480,10 @@ def _end_run_locked(run: Run, status: str, *, error: str = "", session: AgentSes
     now, other sessions' of the tenant after commit if this frees a slot they wait for.
     Caller holds the session and run row locks."""
     tool_loop.run_ending_locked(run, session, status)
+    if status == Run.Status.FAILED and not run.messages.filter(role=Message.Role.ASSISTANT).exists():
+        # Clients retry failed requests (the openai package twice by default): the model must see the
+        # message once, from the retry, not once per attempt. The transcript keeps it, marked.
+        run.messages.filter(role=Message.Role.USER).update(excluded_reason=RUN_FAILED_UNANSWERED)
     run.status = status
     run.error = error
     run.finished_at = timezone.now()

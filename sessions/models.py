@@ -116,6 +116,9 @@ class Message(models.Model):
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
     step = models.PositiveIntegerField(null=True, blank=True)
     usage = models.JSONField(default=dict, blank=True)
+    # Why the model no longer sees this message (empty: it does). A run that failed before the model
+    # answered leaves its user message here, so a client's retry does not pile copies into the context.
+    excluded_reason = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -167,3 +170,26 @@ class ToolCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.status})"
+
+
+class IdempotencyKey(models.Model):
+    """A POST sent with an Idempotency-Key header. A repeat of the same request within the key's lifetime
+    gets what the first one started (its run or tool invocation) instead of starting another."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    endpoint = models.CharField(max_length=32, help_text="Which operation the key was used for.")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="sha256 of the request; another body is a conflict.")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    invocation_id = models.UUIDField(null=True, blank=True, help_text="tools.ToolInvocation, for tools/invoke.")
+    response = models.JSONField(default=dict, blank=True, help_text="What a replay must repeat (e.g. ids).")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            # Two concurrent first attempts: the second waits on this index, then replays the first.
+            models.UniqueConstraint(fields=["tenant", "endpoint", "key"], name="idempotency_key_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint}:{self.key}"

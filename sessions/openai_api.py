@@ -5,8 +5,6 @@ the error shape is OpenAI's, not DRF's.
 """
 
 import json
-import secrets
-import time
 from functools import wraps
 
 from django.core.exceptions import RequestDataTooBig
@@ -18,6 +16,7 @@ from beamclaw_project.asyncdb import db_call
 from sessions import events
 from sessions.chat import ChatRequestError, chat_start, parse_chat_request
 from sessions.engine import SessionClosed
+from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
 from sessions.run_stream import follow_run
 from tenants.auth import AuthError, authenticate_key, bearer_token
 from tenants.limits import LimitExceeded
@@ -139,9 +138,9 @@ def _parse_chat(request):
 
 
 @db_call
-def _authenticate_and_start(authorization: str | None, chat):
+def _authenticate_and_start(authorization: str | None, chat, idempotency_key: str | None):
     """Everything a chat request needs from the database in one thread hop: the key, the agent, the run.
-    Returns the run, or the error response; raises AuthError."""
+    Returns the ChatStarted, or the error response; raises AuthError."""
     principal = authenticate_key(bearer_token(authorization), scope="chat", what="the OpenAI-compatible API")
     if chat is None:
         return None
@@ -152,9 +151,11 @@ def _authenticate_and_start(authorization: str | None, chat):
             code="model_not_found", param="model",
         )
     try:
-        return chat_start(tenant=principal.tenant, agent=agent, request=chat)
+        return chat_start(tenant=principal.tenant, agent=agent, request=chat, idempotency_key=idempotency_key)
     except ChatRequestError as exc:
         return openai_error(400, exc.message, param=exc.param, code="invalid_request")
+    except IdempotencyConflict as exc:
+        return openai_error(409, str(exc), code="idempotency_key_reused", param="Idempotency-Key")
     except LimitExceeded as exc:
         response = openai_error(429, exc.message, type="insufficient_quota", code=exc.code)
         response["Retry-After"] = str(exc.retry_after)
@@ -168,17 +169,20 @@ def _authenticate_and_start(authorization: str | None, chat):
 async def chat_completions(request):
     # Parse first, but report in the order a client fixes things: credentials, then the body.
     chat, body_error = _parse_chat(request)
+    idempotency_key = None
     try:
-        outcome = await _authenticate_and_start(request.headers.get("Authorization"), chat)
+        idempotency_key = idempotency_key_from(request.headers)
+    except IdempotencyKeyInvalid as exc:
+        chat, body_error = None, body_error or openai_error(400, str(exc), param="Idempotency-Key", code="invalid_request")
+    try:
+        outcome = await _authenticate_and_start(request.headers.get("Authorization"), chat, idempotency_key)
     except AuthError as exc:
         return _auth_error_response(exc)
     if body_error is not None:
         return body_error
     if isinstance(outcome, JsonResponse):
         return outcome
-    run = outcome
-    completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-    created = int(time.time())
+    run, completion_id, created = outcome.run, outcome.completion_id, outcome.created
     if chat.stream:
         response = StreamingHttpResponse(
             _stream_chunks(run.pk, completion_id, created, chat.model, chat.include_usage),

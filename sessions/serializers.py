@@ -53,7 +53,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Message
-        fields = ("seq", "role", "content", "text", "run", "created_at")
+        fields = ("seq", "role", "content", "text", "run", "excluded_reason", "created_at")
         read_only_fields = fields
 
 

@@ -6,6 +6,7 @@ ASGI server's single sync thread, so the view must not sit there for seconds: it
 generator that waits for the worker's result in Redis.
 """
 
+import asyncio
 import json
 import re
 import time
@@ -22,7 +23,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from beamclaw_project.api_errors import Conflict
+from beamclaw_project.asyncdb import db_call
 from sessions.events import async_redis
+from sessions.idempotency import HEADER as IDEMPOTENCY_HEADER
+from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from, request_fingerprint
 from sessions.models import AgentSession
 from tenants.api_auth import TenantScopedMixin
 from tenants.models import Agent
@@ -37,7 +41,13 @@ from tools.serializers import (
     ToolInvokeInputSerializer,
     ToolResultSerializer,
 )
-from tools.services import ApprovalNotPending, approval_resolve, invocation_response, invocation_result_key, tool_invoke
+from tools.services import (
+    ApprovalNotPending,
+    approval_resolve,
+    invocation_response,
+    invocation_result_key,
+    tool_invoke_once,
+)
 
 
 AGENT_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -64,6 +74,10 @@ class ToolInvokeApi(APIView):
         """Run one tool as the agent would, with the same policy, approvals and sandbox."""
         data = ToolInvokeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        try:
+            idempotency_key = idempotency_key_from(request.headers)
+        except IdempotencyKeyInvalid as exc:
+            raise ValidationError({IDEMPOTENCY_HEADER: [str(exc)]})
         tenant = request.user.tenant
         agent = Agent.objects.filter(tenant=tenant, slug=data.validated_data["agent"]).select_related("tenant").first()
         if agent is None:
@@ -76,10 +90,13 @@ class ToolInvokeApi(APIView):
             if session.agent_id != agent.pk:
                 raise ValidationError({"session": ["This session belongs to another agent."]})
         try:
-            outcome = tool_invoke(
+            outcome = tool_invoke_once(
+                idempotency_key=idempotency_key, fingerprint=request_fingerprint(request.data),
                 tenant=tenant, agent=agent, session=session, tool=data.validated_data["tool"],
                 tool_input=data.validated_data["input"], requested_by=_caller(request),
             )
+        except IdempotencyConflict as exc:
+            raise Conflict(str(exc))
         except registry.ToolNotFound as exc:
             raise ValidationError({"tool": [str(exc)]})
         except registry.ToolForbidden as exc:
@@ -88,6 +105,12 @@ class ToolInvokeApi(APIView):
             raise ValidationError({exc.field: [exc.message]})
         if outcome.approval is not None:
             return Response(ApprovalSerializer(outcome.approval).data, status=status.HTTP_202_ACCEPTED)
+        if outcome.replay:
+            if outcome.invocation.status in ToolInvocation.SETTLED_STATUSES:
+                return Response(invocation_response(outcome.invocation))
+            return StreamingHttpResponse(
+                _await_replayed_result(outcome.invocation.pk), content_type="application/json", status=status.HTTP_200_OK
+            )
         return StreamingHttpResponse(
             _await_result(outcome.invocation), content_type="application/json", status=status.HTTP_200_OK
         )
@@ -108,6 +131,28 @@ async def _await_result(invocation: ToolInvocation):
         "ok": False,
         "error": f"no result after {wait:g} s; the call is still running. GET /api/tools/invocations/{invocation.pk}/ shows it when done.",
         "output": "",
+    })
+
+
+@db_call
+def _settled_invocation(invocation_id) -> ToolInvocation | None:
+    invocation = ToolInvocation.objects.filter(pk=invocation_id).first()
+    return invocation if invocation is not None and invocation.status in ToolInvocation.SETTLED_STATUSES else None
+
+
+async def _await_replayed_result(invocation_id):
+    """A repeated request for an invocation still running: the first request's waiter takes the result
+    from Redis, so this one watches the row instead (replays are rare; a short poll is cheap enough)."""
+    deadline = time.monotonic() + settings.BEAMCLAW_TOOLS["INVOKE_WAIT_SECONDS"]
+    while time.monotonic() < deadline:
+        invocation = await _settled_invocation(invocation_id)
+        if invocation is not None:
+            yield json.dumps(invocation_response(invocation))
+            return
+        await asyncio.sleep(0.25)
+    yield json.dumps({
+        "ok": False, "invocation": str(invocation_id), "output": "",
+        "error": f"the call is still running. GET /api/tools/invocations/{invocation_id}/ shows it when done.",
     })
 
 

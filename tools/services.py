@@ -16,6 +16,7 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from sessions.events import redis_client
+from sessions.idempotency import idempotency_claim, idempotency_record
 from sessions.models import AgentSession, ToolCall
 from tenants.models import Agent, Tenant
 from tools import approvals, execution, loop, registry
@@ -46,6 +47,26 @@ def invocation_result_key(invocation_id) -> str:
 class InvokeOutcome:
     invocation: ToolInvocation
     approval: Approval | None
+    replay: bool = False  # an earlier request with the same Idempotency-Key started this invocation
+
+
+def tool_invoke_once(*, idempotency_key: str | None, fingerprint: str, **invoke) -> InvokeOutcome:
+    """tool_invoke, once per Idempotency-Key: a repeat of the same request gets the first invocation."""
+    if idempotency_key is None:
+        return tool_invoke(**invoke)
+    with transaction.atomic():
+        claim = idempotency_claim(
+            tenant_id=invoke["tenant"].pk, endpoint="tools.invoke", key=idempotency_key, fingerprint=fingerprint
+        )
+        if claim.replay:
+            invocation = ToolInvocation.objects.select_related("tenant").get(pk=claim.record.invocation_id)
+            approval = None
+            if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL:
+                approval = Approval.objects.filter(invocation=invocation).order_by("-created_at").first()
+            return InvokeOutcome(invocation=invocation, approval=approval, replay=True)
+        outcome = tool_invoke(**invoke)
+        idempotency_record(claim, invocation_id=outcome.invocation.pk)
+        return outcome
 
 
 def tool_invoke(
