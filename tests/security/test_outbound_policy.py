@@ -5,14 +5,22 @@ The same list of addresses is refused by web_fetch and by webhook deliveries, be
 127.0.0.1 and are reached only where a test allows that range explicitly.
 """
 
+import datetime
 import ipaddress
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
+from cryptography import x509  # installed with Daphne's TLS stack
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from beamclaw_project.infra import address_policy
 from cron.delivery import DeliveryError, DeliveryTargetError, deliver_parse, webhook_send
@@ -162,3 +170,69 @@ def test_misconfigured_allowances_stop_the_process_with_a_fix():
     old = _settings_process(BEAMCLAW_CRON_WEBHOOK_ALLOW_PRIVATE="true")
     assert old.returncode != 0 and "BEAMCLAW_CRON_WEBHOOK_ALLOW_PRIVATE was removed" in old.stderr
     assert "BEAMCLAW_OUTBOUND_ALLOW_CIDRS" in old.stderr
+
+
+def _tls_context_for(name: str, tmp_path):
+    """A server context with a certificate for `name`, and a client context trusting its CA only."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False).sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(tmp_path / "leaf.pem")
+    return server_context, ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+
+
+class _EchoHost(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.headers.get("Host", "").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("certificate_for, verified", [("pinned.test", True), ("someone-else.test", False)])
+def test_https_through_the_pin_keeps_the_name_for_sni_and_the_certificate(settings, monkeypatch, tmp_path, certificate_for, verified):
+    """The connection goes to the checked IP, yet TLS is about the name: the server sees the name in SNI
+    and the Host header, and a certificate for another name is rejected."""
+    settings.BEAMCLAW_OUTBOUND = {"ALLOW_CIDRS": ["127.0.0.1/32"]}
+    server_context, client_context = _tls_context_for(certificate_for, tmp_path)
+    sni_seen = []
+    server_context.sni_callback = lambda sock, server_name, ctx: sni_seen.append(server_name)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHost)
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):  # the name exists only for this test
+        if host == "pinned.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    try:
+        with address_policy.client(verify=client_context, timeout=10) as client:
+            if verified:
+                response = client.get(f"https://pinned.test:{port}/")
+                assert response.status_code == 200 and response.text == f"pinned.test:{port}"
+            else:
+                with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+                    client.get(f"https://pinned.test:{port}/")
+        assert sni_seen and sni_seen[0] == "pinned.test"
+    finally:
+        server.shutdown()
+        server.server_close()
