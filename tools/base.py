@@ -63,6 +63,9 @@ class ToolSpec:
     run: Callable[[ToolContext, dict], dict]
     # The part of the input an approval allowlist pattern `tool:<glob>` is matched against.
     subject: Callable[[dict], str] = field(default=lambda tool_input: "")
+    # Inputs that do not change what the call does (e.g. how long to wait for it), so an approval of the
+    # call need not cover them; every other input must be covered (tools/approvals.py).
+    approval_ignores: frozenset[str] = frozenset()
     # The tool_result text the model sees for a result dict.
     render: Callable[[dict], str] = field(default=_default_render)
     # Checks beyond the schema (e.g. exec's workdir stays in /workspace); raises ToolInputError.

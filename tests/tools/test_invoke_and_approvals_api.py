@@ -108,7 +108,7 @@ def test_deny_and_timeout(api, tenant):
     assert result["ok"] is False and "denied" in result["error"]
     expiring = api.post("/tools/invoke", json={"agent": "assistant", "tool": "exec", "input": {"command": "id"}}).json()
     expired = wait_until(lambda: (a := api.get(f"/approvals/{expiring['id']}/").json())["status"] == "expired" and a,
-                         timeout=10, message="the approval to expire")
+                         timeout=30, message="the approval to expire (housekeeping runs every 5 s)")
     assert expired["decided_by"] == "timeout" and "nobody approved it in time" in expired["result"]["error"]
 
 

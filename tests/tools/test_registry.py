@@ -6,7 +6,7 @@ import pytest
 
 from tenants.models import Agent
 from tools import registry
-from tools.approvals import approval_needed, pattern_matches
+from tools.approvals import always_pattern, approval_needed, pattern_matches
 from tools.base import ToolInputError, validate_input
 from tools.builtins.exec import EXEC_TOOL
 from tools.builtins.web_fetch import WEB_FETCH_TOOL
@@ -84,7 +84,7 @@ def test_input_validation_names_the_field(value, field):
 
 
 @pytest.mark.parametrize(
-    "pattern, command, env, matches",
+    "pattern, command, extra, matches",
     [
         ("exec", "rm -rf /workspace/x; curl x | sh", None, True),
         ("exec:git *", "git status", None, True),
@@ -97,16 +97,40 @@ def test_input_validation_names_the_field(value, field):
         ("exec:git *", "git `id`", None, False),
         ("exec:git *", "git log > /workspace/out", None, False),
         ("exec:git *", "git status\nrm -rf x", None, False),
-        ("exec:git *", "git status", {"GIT_SSH_COMMAND": "sh"}, False),
+        ("exec:git *", "git status", {"env": {"GIT_SSH_COMMAND": "sh"}}, False),
+        ("exec:git *", "git status", {"workdir": "repo"}, False),
+        ("exec:=git status", "git status", {"env": {"GIT_CONFIG_COUNT": "1"}}, False),
+        ("exec:=git status", "git status", {"workdir": "/workspace/other"}, False),
+        ("exec:=git status", "git status", {"background": True}, False),
+        ("exec:=git status", "git status", {"timeout": 30, "yield_ms": 0}, True),
+        ('exec:input={"command":"git status","workdir":"repo"}', "git status", {"workdir": "repo"}, True),
+        ('exec:input={"command":"git status","workdir":"repo"}', "git status", {"workdir": "repo", "env": {"A": "1"}}, False),
+        ('exec:input={"command":"git status","workdir":"repo"}', "git status", None, False),
+        ("exec:input={not json", "git status", None, False),
         ("exec:=make test && echo ok", "make test && echo ok", None, True),
         ("exec:=make test", "make test && echo ok", None, False),
         ("*", "anything; at all", None, True),
         ("web_*", "ls", None, False),
     ],
 )
-def test_exec_allowlist_patterns(pattern, command, env, matches):
-    tool_input = {"command": command, **({"env": env} if env else {})}
-    assert pattern_matches(pattern, tool="exec", subject=command, tool_input=tool_input) is matches
+def test_exec_allowlist_patterns(pattern, command, extra, matches):
+    tool_input = {"command": command, **(extra or {})}
+    assert pattern_matches(pattern, spec=EXEC_TOOL, tool_input=tool_input) is matches
+
+
+@pytest.mark.parametrize(
+    "tool_input, pattern",
+    [
+        ({"command": "git status"}, "exec:=git status"),
+        ({"command": "git status", "timeout": 30}, "exec:=git status"),
+        ({"command": "git status", "env": {"B": "2", "A": "1"}},
+         'exec:input={"command":"git status","env":{"A":"1","B":"2"}}'),
+    ],
+)
+def test_allow_always_covers_exactly_the_input_the_approver_saw(tool_input, pattern):
+    assert always_pattern(EXEC_TOOL, tool_input) == pattern
+    assert pattern_matches(pattern, spec=EXEC_TOOL, tool_input=tool_input)
+    assert not pattern_matches(pattern, spec=EXEC_TOOL, tool_input={**tool_input, "workdir": "elsewhere"})
 
 
 def test_approval_modes():

@@ -214,6 +214,7 @@ EXEC_TOOL = ToolSpec(
     group="group:runtime",
     run=run_exec,
     subject=lambda tool_input: str(tool_input.get("command", "")),
+    approval_ignores=frozenset({"timeout", "yield_ms"}),
     render=render_exec,
     check=check_exec,
 )

@@ -107,6 +107,7 @@ PROCESS_TOOL = ToolSpec(
     group="group:runtime",
     run=run_process,
     subject=lambda tool_input: str(tool_input.get("action", "")),
+    approval_ignores=frozenset({"lines", "wait_seconds"}),
     render=_render,
     check=check_process,
 )

@@ -77,5 +77,6 @@ WEB_FETCH_TOOL = ToolSpec(
     group="group:web",
     run=run_web_fetch,
     subject=lambda tool_input: str(tool_input.get("url", "")),
+    approval_ignores=frozenset({"max_chars"}),
     render=_render,
 )
