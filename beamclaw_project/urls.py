@@ -1,14 +1,28 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 
 from beamclaw_project.health import health
 from sessions import openai_api
+
+
+@csrf_exempt
+async def openai_not_found(request, rest=""):
+    """Any other /v1/ path: OpenAI clients parse errors in OpenAI's shape, not Django's HTML 404 page."""
+    return openai_api.openai_error(
+        404,
+        f"Invalid URL ({request.method} {request.path}): this gateway serves GET /v1/models, "
+        "GET /v1/models/{model} and POST /v1/chat/completions.",
+        code="unknown_url",
+    )
+
 
 urlpatterns = [
     path("health", health, name="health"),
     path("v1/models", openai_api.list_models, name="openai-models"),
     path("v1/models/<str:model_id>", openai_api.retrieve_model, name="openai-model"),
     path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
+    re_path(r"^v1(?:/(?P<rest>.*))?$", openai_not_found, name="openai-not-found"),
     path("api/", include("beamclaw_project.api_urls")),
     path("admin/", admin.site.urls),
 ]

@@ -5,18 +5,26 @@ arrive as `{"type":"event","event","payload","seq"}` (seq is the run's own event
 `run_id`). The first frame must be `connect {"token"}`. A socket follows the sessions it sends to or
 subscribes to: every run of those sessions streams to it, whoever started the run.
 
-Daphne does not transmit close reasons, so before closing the server sends a last `res` frame saying why.
-Close codes: 4400 first frame not a connect request, 4401 bad API key, 4403 tenant suspended, 4408 no
-connect in time, 4429 rate limited at connect.
+Before closing, the server sends a last `res` frame saying why (close reasons are limited to 123 bytes, and
+some clients do not show them); the close frame carries the reason too.
+Close codes: 1009 frame over MAX_FRAME_BYTES, 4400 first frame not a connect request, 4401 bad API key,
+4403 tenant suspended, 4408 no connect in time, 4429 rate limited at connect.
+
+Approval events reach a socket twice over: in the stream of a run it follows, and through the tenant's
+channel-layer group (which also covers approvals of runs it does not follow). Each is delivered once, by
+whichever copy comes first, and a `requested` that arrives after its approval's `resolved` is dropped, so
+a client never shows a decided approval as pending.
 """
 
 import asyncio
 import json
 import uuid
+from collections import OrderedDict
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.serializers.json import DjangoJSONEncoder
 
+from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
 from sessions import events, notify
 from sessions.engine import SessionClosed, run_abort, run_submit
@@ -31,7 +39,12 @@ from tenants.serializers import AgentSerializer
 
 PROTOCOL_VERSION = 1
 CONNECT_TIMEOUT_SECONDS = 10
-MAX_FRAME_BYTES = 1024 * 1024
+# Text frames beyond this many bytes (UTF-8) close the socket with 1009. Below Daphne's own message limit
+# (1 MiB unless raised), which closes with 1009 before the frame reaches this consumer.
+MAX_FRAME_BYTES = 512 * 1024
+CLOSE_MESSAGE_TOO_BIG = 1009
+# Approval ids whose events this socket has delivered; old ones age out (their events stopped long ago).
+APPROVALS_REMEMBERED = 10_000
 CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}
 EVENTS = [
     events.RUN_STARTED, events.TEXT_DELTA, events.TOOL_CALL, events.TOOL_RESULT,
@@ -242,6 +255,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         self.principal = None
         self.tails: dict[str, asyncio.Task] = {}
         self.subscriptions: set[str] = set()
+        self.approvals_sent: OrderedDict[str, str] = OrderedDict()
         await self.accept()
         self.connect_deadline = asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_SECONDS, self._connect_timed_out)
 
@@ -269,11 +283,17 @@ class GatewayConsumer(AsyncWebsocketConsumer):
 
     async def _refuse(self, request_id, close_code: int, code: str, message: str) -> None:
         await self._respond(request_id, error=RequestError(code, message))
-        await self.close(code=close_code)
+        await self.close(code=close_code, reason=message)
 
     # --- frames ------------------------------------------------------------------------------------
 
     async def receive(self, text_data=None, bytes_data=None):
+        if text_data is not None and len(text_data.encode()) > MAX_FRAME_BYTES:
+            await self._refuse(
+                None, CLOSE_MESSAGE_TOO_BIG, "frame_too_large",
+                f"Frame larger than {MAX_FRAME_BYTES} bytes; send large content (images) over the REST API.",
+            )
+            return
         frame, problem = self._parse(text_data, bytes_data)
         request_id = frame.get("id") if isinstance(frame, dict) else None
         if self.principal is None:
@@ -297,10 +317,10 @@ class GatewayConsumer(AsyncWebsocketConsumer):
     def _parse(text_data, bytes_data) -> tuple[dict | None, str | None]:
         if text_data is None:
             return None, "Frames must be JSON text, not binary."
-        if len(text_data) > MAX_FRAME_BYTES:
-            return None, f"Frame larger than {MAX_FRAME_BYTES} bytes."
         try:
-            frame = json.loads(text_data)
+            frame = json_input.loads(text_data)
+        except json_input.JSONTooDeep as exc:
+            return None, str(exc)
         except ValueError as exc:
             return None, f"Frame is not valid JSON: {exc}"
         if not isinstance(frame, dict):
@@ -397,16 +417,33 @@ class GatewayConsumer(AsyncWebsocketConsumer):
     async def _forward_events(self, run_id: str) -> None:
         try:
             async for event in follow_run(run_id):
-                if event is not None:
-                    await self.send_json(
-                        {"type": "event", "event": event.event, "payload": {**event.payload, "run_id": run_id}, "seq": event.seq}
-                    )
+                if event is None or not self._first_approval_copy(event.event, event.payload):
+                    continue
+                await self.send_json(
+                    {"type": "event", "event": event.event, "payload": {**event.payload, "run_id": run_id}, "seq": event.seq}
+                )
         except TimeoutError:
             pass
 
     async def approval_event(self, message):
         """Channel-layer notification: an approval of this tenant was requested or resolved."""
-        await self.send_json({"type": "event", "event": message["event"], "payload": message["payload"], "seq": None})
+        if self._first_approval_copy(message["event"], message["payload"]):
+            await self.send_json({"type": "event", "event": message["event"], "payload": message["payload"], "seq": None})
+
+    def _first_approval_copy(self, event: str, payload: dict) -> bool:
+        """Whether to deliver this event: False for an approval event already delivered, or a `requested`
+        after its `resolved`. Decided and recorded with no await in between, so the two copies cannot race."""
+        if event not in ("approval.requested", "approval.resolved"):
+            return True
+        approval_id = payload.get("approval_id")
+        sent = self.approvals_sent.get(approval_id)
+        if sent == "approval.resolved" or sent == event:
+            return False
+        self.approvals_sent[approval_id] = event
+        self.approvals_sent.move_to_end(approval_id)
+        if len(self.approvals_sent) > APPROVALS_REMEMBERED:
+            self.approvals_sent.popitem(last=False)
+        return True
 
     async def run_started(self, message):
         """Channel-layer notification: a run started in a session this socket follows."""

@@ -6,6 +6,7 @@ this by itself) resumes after `Last-Event-ID`.
 """
 
 import json
+import re
 
 from django.http import JsonResponse, StreamingHttpResponse
 
@@ -15,6 +16,11 @@ from sessions.engine import terminal_event_from_db
 from sessions.models import Run
 from sessions.run_stream import follow_run
 from tenants.auth import AuthError, authenticate_key, bearer_token
+
+# Stream entry ids are 64-bit in Redis: a larger resume point is a Redis error that used to surface
+# mid-stream. Seqs count events of one run, so the signed 64-bit range is far more than enough.
+MAX_RESUME_SEQ = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 @db_call
@@ -47,6 +53,14 @@ def _error(status: int, message: str, code: str, retry_after: int | None = None)
     return response
 
 
+def _resume_point(value: str) -> int | None:
+    # str.isdigit() also accepts digits such as "²" that int() refuses, hence the explicit ASCII pattern.
+    if not _DIGITS.fullmatch(value.strip()):
+        return None
+    seq = int(value)
+    return seq if seq <= MAX_RESUME_SEQ else None
+
+
 async def run_events(request, run_id):
     if request.method != "GET":
         return _error(405, f"Method {request.method} not allowed.", "method_not_allowed")
@@ -56,10 +70,13 @@ async def run_events(request, run_id):
         return _error(exc.status, exc.message, exc.code, exc.retry_after)
     if run is None:
         return _error(404, "No such run.", "not_found")
-    resume_from = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0"
-    if not resume_from.isdigit():
-        return _error(400, "Last-Event-ID (or ?after=) must be the non-negative integer seq of an event.", "invalid")
-    response = StreamingHttpResponse(_event_frames(run, int(resume_from)), content_type="text/event-stream")
+    resume_from = _resume_point(request.headers.get("Last-Event-ID") or request.GET.get("after") or "0")
+    if resume_from is None:
+        return _error(
+            400, f"Last-Event-ID (or ?after=) must be the seq of an event: an integer from 0 to {MAX_RESUME_SEQ}.",
+            "invalid",
+        )
+    response = StreamingHttpResponse(_event_frames(run, resume_from), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

@@ -90,8 +90,28 @@ def test_body_over_2mb_is_413(live, tenant):
     assert_openai_error(post(live, tenant.headers, huge), 413, mentions="2 MB")
 
 
-def test_wrong_method_is_not_a_500(live, tenant):
-    assert httpx.get(f"{live}/v1/chat/completions", headers=tenant.headers, timeout=10).status_code == 405
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [("GET", "/v1/chat/completions", "POST"), ("PUT", "/v1/chat/completions", "POST"),
+     ("POST", "/v1/models", "GET"), ("DELETE", "/v1/models/assistant", "GET")],
+)
+def test_wrong_method_is_405_in_openai_shape_with_allow(live, tenant, method, path, allowed):
+    response = httpx.request(method, f"{live}{path}", headers=tenant.headers, timeout=10)
+    error = assert_openai_error(response, 405, mentions=method)
+    assert error["code"] == "method_not_allowed" and allowed in error["message"]
+    assert response.headers["Allow"] == allowed
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("POST", "/v1/embeddings"), ("GET", "/v1/files"), ("POST", "/v1/completions"), ("GET", "/v1"),
+     ("GET", "/v1/"), ("GET", "/v1/chat/completions/extra"), ("POST", "/v1/audio/speech")],
+)
+def test_unknown_v1_paths_are_404_in_openai_shape(live, tenant, method, path):
+    response = httpx.request(method, f"{live}{path}", headers=tenant.headers, json={}, timeout=10)
+    error = assert_openai_error(response, 404, mentions=f"{method} {path}")
+    assert error["code"] == "unknown_url" and "/v1/chat/completions" in error["message"]
+    assert response.headers["Content-Type"] == "application/json"
 
 
 def test_nul_characters_are_400_not_500(live, tenant):

@@ -2,6 +2,7 @@
 
 import json
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -192,3 +193,43 @@ def test_approvals_list_and_resolve_over_websocket(ws, tenant):
     assert "approved-and-ran" in run_events[-1]["payload"]["text"]
     again = client.call("approvals.resolve", {"approval": pending[0]["id"], "decision": "deny"})
     assert again["error"]["code"] == "conflict"
+
+
+def _approval_events(client: WS, approval_id: str) -> list[str]:
+    return [e["event"] for e in client.events if e["payload"].get("approval_id") == approval_id]
+
+
+def _receive_until(client: WS, predicate) -> None:
+    while not any(predicate(e) for e in client.events):
+        frame = client.recv()
+        if frame["type"] == "event":
+            client.events.append(frame)
+
+
+def test_each_approval_event_arrives_once_and_in_order(ws, tenant, live):
+    """A socket following the run gets approval events from the run's stream and from the tenant's group;
+    it must show each once, and never `requested` after `resolved` (a decided approval shown as pending)."""
+    tenant.agent.approval = {"mode": "always", "allowlist": []}
+    tenant.agent.save()
+    follower, bystander = ws(), ws()
+    session = follower.call("sessions.create", {"agent": "assistant"})["payload"]
+    run_id = follower.call(
+        "chat.send", {"session": session["id"], "message": '[[tool=exec:{"command": "echo once"}]]'}
+    )["payload"]["run_id"]
+    _receive_until(follower, lambda e: e["event"] == "approval.requested")
+    approval_id = next(e for e in follower.events if e["event"] == "approval.requested")["payload"]["approval_id"]
+    assert follower.call("approvals.resolve", {"approval": approval_id, "decision": "allow"})["ok"]
+    assert follower.events_until_done(run_id)[-1]["event"] == "run.completed"
+
+    # Every copy of those events has been handled once a later approval's event has arrived: the run's
+    # stream is ordered up to run.completed, and group messages reach a socket in the order they were sent.
+    later = httpx.post(
+        f"{live}/api/tools/invoke", json={"agent": "assistant", "tool": "exec", "input": {"command": "echo later"}},
+        headers=tenant.headers, timeout=30,
+    )
+    assert later.status_code == 202, later.text
+    later_id = later.json()["id"]
+    for client in (follower, bystander):
+        _receive_until(client, lambda e: e["payload"].get("approval_id") == later_id)
+        assert _approval_events(client, approval_id) == ["approval.requested", "approval.resolved"]
+        assert _approval_events(client, later_id) == ["approval.requested"]

@@ -1,0 +1,168 @@
+"""Input that Daphne (Twisted and Autobahn underneath) refuses before the application sees it, refused cleanly.
+
+Daphne offers no hooks for these, and a deployment runs the stock `daphne` command, so `asgi.py` applies
+them when Daphne imports the application (before it builds its factories). Each one is checked by a test
+that drives a real Daphne (tests/security/), so a Daphne, Twisted or Autobahn upgrade that moves the
+internals shows up as a failing test rather than as a silent regression.
+
+1. Request headers over Twisted's limits: 16 KiB for one line (`LineReceiver.MAX_LENGTH`) and 16 KiB for
+   the request line and all headers together (`HTTPChannel.totalHeadersSize`). Twisted drops the
+   connection without a word for one long line and sends a bare "400 Bad Request" for too much in total.
+   Both now get 431 Request Header Fields Too Large with a JSON body naming the limit; other requests
+   Twisted cannot parse get a JSON 400. The limits stay: no real client sends 16 KiB of headers (an API
+   key is under 100 bytes), and they bound what one connection can make the server buffer.
+2. WebSocket denial responses (the ASGI `websocket.http.response` extension, which Daphne lacks): the
+   application may refuse a handshake with any HTTP status and body, where Daphne alone only knows 403.
+   Unknown WebSocket paths use it to answer 404.
+3. WebSocket messages over Daphne's size limit (`--websocket_max_message_size` and
+   `--websocket_max_frame_size`, 1 MiB by default): Autobahn fails such a connection by dropping TCP
+   (its `failByDrop` option), so the client sees a broken connection. With the option off it sends
+   the close frame RFC 6455 intends, 1009 "message too big", with the reason.
+4. Closing a WebSocket from the application: Daphne hands only the code to Autobahn's `sendClose`, which
+   refuses RFC 6455's own codes (so the consumer's 1009 for an oversized frame raised, and the client got
+   1011), and the ASGI close `reason` was dropped. Both now reach the client.
+"""
+
+import json
+from http import HTTPStatus
+
+from autobahn.util import encode_truncate
+from autobahn.websocket.types import ConnectionDeny
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from twisted.web.http import HTTPChannel
+
+DENIAL_EXTENSION = "websocket.http.response"
+# Bytes of a refused request read and thrown away before the connection is cut regardless.
+_DRAIN_LIMIT = 1024 * 1024
+
+
+def error_body(message: str, code: str) -> bytes:
+    """The JSON error both API styles understand: DRF's `detail` and OpenAI's `error` object."""
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return json.dumps({"detail": message, "error": error}).encode()
+
+
+# --- 1. oversized or malformed HTTP requests -------------------------------------------------------
+
+
+def _refuse_request(channel: HTTPChannel, status: int, message: str, code: str) -> None:
+    if getattr(channel, "_beamclaw_refused", False):
+        return
+    channel._beamclaw_refused = True
+    body = error_body(message, code)
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    channel.transport.write(head.encode("ascii") + body)
+    # Closing while the client is still sending would reset the connection, and a reset can destroy the
+    # answer before the client reads it. So stop parsing, read and discard the rest, and only half-close:
+    # the client reads the answer, sees the end, and hangs up itself (or the channel's idle timeout does).
+    drained = [0]
+
+    def discard(data: bytes = b"") -> None:
+        drained[0] += len(data)
+        if drained[0] > _DRAIN_LIMIT:
+            channel.transport.abortConnection()
+
+    channel.lineReceived = discard
+    channel.rawDataReceived = discard
+    channel.setRawMode()
+    if hasattr(channel.transport, "loseWriteConnection"):
+        channel.transport.loseWriteConnection()
+    else:
+        channel.transport.loseConnection()
+
+
+def _line_too_long(self: HTTPChannel, line: bytes) -> None:
+    _refuse_request(
+        self, 431, f"A request header (or the request line) is longer than {self.MAX_LENGTH // 1024} KiB.",
+        "request_header_too_large",
+    )
+
+
+def _bad_request(self: HTTPChannel) -> None:
+    if self._receivedHeaderSize > self.totalHeadersSize:
+        _refuse_request(
+            self, 431, f"The request line and headers together are larger than {self.totalHeadersSize // 1024} KiB.",
+            "request_headers_too_large",
+        )
+    else:
+        _refuse_request(self, 400, "The HTTP request is malformed.", "malformed_http_request")
+
+
+# --- 2. WebSocket denial responses, and 4. closes with any code and a reason ---------------------------
+
+_create_application = Server.create_application
+_handle_reply = WebSocketProtocol.handle_reply
+_send_http_error_response = WebSocketProtocol.sendHttpErrorResponse
+
+
+def _create_application_with_extensions(self, protocol, scope):
+    if scope.get("type") == "websocket":
+        scope["extensions"] = {**scope.get("extensions", {}), DENIAL_EXTENSION: {}}
+    return _create_application(self, protocol, scope)
+
+
+def _handle_reply_with_denials(self: WebSocketProtocol, message):
+    kind = message.get("type")
+    if kind == "websocket.http.response.start" and self.state == self.STATE_CONNECTING:
+        self._beamclaw_denial = {"status": int(message["status"]), "headers": message.get("headers", []), "body": []}
+        return None
+    denial = getattr(self, "_beamclaw_denial", None)
+    if kind == "websocket.http.response.body" and denial is not None and hasattr(self, "handshake_deferred"):
+        denial["body"].append(message.get("body", b""))
+        if not message.get("more_body", False):
+            # Autobahn answers a ConnectionDeny through sendHttpErrorResponse (below), which adds the body.
+            self.handshake_deferred.errback(ConnectionDeny(code=denial["status"], reason=HTTPStatus(denial["status"]).phrase))
+            del self.handshake_deferred
+            self.server.protocol_disconnected(self)
+        return None
+    if kind == "websocket.close" and self.state == self.STATE_OPEN:
+        reason = message.get("reason")
+        # A close reason is at most 123 bytes of UTF-8 (RFC 6455 §5.5: 125 for the payload, 2 of them the code).
+        self.sendCloseFrame(
+            code=message.get("code") or 1000, reasonUtf8=encode_truncate(reason, 123) if reason else None, isReply=False
+        )
+        return None
+    return _handle_reply(self, message)
+
+
+def _send_http_error_response_with_body(self: WebSocketProtocol, code, reason, responseHeaders=None):
+    denial = getattr(self, "_beamclaw_denial", None)
+    if denial is None:
+        return _send_http_error_response(self, code, reason, responseHeaders)
+    body = b"".join(denial["body"])
+    lines = [f"HTTP/1.1 {code} {reason}".encode("ascii")]
+    lines += [bytes(name) + b": " + bytes(value) for name, value in denial["headers"]]
+    lines += [f"Content-Length: {len(body)}".encode("ascii"), b"Connection: close"]
+    self.sendData(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+    return None
+
+
+# --- 3. oversized WebSocket messages -----------------------------------------------------------------
+
+_factory_init = WebSocketFactory.__init__
+
+
+def _factory_init_closing_cleanly(self, *args, **kwargs):
+    _factory_init(self, *args, **kwargs)
+    self.setProtocolOptions(failByDrop=False)
+
+
+_applied = False
+
+
+def apply() -> None:
+    """Install all three (once; importing the ASGI module twice must not wrap twice)."""
+    global _applied
+    if _applied:
+        return
+    _applied = True
+    HTTPChannel.lineLengthExceeded = _line_too_long
+    HTTPChannel._respondToBadRequestAndDisconnect = _bad_request
+    Server.create_application = _create_application_with_extensions
+    WebSocketProtocol.handle_reply = _handle_reply_with_denials
+    WebSocketProtocol.sendHttpErrorResponse = _send_http_error_response_with_body
+    WebSocketFactory.__init__ = _factory_init_closing_cleanly
