@@ -89,7 +89,7 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         help_text="Some of read, chat, admin; at most the scopes of the key making the request (the default).",
     )
     rate_limit_per_minute = serializers.IntegerField(
-        min_value=0, required=False,
+        min_value=0, max_value=2**31 - 1, required=False,  # the column is a Postgres integer
         help_text="At most the limit of the key making the request (the default); 0 (unlimited) only if that key is unlimited.",
     )
 

@@ -48,6 +48,8 @@ def test_a_key_inherits_its_creators_limit_and_the_operator_can_lift_it(tenant, 
         assert api.post("/keys/", json={"rate_limit_per_minute": 21}).status_code == 400
     with rest(key_for(tenant, "admin", rate_limit_per_minute=0)) as operator_unlimited:
         assert operator_unlimited.post("/keys/", json={"rate_limit_per_minute": 0}).status_code == 201
+        huge = operator_unlimited.post("/keys/", json={"rate_limit_per_minute": 10**12})
+        assert huge.status_code == 400 and "rate_limit_per_minute" in huge.json()
 
 
 def test_a_key_cannot_grant_scopes_it_lacks(tenant, rest):
