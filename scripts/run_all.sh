@@ -18,6 +18,17 @@ fi
 API_KEY=$(python -c 'import json;print(json.load(open(".run/demo.json"))["api_key"])')
 AGENT=$(python -c 'import json;print(json.load(open(".run/demo.json"))["agent"])')
 ADMIN_PASSWORD=$(python manage.py ensure_admin_user --username admin --password-file .run/admin-password)
+# Flower can revoke tasks and shut workers down: it always asks for a password, made once and kept
+# (unless FLOWER_BASIC_AUTH=user:password is already set).
+if [ -n "${FLOWER_BASIC_AUTH:-}" ]; then
+  FLOWER_LOGIN="as set in FLOWER_BASIC_AUTH"
+else
+  if [ ! -s .run/flower-password ]; then
+    (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(18))' > .run/flower-password)
+  fi
+  export FLOWER_BASIC_AUTH="admin:$(cat .run/flower-password)"
+  FLOWER_LOGIN="user: admin, password: $(cat .run/flower-password)"
+fi
 
 cp Procfile .run/Procfile
 LLM_NOTE="Claude via the Anthropic API"
@@ -35,7 +46,7 @@ BeamClaw is starting.
   Gateway (OpenAI-compatible): http://127.0.0.1:${PORT}/v1
   Health:                      http://127.0.0.1:${PORT}/health
   Django admin:                http://127.0.0.1:${PORT}/admin/   (user: admin, password: ${ADMIN_PASSWORD})
-  Flower:                      http://127.0.0.1:${FLOWER_PORT}/
+  Flower:                      http://127.0.0.1:${FLOWER_PORT}/   (${FLOWER_LOGIN})
   Tenant: demo   Agent (model): ${AGENT}   Model backend: ${LLM_NOTE}
   API key: ${API_KEY}
 
