@@ -28,8 +28,6 @@ TEST_ENV = {
     "BEAMCLAW_TEST_SERVER_SECRET": SERVER_SECRET,
     "BEAMCLAW_WORKSPACE_ROOT": WORKSPACE_ROOT,
     "BEAMCLAW_WEB_FETCH_ALLOW_HOSTS": f"localhost:{WEB_PORT}",
-    "BEAMCLAW_EXEC_KILL_GRACE_SECONDS": "1",
-    "BEAMCLAW_WEB_FETCH_TIMEOUT_SECONDS": "3",
     "BEAMCLAW_WEB_FETCH_MAX_BYTES": "500000",
 }
 os.environ.update(TEST_ENV)
@@ -47,8 +45,6 @@ def tools_settings(settings):
         **settings.BEAMCLAW_TOOLS,
         "WORKSPACE_ROOT": Path(WORKSPACE_ROOT),
         "WEB_FETCH_ALLOW_HOSTS": [f"localhost:{WEB_PORT}"],
-        "EXEC_KILL_GRACE_SECONDS": 1.0,
-        "WEB_FETCH_TIMEOUT_SECONDS": 3.0,
         "WEB_FETCH_MAX_BYTES": 500_000,
     }
     return settings
