@@ -17,7 +17,9 @@ import re
 
 from django.apps import apps
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpResponsePermanentRedirect, JsonResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from django.utils.translation import ngettext
 from rest_framework import status
 from rest_framework.exceptions import APIException, NotFound, PermissionDenied, Throttled, ValidationError
@@ -129,3 +131,25 @@ def api_exception_handler(exc, context):
             body["retry_after"] = exc.wait
     response.data = body
     return response
+
+
+@csrf_exempt  # an API client has no CSRF cookie; without this its POST would get Django's HTML 403
+def endpoint_not_found(request, path: str = ""):
+    """The last route under /api/: a URL no endpoint matches gets the API's 404 shape, not Django's HTML page.
+
+    Matching everything would also stop CommonMiddleware's trailing-slash redirect, so it is kept here: a GET
+    that lacks only the slash is redirected as before; other methods (whose body a redirect would lose) get
+    the 404 with the right URL in the message.
+    """
+    with_slash = f"{request.path}/"
+    try:
+        suggestion = None if request.path.endswith("/") else resolve(with_slash)
+    except Resolver404:
+        suggestion = None
+    if suggestion is not None and suggestion.func is not endpoint_not_found:
+        if request.method in ("GET", "HEAD"):
+            return HttpResponsePermanentRedirect(with_slash)
+        message = f"No endpoint at {request.path}; did you mean {with_slash} (with the trailing slash)?"
+    else:
+        message = f"No endpoint at {request.path}. The endpoints are listed at /api/docs/."
+    return JsonResponse({"detail": message, "code": "not_found"}, status=404)

@@ -1,7 +1,9 @@
 """The REST API under /api/. Each app contributes its routes from its own `api_urls` module."""
 
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from beamclaw_project.api_errors import endpoint_not_found
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="api-schema"),
@@ -10,4 +12,5 @@ urlpatterns = [
     path("", include("sessions.api_urls")),
     path("cron/", include("cron.api_urls")),
     path("", include("tools.api_urls")),
+    re_path(r"^(?P<path>.*)$", endpoint_not_found),  # last: anything unmatched is a JSON 404
 ]

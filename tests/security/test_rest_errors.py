@@ -70,3 +70,13 @@ def test_429_has_its_reason_phrase_and_says_it_once(live, tenant):
     body = assert_error_shape(limited, 429, "rate_limited")
     assert body["retry_after"] == int(limited.headers["Retry-After"])
     assert body["detail"].count("retry") + body["detail"].count("Expected available") == 1, body["detail"]
+
+
+def test_unknown_api_urls_answer_the_json_404(live, api):
+    unknown = assert_error_shape(api.get("/nope/"), 404, "not_found")
+    assert "/api/nope/" in unknown["detail"]
+    missing_slash = assert_error_shape(api.post("/sessions", json={"agent": "assistant"}), 404, "not_found")
+    assert "/api/sessions/" in missing_slash["detail"]
+    redirected = api.get("/agents", follow_redirects=True)
+    assert redirected.status_code == 200 and redirected.url.path == "/api/agents/"
+    assert "{path}" not in str(httpx.get(f"{live}/api/schema/", params={"format": "json"}, timeout=10).json()["paths"])
