@@ -264,6 +264,16 @@ BEAMCLAW_TOOLS = {
     # Per session (all its sandboxes share one uid): parallel calls, background processes, and the few
     # seconds the kernel takes to release a finished sandbox's pid namespace all count.
     "EXEC_MAX_PROCESSES": env_int("BEAMCLAW_EXEC_MAX_PROCESSES", 256),
+    # Limits for all of a session's (and a tenant's) sandboxes together on one worker host, enforced by
+    # cgroups (v2 delegated, or v1 memory+pids) where the worker can create them; `manage.py doctor`
+    # says which. The session's process cap is EXEC_MAX_PROCESSES.
+    "EXEC_CGROUPS": env_bool("BEAMCLAW_EXEC_CGROUPS", True),
+    "EXEC_SESSION_MEMORY_MB": env_int("BEAMCLAW_EXEC_SESSION_MEMORY_MB", 1536),
+    "EXEC_TENANT_MEMORY_MB": env_int("BEAMCLAW_EXEC_TENANT_MEMORY_MB", 4096),
+    "EXEC_TENANT_MAX_PROCESSES": env_int("BEAMCLAW_EXEC_TENANT_MAX_PROCESSES", 1024),
+    # Disk a session's workspace may take (see docs/tools.md: checked before and while commands run,
+    # and no file may grow past what is left).
+    "EXEC_WORKSPACE_MB": env_int("BEAMCLAW_EXEC_WORKSPACE_MB", 1024),
     "EXEC_FILE_SIZE_MB": env_int("BEAMCLAW_EXEC_FILE_SIZE_MB", 256),
     "EXEC_TMP_SIZE_MB": env_int("BEAMCLAW_EXEC_TMP_SIZE_MB", 64),
     "EXEC_MAX_BACKGROUND_PER_SESSION": env_int("BEAMCLAW_EXEC_MAX_BACKGROUND_PER_SESSION", 8),

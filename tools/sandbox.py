@@ -7,6 +7,13 @@ Layers, outermost first:
   real uid, caps the session's processes (a fork bomb hits the wall, other sessions do not);
 - rlimits set by `prlimit` before bwrap starts (address space, CPU time, processes, file size, open
   files, no core dumps);
+- cgroups, where the worker can make them (v2 delegated, or v1 memory and pids): every sandbox of a
+  session is in that session's cgroup, below its tenant's, with memory and process limits for each
+  (EXEC_SESSION_MEMORY_MB, EXEC_TENANT_MEMORY_MB...). bwrap waits on its block fd until the sandbox is
+  placed, so nothing of it is born outside. Without cgroups, only the rlimits hold (`manage.py doctor`);
+- a disk cap per workspace (EXEC_WORKSPACE_MB) by accounting: measured before the command starts, no
+  file may grow past what is left (RLIMIT_FSIZE, lowered while the command runs), and the monitor walks
+  the workspace when the filesystem loses space and stops the sandbox once it is over;
 - bwrap: new user, pid, network, ipc, uts and cgroup namespaces, no nested user namespaces, a root
   filesystem made of read-only /usr, a handful of /etc files that hold no secrets, a fresh /proc and
   /dev, size-capped tmpfs on /tmp and /dev/shm, and the session's workspace as the only writable bind
@@ -14,6 +21,9 @@ Layers, outermost first:
 - a clean environment: bwrap itself is started with PATH only (the sandbox's pid 1 is bwrap, so its
   /proc/1/environ is readable inside), and the command gets a fixed minimal environment plus the
   caller's variables minus a blocklist;
+- nothing secret in any argv: bwrap's options (environment values, host paths) come from a memfd
+  (`--args`), the command from a read-only file the shell sources (/.exec/command), since every host
+  user can read /proc/<pid>/cmdline, and the sandbox can read its own /proc/1/cmdline;
 - no network, or with `sandbox.network` a user-mode network (slirp4netns) in the sandbox's own
   namespace with the host's loopback unreachable and non-public ranges unroutable. Sharing the host's
   network namespace would hand the sandbox Redis, Postgres and the gateway on 127.0.0.1.
@@ -28,6 +38,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import resource
 import selectors
 import shutil
 import signal
@@ -217,6 +229,243 @@ def _generated_etc() -> Path:
     return directory
 
 
+# --- cgroups: memory and processes for a session's and a tenant's sandboxes together -----------------
+
+_CGROUP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    """Where this worker keeps its sandboxes' cgroups: `bases` maps a hierarchy (v2: "unified"; v1:
+    "memory" and "pids") to the directory under which tenant/session cgroups are made. Empty when
+    cgroups cannot be used here; `problem` says why."""
+
+    version: int
+    bases: dict
+    problem: str | None = None
+
+
+def _own_cgroups() -> tuple[dict, dict]:
+    """(hierarchy -> this process's cgroup path, hierarchy -> (mount point, mount root))."""
+    paths = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for name in controllers.split(",") if controllers else ["unified"]:
+            paths[name] = path
+    mounts = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        fields, kinds = before.split(), after.split()
+        if kinds[0] == "cgroup2":
+            mounts.setdefault("unified", (fields[4], fields[3]))
+        elif kinds[0] == "cgroup":
+            for option in kinds[2].split(","):
+                mounts.setdefault(option, (fields[4], fields[3]))
+    return paths, mounts
+
+
+def _own_cgroup_dir(hierarchy: str, paths: dict, mounts: dict) -> Path | None:
+    if hierarchy not in paths or hierarchy not in mounts:
+        return None
+    mount, root = mounts[hierarchy]
+    path = paths[hierarchy]
+    if root != "/" and path.startswith(root):
+        path = path[len(root):]
+    return Path(mount) / path.lstrip("/")
+
+
+def _make_base(directory: Path) -> str | None:
+    """Create the worker's sandbox cgroup directory; the reason it cannot be made, or None."""
+    try:
+        directory.mkdir(exist_ok=True)
+        probe = directory / f"probe-{os.getpid()}"
+        probe.mkdir(exist_ok=True)
+        probe.rmdir()
+    except OSError as exc:
+        return f"cannot create cgroups under {directory.parent} ({exc.strerror})"
+    return None
+
+
+@lru_cache(maxsize=1)
+def cgroups() -> Cgroups:
+    """Find cgroups this worker may create and fill: v2 with the memory and pids controllers
+    delegated to its cgroup, else v1 memory and pids hierarchies it can write."""
+    if not _conf("EXEC_CGROUPS"):
+        return Cgroups(0, {}, "turned off (BEAMCLAW_EXEC_CGROUPS=0)")
+    try:
+        paths, mounts = _own_cgroups()
+    except (OSError, ValueError, IndexError) as exc:
+        return Cgroups(0, {}, f"cannot read /proc/self/cgroup ({exc})")
+    problems = []
+    own = _own_cgroup_dir("unified", paths, mounts)
+    if own is not None and (own / "cgroup.controllers").exists():
+        available = set((own / "cgroup.controllers").read_text().split())
+        if {"memory", "pids"} <= available:
+            base = own / "beamclaw-sandboxes"
+            try:
+                # Children of `own` get the controllers only if `own` hands them down; the kernel
+                # refuses that while `own` holds processes other than in the root cgroup.
+                enabled = set((own / "cgroup.subtree_control").read_text().split())
+                if not {"memory", "pids"} <= enabled:
+                    (own / "cgroup.subtree_control").write_text("+memory +pids")
+                problem = _make_base(base)
+                if problem is None:
+                    (base / "cgroup.subtree_control").write_text("+memory +pids")
+                    return Cgroups(2, {"unified": base})
+                problems.append(f"cgroup v2: {problem}")
+            except OSError as exc:
+                problems.append(
+                    f"cgroup v2: cannot enable the memory and pids controllers below {own} ({exc.strerror}); "
+                    "start the worker in a cgroup delegated to it (systemd: Delegate=yes) whose processes "
+                    "sit in a leaf"
+                )
+        else:
+            problems.append(f"cgroup v2: the memory and pids controllers are not available in {own}")
+    bases = {}
+    for hierarchy in ("memory", "pids"):
+        own = _own_cgroup_dir(hierarchy, paths, mounts)
+        if own is None:
+            problems.append(f"cgroup v1: no {hierarchy} hierarchy")
+            continue
+        problem = _make_base(own / "beamclaw-sandboxes")
+        if problem is not None:
+            problems.append(f"cgroup v1 {hierarchy}: {problem}")
+            continue
+        bases[hierarchy] = own / "beamclaw-sandboxes"
+    if len(bases) == 2:
+        return Cgroups(1, bases)
+    return Cgroups(0, {}, "; ".join(problems))
+
+
+def _cgroup_name(value: str) -> str:
+    return value if _CGROUP_NAME.match(value) else hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+_CGROUP_LOCK = threading.Lock()
+_CGROUP_USERS: dict[tuple, int] = {}  # (tenant, scope) -> sandboxes of this process in that cgroup
+
+
+def _write_limit(directory: Path, names: tuple[str, ...], value: int | str) -> None:
+    for name in names:
+        if (directory / name).exists():
+            (directory / name).write_text(str(value))
+
+
+def _cgroup_limits(version: int, hierarchy: str, directory: Path, *, memory_mb: int, processes: int) -> None:
+    memory = memory_mb * 1024 * 1024
+    if version == 2:
+        _write_limit(directory, ("memory.max",), memory)
+        _write_limit(directory, ("memory.swap.max",), 0)
+        _write_limit(directory, ("pids.max",), processes)
+    elif hierarchy == "memory":
+        _write_limit(directory, ("memory.limit_in_bytes",), memory)
+        # memory+swap, so swapping out does not let a sandbox hold more (only where swap accounting exists).
+        _write_limit(directory, ("memory.memsw.limit_in_bytes",), memory)
+    else:
+        _write_limit(directory, ("pids.max",), processes)
+
+
+def cgroup_enter(*, tenant: str, scope: str, pids: list[int]) -> dict:
+    """Put `pids` in the scope's cgroup (made on first use, below its tenant's), with the session and
+    tenant memory and process limits. Returns hierarchy -> session cgroup directory."""
+    groups = cgroups()
+    key = (tenant, scope)
+    directories = {}
+    with _CGROUP_LOCK:
+        for hierarchy, base in groups.bases.items():
+            tenant_dir = base / _cgroup_name(tenant)
+            scope_dir = tenant_dir / _cgroup_name(scope)
+            if not tenant_dir.exists():
+                tenant_dir.mkdir(exist_ok=True)
+                if groups.version == 2:
+                    (tenant_dir / "cgroup.subtree_control").write_text("+memory +pids")
+            _cgroup_limits(groups.version, hierarchy, tenant_dir, memory_mb=_conf("EXEC_TENANT_MEMORY_MB"),
+                           processes=_conf("EXEC_TENANT_MAX_PROCESSES"))
+            scope_dir.mkdir(exist_ok=True)
+            _cgroup_limits(groups.version, hierarchy, scope_dir, memory_mb=_conf("EXEC_SESSION_MEMORY_MB"),
+                           processes=_conf("EXEC_MAX_PROCESSES"))
+            directories[hierarchy] = scope_dir
+        _CGROUP_USERS[key] = _CGROUP_USERS.get(key, 0) + 1
+    try:
+        for directory in directories.values():
+            for pid in pids:
+                (directory / "cgroup.procs").write_text(str(pid))
+    except OSError:
+        cgroup_leave(tenant=tenant, scope=scope, directories=directories)
+        raise
+    return directories
+
+
+def cgroup_leave(*, tenant: str, scope: str, directories: dict) -> None:
+    """The last sandbox of a scope (in this process) removes its cgroup; one still in use elsewhere
+    stays (rmdir refuses a cgroup with processes)."""
+    key = (tenant, scope)
+    with _CGROUP_LOCK:
+        _CGROUP_USERS[key] = _CGROUP_USERS.get(key, 1) - 1
+        if _CGROUP_USERS[key] > 0:
+            return
+        del _CGROUP_USERS[key]
+        for directory in directories.values():
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+
+
+def cgroup_oom_kills(directories: dict) -> int:
+    """How many processes the kernel killed in these cgroups for want of memory, so far."""
+    directory = directories.get("unified") or directories.get("memory")
+    if directory is None:
+        return 0
+    name = "memory.events" if "unified" in directories else "memory.oom_control"
+    try:
+        for line in (directory / name).read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# --- workspace disk use -----------------------------------------------------------------------------
+
+
+def workspace_usage(path: Path) -> int:
+    """Bytes of disk the files under `path` take (allocated blocks, each inode once, links not followed)."""
+    total = 0
+    seen = set()
+    stack = [str(path)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if (info.st_dev, info.st_ino) in seen:
+                    continue
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return total
+
+
+def workspace_over_cap(used: int) -> str | None:
+    cap = _conf("EXEC_WORKSPACE_MB")
+    if used < cap * 1024 * 1024:
+        return None
+    return (
+        f"the workspace is over its {cap} MB cap ({used // (1024 * 1024)} MB used); delete files in "
+        "/workspace (commands may still run, but cannot grow files)"
+    )
+
+
 # --- the command line -------------------------------------------------------------------------------
 
 
@@ -229,6 +478,11 @@ class SandboxSpec:
     env: dict = field(default_factory=dict)
     timeout: float = 120.0
     network: bool = False
+    # Whose cgroup the sandbox joins (tenant slug and scope); direct callers without one share a group.
+    tenant: str = "-"
+    scope: str = "-"
+    # Disk the workspace takes when the command starts (workspace_usage); None: measured here.
+    workspace_used: int | None = None
 
 
 def _root_filesystem_args() -> list[str]:
@@ -244,18 +498,29 @@ def _root_filesystem_args() -> list[str]:
     return args
 
 
-def _rlimit_args(uid: int) -> list[str]:
+def _rlimit_args(spec: SandboxSpec) -> list[str]:
     mb = 1024 * 1024
+    # No single file may grow past what the workspace has left: such a write fails in the command (EFBIG,
+    # SIGXFSZ) rather than filling the disk. Several files at once are the monitor's job (see _monitor).
+    fsize = _conf("EXEC_FILE_SIZE_MB") * mb
+    if spec.workspace_used is not None:
+        fsize = _file_size_limit(spec, _conf("EXEC_WORKSPACE_MB") * mb - spec.workspace_used)
     return [
         _which("prlimit") or "prlimit",
         f"--as={_conf('EXEC_MEMORY_MB') * mb}",
         f"--cpu={_conf('EXEC_CPU_SECONDS')}",
-        f"--nproc={_nproc_limit(uid)}",
-        f"--fsize={_conf('EXEC_FILE_SIZE_MB') * mb}",
+        f"--nproc={_nproc_limit(spec.uid)}",
+        f"--fsize={fsize}",
         "--nofile=1024",
         "--core=0",
         "--",
     ]
+
+
+def _file_size_limit(spec: SandboxSpec, left: int) -> int:
+    """RLIMIT_FSIZE for a workspace with `left` bytes to go: never above EXEC_FILE_SIZE_MB, and never
+    below the command file bwrap itself writes when it sets up the sandbox."""
+    return min(_conf("EXEC_FILE_SIZE_MB") * 1024 * 1024, max(left, len(spec.command.encode()) + 1))
 
 
 def _nproc_limit(uid: int) -> int:
@@ -360,7 +625,7 @@ def bwrap_launch(spec: SandboxSpec, *, info_fd: int, block_fd: int | None = None
     except BaseException:
         os.close(command_fd)
         raise
-    argv = [*_rlimit_args(spec.uid), _which("bwrap") or "bwrap", "--args", str(args_fd), "--", "/bin/sh", "-c", f". {COMMAND_FILE}"]
+    argv = [*_rlimit_args(spec), _which("bwrap") or "bwrap", "--args", str(args_fd), "--", "/bin/sh", "-c", f". {COMMAND_FILE}"]
     fds = [args_fd, command_fd]
     return Launch(argv=argv, pass_fds=fds, own_fds=list(fds))
 
@@ -470,6 +735,7 @@ class SandboxProcess:
         self.exit_code: int | None = None
         self.timed_out = False
         self.stopped_for: str | None = None  # why the sandbox was stopped early (deadline, disk, kill)
+        self.memory_limited: str | None = None  # which memory limit had the kernel kill a process
         self._on_exit = on_exit
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -478,6 +744,8 @@ class SandboxProcess:
         self._popen: subprocess.Popen | None = None
         self._slirp: subprocess.Popen | None = None
         self._slirp_exit_w: int | None = None
+        self._cgroups: dict = {}  # hierarchy -> the session's cgroup directory, while the sandbox runs
+        self._tenant_cgroup_oom = self._session_cgroup_oom = 0
 
     # -- lifecycle --
 
@@ -531,6 +799,7 @@ class SandboxProcess:
             self._kill_now()
             self._popen.wait()
             self._stop_network()
+            self._leave_cgroup()
             self._popen.stdout.close()
             self._popen.stdin.close()
             raise
@@ -540,7 +809,38 @@ class SandboxProcess:
         return self
 
     def _contain(self, info: dict | None) -> None:
-        """Resource limits for the whole sandbox (none yet beyond the rlimits)."""
+        """Put bwrap and the sandbox's first process in the session's cgroup while bwrap waits on its
+        block fd: everything the command starts is born inside. Fails closed: a worker that found
+        usable cgroups does not run a sandbox outside them."""
+        if not cgroups().bases:
+            return
+        if info is None or "child-pid" not in info:
+            raise SandboxError("the sandbox ended before it could be placed in its cgroup")
+        try:
+            self._cgroups = cgroup_enter(tenant=self.spec.tenant, scope=self.spec.scope, pids=[self._popen.pid, info["child-pid"]])
+        except OSError as exc:
+            raise SandboxError(f"could not place the sandbox in its cgroup ({exc}); see `manage.py doctor`") from exc
+        self._session_cgroup_oom = cgroup_oom_kills(self._cgroups)
+        self._tenant_cgroup_oom = cgroup_oom_kills({k: v.parent for k, v in self._cgroups.items()})
+
+    def _leave_cgroup(self) -> None:
+        """Note a kill by the memory limit in the output (the model should know why), then let go."""
+        if not self._cgroups:
+            return
+        session = cgroup_oom_kills(self._cgroups) > self._session_cgroup_oom
+        tenant = cgroup_oom_kills({k: v.parent for k, v in self._cgroups.items()}) > self._tenant_cgroup_oom
+        if session or tenant:
+            limit = (
+                f"this session's sandboxes may use {_conf('EXEC_SESSION_MEMORY_MB')} MB together" if session
+                else f"this tenant's sandboxes may use {_conf('EXEC_TENANT_MEMORY_MB')} MB together on a worker"
+            )
+            self.memory_limited = limit
+            self.output.append(
+                f"\n[out of memory: {limit}; the kernel killed a process of this sandbox. Use less memory, or "
+                "stop other commands of this session (process tool, action kill)]\n".encode()
+            )
+        cgroup_leave(tenant=self.spec.tenant, scope=self.spec.scope, directories=self._cgroups)
+        self._cgroups = {}
 
     def _start_network(self, info: dict | None) -> None:
         """slirp4netns gives the sandbox's namespace a NATed interface with the host's loopback disabled;
@@ -584,18 +884,73 @@ class SandboxProcess:
         if result.returncode != 0:
             raise SandboxError(f"could not set up the sandbox network: {result.stderr.decode(errors='replace')[-300:]}")
 
+    def _lower_file_size_limit(self, left: int) -> None:
+        """As the workspace fills up, lower RLIMIT_FSIZE of every process in the sandbox to what is left,
+        so the next write past the cap fails in the command (EFBIG) instead of overshooting it. Children
+        inherit the limit; a second pass catches those forked during the first."""
+        if self._pid_ns is None:
+            return
+        limit = _file_size_limit(self.spec, left)
+        if limit >= self._fsize_now:
+            return
+        self._fsize_now = limit
+        for _ in range(2):
+            for pid in _namespace_members(self._pid_ns):
+                try:
+                    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
+                except (ProcessLookupError, PermissionError):
+                    continue
+
+    def _workspace_check(self, now: float) -> str | None:
+        """Why the sandbox must stop for disk reasons, or None. statvfs is cheap and runs every tick; the
+        workspace is walked (exact, but costs time on big trees) when the filesystem lost half of what
+        the workspace had left, and at least every few seconds (others freeing space could hide it)."""
+        if (problem := disk_problem(self.spec.workspace)) is not None:
+            return problem
+        if now < self._walk_not_before:
+            return None
+        stats = os.statvfs(self.spec.workspace)
+        free = stats.f_bavail * stats.f_frsize
+        # Space freed meanwhile (by this command's `rm`, or anyone's) must not hide later growth: measure
+        # from the highest free space seen. What the workspace has left is then underestimated, never over.
+        self._walk_free = max(self._walk_free, free)
+        # Half of what was left: each walk halves the room a fast writer has before the next one.
+        if self._walk_free - free < max(self._walk_left // 2, 16 * 1024 * 1024) and now < self._walk_due:
+            return None
+        return self._walk(free)
+
+    def _walk(self, free: int) -> str | None:
+        started = time.monotonic()
+        used = workspace_usage(self.spec.workspace)
+        took = time.monotonic() - started
+        self._walk_free, self._walk_left = free, self._workspace_limit - used
+        self._walk_not_before = started + max(0.05, 5 * took)
+        self._walk_due = started + max(5.0, 20 * took)
+        self._lower_file_size_limit(self._walk_left)
+        # A workspace that started over its cap may stay there (its commands can delete, not grow).
+        return workspace_over_cap(used) if used > self._workspace_limit else None
+
     def _monitor(self) -> None:
         stdout = self._popen.stdout.fileno()
         grace = _conf("EXEC_KILL_GRACE_SECONDS")
         next_disk_check = 0.0
+        stats = os.statvfs(self.spec.workspace)
+        used = self.spec.workspace_used
+        if used is None:
+            used = workspace_usage(self.spec.workspace)
+        self._workspace_limit = max(_conf("EXEC_WORKSPACE_MB") * 1024 * 1024, used)
+        self._walk_free, self._walk_left = stats.f_bavail * stats.f_frsize, self._workspace_limit - used
+        self._walk_not_before = 0.0
+        self._walk_due = time.monotonic() + 5.0
+        self._fsize_now = _file_size_limit(self.spec, self._walk_left)
         with selectors.DefaultSelector() as selector:
             selector.register(stdout, selectors.EVENT_READ)
             while True:
                 now = time.monotonic()
                 disk = None
-                if now >= next_disk_check:
-                    next_disk_check = now + 1.0
-                    disk = disk_problem(self.spec.workspace)
+                if now >= next_disk_check and self.stopped_for is None:
+                    next_disk_check = now + 0.1
+                    disk = self._workspace_check(now)
                 with self._lock:
                     if self.stopped_for is None and now >= self._deadline:
                         self.timed_out = True
@@ -607,7 +962,7 @@ class SandboxProcess:
                     self._kill_now()
                     self._kill_at = None
                 # Wake up regularly: a kill may be requested from another thread.
-                if selector.select(timeout=0.2):
+                if selector.select(timeout=0.1):
                     chunk = os.read(stdout, 65536)
                     if not chunk:
                         break
@@ -624,6 +979,7 @@ class SandboxProcess:
             except OSError:
                 pass
         self._stop_network()
+        self._leave_cgroup()
         code = self._popen.returncode
         self.exit_code = code if code >= 0 else 128 - code
         self._done.set()
@@ -716,3 +1072,45 @@ def sandbox_run(spec: SandboxSpec, *, on_exit=None) -> SandboxProcess:
     if problem:
         raise SandboxError(problem)
     return SandboxProcess(spec, on_exit=on_exit).start()
+
+
+def sandbox_report() -> list[tuple[str, bool, str]]:
+    """What bounds a sandbox on this worker, as (check, ok, detail) lines for `manage.py doctor`."""
+    mb = _conf
+    lines = []
+    problem = sandbox_problem(network=False)
+    lines.append(("exec sandbox", problem is None, problem or f"bubblewrap {'.'.join(map(str, _bwrap_version(_which('bwrap'))))} works"))
+    if problem is None:
+        network = sandbox_problem(network=True)
+        lines.append(("exec network (sandbox.network)", network is None, network or "slirp4netns available"))
+    groups = cgroups()
+    per_process = (
+        f"per process: {mb('EXEC_MEMORY_MB')} MB address space, {mb('EXEC_FILE_SIZE_MB')} MB per file, "
+        f"{mb('EXEC_CPU_SECONDS')} s CPU"
+    )
+    if groups.bases:
+        lines.append((
+            "sandbox memory and processes", True,
+            f"cgroup v{groups.version} ({', '.join(str(b) for b in groups.bases.values())}): "
+            f"{mb('EXEC_SESSION_MEMORY_MB')} MB and {mb('EXEC_MAX_PROCESSES')} processes per session, "
+            f"{mb('EXEC_TENANT_MEMORY_MB')} MB and {mb('EXEC_TENANT_MAX_PROCESSES')} processes per tenant; {per_process}",
+        ))
+    else:
+        nproc = "per session uid (root worker)" if os.geteuid() == 0 else "shared with the worker's own uid (non-root worker)"
+        lines.append((
+            "sandbox memory and processes", False,
+            f"no cgroups ({groups.problem}). Fallback: rlimits only, {per_process}, "
+            f"{mb('EXEC_MAX_PROCESSES')} processes {nproc}; a session's sandboxes together are not bounded "
+            "in memory. Run the worker as root with cgroup v1 memory+pids or a delegated cgroup v2.",
+        ))
+    lines.append((
+        "workspace disk", True,
+        f"{mb('EXEC_WORKSPACE_MB')} MB per workspace by accounting (measured before and while commands run; "
+        "no file may grow past what is left), not by a filesystem quota: a burst of parallel writers can "
+        "overshoot it briefly (docs/tools.md)",
+    ))
+    root = Path(mb("WORKSPACE_ROOT"))
+    if root.exists():
+        disk = disk_problem(root)
+        lines.append(("workspace filesystem", disk is None, disk or f"{root}: enough free space and inodes"))
+    return lines

@@ -22,7 +22,9 @@ from tools.sandbox import (
     sandbox_problem,
     sandbox_run,
     sandbox_uid,
+    workspace_over_cap,
     workspace_prepare,
+    workspace_usage,
 )
 
 # Variables the caller may not set: they change how the shell, the dynamic loader or interpreters start
@@ -135,6 +137,9 @@ def run_exec(context: ToolContext, tool_input: dict) -> dict:
         if slot is not None:
             PROCESSES.release(slot)
         return error_result(f"not run: {disk}")
+    # Over its cap, a workspace still runs commands (how else would files be deleted?), but no file in
+    # it may grow: the command's writes fail with EFBIG.
+    used = workspace_usage(workspace)
     spec = SandboxSpec(
         command=tool_input["command"],
         workspace=workspace,
@@ -143,6 +148,9 @@ def run_exec(context: ToolContext, tool_input: dict) -> dict:
         env=env,
         timeout=timeout,
         network=network,
+        tenant=context.tenant.slug,
+        scope=context.scope,
+        workspace_used=used,
     )
     started = time.monotonic()
     try:
@@ -192,6 +200,11 @@ def run_exec(context: ToolContext, tool_input: dict) -> dict:
         result["error"] = f"the command timed out after {timeout:g} s and was killed with everything it started"
     elif process.stopped_for is not None:
         result["error"] = f"the command was stopped: {process.stopped_for}"
+    elif process.memory_limited is not None:
+        result["ok"] = False
+        result["error"] = f"out of memory: {process.memory_limited}; the kernel killed a process of the command"
+    if "error" not in result and (over := workspace_over_cap(used)) is not None:
+        result["warning"] = over
     return result
 
 
@@ -204,7 +217,8 @@ def render_exec(result: dict) -> str:
             f"{output}\n[still running in the background as {result['handle']}; use the process tool "
             "(poll, log, write, kill) with this handle]"
         )
-    return f"{output}\n[exit code {result['exit_code']}]"
+    warning = f"\n[{result['warning']}]" if result.get("warning") else ""
+    return f"{output}\n[exit code {result['exit_code']}]{warning}"
 
 
 EXEC_TOOL = ToolSpec(
