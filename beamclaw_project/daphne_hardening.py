@@ -14,8 +14,8 @@ internals shows up as a failing test rather than as a silent regression.
 2. WebSocket denial responses (the ASGI `websocket.http.response` extension, which Daphne lacks): the
    application may refuse a handshake with any HTTP status and body, where Daphne alone only knows 403.
    Unknown WebSocket paths use it to answer 404.
-3. WebSocket messages over Daphne's size limit (`--websocket_max_message_size` and
-   `--websocket_max_frame_size`, 1 MiB by default): Autobahn fails such a connection by dropping TCP
+3. WebSocket messages over Daphne's size limit (`--websocket-max-message-size` and
+   `--websocket-max-frame-size`, 1 MiB by default): Autobahn fails such a connection by dropping TCP
    (its `failByDrop` option), so the client sees a broken connection. With the option off it sends
    the close frame RFC 6455 intends, 1009 "message too big", with the reason.
 4. Closing a WebSocket from the application: Daphne hands only the code to Autobahn's `sendClose`, which
