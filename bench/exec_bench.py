@@ -92,12 +92,13 @@ def main() -> None:
             uid, workspace = next(turn)
             identity = {"user": uid, "group": uid, "extra_groups": []} if uid != os.geteuid() else {}
             info_fd = os.open(os.devnull, os.O_WRONLY)  # bwrap's --info-fd output is not needed here
-            argv = sandbox.bwrap_argv(sandbox.SandboxSpec(command=command, workspace=workspace, uid=uid), info_fd=info_fd)
+            launch = sandbox.bwrap_launch(sandbox.SandboxSpec(command=command, workspace=workspace, uid=uid), info_fd=info_fd)
             try:
-                subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
-                               pass_fds=(info_fd,), **identity)
+                subprocess.run(launch.argv, check=True, stdout=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
+                               pass_fds=(info_fd, *launch.pass_fds), **identity)
             finally:
-                os.close(info_fd)
+                for fd in (info_fd, *launch.own_fds):
+                    os.close(fd)
         return run
 
     def plain(command: str):
