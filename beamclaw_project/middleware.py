@@ -62,7 +62,11 @@ class RejectNulMiddleware:
         if problem is None:
             return await self.get_response(request)
         error = {"message": problem, "type": "invalid_request_error", "code": "nul_character", "param": field}
-        return JsonResponse({"detail": problem, **({field: [problem]} if field else {}), "error": error}, status=400)
+        # Both shapes: REST clients read detail/code (docs/gateway.md "Errors"), OpenAI clients read error.
+        return JsonResponse(
+            {"detail": problem, "code": "nul_character", **({field: [problem]} if field else {}), "error": error},
+            status=400,
+        )
 
 
 def _field_with_nul(body: bytes) -> str | None:

@@ -35,6 +35,7 @@ from sessions.services import SessionConflict, session_create, session_reset
 from tenants.auth import AuthError, authenticate_key
 from tenants.limits import LimitExceeded, check_rate_limit
 from tenants.models import Agent
+from tenants.scopes import websocket_scope
 from tenants.serializers import AgentSerializer
 
 PROTOCOL_VERSION = 1
@@ -354,7 +355,9 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             {
                 "protocol": PROTOCOL_VERSION,
                 "tenant": principal.tenant.slug,
-                "methods": sorted(self.METHODS),
+                # What this key may call (its scopes), so a client does not offer what would be refused.
+                "methods": sorted(m for m in self.METHODS if principal.allows(websocket_scope(m))),
+                "scopes": sorted(principal.api_key.scopes),
                 "events": EVENTS,
             },
         )

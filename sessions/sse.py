@@ -69,7 +69,7 @@ async def run_events(request, run_id):
     except AuthError as exc:
         return _error(exc.status, exc.message, exc.code, exc.retry_after)
     if run is None:
-        return _error(404, "No such run.", "not_found")
+        return _error(404, "Run not found.", "not_found")
     resume_from = _resume_point(request.headers.get("Last-Event-ID") or request.GET.get("after") or "0")
     if resume_from is None:
         return _error(

@@ -120,6 +120,8 @@ def test_openai_api_and_event_stream_check_scopes(live, tenant, rest):
 def test_websocket_methods_check_scopes(live, tenant):
     reader = WS(live, key_for(tenant, "read")["Authorization"].removeprefix("Bearer "))
     try:
+        assert reader.welcome["scopes"] == ["read"]
+        assert "chat.send" not in reader.welcome["methods"] and "sessions.history" in reader.welcome["methods"]
         assert reader.call("agents.list")["ok"]
         refused = reader.call("chat.send", {"session": "00000000-0000-0000-0000-000000000000", "message": "hi"})
         assert not refused["ok"] and refused["error"]["code"] == "insufficient_scope"

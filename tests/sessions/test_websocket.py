@@ -17,9 +17,11 @@ class WS:
         self.conn = connect(live.replace("http://", "ws://") + "/ws/", open_timeout=10)
         self.events: list[dict] = []
         self.next_id = 0
+        self.welcome: dict = {}
         if token is not None:
             reply = self.call("connect", {"token": token})
             assert reply["ok"], reply
+            self.welcome = reply["payload"]
 
     def send(self, frame) -> None:
         self.conn.send(frame if isinstance(frame, str) else json.dumps(frame))
