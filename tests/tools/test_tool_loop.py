@@ -156,12 +156,13 @@ def test_a_redelivered_step_does_not_ask_the_model_again(live, tenant, fake_requ
     """The reaper re-sends run_step for a running run without a lease; while the step's tool calls are in
     flight, that step drives them instead of calling the model a second time."""
     session = session_for(tenant)
-    run = ask(session, "once " + tool("exec", {"command": "sleep 2; echo slow"}))
+    marker = f"once-{uuid.uuid4().hex}"  # other tests' messages must not count
+    run = ask(session, marker + " " + tool("exec", {"command": "sleep 2; echo slow"}))
     wait_until(lambda: ToolCall.objects.filter(run=run, status="running").exists(), timeout=15, message="exec to run")
-    asked = sum("once" in json.dumps(r["body"]["messages"]) for r in fake_requests(1000))
+    asked = sum(marker in json.dumps(r["body"]["messages"]) for r in fake_requests(1000))
     redis_client().delete(lease_key(run.pk))  # what the reaper sees for a step whose worker died
     engine.run_step(run_id=run.pk, step=0)
-    assert sum("once" in json.dumps(r["body"]["messages"]) for r in fake_requests(1000)) == asked == 1
+    assert sum(marker in json.dumps(r["body"]["messages"]) for r in fake_requests(1000)) == asked == 1
     run = wait_for_run(run.pk)
     assert final_text(run) == "Tool results: slow\n\n[exit code 0]"
     assert transcript(session) == [("user", ["text"]), ("assistant", ["tool_use"]), ("user", ["tool_result"]), ("assistant", ["text"])]
