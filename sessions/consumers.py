@@ -33,7 +33,7 @@ from sessions.run_stream import follow_run
 from sessions.serializers import MessageSerializer, RunSerializer, SessionSerializer
 from sessions.services import SessionConflict, session_create, session_reset
 from tenants.auth import AuthError, authenticate_key
-from tenants.limits import LimitExceeded, check_rate_limit
+from tenants.limits import LimitExceeded
 from tenants.models import Agent
 from tenants.scopes import websocket_scope
 from tenants.serializers import AgentSerializer
@@ -240,14 +240,6 @@ def _approvals_resolve(tenant, params, decided_by: str) -> dict:
     return ApprovalSerializer(approval).data
 
 
-@db_call
-def _check_rate(api_key) -> None:
-    try:
-        check_rate_limit(api_key=api_key)
-    except LimitExceeded as exc:
-        raise RequestError(exc.code, exc.message)
-
-
 _authenticate = db_call(authenticate_key)
 
 
@@ -303,8 +295,17 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         if problem:
             await self._respond(request_id, error=RequestError("bad_frame", problem))
             return
+        # The key is checked again on every request, not only at connect: a key revoked (or a tenant
+        # suspended, or scopes narrowed) while its socket is open must stop working at once.
         try:
-            await _check_rate(self.principal.api_key)
+            self.principal = await _authenticate(self.token)
+        except AuthError as exc:
+            if exc.status == 429:
+                await self._respond(request_id, error=exc)
+            else:
+                await self._refuse(request_id, CLOSE_CODES.get(exc.status, 4401), exc.code, exc.message)
+            return
+        try:
             self.principal.require_websocket_method(frame["method"])
             payload = await self._dispatch(frame["method"], frame.get("params") or {})
         except (RequestError, AuthError) as error:
@@ -326,6 +327,9 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             return None, f"Frame is not valid JSON: {exc}"
         if not isinstance(frame, dict):
             return None, 'A frame must be a JSON object like {"type":"req","id":"1","method":"health","params":{}}.'
+        if "\x00" in text_data or "\\u0000" in text_data:
+            # Postgres stores no NUL characters; refused here as over HTTP (beamclaw_project/middleware.py).
+            return frame, "The frame contains a NUL character (\\u0000), which is not allowed."
         if frame.get("type") != "req":
             return frame, 'Only {"type": "req"} frames are accepted from clients.'
         if not isinstance(frame.get("method"), str):
@@ -345,6 +349,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             await self._refuse(request_id, CLOSE_CODES.get(exc.status, 4401), exc.code, exc.message)
             return
         self.principal = principal
+        self.token = token
         self.connect_deadline.cancel()
         from tools.approvals import tenant_approvals_group
 
@@ -429,7 +434,11 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             pass
 
     async def approval_event(self, message):
-        """Channel-layer notification: an approval of this tenant was requested or resolved."""
+        """Channel-layer notification: an approval of this tenant was requested or resolved. Only keys that
+        may read the tenant's approvals (`approvals.list` needs `read`) get them: they carry the call's
+        input, env values included. A chat-only socket still sees its own runs' approvals on their streams."""
+        if not self.principal.allows("read"):
+            return
         if self._first_approval_copy(message["event"], message["payload"]):
             await self.send_json({"type": "event", "event": message["event"], "payload": message["payload"], "seq": None})
 

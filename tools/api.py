@@ -13,6 +13,7 @@ import time
 import uuid
 
 from django.conf import settings
+from django.db import connection
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -105,6 +106,10 @@ class ToolInvokeApi(APIView):
             raise ValidationError({exc.field: [exc.message]})
         if outcome.approval is not None:
             return Response(ApprovalSerializer(outcome.approval).data, status=status.HTTP_202_ACCEPTED)
+        # The body below waits up to a minute for the worker. Django would keep this request's database
+        # connection until the response ends, and a few dozen slow calls would then drain the pool that
+        # every tenant's requests share: give it back now.
+        connection.close()
         if outcome.replay:
             if outcome.invocation.status in ToolInvocation.SETTLED_STATUSES:
                 return Response(invocation_response(outcome.invocation))
