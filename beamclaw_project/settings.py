@@ -300,6 +300,8 @@ BEAMCLAW_TOOLS = {
     "WEB_FETCH_MAX_CHARS": env_int("BEAMCLAW_WEB_FETCH_MAX_CHARS", 50_000),
     "APPROVAL_TIMEOUT_SECONDS": env_float("BEAMCLAW_APPROVAL_TIMEOUT_SECONDS", 120.0),
     "MAX_TOOL_CALLS_PER_STEP": env_int("BEAMCLAW_MAX_TOOL_CALLS_PER_STEP", 16),
+    # Tool invocations through POST /api/tools/invoke running at once per tenant (each holds a worker thread).
+    "MAX_INVOCATIONS_IN_FLIGHT_PER_TENANT": env_int("BEAMCLAW_MAX_INVOCATIONS_IN_FLIGHT_PER_TENANT", 16),
     # How long POST /api/tools/invoke waits for the tool's result before answering "still running".
     "INVOKE_WAIT_SECONDS": env_float("BEAMCLAW_INVOKE_WAIT_SECONDS", 60.0),
 }

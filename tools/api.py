@@ -19,7 +19,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, Throttled, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -30,6 +30,7 @@ from sessions.idempotency import HEADER as IDEMPOTENCY_HEADER
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from, request_fingerprint
 from sessions.models import AgentSession
 from tenants.api_auth import TenantScopedMixin
+from tenants.limits import LimitExceeded
 from tenants.models import Agent
 from tools import registry
 from tools.base import ToolInputError
@@ -98,6 +99,8 @@ class ToolInvokeApi(APIView):
             )
         except IdempotencyConflict as exc:
             raise Conflict(str(exc))
+        except LimitExceeded as exc:
+            raise Throttled(wait=exc.retry_after, detail=exc.message, code=exc.code)
         except registry.ToolNotFound as exc:
             raise ValidationError({"tool": [str(exc)]})
         except registry.ToolForbidden as exc:

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections, transaction
 from django.utils import timezone
@@ -18,6 +19,7 @@ from django.utils import timezone
 from sessions.events import redis_client
 from sessions.idempotency import idempotency_claim, idempotency_record
 from sessions.models import AgentSession, ToolCall
+from tenants.limits import LimitExceeded
 from tenants.models import Agent, Tenant
 from tools import approvals, execution, loop, registry
 from tools.base import ToolContext, error_result, validate_call
@@ -78,6 +80,7 @@ def tool_invoke(
     validate_call(spec, tool_input)
     approval = None
     with transaction.atomic():
+        _check_invocations_in_flight_locked(tenant)
         invocation = ToolInvocation.objects.create(
             tenant=tenant, agent=agent, session=session, tool=tool, input=tool_input, requested_by=requested_by[:100]
         )
@@ -88,6 +91,23 @@ def tool_invoke(
         else:
             transaction.on_commit(lambda: _enqueue_invocation(invocation))
     return InvokeOutcome(invocation=invocation, approval=approval)
+
+
+def _check_invocations_in_flight_locked(tenant: Tenant) -> None:
+    """Each invocation holds a worker thread while it runs (a `sleep 1800` for half an hour): without a
+    cap, one tenant could occupy every worker thread and stall everyone's runs. The tenant row lock makes
+    concurrent requests count each other."""
+    cap = settings.BEAMCLAW_TOOLS["MAX_INVOCATIONS_IN_FLIGHT_PER_TENANT"]
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).values_list("pk", flat=True).first()
+    busy = ToolInvocation.objects.filter(
+        tenant=tenant, status__in=(ToolInvocation.Status.PENDING, ToolInvocation.Status.RUNNING)
+    ).count()
+    if busy >= cap:
+        raise LimitExceeded(
+            f"This tenant already has {busy} tool invocations running (limit {cap}); wait for one to finish "
+            "(GET /api/tools/invocations/{id}/) or stop a background process with the process tool.",
+            code="tool_invocations_in_flight", retry_after=5,
+        )
 
 
 def _enqueue_invocation(invocation: ToolInvocation, *, only_if_free: bool = False) -> None:
