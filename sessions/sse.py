@@ -8,7 +8,7 @@ this by itself) resumes after `Last-Event-ID`.
 import json
 import re
 
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from beamclaw_project.asyncdb import db_call
 from sessions import events
@@ -62,8 +62,10 @@ def _resume_point(value: str) -> int | None:
 
 
 async def run_events(request, run_id):
-    if request.method != "GET":
-        return _error(405, f"Method {request.method} not allowed.", "method_not_allowed")
+    if request.method not in ("GET", "HEAD"):
+        response = _error(405, f"Method {request.method} not allowed.", "method_not_allowed")
+        response["Allow"] = "GET, HEAD"
+        return response
     try:
         run = await _authorized_run(request.headers.get("Authorization"), run_id)
     except AuthError as exc:
@@ -76,7 +78,11 @@ async def run_events(request, run_id):
             400, f"Last-Event-ID (or ?after=) must be the seq of an event: an integer from 0 to {MAX_RESUME_SEQ}.",
             "invalid",
         )
-    response = StreamingHttpResponse(_event_frames(run, resume_from), content_type="text/event-stream")
+    if request.method == "HEAD":
+        # What a GET would answer, without following the run.
+        response = HttpResponse(content_type="text/event-stream")
+    else:
+        response = StreamingHttpResponse(_event_frames(run, resume_from), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

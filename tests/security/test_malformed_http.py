@@ -75,3 +75,14 @@ def test_an_out_of_range_last_event_id_is_400_and_streams_keep_working(live, ten
         with api.stream("GET", f"/runs/{run_id}/events/", headers={"Last-Event-ID": str(2**63 - 1)}) as largest:
             assert largest.status_code == 200, "the largest seq is still a valid resume point"
     assert_still_answering(live, tenant)
+
+
+def test_head_on_the_event_stream_answers_like_get_without_a_body(live, tenant):
+    with httpx.Client(base_url=f"{live}/api", headers=tenant.headers, timeout=30) as api:
+        session = api.post("/sessions/", json={"agent": "assistant"}).json()["id"]
+        run = api.post(f"/sessions/{session}/messages/", json={"content": "head"}).json()["run"]["id"]
+        head = api.head(f"/runs/{run}/events/")
+        assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
+        assert api.head("/runs/00000000-0000-0000-0000-000000000000/events/").status_code == 404
+        wrong = api.put(f"/runs/{run}/events/")
+        assert wrong.status_code == 405 and wrong.headers["Allow"] == "GET, HEAD"
