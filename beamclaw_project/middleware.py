@@ -14,6 +14,8 @@ from django.urls import Resolver404, resolve
 from beamclaw_project import json_input
 
 FAST_PATH_PREFIXES = ("/v1/", "/health", "/api/runs/")
+# Where every request body is read as JSON by some view, whatever its Content-Type says.
+BODY_CHECKED_PREFIXES = ("/v1/", "/api/")
 
 
 class ApiFastPathMiddleware:
@@ -38,7 +40,11 @@ class ApiFastPathMiddleware:
 
 class RejectNulMiddleware:
     """Postgres cannot store NUL characters (in text or JSON), so a request carrying one in its query string
-    or JSON body would fail deep inside with a 500. Refuse it at the door with a 400 that says why."""
+    or JSON body would fail deep inside with a 500. Refuse it at the door with a 400 that says why.
+
+    Which bodies: every body under /v1/ and /api/ whatever its Content-Type (the OpenAI endpoint parses
+    any body as JSON, as OpenAI's does, so a JSON body sent as text/plain, form-encoded or with no type
+    reaches the database just the same), and any JSON body elsewhere."""
 
     sync_capable = False
     async_capable = True
@@ -51,14 +57,16 @@ class RejectNulMiddleware:
         problem, field = None, None
         if "\x00" in request.path_info or any("\x00" in k or "\x00" in v for k, vs in request.GET.lists() for v in vs):
             problem = "The URL contains a NUL character (%00), which is not allowed."
-        elif request.content_type == "application/json":
+        elif request.content_type == "application/json" or request.path_info.startswith(BODY_CHECKED_PREFIXES):
             try:
                 body = request.body
             except RequestDataTooBig:
                 body = b""  # the view answers 413
+            # A cheap look first; only a body that may hold a NUL is parsed to be sure (and to name the field).
             if b"\x00" in body or b"\\u0000" in body:
-                field = _field_with_nul(body)
-                problem = f"{field or 'The JSON body'} contains a NUL character (\\u0000), which is not allowed."
+                has_nul, field = _nul_in_body(body)
+                if has_nul:
+                    problem = f"{field or 'The request body'} contains a NUL character (\\u0000), which is not allowed."
         if problem is None:
             return await self.get_response(request)
         error = {"message": problem, "type": "invalid_request_error", "code": "nul_character", "param": field}
@@ -69,12 +77,17 @@ class RejectNulMiddleware:
         )
 
 
-def _field_with_nul(body: bytes) -> str | None:
-    """The top-level field of a JSON object body whose value (or key) holds a NUL, so the 400 names it."""
+def _nul_in_body(body: bytes) -> tuple[bool, str | None]:
+    """Whether the body holds a NUL, and the top-level field of a JSON object body whose value (or key)
+    holds it, so the 400 names it.
+
+    A body that parses and holds no NUL passes: `\\\\u0000` in JSON is a backslash followed by "u0000", not
+    a NUL. One that does not parse (not JSON, or in a charset json.loads does not detect) is refused when
+    it has either byte sequence: the view might still read it, and nothing here can tell."""
     try:
         data = json_input.loads(body)
-    except ValueError:
-        return None
+    except (ValueError, UnicodeDecodeError):
+        return True, None
 
     def has_nul(value) -> bool:
         if isinstance(value, str):
@@ -86,5 +99,6 @@ def _field_with_nul(body: bytes) -> str | None:
         return False
 
     if isinstance(data, dict):
-        return next((key for key, value in data.items() if has_nul(key) or has_nul(value)), None)
-    return None
+        field = next((key for key, value in data.items() if has_nul(key) or has_nul(value)), None)
+        return field is not None, field
+    return has_nul(data), None

@@ -16,11 +16,10 @@ from django.db import transaction
 from sessions.engine import run_submit
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession, Message, Run
-from sessions.services import SessionConflict, session_get_or_create
+from sessions.services import SessionConflict, session_get_or_create, session_key_normalize
 from tenants.models import Agent, Tenant
 
 ROLES = {"system", "developer", "user", "assistant"}
-SESSION_NAME_MAX = 200
 
 
 class ChatRequestError(Exception):
@@ -198,8 +197,14 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
     if user is not None and not isinstance(user, str):
         raise ChatRequestError("user must be a string.", "user")
     session_name = (session_header or user or "").strip() or None
-    if session_name is not None and len(session_name) > SESSION_NAME_MAX:
-        raise ChatRequestError(f"The session name is longer than {SESSION_NAME_MAX} characters.", "user")
+    if session_name is not None and len(model.strip()) <= Agent._meta.get_field("slug").max_length:
+        # The key is agent:<model>:<name> (model is the agent's slug): checked here, before anything is
+        # written, so the 400 names where the name came from. (A model longer than any slug is no agent:
+        # that is a 404, and the key is never built.)
+        try:
+            session_key_normalize(agent_slug=model.strip(), key=session_name)
+        except ValueError as exc:
+            raise ChatRequestError(str(exc), "X-Session-Key" if (session_header or "").strip() else "user")
 
     if queue_mode_header is not None and queue_mode_header not in AgentSession.QueueMode.values:
         raise ChatRequestError(

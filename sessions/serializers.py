@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from sessions.models import AgentSession, Message, Run
+from sessions.services import SESSION_KEY_MAX
 
 QUEUE_MODES = AgentSession.QueueMode.choices
 
@@ -39,7 +40,12 @@ class SessionSerializer(serializers.ModelSerializer):
 
 class SessionCreateSerializer(serializers.Serializer):
     agent = serializers.CharField(help_text="Slug of one of your agents.")
-    key = serializers.CharField(required=False, max_length=200, help_text="agent:<agent>:<name>, or just <name>.")
+    # The whole key agent:<agent>:<name> may be SESSION_KEY_MAX long; session_create checks it with the
+    # agent's slug (a bare name may be shorter by that much) and says how long the name may be.
+    key = serializers.CharField(
+        required=False, max_length=SESSION_KEY_MAX,
+        help_text=f"agent:<agent>:<name>, or just <name>; at most {SESSION_KEY_MAX} characters for the whole key.",
+    )
     queue_mode = serializers.ChoiceField(choices=QUEUE_MODES, required=False)
 
 
