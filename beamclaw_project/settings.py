@@ -188,7 +188,10 @@ BEAMCLAW = {
 
 # --- cron (see docs/cron.md) ---------------------------------------------------------------------
 BEAMCLAW_CRON = {
-    "MIN_INTERVAL_SECONDS": env_int("BEAMCLAW_CRON_MIN_INTERVAL_SECONDS", 1),
+    # Shortest `every` a tenant may ask for (API and tool); the admin is not bound by it.
+    "MIN_INTERVAL_SECONDS": env_int("BEAMCLAW_CRON_MIN_INTERVAL_SECONDS", 60),
+    # Jobs one tenant may have (enabled or not); the cap keeps one tenant's schedule from crowding others'.
+    "MAX_JOBS_PER_TENANT": env_int("BEAMCLAW_CRON_MAX_JOBS_PER_TENANT", 100),
     # A run still going after this long (per job: timeout_seconds) is marked failed and aborted.
     "RUN_TIMEOUT_SECONDS": env_int("BEAMCLAW_CRON_RUN_TIMEOUT_SECONDS", 3600),
     "MAX_CONSECUTIVE_ERRORS": env_int("BEAMCLAW_CRON_MAX_CONSECUTIVE_ERRORS", 3),

@@ -4,13 +4,22 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from cron.models import CronJob, CronRun
 from cron.selectors import cron_runs_of
 from cron.serializers import CronJobInputSerializer, CronJobSerializer, CronRunSerializer
-from cron.services import CronJobInvalid, cron_job_create, cron_job_delete, cron_job_run_now, cron_job_update
+from beamclaw_project.api_errors import Conflict
+from cron.services import (
+    CronJobGone,
+    CronJobInvalid,
+    CronJobLimitReached,
+    cron_job_create,
+    cron_job_delete,
+    cron_job_run_now,
+    cron_job_update,
+)
 from tenants.api_auth import TenantScopedMixin
 
 JOB_FILTERS = [
@@ -60,6 +69,8 @@ class CronJobViewSet(
             job = cron_job_create(tenant=self.tenant, **self._input(partial=False))
         except CronJobInvalid as exc:
             raise ValidationError({exc.field: [exc.message]})
+        except CronJobLimitReached as exc:
+            raise Conflict(exc.message, code="cron_job_limit")
         return Response(CronJobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=CronJobInputSerializer, responses=CronJobSerializer)
@@ -76,16 +87,24 @@ class CronJobViewSet(
             job = cron_job_update(job=job, changes=self._input(partial=partial))
         except CronJobInvalid as exc:
             raise ValidationError({exc.field: [exc.message]})
+        except CronJobGone:
+            raise NotFound("No cron job matches the given query (it was deleted).")
         return Response(CronJobSerializer(job).data)
 
     def perform_destroy(self, instance):
-        cron_job_delete(job=instance)
+        try:
+            cron_job_delete(job=instance)
+        except CronJobGone:  # deleted by a concurrent request
+            raise NotFound("No cron job matches the given query (it was deleted).")
 
     @extend_schema(request=None, responses={202: CronRunSerializer})
     @action(detail=True, methods=["post"])
     def run(self, request, pk=None):
         """Run the job once now (also when it is disabled); its schedule is untouched."""
-        cron_run = cron_job_run_now(job=self.get_object())
+        try:
+            cron_run = cron_job_run_now(job=self.get_object())
+        except CronJobGone:
+            raise NotFound("No cron job matches the given query (it was deleted).")
         return Response(CronRunSerializer(cron_run).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(

@@ -1,6 +1,8 @@
 """Each job's django-celery-beat PeriodicTask, `cron-job-<id>`, kept in step with the job.
 
-Beat is only the alarm clock: it sends `cron.fire(job_id)` to the `system` queue, and the fire task decides
+Beat is only the alarm clock: it sends `cron.fire(job_id)` to the job's tenant's queue (so one tenant's many
+jobs wait behind each other, not in front of another tenant's: workers take turns between tenant queues),
+and the fire task decides
 from the job's own schedule which occurrence (if any) is due. So the PeriodicTask only has to wake the job
 at (or around) each occurrence, never to be the source of truth:
 
@@ -20,12 +22,14 @@ write makes every beat reload its whole schedule.
 import json
 from datetime import timedelta
 
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from cron import schedule as sched
 from cron.models import CronJob
-from tenants.queues import SYSTEM_QUEUE
+from tenants.queues import tenant_queue
 
 FIRE_TASK = "cron.fire"
 
@@ -36,7 +40,10 @@ def periodic_task_name(job_id) -> str:
 
 def _signature(job: CronJob) -> str:
     """What the PeriodicTask is derived from; kept in its description to tell when it is stale."""
-    return json.dumps({"schedule": job.schedule.as_dict(), "enabled": job.enabled}, sort_keys=True)
+    return json.dumps(
+        {"schedule": job.schedule.as_dict(), "enabled": job.enabled, "queue": tenant_queue(job.tenant.slug)},
+        sort_keys=True,
+    )
 
 
 def _crontab_field(values, lo: int, hi: int) -> str:
@@ -82,9 +89,8 @@ def beat_sync(*, job: CronJob, realign: bool = False) -> None:
             existing.description = signature
             existing.save()
         return
-    beat_remove(job_id=job.pk)
     schedule = job.schedule
-    fields = {"name": name, "task": FIRE_TASK, "args": json.dumps([job.pk]), "queue": SYSTEM_QUEUE,
+    fields = {"name": name, "task": FIRE_TASK, "args": json.dumps([job.pk]), "queue": tenant_queue(job.tenant.slug),
               "description": signature, "enabled": True}
     if isinstance(schedule, sched.At):
         fields.update(clocked=ClockedSchedule.objects.create(clocked_time=schedule.at), one_off=True)
@@ -92,7 +98,21 @@ def beat_sync(*, job: CronJob, realign: bool = False) -> None:
         fields.update(interval=_interval(schedule.seconds), last_run_at=job.next_run_at - schedule.interval)
     else:
         fields.update(crontab=_crontab(schedule))
-    PeriodicTask.objects.create(**fields)
+    _replace(name, job.pk, fields)
+
+
+def _replace(name: str, job_id, fields: dict) -> None:
+    """Replace the job's PeriodicTask by a new row. Callers hold the job's row lock, so only a beat writing
+    back a row it still has in memory can put one with this name in between; that row is dropped too."""
+    for attempt in (1, 2):
+        beat_remove(job_id=job_id)
+        try:
+            with transaction.atomic():
+                PeriodicTask.objects.create(**fields)
+            return
+        except (IntegrityError, ValidationError):  # the name is taken: unique constraint or validate_unique
+            if attempt == 2:
+                raise
 
 
 def beat_remove(*, job_id) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,7 +31,11 @@ logger = logging.getLogger(__name__)
 MAX_URL_LENGTH = 2000
 MAX_HEADERS = 20
 # Headers a target may not set: they describe the request itself or are ours.
-RESERVED_HEADERS = {"content-type", "content-length", "host", "x-beamclaw-delivery", "x-beamclaw-signature"}
+RESERVED_HEADERS = {"content-type", "x-beamclaw-delivery", "x-beamclaw-signature"}
+# Hop-by-hop and framing headers (RFC 9110 7.6.1) belong to the HTTP client: a tenant's `Transfer-Encoding`
+# or `Content-Length` would contradict the body actually sent (request smuggling through a proxy), and
+# `Host` would aim the request at another virtual host than the checked URL names.
+HOP_BY_HOP_HEADERS = {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
 TRANSIENT_STATUSES = {408, 425, 429}
 NO_ANSWER = "could not deliver: the webhook did not answer (connection failed, was refused or timed out)"
 
@@ -66,6 +71,12 @@ def deliver_parse(value) -> dict | None:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DeliveryTargetError(f"'{url}' is not an http(s) URL.")
+    if parts.username is not None or parts.password is not None:
+        # The URL is shown to every key that can read the job; credentials in it would be too.
+        raise DeliveryTargetError(
+            "The URL may not carry credentials (user:password@); sign deliveries with 'secret', or send a token "
+            "in a header (e.g. 'headers': {'Authorization': 'Bearer …'}), whose value is not shown back."
+        )
     try:
         address_policy.check_literal(url.strip())
     except address_policy.TargetRefused as exc:
@@ -76,7 +87,15 @@ def deliver_parse(value) -> dict | None:
         isinstance(k, str) and isinstance(v, str) and k.strip() and "\n" not in k + v for k, v in headers.items()
     ):
         raise DeliveryTargetError(f"'headers' must be an object of at most {MAX_HEADERS} string headers.")
-    reserved = sorted(k for k in headers if k.lower() in RESERVED_HEADERS)
+    hop_by_hop = sorted(
+        k for k in headers if k.strip().lower() in HOP_BY_HOP_HEADERS or k.strip().lower().startswith("proxy-")
+    )
+    if hop_by_hop:
+        raise DeliveryTargetError(
+            f"Header(s) {', '.join(hop_by_hop)} may not be set: connection and framing headers (Connection, "
+            f"Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Proxy-*, Host, Content-Length) are the HTTP client's."
+        )
+    reserved = sorted(k for k in headers if k.strip().lower() in RESERVED_HEADERS)
     if reserved:
         raise DeliveryTargetError(f"Header(s) {', '.join(reserved)} are set by the gateway.")
     if headers:
@@ -89,11 +108,39 @@ def deliver_parse(value) -> dict | None:
     return target
 
 
+MASK = "********"
+_CREDENTIAL_HEADER = re.compile(r"authorization|cookie|token|secret|password|api[-_]?key|auth", re.I)
+
+
+def _masked_headers(headers: dict) -> dict:
+    return {k: MASK if _CREDENTIAL_HEADER.search(k) else v for k, v in headers.items()}
+
+
 def deliver_public(target: dict | None) -> dict | None:
-    """The target as shown to API clients: the secret is write-only."""
+    """The target as shown to API clients: the secret and credential-bearing header values are write-only."""
     if not target:
         return None
-    return {**target, "secret": "********"} if target.get("secret") else dict(target)
+    shown = dict(target)
+    if target.get("secret"):
+        shown["secret"] = MASK
+    if target.get("headers"):
+        shown["headers"] = _masked_headers(target["headers"])
+    return shown
+
+
+def deliver_keep_masked(new: dict | None, old: dict | None) -> dict | None:
+    """`new` with masked values (a PUT of what GET showed) replaced by what `old` stores."""
+    if not new or not old:
+        return new
+    kept = dict(new)
+    if kept.get("secret") == MASK and old.get("secret"):
+        kept["secret"] = old["secret"]
+    if kept.get("headers"):
+        stored = {k.lower(): v for k, v in (old.get("headers") or {}).items()}
+        kept["headers"] = {
+            k: stored.get(k.lower(), v) if v == MASK else v for k, v in kept["headers"].items()
+        }
+    return kept
 
 
 def webhook_send(*, target: dict, payload: dict, delivery_id: str) -> int:

@@ -8,7 +8,7 @@ from cron.models import CronJob, CronRun
 from cron.services import BOOKKEEPING_FIELDS
 from sessions.models import Run
 from sessions.signals import run_finished
-from tenants.queues import SYSTEM_QUEUE
+from tenants.queues import tenant_queue
 
 
 @receiver(post_save, sender=CronJob, dispatch_uid="cron-job-beat-sync")
@@ -28,11 +28,12 @@ def _job_deleted(sender, instance: CronJob, **kwargs):
 
 @receiver(run_finished, dispatch_uid="cron-run-finished")
 def _run_finished(sender, run_id, status, trigger=None, **kwargs):
-    # Sent for every run in the system: only cron-started runs cost a lookup; the work goes to the system queue.
+    # Sent for every run in the system: only cron-started runs cost a lookup; the work goes to the tenant's queue.
     if trigger != Run.Trigger.CRON:
         return
-    cron_run_id = CronRun.objects.filter(run_id=run_id).values_list("pk", flat=True).first()
-    if cron_run_id is not None:
+    found = CronRun.objects.filter(run_id=run_id).values_list("pk", "tenant__slug").first()
+    if found is not None:
         from cron.tasks import settle
 
-        settle.apply_async(args=[cron_run_id], queue=SYSTEM_QUEUE)
+        cron_run_id, slug = found
+        settle.apply_async(args=[cron_run_id], queue=tenant_queue(slug))

@@ -21,6 +21,7 @@ occurrence is due" always get the same answer.
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone as dt_timezone
@@ -74,6 +75,9 @@ _UNIT_SECONDS = {
     **dict.fromkeys(("d", "day", "days"), 86400),
     **dict.fromkeys(("w", "wk", "wks", "week", "weeks"), 604800),
 }
+# The longest `every` interval and the longest `at` delay: ten years. Longer values would only overflow the
+# date arithmetic (and the database's integer column) and turn a typo into a 500; nobody schedules further.
+MAX_DURATION_SECONDS = 3650 * 86400
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*,?")
 _ISO_DURATION = re.compile(
     r"P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
@@ -108,6 +112,8 @@ def duration_parse(text, *, field: str = "every") -> int:
                 pos = match.end()
             if not raw:
                 raise ScheduleError("The duration is empty; write e.g. '15m'.", field=field)
+    if not math.isfinite(total):
+        raise ScheduleError(f"'{text}' is not a finite duration.", field=field)
     if total != int(total):
         raise ScheduleError(f"'{text}' is not a whole number of seconds.", field=field)
     return int(total)
@@ -139,9 +145,12 @@ def instant_parse(value, *, tz: str, field: str) -> datetime:
             ) from None
     else:
         raise ScheduleError("Give an ISO 8601 date-time such as '2030-01-31T09:00:00Z'.", field=field)
-    if parsed.tzinfo is None:
-        parsed = _resolve_local(parsed, zone(tz))
-    return parsed.astimezone(UTC)
+    try:
+        if parsed.tzinfo is None:
+            parsed = _resolve_local(parsed, zone(tz))
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00-05:00 is past the last representable instant
+        raise ScheduleError(f"'{value}' is outside the supported range of dates (years 1-9999).", field=field) from None
 
 
 def _resolve_local(naive: datetime, tz: ZoneInfo) -> datetime:
@@ -472,13 +481,19 @@ def _parse_at(data: dict, *, now: datetime) -> At:
             raise
         relative = re.sub(r"^\s*(\+|in\s)", "", value, flags=re.I)
         try:
-            at = now + timedelta(seconds=duration_parse(relative, field="at"))
+            delay = duration_parse(relative, field="at")
         except ScheduleError:
             raise ScheduleError(
                 f"'{value}' is neither an ISO 8601 date-time (e.g. '2030-01-31T09:00:00Z') nor a delay "
                 f"such as '20m'.",
                 field="at",
             ) from None
+        if delay > MAX_DURATION_SECONDS:
+            raise ScheduleError(
+                f"A delay in 'at' must be at most {duration_format(MAX_DURATION_SECONDS)} (10 years); got '{value}'.",
+                field="at",
+            )
+        at = now + timedelta(seconds=delay)
     if at <= now:
         raise ScheduleError(f"'at' {_iso(at)} is in the past (now is {_iso(now)}).", field="at")
     return At(at=at)
@@ -488,9 +503,10 @@ def _parse_every(data: dict, *, now: datetime, min_interval_seconds: int) -> Eve
     if "every" not in data:
         raise ScheduleError("An 'every' schedule needs 'every', e.g. '15m' or '1h30m'.", field="every")
     seconds = duration_parse(data["every"])
-    if seconds < min_interval_seconds:
+    if not min_interval_seconds <= seconds <= MAX_DURATION_SECONDS:
         raise ScheduleError(
-            f"'every' must be at least {duration_format(min_interval_seconds)}; got '{data['every']}'.",
+            f"'every' must be between {duration_format(min_interval_seconds)} and "
+            f"{duration_format(MAX_DURATION_SECONDS)} (10 years); got '{data['every']}'.",
             field="every",
         )
     anchor = data.get("anchor")

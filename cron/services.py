@@ -1,16 +1,26 @@
 """Writes on cron jobs and their runs: creating and changing jobs, firing occurrences, settling runs,
-the sweeper, delivery. Lock order everywhere: the job row, then its CronRun rows."""
+the sweeper, delivery.
+
+Lock order everywhere: the job row, then its CronRun rows, then django-celery-beat's rows (the PeriodicTask
+and the one `PeriodicTasks` row every PeriodicTask write updates). Deleting a job takes the job row first
+too, so its cascade over the runs cannot meet a settle that holds the job and waits for a run.
+
+No transaction that holds a cron lock starts an agent run. The engine locks the session and then the
+tenant row FOR UPDATE, while inserting a CronRun (or a session) holds a key-share lock on that tenant row
+until commit; both in one transaction deadlocked two firings of one tenant, and a firing against the
+engine. So an occurrence is claimed in one transaction and its run started after it commits (`_start`).
+"""
 
 import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from cron import schedule as sched
-from cron.beat import beat_needs_realign, beat_sync
-from cron.delivery import DeliveryError, webhook_send
+from cron.beat import beat_needs_realign, beat_remove, beat_sync
+from cron.delivery import DeliveryError, deliver_keep_masked, webhook_send
 from cron.models import CronJob, CronRun
 from cron.selectors import cron_run_reply_text
 from sessions.engine import SessionClosed, run_abort, run_submit
@@ -18,6 +28,7 @@ from sessions.models import AgentSession, Run
 from sessions.services import SessionConflict, session_get_or_create
 from tenants.limits import LimitExceeded
 from tenants.models import Agent, Tenant
+from tenants.queues import SYSTEM_QUEUE, tenant_queue
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +48,18 @@ class CronJobInvalid(ValueError):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+class CronJobLimitReached(Exception):
+    """The tenant has as many jobs as it may (409 at the API)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class CronJobGone(Exception):
+    """The job was deleted meanwhile (404 at the API)."""
 
 
 def _conf(name: str):
@@ -80,7 +103,18 @@ def cron_job_create(
         enabled=enabled, timeout_seconds=timeout_seconds or _conf("RUN_TIMEOUT_SECONDS"),
     )
     job.schedule = schedule
-    return _save_job(job, rescheduled=True)
+    with transaction.atomic():
+        # Concurrent creations of one tenant count each other. An advisory lock rather than the tenant row:
+        # the engine locks that row FOR UPDATE, and a lock on it here would join (and could cross) its order.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"beamclaw.cron.jobs:{tenant.pk}"])
+        cap = _conf("MAX_JOBS_PER_TENANT")
+        if CronJob.objects.filter(tenant=tenant).count() >= cap:
+            raise CronJobLimitReached(
+                f"You have {cap} cron jobs, the most a tenant may have. Delete jobs you no longer need "
+                f"(DELETE /api/cron/jobs/{{id}}/) to make room; disabled jobs count too."
+            )
+        return _save_job(job, rescheduled=True)
 
 
 _UPDATABLE = {"agent", "name", "prompt", "schedule", "session_target", "deliver", "enabled", "timeout_seconds"}
@@ -95,12 +129,16 @@ def cron_job_update(*, job: CronJob, changes: dict) -> CronJob:
     if "agent" in changes and changes["agent"].tenant_id != job.tenant_id:
         raise CronJobInvalid(f"You have no agent '{changes['agent'].slug}'.", field="agent")
     with transaction.atomic():
-        locked = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").get(pk=job.pk)
+        locked = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").filter(pk=job.pk).first()
+        if locked is None:
+            raise CronJobGone()
         if changes.get("enabled") and not locked.enabled:
             locked.consecutive_errors = 0
             locked.disabled_reason = ""
         if changes.get("enabled") is False:
             locked.disabled_reason = "disabled by request"
+        if "deliver" in changes:
+            changes = {**changes, "deliver": deliver_keep_masked(changes["deliver"], locked.deliver)}
         for field, value in changes.items():
             setattr(locked, field, value)
         return _save_job(locked, rescheduled="schedule" in changes or "enabled" in changes)
@@ -111,8 +149,14 @@ def cron_job_set_enabled(*, job: CronJob, enabled: bool) -> CronJob:
 
 
 def cron_job_delete(*, job: CronJob) -> None:
-    # The PeriodicTask goes with it (cron.receivers), however the job is deleted.
-    job.delete()
+    """Delete the job and its history. Its PeriodicTask goes with it (cron.receivers), however a job is deleted.
+    The job row is locked first (the order everywhere): a firing in progress finishes before, and none can
+    claim a run between the cascade over the runs and the job's own row, which broke the runs' foreign key."""
+    with transaction.atomic():
+        locked = CronJob.objects.select_for_update(of=("self",)).filter(pk=job.pk).first()
+        if locked is None:
+            raise CronJobGone()
+        locked.delete()
 
 
 # --- firing -------------------------------------------------------------------------------------------------
@@ -147,26 +191,32 @@ def _session_for(job: CronJob, cron_run: CronRun) -> AgentSession:
     )
 
 
-def _start_locked(job: CronJob, cron_run: CronRun, now: datetime) -> None:
-    """Start the occurrence's run, or record why it did not run. Caller holds the job's row lock."""
-    reason = _skip_reason(job, cron_run, now) if cron_run.trigger != CronRun.Trigger.MANUAL else ""
-    if reason:
-        _finish_locked(job, cron_run, CronRun.Status.SKIPPED, reason)
-        return
+def _start(job: CronJob, cron_run: CronRun) -> CronRun:
+    """Start a claimed occurrence's agent run and record it on the CronRun (or why it could not start).
+    Called after the claim committed, holding no lock (module docstring)."""
+    outcome = None
     try:
         session = _session_for(job, cron_run)
-        run = run_submit(
-            session=session, content=[{"type": "text", "text": job.prompt}], trigger=Run.Trigger.CRON
-        )
+        run = run_submit(session=session, content=[{"type": "text", "text": job.prompt}], trigger=Run.Trigger.CRON)
     except LimitExceeded as exc:
-        _finish_locked(job, cron_run, CronRun.Status.SKIPPED, exc.message)
-        return
+        outcome = (CronRun.Status.SKIPPED, exc.message)
     except (SessionClosed, SessionConflict) as exc:
-        _finish_locked(job, cron_run, CronRun.Status.FAILED, f"could not start the run: {exc}")
-        return
-    cron_run.session = session
-    cron_run.run = run
-    cron_run.save(update_fields=["session", "run"])
+        outcome = (CronRun.Status.FAILED, f"could not start the run: {exc}")
+    with transaction.atomic():
+        locked_job = CronJob.objects.select_for_update(of=("self",)).filter(pk=job.pk).first()
+        locked = CronRun.objects.select_for_update().filter(pk=cron_run.pk).first() if locked_job else None
+        if locked is None or locked.is_terminal:
+            # Deleted with its job meanwhile (the run goes on, like any run in flight), or ended by the sweeper.
+            return locked or cron_run
+        if outcome is not None:
+            _finish_locked(locked_job, locked, *outcome)
+            return locked
+        locked.session, locked.run = session, run
+        locked.save(update_fields=["session", "run"])
+    # A run that already ended sent its run_finished before this CronRun named it; settle it here.
+    if Run.objects.filter(pk=run.pk, status__in=Run.TERMINAL_STATUSES).exists():
+        return cron_run_settle(cron_run_id=locked.pk) or locked
+    return locked
 
 
 def _early_tolerance(job: CronJob) -> timedelta:
@@ -180,7 +230,12 @@ def cron_job_fire(*, job_id: int, woken_by: str) -> CronRun | None:
     now = timezone.now()
     with transaction.atomic():
         job = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").filter(pk=job_id).first()
-        if job is None or not job.enabled or job.next_run_at is None:
+        if job is None:
+            # A beat that was writing back a deleted job's last_run_at re-inserts its PeriodicTask (Django's
+            # save falls back to INSERT when the UPDATE finds no row); the wake-up it sends removes it.
+            beat_remove(job_id=job_id)
+            return None
+        if not job.enabled or job.next_run_at is None:
             return None
         woken_by_beat = woken_by == CronRun.Trigger.BEAT
         if job.next_run_at > now + _early_tolerance(job):
@@ -198,13 +253,17 @@ def cron_job_fire(*, job_id: int, woken_by: str) -> CronRun | None:
         job.last_run_at = now
         job.last_status = CronRun.Status.RUNNING
         job.save(update_fields=["next_run_at", "last_run_at", "last_status", "updated_at"])
-        _start_locked(job, cron_run, now)
+        reason = _skip_reason(job, cron_run, now)
+        if reason:
+            _finish_locked(job, cron_run, CronRun.Status.SKIPPED, reason)
         if job.next_run_at is None:  # an `at` job ran its only occurrence
             job.enabled = False
             job.disabled_reason = f"ran once at {scheduled_for.isoformat()} ('at' schedule)"
             job.save(update_fields=["enabled", "disabled_reason", "updated_at"])
         elif realign:
             beat_sync(job=job, realign=True)
+    if not cron_run.is_terminal:
+        cron_run = _start(job, cron_run)
     logger.info("cron job %s: occurrence %s claimed (%s, %s)", job_id, scheduled_for.isoformat(), woken_by, cron_run.status)
     return cron_run
 
@@ -213,15 +272,16 @@ def cron_job_run_now(*, job: CronJob) -> CronRun:
     """Run the job once now, whether or not it is enabled; its schedule is untouched."""
     now = timezone.now()
     with transaction.atomic():
-        locked = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").get(pk=job.pk)
+        locked = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").filter(pk=job.pk).first()
+        if locked is None:
+            raise CronJobGone()
         cron_run = CronRun.objects.create(
             job=locked, tenant_id=locked.tenant_id, scheduled_for=now, trigger=CronRun.Trigger.MANUAL
         )
         locked.last_run_at = now
         locked.last_status = CronRun.Status.RUNNING
         locked.save(update_fields=["last_run_at", "last_status", "updated_at"])
-        _start_locked(locked, cron_run, now)
-    return cron_run
+    return _start(locked, cron_run)
 
 
 # --- settling -----------------------------------------------------------------------------------------------
@@ -251,8 +311,8 @@ def _finish_locked(job: CronJob, cron_run: CronRun, status: str, error: str = ""
     if cron_run.delivery_status == CronRun.Delivery.PENDING:
         from cron.tasks import deliver
 
-        cron_run_id = cron_run.pk
-        transaction.on_commit(lambda: deliver.apply_async(args=[cron_run_id]))
+        cron_run_id, queue = cron_run.pk, tenant_queue(job.tenant.slug)
+        transaction.on_commit(lambda: deliver.apply_async(args=[cron_run_id], queue=queue))
 
 
 def cron_run_settle(*, cron_run_id: int) -> CronRun | None:
@@ -261,8 +321,10 @@ def cron_run_settle(*, cron_run_id: int) -> CronRun | None:
     if job_id is None:
         return None
     with transaction.atomic():
-        job = CronJob.objects.select_for_update().get(pk=job_id)
-        cron_run = CronRun.objects.select_for_update(of=("self",)).select_related("run").get(pk=cron_run_id)
+        job = CronJob.objects.select_for_update().select_related("tenant").filter(pk=job_id).first()
+        cron_run = CronRun.objects.select_for_update(of=("self",)).select_related("run").filter(pk=cron_run_id).first()
+        if job is None or cron_run is None:  # deleted with its job meanwhile
+            return None
         run = cron_run.run
         if cron_run.is_terminal or run is None or not run.is_terminal:
             return cron_run
@@ -276,10 +338,10 @@ def cron_run_settle(*, cron_run_id: int) -> CronRun | None:
 def _end_stuck(cron_run_id: int) -> Run | None:
     """Mark a CronRun past its job's timeout failed; returns the agent run to abort."""
     with transaction.atomic():
-        job_id = CronRun.objects.values_list("job_id", flat=True).get(pk=cron_run_id)
-        job = CronJob.objects.select_for_update().get(pk=job_id)
-        cron_run = CronRun.objects.select_for_update(of=("self",)).select_related("run").get(pk=cron_run_id)
-        if cron_run.is_terminal:
+        job_id = CronRun.objects.filter(pk=cron_run_id).values_list("job_id", flat=True).first()
+        job = CronJob.objects.select_for_update().select_related("tenant").filter(pk=job_id).first()
+        cron_run = CronRun.objects.select_for_update(of=("self",)).select_related("run").filter(pk=cron_run_id).first()
+        if job is None or cron_run is None or cron_run.is_terminal:
             return None
         _finish_locked(
             job, cron_run, CronRun.Status.FAILED, f"stuck: no result after {job.timeout_seconds} s (the job's timeout)"
@@ -311,6 +373,12 @@ def cron_sweep(*, now: datetime | None = None) -> dict:
     if fired or settled or stuck:
         logger.info("cron sweep: fired %s, settled %s, ended %s stuck", fired, settled, stuck)
     return {"fired": fired, "settled": settled, "stuck": stuck}
+
+
+def cron_run_queue(*, cron_run_id: int) -> str:
+    """The queue a CronRun's work goes to: its tenant's."""
+    slug = CronRun.objects.filter(pk=cron_run_id).values_list("tenant__slug", flat=True).first()
+    return tenant_queue(slug) if slug else SYSTEM_QUEUE
 
 
 # --- delivery -----------------------------------------------------------------------------------------------

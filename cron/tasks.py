@@ -1,4 +1,8 @@
-"""Thin Celery tasks on the `system` queue: they take ids and call a service.
+"""Thin Celery tasks: they take ids and call a service.
+
+A job's own work (fire, settle, deliver) is sent to its tenant's queue, so one tenant's many jobs or slow
+webhooks queue behind each other and not in front of another tenant's; the `queue` below is only the
+default for a task sent without one. The sweeper is system work.
 
 The worker runs a thread pool, where Celery cannot enforce time limits; every task here is a few queries,
 and a webhook call is bounded by BEAMCLAW_CRON_DELIVERY_TIMEOUT_SECONDS.
@@ -36,4 +40,4 @@ def deliver(self, cron_run_id: int) -> None:
         services.cron_run_deliver(cron_run_id=cron_run_id, final_attempt=self.request.retries + 1 >= attempts)
     except DeliveryError as exc:
         countdown = settings.BEAMCLAW_CRON["DELIVERY_RETRY_BASE_SECONDS"] * 2**self.request.retries
-        raise self.retry(exc=exc, countdown=countdown, queue=SYSTEM_QUEUE)
+        raise self.retry(exc=exc, countdown=countdown, queue=services.cron_run_queue(cron_run_id=cron_run_id))

@@ -7,7 +7,7 @@ the REST API does (same serializer).
 
 from cron.selectors import cron_jobs_of
 from cron.serializers import CronJobInputSerializer, CronJobSerializer
-from cron.services import CronJobInvalid, cron_job_create, cron_job_delete
+from cron.services import CronJobGone, CronJobInvalid, CronJobLimitReached, cron_job_create, cron_job_delete
 
 CRON_TOOL = {
     "name": "cron",
@@ -90,6 +90,8 @@ def _add(tenant, agent, fields: dict) -> dict:
         job = cron_job_create(tenant=tenant, **data.validated_data)
     except CronJobInvalid as exc:
         return _error(f"Invalid input: {exc.field}: {exc.message}")
+    except CronJobLimitReached as exc:
+        return _error(exc.message)
     return {"ok": True, "output": CronJobSerializer(job).data}
 
 
@@ -104,6 +106,9 @@ def _remove(tenant, agent, fields: dict) -> dict:
     if job is None:
         return _error("You have no such job; action=list shows your jobs.")
     removed = {"id": job.pk, "name": job.name}
-    cron_job_delete(job=job)
+    try:
+        cron_job_delete(job=job)
+    except CronJobGone:
+        return _error("You have no such job; action=list shows your jobs.")
     return {"ok": True, "output": {"removed": removed}}
 

@@ -93,8 +93,8 @@ def test_every_shows_a_canonical_interval():
 
 @pytest.mark.parametrize(
     "text, message",
-    [("0s", "at least 1s"), ("0m", "at least"), ("", "empty"), ("10", "Cannot read"), ("5 parsecs", "Unknown unit"),
-     ("0.5s", "whole number"), ("-5m", "Cannot read")],
+    [("0s", "between 1s and 3650d"), ("0m", "between"), ("3651d", "between 1s and 3650d"), (float("inf"), "finite"),
+     ("", "empty"), ("10", "Cannot read"), ("5 parsecs", "Unknown unit"), ("0.5s", "whole number"), ("-5m", "Cannot read")],
 )
 def test_every_refuses_bad_intervals(text, message):
     with pytest.raises(ScheduleError, match=message) as err:
