@@ -13,9 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -43,6 +46,21 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, message: st
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+@contextmanager
+def http_server(handler, host: str = "127.0.0.1", port: int = 0):
+    """A threaded HTTP server playing an outside peer (webhook receiver, web site); `hits` is there for
+    handlers that record what was asked of them."""
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    server.hits = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class Process:

@@ -11,14 +11,13 @@ import hashlib
 import hmac
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from cron.delivery import DeliveryError, DeliveryTargetError, deliver_parse, webhook_send
 from cron.models import CronRun
-from tests.conftest import wait_until
+from tests.conftest import http_server, wait_until
 from tests.cron.conftest import WebhookServer, finished
 from tests.cron.test_api import job_body
 
@@ -44,10 +43,9 @@ def webhook():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer((WEBHOOK_HOST, 0), Handler)
-    state.url = f"http://{WEBHOOK_HOST}:{server.server_address[1]}/hook"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state
+    with http_server(Handler, WEBHOOK_HOST) as server:
+        state.url = f"http://{WEBHOOK_HOST}:{server.server_address[1]}/hook"
+        yield state
     server.shutdown()
     server.server_close()
 

@@ -9,6 +9,17 @@ import httpx
 from tests.sessions.test_rest_api import read_sse
 
 
+def raw_exchange(live: str, request: bytes) -> bytes:
+    """Send bytes no HTTP client would send, and read the whole answer."""
+    url = urlsplit(live)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
 def assert_still_answering(live, tenant):
     assert httpx.get(f"{live}/v1/models", headers=tenant.headers, timeout=10).status_code == 200
     assert httpx.get(f"{live}/api/agents/", headers=tenant.headers, timeout=10).status_code == 200
@@ -36,23 +47,14 @@ def test_an_oversized_header_on_a_websocket_handshake_is_431(live, tenant):
         "GET /ws/ HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n"
     ).format(host=url.netloc, cookie="c" * 40_000)
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(request.encode())
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = raw_exchange(live, request.encode())
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     assert b'"request_header_too_large"' in answer
     assert_still_answering(live, tenant)
 
 
 def test_a_malformed_request_line_is_400_with_a_json_message(live, tenant):
-    url = urlsplit(live)
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(b"NONSENSE\r\n\r\n")
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = raw_exchange(live, b"NONSENSE\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b'"malformed_http_request"' in answer
     assert_still_answering(live, tenant)

@@ -8,12 +8,12 @@ the "internal service" below listens on 127.0.0.1, which stays refused.
 import json
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from cron.delivery import NO_ANSWER, DeliveryError, webhook_send
-from tests.conftest import free_port
+from tests.conftest import free_port, http_server
 from tests.cron.conftest import api  # noqa: F401 - the fixture: a client on the live gateway as a fresh tenant
 from tests.cron.test_api import job_body
 from tests.cron.test_delivery import delivered, webhook  # noqa: F401 - the fixture, on WEBHOOK_HOST
@@ -41,12 +41,8 @@ class _Internal(BaseHTTPRequestHandler):
 @pytest.fixture
 def internal_service():
     """Something on the gateway host's loopback, like its own /health."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Internal)
-    server.hits = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with http_server(_Internal) as server:
+        yield server
 
 
 def test_a_webhook_on_the_gateways_loopback_is_refused_when_saved_and_when_delivered(api, internal_service):  # noqa: F811

@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from beamclaw_project.infra import address_policy
 from cron.delivery import DeliveryError, DeliveryTargetError, deliver_parse, webhook_send
-from tests.conftest import ROOT
+from tests.conftest import ROOT, http_server
 from tools.builtins.web_fetch import run_web_fetch
 
 NON_PUBLIC = [
@@ -123,12 +123,8 @@ class _Redirector(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def redirector():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
-    server.hits = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with http_server(_Redirector) as server:
+        yield server
 
 
 def test_the_shared_client_checks_every_redirect_before_following_it(settings, redirector):

@@ -7,13 +7,13 @@ which sees every buffer zlib hands back.
 """
 
 import gzip
-import threading
 import tracemalloc
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from tests.conftest import http_server
 from tools.builtins.web_fetch import run_web_fetch
 
 EXPANDED = 128 * 1024 * 1024
@@ -63,14 +63,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def bomb_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.bodies = _bodies()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
+    with http_server(_Handler) as server:
+        server.bodies = _bodies()
+        server.url = f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
 
 
 @pytest.fixture

@@ -10,15 +10,14 @@ import os
 import secrets
 import shutil
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, http_server, wait_until
 
 WEB_PORT = free_port()
 WORKSPACE_ROOT = tempfile.mkdtemp(prefix="beamclaw-tools-ws-")
@@ -113,12 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def web_server():
     """A web server on 127.0.0.1:WEB_PORT; its `hits` list records every path requested."""
-    server = ThreadingHTTPServer(("127.0.0.1", WEB_PORT), _Handler)
-    server.daemon_threads = True
-    server.hits = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
+    with http_server(_Handler, port=WEB_PORT) as server:
+        yield server
 
 
 def invoke(live: str, bundle, tool: str, tool_input: dict, *, session=None, agent: str = "assistant", timeout: float = 60):
