@@ -17,7 +17,6 @@ from sessions.idempotency import (
     IdempotencyKeyInvalid,
     idempotency_key_from,
     idempotent_run,
-    request_fingerprint,
 )
 from sessions.models import AgentSession, Message, Run
 from sessions.serializers import (
@@ -46,7 +45,7 @@ def submit_message(*, session: AgentSession, content: list[dict], mode: str | No
     try:
         return idempotent_run(
             tenant_id=session.tenant_id, endpoint="session.messages", key=key,
-            fingerprint=request_fingerprint(str(session.pk), request.data if request is not None else None),
+            request_parts=(str(session.pk), request.data if request is not None else None),
             start=lambda: run_submit(session=session, content=content, trigger=trigger, mode=mode),
         )
     except IdempotencyConflict as exc:

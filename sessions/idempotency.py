@@ -95,12 +95,15 @@ def idempotency_record(claim: Claim, *, run=None, invocation_id=None, response: 
     record.save(update_fields=["run", "invocation_id", "response"])
 
 
-def idempotent_run(*, tenant_id, endpoint: str, key: str | None, fingerprint: str, start: Callable[[], Run]) -> Run:
-    """`start()` once per key: the run it returns, or, for a repeat, the run the first request started."""
+def idempotent_run(*, tenant_id, endpoint: str, key: str | None, request_parts: tuple, start: Callable[[], Run]) -> Run:
+    """`start()` once per key: the run it returns, or, for a repeat, the run the first request started.
+    `request_parts` make two requests the same request (digested only when there is a key)."""
     if key is None:
         return start()
     with transaction.atomic():
-        claim = idempotency_claim(tenant_id=tenant_id, endpoint=endpoint, key=key, fingerprint=fingerprint)
+        claim = idempotency_claim(
+            tenant_id=tenant_id, endpoint=endpoint, key=key, fingerprint=request_fingerprint(*request_parts)
+        )
         if claim.replay:
             return claim.record.run
         run = start()

@@ -27,7 +27,7 @@ from beamclaw_project.api_errors import Conflict
 from beamclaw_project.asyncdb import db_call
 from sessions.events import async_redis
 from sessions.idempotency import HEADER as IDEMPOTENCY_HEADER
-from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from, request_fingerprint
+from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
 from sessions.models import AgentSession
 from tenants.api_auth import TenantScopedMixin
 from tenants.limits import LimitExceeded
@@ -93,7 +93,7 @@ class ToolInvokeApi(APIView):
                 raise ValidationError({"session": ["This session belongs to another agent."]})
         try:
             outcome = tool_invoke_once(
-                idempotency_key=idempotency_key, fingerprint=request_fingerprint(request.data),
+                idempotency_key=idempotency_key, request_parts=(request.data,),
                 tenant=tenant, agent=agent, session=session, tool=data.validated_data["tool"],
                 tool_input=data.validated_data["input"], requested_by=_caller(request),
             )

@@ -17,7 +17,7 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from sessions.events import redis_client
-from sessions.idempotency import idempotency_claim, idempotency_record
+from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession, ToolCall
 from tenants.limits import LimitExceeded
 from tenants.models import Agent, Tenant
@@ -52,13 +52,15 @@ class InvokeOutcome:
     replay: bool = False  # an earlier request with the same Idempotency-Key started this invocation
 
 
-def tool_invoke_once(*, idempotency_key: str | None, fingerprint: str, **invoke) -> InvokeOutcome:
-    """tool_invoke, once per Idempotency-Key: a repeat of the same request gets the first invocation."""
+def tool_invoke_once(*, idempotency_key: str | None, request_parts: tuple, **invoke) -> InvokeOutcome:
+    """tool_invoke, once per Idempotency-Key: a repeat of the same request (same `request_parts`) gets the
+    first invocation."""
     if idempotency_key is None:
         return tool_invoke(**invoke)
     with transaction.atomic():
         claim = idempotency_claim(
-            tenant_id=invoke["tenant"].pk, endpoint="tools.invoke", key=idempotency_key, fingerprint=fingerprint
+            tenant_id=invoke["tenant"].pk, endpoint="tools.invoke", key=idempotency_key,
+            fingerprint=request_fingerprint(*request_parts),
         )
         if claim.replay:
             invocation = ToolInvocation.objects.select_related("tenant").get(pk=claim.record.invocation_id)
