@@ -60,6 +60,11 @@ def covered_input(spec: ToolSpec, tool_input: dict) -> dict:
     return {k: v for k, v in tool_input.items() if k not in spec.approval_ignores}
 
 
+def _subject_alone(covered: dict, subject: str) -> bool:
+    """Whether the covered input is the subject and nothing else."""
+    return len(covered) == 1 and str(next(iter(covered.values()))) == subject
+
+
 def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -82,7 +87,7 @@ def pattern_matches(pattern: str, *, spec: ToolSpec, tool_input: dict) -> bool:
         return isinstance(expected, dict) and _canonical(expected) == _canonical(covered)
     subject = spec.subject(tool_input)
     # A subject pattern vouches for the subject only, so the subject must be all there is.
-    if len(covered) != 1 or str(next(iter(covered.values()))) != subject:
+    if not _subject_alone(covered, subject):
         return False
     if argument.startswith("="):
         return subject == argument[1:]
@@ -119,7 +124,7 @@ def always_pattern(spec: ToolSpec, tool_input: dict) -> str:
     if not covered:
         return spec.name
     subject = spec.subject(tool_input)
-    if len(covered) == 1 and str(next(iter(covered.values()))) == subject:
+    if _subject_alone(covered, subject):
         return f"{spec.name}:={subject}"
     return f"{spec.name}:{INPUT_PREFIX}{_canonical(covered)}"
 
@@ -184,8 +189,8 @@ def approval_decide_locked(approval: Approval, *, status: str, decided_by: str, 
     approval.decided_at = timezone.now()
     approval.always = bool(always and status == Approval.Status.ALLOWED)
     approval.save(update_fields=["status", "decided_by", "reason", "decided_at", "always"])
-    spec = registry.registered_tools().get(approval.tool)
-    if approval.always and spec is not None:
+    spec = registry.registered_tools().get(approval.tool) if approval.always else None
+    if spec is not None:
         agent = Agent.objects.select_for_update().get(pk=approval.agent_id)
         conf = dict(agent.approval) if isinstance(agent.approval, dict) else {"mode": "on_miss"}
         allowlist = [p for p in conf.get("allowlist") or [] if isinstance(p, str)]
