@@ -24,7 +24,7 @@ from sessions.events import redis_client
 from sessions.leases import RunLease, mark_queued, unleased
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import notify_session
-from sessions.providers.anthropic import get_provider
+from sessions.providers import get_provider
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
 from sessions.signals import run_finished
 from tenants.limits import check_token_budget, record_tokens

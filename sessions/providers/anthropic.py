@@ -16,6 +16,7 @@ import anthropic
 from django.conf import settings
 
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
+from sessions.providers.registry import register_provider
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +210,4 @@ class AnthropicProvider:
         return completion
 
 
-def get_provider(name: str):
-    if name == "anthropic":
-        return AnthropicProvider()
-    raise ProviderError(f"Unknown provider '{name}'. Supported: anthropic.", kind="bad_request")
+register_provider("anthropic", AnthropicProvider)
