@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,53 +50,7 @@ os.environ.update(
 )
 os.environ.pop("CELERY_BROKER_URL", None)
 sys.path.insert(0, str(ROOT))
-
-
-class Child:
-    """A child process in its own session (a Ctrl-C reaches only this script, which stops it)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path):
-        self.name, self.argv, self.env = name, argv, env
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Child:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        return self
-
-    def ensure_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-
-def wait_until(predicate, *, what: str, children: list[Child], timeout: float = STARTUP_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in children:
-            child.ensure_alive()
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.procs import Process, free_port, wait_ready  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -209,7 +162,7 @@ def main() -> int:
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/beamclaw-cron-bench"))
     args = parser.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    children: list[Child] = []
+    children: list[Process] = []
 
     def stop_all(*_):
         for child in reversed(children):
@@ -230,21 +183,23 @@ def main() -> int:
         )
         env = dict(os.environ)
         port = free_port()
-        fake = Child("fake-llm", [sys.executable, "-m", "tests.fakes.anthropic_server", "--port", str(port)], env,
-                     args.log_dir).start()
+        fake = Process("fake-llm", [sys.executable, "-m", "tests.fakes.anthropic_server", "--port", str(port)], env,
+                       args.log_dir).start()
         children.append(fake)
         env.update(ANTHROPIC_BASE_URL=f"http://127.0.0.1:{port}", ANTHROPIC_API_KEY="bench")
-        worker = Child("worker", [sys.executable, "manage.py", "worker", "-c", str(WORKER_CONCURRENCY), "-l", "WARNING"],
-                       env, args.log_dir).start()
+        worker = Process("worker", [sys.executable, "manage.py", "worker", "-c", str(WORKER_CONCURRENCY), "-l", "WARNING"],
+                         env, args.log_dir).start()
         children.append(worker)
-        wait_until(lambda: redis.Redis.from_url(REDIS_URL).keys("bc:worker:*"), what="the worker", children=children)
+        wait_ready(lambda: redis.Redis.from_url(REDIS_URL).keys("bc:worker:*"), what="the worker", processes=children,
+                   timeout=STARTUP_TIMEOUT)
         beat_started = time.monotonic()
-        beat = Child("beat", [sys.executable, "-m", "celery", "-A", "beamclaw_project", "beat", "-l", os.environ.get("BENCH_BEAT_LOG", "WARNING"),
-                              "-S", args.scheduler,
-                              "--schedule", str(args.log_dir / "beat-schedule"), "--pidfile", ""],
-                     env, args.log_dir).start()
+        beat = Process("beat", [sys.executable, "-m", "celery", "-A", "beamclaw_project", "beat", "-l", os.environ.get("BENCH_BEAT_LOG", "WARNING"),
+                                "-S", args.scheduler,
+                                "--schedule", str(args.log_dir / "beat-schedule"), "--pidfile", ""],
+                       env, args.log_dir).start()
         children.append(beat)
-        wait_until(lambda: CronRun.objects.filter(trigger="beat").exists(), what="beat's first wake-up", children=children)
+        wait_ready(lambda: CronRun.objects.filter(trigger="beat").exists(), what="beat's first wake-up",
+                   processes=children, timeout=STARTUP_TIMEOUT)
         beat_ready = time.monotonic() - beat_started
         loaded_rss = rss_mib(beat.proc.pid)
         window_start = datetime.now(UTC) + timedelta(seconds=5)

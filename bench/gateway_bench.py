@@ -29,7 +29,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,9 @@ import psycopg
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script, only bench/ is on the path
+from tests.procs import Process, free_port, wait_ready  # noqa: E402
+
 RESULTS_PATH = ROOT / "bench" / "results" / "latest.json"
 
 DATABASE_NAME = "beamclaw_bench"
@@ -91,65 +93,6 @@ warnings.filterwarnings("ignore", message=r"The model '.*' is deprecated")
 # --------------------------------------------------------------------------------------------------
 # Processes
 # --------------------------------------------------------------------------------------------------
-
-
-class Child:
-    """A child process with its output in a log file.
-
-    It gets its own session, so a Ctrl-C on the terminal reaches only this script, which then stops the
-    children itself, in order.
-    """
-
-    def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path):
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Child:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def ensure_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; see {self.log_path}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-
-def wait_until(predicate, *, what: str, children: list[Child], timeout: float = STARTUP_TIMEOUT_SECONDS):
-    """Poll predicate() until it returns something truthy; fail early if a child died meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in children:
-            child.ensure_alive()
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def base_env() -> dict:
@@ -206,22 +149,24 @@ def prepare_state(env: dict) -> tuple[str, str]:
 class Services:
     fake_url: str
     gateway_url: str
-    children: list[Child]
+    children: list[Process]
 
 
-def start_fake_server(env: dict, log_dir: Path) -> tuple[Child, str]:
+def start_fake_server(env: dict, log_dir: Path) -> tuple[Process, str]:
     argv = [sys.executable, "-m", "tests.fakes.anthropic_server", "--port", "0"]
-    fake = Child("fake-llm", argv, env, log_dir).start()
+    fake = Process("fake-llm", argv, env, log_dir).start()
 
     def listening_port():
         match = re.search(r"LISTENING (\d+)", fake.log_path.read_text(errors="replace"))
         return match and match.group(1)
 
-    port = wait_until(listening_port, what="the fake Anthropic server", children=[fake])
+    port = wait_ready(
+        listening_port, what="the fake Anthropic server", processes=[fake], timeout=STARTUP_TIMEOUT_SECONDS
+    )
     return fake, f"http://127.0.0.1:{port}"
 
 
-def start_services(env: dict, log_dir: Path, started: list[Child], worker_concurrency: int) -> Services:
+def start_services(env: dict, log_dir: Path, started: list[Process], worker_concurrency: int) -> Services:
     """Start the fake server, one worker and Daphne; each is appended to `started` as soon as it runs,
     so the caller can stop whatever did start if a later one fails."""
     fake, fake_url = start_fake_server(env, log_dir)
@@ -230,12 +175,12 @@ def start_services(env: dict, log_dir: Path, started: list[Child], worker_concur
     worker_argv = [
         sys.executable, "manage.py", "worker", "-c", str(worker_concurrency), "-n", "bench@%h", "-l", "WARNING",
     ]
-    started.append(Child("worker", worker_argv, service_env, log_dir).start())
+    started.append(Process("worker", worker_argv, service_env, log_dir).start())
     port = free_port()
     daphne_argv = [
         sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "beamclaw_project.asgi:application",
     ]
-    started.append(Child("daphne", daphne_argv, service_env, log_dir).start())
+    started.append(Process("daphne", daphne_argv, service_env, log_dir).start())
     gateway_url = f"http://127.0.0.1:{port}"
 
     def worker_ready() -> bool:
@@ -245,17 +190,20 @@ def start_services(env: dict, log_dir: Path, started: list[Child], worker_concur
             return False
         return response.status_code == 200 and response.json()["checks"]["workers"].get("count", 0) >= 1
 
-    wait_until(worker_ready, what="Daphne with a worker behind it (GET /health)", children=started)
+    wait_ready(
+        worker_ready, what="Daphne with a worker behind it (GET /health)", processes=started,
+        timeout=STARTUP_TIMEOUT_SECONDS,
+    )
     return Services(fake_url=fake_url, gateway_url=gateway_url, children=started)
 
 
-def stop_all(children: list[Child]) -> None:
+def stop_all(children: list[Process]) -> None:
     # Entry points first, the fake server last, so nothing in flight sees a dead upstream.
     for child in reversed(children):
         child.stop()
 
 
-async def watch_children(children: list[Child]) -> None:
+async def watch_children(children: list[Process]) -> None:
     """Raise as soon as a service dies, rather than letting the requests wait out their timeouts."""
     while True:
         for child in children:
@@ -954,9 +902,18 @@ def exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through the finally that stops the children
 
 
+def run(main) -> None:
+    """Exit with main()'s status; on SIGTERM or Ctrl-C too, once main's finally has stopped the children."""
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # outside the measurement; see measure() for inside
+    try:
+        sys.exit(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\ninterrupted; every process the benchmark started was stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, exit_on_sigterm)  # outside the measurement; see measure() for inside
     worker_concurrency = max(WORKER_CONCURRENCY, *args.levels)
 
     began = time.monotonic()
@@ -966,7 +923,7 @@ def main() -> int:
     print(f"preparing {DATABASE_URL} and {REDIS_URL} ...", flush=True)
     agent, api_key = prepare_state(env)
 
-    children: list[Child] = []
+    children: list[Process] = []
     profiler = None
     try:
         print("starting the fake Anthropic server, a worker and Daphne ...", flush=True)
@@ -988,8 +945,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted; every process the benchmark started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run(main)

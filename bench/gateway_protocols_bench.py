@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import signal
 import sys
 import tempfile
 import time
@@ -519,7 +518,6 @@ async def measure(services: gb.Services, agent: str, key_a: str, key_b: str, age
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, gb.exit_on_sigterm)
     began = time.monotonic()
     log_dir = Path(tempfile.mkdtemp(prefix="beamclaw-proto-bench-"))
     print(f"logs: {log_dir}   load at start: {loadavg()}", flush=True)
@@ -529,7 +527,7 @@ def main() -> int:
     # Tenant B (default caps) must exist before the worker starts so it consumes B's queue from the start.
     created_b = json.loads(gb.manage(env, "create_tenant", TENANT_B, "--agent", gb.AGENT_SLUG))
 
-    children: list[gb.Child] = []
+    children: list[gb.Process] = []
     try:
         print("starting the fake Anthropic server, a worker and Daphne ...", flush=True)
         services = gb.start_services(env, log_dir, children, gb.WORKER_CONCURRENCY)
@@ -551,8 +549,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted; every process the benchmark started was stopped", file=sys.stderr)
-        sys.exit(130)
+    gb.run(main)

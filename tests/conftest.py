@@ -9,9 +9,7 @@ see committed rows. Each test makes its own tenant (unique slug), which is all t
 """
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,13 +25,9 @@ import pytest
 from django.conf import settings
 from psycopg import sql
 
+from tests.procs import Process, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, *, timeout: float, interval: float = 0.05, message: str = "condition"):
@@ -61,49 +55,6 @@ def http_server(handler, host: str = "127.0.0.1", port: int = 0):
     finally:
         server.shutdown()
         server.server_close()
-
-
-class Process:
-    """A child process with its output in a log file, started in its own process group."""
-
-    def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path):
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Process":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: no cleanup runs."""
-        if self.alive:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 15) -> None:
-        if not self.alive:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
 
 
 def _recreate_test_database():
@@ -281,6 +232,20 @@ def make_tenant():
 @pytest.fixture
 def tenant(make_tenant) -> TenantBundle:
     return make_tenant()
+
+
+@pytest.fixture
+def admin_client():
+    """A Django test client logged in as a superuser of its own. It replaces pytest-django's fixture, which
+    runs the test in a transaction the worker and Daphne cannot see into and shares one "admin" user."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    username = f"admin-{uuid.uuid4().hex[:6]}"
+    get_user_model().objects.create_superuser(username=username, email="", password="pw")
+    client = Client()
+    client.login(username=username, password="pw")
+    return client
 
 
 @pytest.fixture

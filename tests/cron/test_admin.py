@@ -1,23 +1,9 @@
 """Managing jobs in the Django admin: the form parses schedules like the API, and the actions work."""
 
-import uuid
-
-import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
 from cron.models import CronJob, CronRun
-
-
-@pytest.fixture
-def admin_client() -> Client:
-    username = f"admin-{uuid.uuid4().hex[:6]}"
-    get_user_model().objects.create_superuser(username=username, email="", password="pw")
-    client = Client()
-    client.login(username=username, password="pw")
-    return client
 
 
 def form(bundle, **fields) -> dict:

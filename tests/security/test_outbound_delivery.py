@@ -8,7 +8,6 @@ the "internal service" below listens on 127.0.0.1, which stays refused.
 import json
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -17,25 +16,15 @@ from tests.conftest import free_port, http_server
 from tests.cron.conftest import api  # noqa: F401 - the fixture: a client on the live gateway as a fresh tenant
 from tests.cron.test_api import job_body
 from tests.cron.test_delivery import delivered, webhook  # noqa: F401 - the fixture, on WEBHOOK_HOST
+from tests.security.conftest import PeerHandler
 
 
-class _Internal(BaseHTTPRequestHandler):
+class _Internal(PeerHandler):
     def do_GET(self):
-        self._answer()
-
-    def do_POST(self):
-        self._answer()
-
-    def _answer(self):
         self.server.hits.append(self.path)
-        body = b'{"status": "ok", "internal": true}'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.answer(body=b'{"status": "ok", "internal": true}')
 
-    def log_message(self, *args):
-        pass
+    do_POST = do_GET
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from beamclaw_project.infra import address_policy
 from cron.delivery import DeliveryError, DeliveryTargetError, deliver_parse, webhook_send
 from tests.conftest import ROOT, http_server
+from tests.security.conftest import PeerHandler
 from tools.builtins.web_fetch import run_web_fetch
 
 NON_PUBLIC = [
@@ -106,19 +107,13 @@ def test_an_operator_range_admits_exactly_that_range(settings):
             address_policy.check_url(url_for(other))
 
 
-class _Redirector(BaseHTTPRequestHandler):
+class _Redirector(PeerHandler):
     def do_GET(self):
         self.server.hits.append(self.path)
         if self.path.startswith("/to?"):
-            self.send_response(302)
-            self.send_header("Location", self.path[len("/to?"):])
+            self.answer(302, headers={"Location": self.path[len("/to?"):]})
         else:
-            self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+            self.answer()
 
 
 @pytest.fixture
@@ -188,16 +183,9 @@ def _tls_context_for(name: str, tmp_path):
     return server_context, ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
 
 
-class _EchoHost(BaseHTTPRequestHandler):
+class _EchoHost(PeerHandler):
     def do_GET(self):
-        body = self.headers.get("Host", "").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.answer(body=self.headers.get("Host", "").encode())
 
 
 @pytest.mark.parametrize("certificate_for, verified", [("pinned.test", True), ("someone-else.test", False)])

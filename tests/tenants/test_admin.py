@@ -1,23 +1,10 @@
 """The Django admin is usable: every list renders with its columns, a session shows its transcript."""
 
-import uuid
-
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 from django.urls import reverse
 
 from sessions.models import AgentSession, Message, Run, ToolCall
 from tenants.models import Agent, ApiKey, Tenant
-
-
-@pytest.fixture
-def admin_client() -> Client:
-    username = f"admin-{uuid.uuid4().hex[:6]}"
-    get_user_model().objects.create_superuser(username=username, email="", password="pw")
-    client = Client()
-    client.login(username=username, password="pw")
-    return client
 
 
 @pytest.mark.parametrize("model", [Tenant, Agent, ApiKey, AgentSession, Run, Message, ToolCall])

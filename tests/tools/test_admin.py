@@ -1,25 +1,11 @@
 """The Django admin can answer approvals: allow once, allow always, deny."""
 
-import uuid
-
-import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 from django.urls import reverse
 
 from tenants.models import Agent
 from tests.conftest import wait_until
 from tools.models import Approval, ToolInvocation
 from tools.services import tool_invoke
-
-
-@pytest.fixture
-def admin_client() -> Client:
-    username = f"admin-{uuid.uuid4().hex[:6]}"
-    get_user_model().objects.create_superuser(username=username, email="", password="pw")
-    client = Client()
-    client.login(username=username, password="pw")
-    return client
 
 
 def pending(bundle, url: str) -> Approval:
