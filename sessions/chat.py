@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
+from beamclaw_project.errors import InvalidInput
+from sessions.content import content_parse
 from sessions.engine import run_submit
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession, Message, Run
@@ -22,11 +24,11 @@ from tenants.models import Agent, Tenant
 ROLES = {"system", "developer", "user", "assistant"}
 
 
-class ChatRequestError(Exception):
+class ChatRequestError(InvalidInput):
+    """`field` is OpenAI's `param`: the request parameter (or header) at fault."""
+
     def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
+        super().__init__(message, field=param)
 
 
 @dataclass
@@ -40,47 +42,6 @@ class ChatRequest:
     queue_mode: str | None = None
     include_usage: bool = False
     body: dict = field(default_factory=dict)  # as sent: what makes a repeated request the same request
-
-
-def _content_blocks(content, where: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if content is None:
-        return []
-    if not isinstance(content, list):
-        raise ChatRequestError(f"{where}.content must be a string or an array of content parts.", where)
-    blocks = []
-    for i, part in enumerate(content):
-        part_where = f"{where}.content[{i}]"
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise ChatRequestError(f"{part_where} must be an object with a 'type'.", part_where)
-        if part["type"] == "text":
-            if not isinstance(part.get("text"), str):
-                raise ChatRequestError(f"{part_where}.text must be a string.", part_where)
-            if part["text"]:
-                blocks.append({"type": "text", "text": part["text"]})
-        elif part["type"] == "image_url":
-            blocks.append(_image_block(part.get("image_url"), part_where))
-        else:
-            raise ChatRequestError(
-                f"{part_where}.type '{part['type']}' is not supported; use 'text' or 'image_url'.", part_where
-            )
-    return blocks
-
-
-def _image_block(image_url, where: str) -> dict:
-    url = image_url.get("url") if isinstance(image_url, dict) else None
-    if not isinstance(url, str) or not url:
-        raise ChatRequestError(f"{where}.image_url.url must be a string.", where)
-    if url.startswith("data:"):
-        header, _, data = url.partition(",")
-        media_type = header[5:].split(";")[0]
-        if ";base64" not in header or not media_type.startswith("image/") or not data:
-            raise ChatRequestError(f"{where}: data URLs must look like data:image/png;base64,....", where)
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
-    if url.startswith(("http://", "https://")):
-        return {"type": "image", "source": {"type": "url", "url": url}}
-    raise ChatRequestError(f"{where}.image_url.url must be an http(s) URL or a data URL.", where)
 
 
 def _text_of(blocks: list[dict]) -> str:
@@ -174,7 +135,7 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
             raise ChatRequestError(f"{where}.role must be one of {', '.join(sorted(ROLES))}.", f"{where}.role")
-        blocks = _content_blocks(message.get("content"), where)
+        blocks = content_parse(message.get("content"), where=f"{where}.content", allow_empty=True)
         if role in ("system", "developer"):
             system_parts.append(_text_of(blocks))
         else:

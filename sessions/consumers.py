@@ -27,6 +27,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
 from sessions import events, notify
+from sessions.content import ContentInvalid, content_parse
 from sessions.engine import SessionClosed, run_abort, run_submit
 from sessions.models import AgentSession, Message, Run
 from sessions.run_stream import follow_run
@@ -167,13 +168,10 @@ def _active_run_id(tenant, session_id) -> str | None:
 @db_call
 def _chat_send(tenant, params) -> dict:
     session = _session_of(tenant, _uuid_param(params, "session"))
-    message = params.get("message")
-    if isinstance(message, str) and message.strip():
-        content = [{"type": "text", "text": message}]
-    elif isinstance(message, list) and message and all(isinstance(b, dict) and b.get("type") in ("text", "image") for b in message):
-        content = message
-    else:
-        raise RequestError("invalid_params", "params.message must be a non-empty string or a list of content blocks.")
+    try:
+        content = content_parse(params.get("message"), where="params.message")
+    except ContentInvalid as exc:
+        raise RequestError("invalid_params", exc.message)
     mode = params.get("mode")
     if mode is not None and mode not in AgentSession.QueueMode.values:
         raise RequestError("invalid_params", f"params.mode must be one of {', '.join(AgentSession.QueueMode.values)}.")

@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
+from beamclaw_project.errors import InvalidInput
 from sessions import events
 from sessions.chat import ChatRequestError, chat_start, parse_chat_request
 from sessions.engine import SessionClosed
@@ -133,8 +134,8 @@ def _parse_chat(request):
             session_header=request.headers.get("X-Session-Key"),
             queue_mode_header=request.headers.get("X-Queue-Mode"),
         ), None
-    except ChatRequestError as exc:
-        return None, openai_error(400, exc.message, param=exc.param, code="invalid_request")
+    except InvalidInput as exc:
+        return None, openai_error(400, exc.message, param=exc.field, code="invalid_request")
 
 
 @db_call
@@ -153,7 +154,7 @@ def _authenticate_and_start(authorization: str | None, chat, idempotency_key: st
     try:
         return chat_start(tenant=principal.tenant, agent=agent, request=chat, idempotency_key=idempotency_key)
     except ChatRequestError as exc:
-        return openai_error(400, exc.message, param=exc.param, code="invalid_request")
+        return openai_error(400, exc.message, param=exc.field, code="invalid_request")
     except IdempotencyConflict as exc:
         return openai_error(409, str(exc), code="idempotency_key_reused", param="Idempotency-Key")
     except LimitExceeded as exc:

@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from sessions.content import ContentInvalid, content_parse
 from sessions.models import AgentSession, Message, Run
 from sessions.services import SESSION_KEY_MAX
 
@@ -64,28 +65,17 @@ class MessageSerializer(serializers.ModelSerializer):
 
 
 class ContentField(serializers.JSONField):
-    """A user message: a string, or a list of Anthropic content blocks (text, image)."""
+    """A user message: a string, or a list of content parts (sessions/content.py says which)."""
 
     def to_internal_value(self, data):
-        value = super().to_internal_value(data)
-        if isinstance(value, str):
-            if not value.strip():
-                raise serializers.ValidationError("Must not be empty.")
-            return [{"type": "text", "text": value}]
-        if not isinstance(value, list) or not value:
-            raise serializers.ValidationError("Must be a non-empty string or a non-empty list of content blocks.")
-        for i, block in enumerate(value):
-            if not isinstance(block, dict) or block.get("type") not in ("text", "image"):
-                raise serializers.ValidationError(f"Block {i} must be an object with type 'text' or 'image'.")
-            if block["type"] == "text" and (not isinstance(block.get("text"), str) or not block["text"]):
-                raise serializers.ValidationError(f"Block {i} needs a non-empty 'text' string.")
-            if block["type"] == "image" and not isinstance(block.get("source"), dict):
-                raise serializers.ValidationError(f"Block {i} needs a 'source' object.")
-        return value
+        try:
+            return content_parse(super().to_internal_value(data))
+        except ContentInvalid as exc:
+            raise serializers.ValidationError(exc.message)
 
 
 class MessageCreateSerializer(serializers.Serializer):
-    content = ContentField(help_text="A string or a list of Anthropic content blocks.")
+    content = ContentField(help_text="A string, or a list of content parts: text, image (Anthropic) or image_url (OpenAI).")
     mode = serializers.ChoiceField(choices=QUEUE_MODES, required=False, help_text="Overrides the session's queue mode.")
 
 
