@@ -81,9 +81,8 @@ def _sampling_params(body: dict) -> dict:
         params["max_tokens"] = max_tokens
     temperature = _number(body, "temperature", 0, 2)
     if temperature is not None:
-        # OpenAI's scale is 0..2, Anthropic's 0..1: both mean "deterministic" at 0, and everything above
-        # 1 is already Anthropic's most random setting.
-        params["temperature"] = min(temperature, 1.0)
+        # Passed on OpenAI's 0..2 scale: each provider maps it to its own range (sessions/providers/base.py).
+        params["temperature"] = temperature
     top_p = _number(body, "top_p", 0, 1)
     if top_p is not None:
         params["top_p"] = top_p

@@ -79,6 +79,12 @@ def _classify(exc: Exception, model: str) -> ProviderError:
     return ProviderError(f"Unexpected provider error: {exc!r}", kind="unknown")
 
 
+def _temperature(value: float | None) -> float | None:
+    # The request carries OpenAI's 0..2 scale, Anthropic's is 0..1: both mean "deterministic" at 0, and
+    # everything above 1 is already Anthropic's most random setting.
+    return None if value is None else min(value, 1.0)
+
+
 class AnthropicProvider:
     def stream(
         self,
@@ -163,7 +169,8 @@ class AnthropicProvider:
             kwargs["output_config"] = {"effort": request.effort}
         # The pinned SDK has no typed argument for the sampling knobs the Messages API still takes; its
         # documented way to send such fields is extra_body (a TypeError here once broke every request).
-        sampling = {name: value for name, value in (("temperature", request.temperature), ("top_p", request.top_p))
+        sampling = {name: value for name, value in (("temperature", _temperature(request.temperature)),
+                                                    ("top_p", request.top_p))
                     if value is not None}
         if sampling:
             kwargs["extra_body"] = sampling

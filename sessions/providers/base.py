@@ -1,4 +1,22 @@
-"""What the run engine needs from an LLM provider: one streamed completion, with clear errors."""
+"""What the run engine needs from an LLM provider: one streamed completion, with clear errors.
+
+The canonical message format is Anthropic's Messages API, stated once here so that every provider maps
+to the same thing:
+
+- `CompletionRequest.messages` is the transcript as Messages API turns, `{"role": "user"|"assistant",
+  "content": [block, ...]}`, roles alternating and the first turn the user's; blocks are Messages API
+  content blocks (`text`, `image`, `tool_use`, `tool_result`, ...). `system` is plain text, `tools` are
+  Messages API tool definitions (`name`, `description`, `input_schema`).
+- `Completion.content` is the reply in the same blocks (what is stored in the transcript and what the
+  tool loop reads `tool_use` from), and `Completion.stop_reason` is one of Anthropic's: "end_turn",
+  "tool_use", "max_tokens", "stop_sequence" (None when the stream ended without one).
+- Sampling values arrive as the client sent them, validated but not mapped: `temperature` on OpenAI's
+  0..2 scale (the widest any edge accepts), `top_p` 0..1.
+
+A provider translates to and from its own API inside its module (sessions/providers/anthropic.py caps
+temperature to Anthropic's 0..1); nothing outside the module knows that API. Providers are found by name
+through sessions/providers/registry.py.
+"""
 
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -53,6 +71,10 @@ class CompletionRequest:
 
 
 class Provider(Protocol):
+    """One reply per `stream` call. `on_text` gets each piece of reply text as it arrives (the engine
+    publishes it at once, so it cannot be taken back: retry only before the first piece); `should_abort`
+    is polled between stream events, and `Aborted` raised once it is true. Failures are `ProviderError`s."""
+
     def stream(
         self,
         request: CompletionRequest,
