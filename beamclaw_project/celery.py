@@ -7,6 +7,6 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "beamclaw_project.settings")
 
-app = Celery("beamclaw")
+app = Celery("beamclaw", task_cls="beamclaw_project.infra.tasks:ContextTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

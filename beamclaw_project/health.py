@@ -7,8 +7,8 @@ from django.db import connection
 from django.http import JsonResponse
 
 from beamclaw_project.asyncdb import db_call
-from beamclaw_project.worker import WORKER_KEY_PREFIX
-from sessions.events import async_redis
+from beamclaw_project.infra.heartbeats import live_nodes
+from beamclaw_project.infra.redis import async_redis
 
 STARTED_AT = time.monotonic()
 CHECK_TIMEOUT_SECONDS = 3
@@ -36,8 +36,7 @@ async def _check_redis() -> dict:
 
 
 async def _check_workers() -> dict:
-    # Workers refresh a short-lived key from their housekeeping thread; see beamclaw_project/worker.py.
-    names = [key.decode()[len(WORKER_KEY_PREFIX):] async for key in async_redis().scan_iter(f"{WORKER_KEY_PREFIX}*")]
+    names = await live_nodes()
     if not names:
         return {"ok": False, "count": 0, "error": "No worker is running: start one with `python manage.py worker`."}
     return {"ok": True, "count": len(names), "names": sorted(names)}

@@ -161,8 +161,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Workers log through LOGGING above (with tenant/session/run ids), not Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Redelivery of an unacknowledged task after a crash; longer than any step. Crashed runs are picked
-# up much sooner by the run lease reaper (see sessions/engine.py), so this is only the last resort.
+# up much sooner by the run lease reaper (see sessions/runs/housekeeping.py), so this is only the last resort.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
@@ -241,8 +243,10 @@ BEAMCLAW_OUTBOUND = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # `ids` names the tenant, session and run a line is about (beamclaw_project/infra/log_context.py).
+    "filters": {"ids": {"()": "beamclaw_project.infra.log_context.LogContextFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s%(ids)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["ids"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "httpx": {"level": "WARNING"},

@@ -1,8 +1,10 @@
 """Worker-side housekeeping, run inside every `python manage.py worker` process.
 
-Every few seconds the worker (1) consumes the queues of tenants created since it started (the broadcast
-at creation time usually got there first; this covers workers that were down), (2) announces itself in
-Redis for /health, (3) re-enqueues runs orphaned by a dead worker, and (4) forgets expired idempotency keys.
+Every few seconds the worker (1) announces itself in Redis (infra/heartbeats.py: /health, and work
+pinned to this worker), (2) consumes the queues of tenants created since it started (the broadcast at
+creation time usually got there first; this covers workers that were down), and (3) runs the chores
+the apps registered (infra/housekeeping.py: reapers for runs and tool calls of dead workers, approval
+timeouts, idempotency keys, background processes of ended sessions).
 """
 
 import logging
@@ -13,13 +15,11 @@ from celery import bootsteps
 from django.conf import settings
 from django.db import close_old_connections
 
+from beamclaw_project.infra.heartbeats import heartbeat_write
+from beamclaw_project.infra.housekeeping import run_chores
+from tenants.queues import active_tenant_queues
+
 logger = logging.getLogger(__name__)
-
-WORKER_KEY_PREFIX = "bc:worker:"
-
-
-def worker_heartbeat_key(hostname: str) -> str:
-    return f"{WORKER_KEY_PREFIX}{hostname}"
 
 
 class Housekeeping(bootsteps.StartStopStep):
@@ -51,21 +51,11 @@ class Housekeeping(bootsteps.StartStopStep):
                 return
 
     def _tick(self, consumer, hostname: str, interval: float) -> None:
-        from sessions.engine import reap_orphaned_runs
-        from sessions.events import redis_client
-        from sessions.idempotency import idempotency_purge
-        from tenants.queues import active_tenant_queues
-        from tools.services import tools_housekeeping
-
-        redis_client().set(worker_heartbeat_key(hostname), "1", ex=max(int(interval * 3), 5))
+        heartbeat_write(hostname, interval_seconds=interval)
         consuming = {q.name for q in consumer.task_consumer.queues}
         for queue in active_tenant_queues():
             if queue not in consuming:
                 logger.info("consuming new tenant queue %s", queue)
                 # add_task_queue touches the consumer's connection, which belongs to the event loop.
                 consumer.call_soon(consumer.add_task_queue, queue)
-        reap_orphaned_runs()
-        # One worker of the fleet every ten minutes is plenty for a 24-hour lifetime.
-        if redis_client().set("bc:idempotency:purge", hostname, nx=True, ex=600):
-            idempotency_purge()
-        tools_housekeeping()  # approval timeouts, tool calls of dead workers, processes of ended sessions
+        run_chores(node=hostname)

@@ -7,3 +7,7 @@ class CronConfig(AppConfig):
 
     def ready(self):
         from cron import receivers  # noqa: F401 - connects the signal receivers
+        from cron.tool import CRON_TOOL_SPEC
+        from tools.registry import register
+
+        register(CRON_TOOL_SPEC)

@@ -29,7 +29,7 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 
 from cron import schedule as sched
 from cron.models import CronJob
-from tenants.queues import tenant_queue
+from beamclaw_project.infra.queues import tenant_queue
 
 FIRE_TASK = "cron.fire"
 

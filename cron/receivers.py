@@ -8,7 +8,7 @@ from cron.models import CronJob, CronRun
 from cron.services import BOOKKEEPING_FIELDS
 from sessions.models import Run
 from sessions.signals import run_finished
-from tenants.queues import tenant_queue
+from beamclaw_project.infra.queues import tenant_queue
 
 
 @receiver(post_save, sender=CronJob, dispatch_uid="cron-job-beat-sync")

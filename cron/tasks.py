@@ -14,7 +14,7 @@ from django.conf import settings
 from cron import services
 from cron.delivery import DeliveryError
 from cron.models import CronRun
-from tenants.queues import SYSTEM_QUEUE
+from beamclaw_project.infra.queues import SYSTEM_QUEUE
 
 
 @shared_task(name="cron.fire", queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True)

@@ -1,6 +1,6 @@
 """The `cron` tool: an agent lists, adds and removes its own jobs.
 
-The tool registry (tools/) registers CRON_TOOL and calls run_cron_tool; tool policy and approvals apply
+CronConfig.ready() registers CRON_TOOL_SPEC with the tool registry (tools/); tool policy and approvals apply
 there as for any tool. The tool only ever sees the calling agent's jobs, and validates input exactly as
 the REST API does (same serializer).
 """
@@ -8,6 +8,7 @@ the REST API does (same serializer).
 from cron.selectors import cron_jobs_of
 from cron.serializers import CronJobInputSerializer, CronJobSerializer
 from cron.services import CronJobGone, CronJobInvalid, CronJobLimitReached, cron_job_create, cron_job_delete
+from tools.base import ToolContext, ToolSpec
 
 CRON_TOOL = {
     "name": "cron",
@@ -112,3 +113,17 @@ def _remove(tenant, agent, fields: dict) -> dict:
         return _error("You have no such job; action=list shows your jobs.")
     return {"ok": True, "output": {"removed": removed}}
 
+
+
+def _run(context: ToolContext, tool_input: dict) -> dict:
+    return run_cron_tool(tenant=context.tenant, agent=context.agent, session=context.session, input=tool_input)
+
+
+CRON_TOOL_SPEC = ToolSpec(
+    name=CRON_TOOL["name"],
+    description=CRON_TOOL["description"],
+    input_schema=CRON_TOOL["input_schema"],
+    group="group:automation",
+    run=_run,
+    subject=lambda tool_input: str(tool_input.get("action", "")),
+)

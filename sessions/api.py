@@ -10,7 +10,7 @@ from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.response import Response
 
 from beamclaw_project.api_errors import Conflict
-from sessions.engine import SessionClosed, run_abort, run_submit
+from sessions.runs import SessionClosed, run_abort, run_submit
 from sessions.idempotency import (
     HEADER,
     IdempotencyConflict,

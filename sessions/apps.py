@@ -7,3 +7,15 @@ class AgentSessionsConfig(AppConfig):
     label = "agent_sessions"
     verbose_name = "Agent sessions"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from beamclaw_project.infra import housekeeping
+        from sessions.idempotency import idempotency_purge
+        from sessions.runs import housekeeping as runs_housekeeping, tool_phase
+        from tools import runner
+
+        runner.owner_register(tool_phase.RUN_CALLS)
+        housekeeping.register("runs_reap", runs_housekeeping.reap_orphaned_runs)
+        housekeeping.register("tool_calls_reap", tool_phase.tool_calls_reap)
+        # Keys live 24 hours: one worker of the fleet every ten minutes is plenty.
+        housekeeping.register("idempotency_purge", idempotency_purge, every_seconds=600)

@@ -28,7 +28,7 @@ from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
 from sessions import events, notify
 from sessions.content import ContentInvalid, content_parse
-from sessions.engine import SessionClosed, run_abort, run_submit
+from sessions.runs import SessionClosed, run_abort, run_submit
 from sessions.models import AgentSession, Message, Run
 from sessions.run_stream import follow_run
 from sessions.serializers import MessageSerializer, RunSerializer, SessionSerializer

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
+
+from beamclaw_project.infra.redis import async_redis, redis_client
 
 RUN_STARTED = "run.started"
 TEXT_DELTA = "text.delta"
@@ -53,12 +54,6 @@ def _seq_key(run_id) -> str:
 
 
 @lru_cache(maxsize=1)
-def redis_client() -> redis.Redis:
-    """One connection pool per process, shared by all worker threads (redis-py is thread-safe)."""
-    return redis.Redis.from_url(settings.REDIS_URL, max_connections=1000, health_check_interval=30)
-
-
-@lru_cache(maxsize=1)
 def _append_script():
     return redis_client().register_script(_APPEND_SCRIPT)
 
@@ -90,18 +85,6 @@ def published_text(run_id, step: int) -> str:
     return "".join(
         e.payload.get("text", "") for e in read_all(run_id) if e.event == TEXT_DELTA and e.payload.get("step") == step
     )
-
-
-@lru_cache(maxsize=1)
-def _async_pool() -> aioredis.ConnectionPool:
-    # A read that outlives its XREAD block by this much is a dead connection, not a quiet stream.
-    return aioredis.ConnectionPool.from_url(
-        settings.REDIS_URL, max_connections=10000, socket_timeout=TAIL_BLOCK_SECONDS + 10, socket_connect_timeout=5
-    )
-
-
-def async_redis() -> aioredis.Redis:
-    return aioredis.Redis(connection_pool=_async_pool())
 
 
 async def tail(run_id, after_seq: int = 0, *, block_seconds: float = TAIL_BLOCK_SECONDS):

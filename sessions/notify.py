@@ -8,7 +8,7 @@ layer entirely when it is empty: one EXISTS instead of a channel-layer round tri
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from sessions.events import redis_client
+from beamclaw_project.infra.redis import async_redis, redis_client
 
 SUBSCRIPTION_TTL_SECONDS = 24 * 3600
 
@@ -22,7 +22,6 @@ def _subscribers_key(session_id) -> str:
 
 
 async def subscribe(session_id, channel_name: str) -> None:
-    from sessions.events import async_redis
 
     client = async_redis()
     await client.sadd(_subscribers_key(session_id), channel_name)
@@ -31,7 +30,6 @@ async def subscribe(session_id, channel_name: str) -> None:
 
 
 async def unsubscribe(session_id, channel_name: str) -> None:
-    from sessions.events import async_redis
 
     await async_redis().srem(_subscribers_key(session_id), channel_name)
     await get_channel_layer().group_discard(session_group(session_id), channel_name)

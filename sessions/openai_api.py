@@ -16,7 +16,7 @@ from beamclaw_project.asyncdb import db_call
 from beamclaw_project.errors import InvalidInput
 from sessions import events
 from sessions.chat import ChatRequestError, chat_start, parse_chat_request
-from sessions.engine import SessionClosed
+from sessions.runs import SessionClosed
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
 from sessions.run_stream import follow_run
 from tenants.auth import AuthError, authenticate_key, bearer_token

@@ -6,7 +6,7 @@ from django.conf import settings
 
 from beamclaw_project.asyncdb import db_call
 from sessions import events
-from sessions.engine import terminal_event_from_db
+from sessions.runs import terminal_event_from_db
 from sessions.models import Run
 
 

@@ -11,8 +11,9 @@ import re
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from beamclaw_project.asyncdb import db_call
+from beamclaw_project.infra.redis import async_redis
 from sessions import events
-from sessions.engine import terminal_event_from_db
+from sessions.runs import terminal_event_from_db
 from sessions.models import Run
 from sessions.run_stream import follow_run
 from tenants.auth import AuthError, authenticate_key, bearer_token
@@ -35,7 +36,7 @@ def _frame(event: events.RunEvent) -> bytes:
 
 
 async def _event_frames(run: Run, after_seq: int):
-    if run.is_terminal and not await events.async_redis().exists(events.stream_key(run.pk)):
+    if run.is_terminal and not await async_redis().exists(events.stream_key(run.pk)):
         # The live stream has expired; Postgres still knows how the run ended.
         yield _frame(terminal_event_from_db(run))
         return

@@ -84,7 +84,7 @@ def _db_access(django_db_setup, django_db_blocker):
 
 @pytest.fixture(scope="session")
 def redis_clean():
-    from sessions.events import redis_client
+    from beamclaw_project.infra.redis import redis_client
 
     redis_client().flushdb()
 
@@ -139,11 +139,10 @@ class Workers:
         return proc
 
     def wait_ready(self, name: str) -> None:
-        from beamclaw_project.worker import worker_heartbeat_key
-        from sessions.events import redis_client
+        from beamclaw_project.infra.heartbeats import node_alive
 
         hostname = f"{name}@{socket.gethostname()}"
-        wait_until(lambda: redis_client().exists(worker_heartbeat_key(hostname)), timeout=30, message=f"worker {name}")
+        wait_until(lambda: node_alive(hostname), timeout=30, message=f"worker {name}")
 
 
 @pytest.fixture(scope="session")

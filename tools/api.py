@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from beamclaw_project.api_errors import Conflict
 from beamclaw_project.asyncdb import db_call
-from sessions.events import async_redis
+from beamclaw_project.infra.redis import async_redis
 from sessions.idempotency import HEADER as IDEMPOTENCY_HEADER
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
 from sessions.models import AgentSession

@@ -36,6 +36,15 @@ class ToolContext:
         return str(self.session.pk) if self.session is not None else f"agent-{self.agent.pk}"
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """What a tool returns when its result will come later from an outside event (e.g. a sub-agent
+    finishing): the call stays open without holding a worker, until `tools.runner.call_settle` is
+    called with the result or `timeout_seconds` pass (then it fails as timed out)."""
+
+    timeout_seconds: float
+
+
 def error_result(message: str, **extra) -> dict:
     return {"ok": False, "error": message, "output": "", **extra}
 
@@ -60,7 +69,7 @@ class ToolSpec:
     description: str
     input_schema: dict
     group: str
-    run: Callable[[ToolContext, dict], dict]
+    run: Callable[[ToolContext, dict], "dict | Deferred"]
     # The part of the input an approval allowlist pattern `tool:<glob>` is matched against.
     subject: Callable[[dict], str] = field(default=lambda tool_input: "")
     # Inputs that do not change what the call does (e.g. how long to wait for it), so an approval of the
@@ -70,6 +79,9 @@ class ToolSpec:
     render: Callable[[dict], str] = field(default=_default_render)
     # Checks beyond the schema (e.g. exec's workdir stays in /workspace); raises ToolInputError.
     check: Callable[[dict], None] = field(default=lambda tool_input: None)
+    # The worker node that must run a call (the one owning the background process it is about), or
+    # None when any worker of the tenant's queue may.
+    runs_on: Callable[[dict], str | None] = field(default=lambda tool_input: None)
 
     def definition(self) -> dict:
         return {"name": self.name, "description": self.description, "input_schema": self.input_schema}

@@ -25,11 +25,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from celery.utils.nodenames import worker_direct
 from django.conf import settings
 
-from beamclaw_project.worker import worker_heartbeat_key
-from sessions.events import redis_client
+from beamclaw_project.infra.heartbeats import node_alive
+from beamclaw_project.infra.redis import redis_client
 from tools.sandbox import SandboxProcess
 
 
@@ -48,17 +47,10 @@ def handle_node(handle: str) -> str | None:
     return node if sep and prefix.startswith("proc-") and node else None
 
 
-def node_alive(node: str) -> bool:
-    return bool(redis_client().exists(worker_heartbeat_key(node)))
-
-
-def owner_queue(tool_input: dict):
-    """The direct queue of the live worker owning the process a `process` call is about, else None."""
+def owning_node(tool_input: dict) -> str | None:
+    """The worker owning the process a `process` call is about (ToolSpec.runs_on), else None."""
     handle = tool_input.get("handle") if isinstance(tool_input, dict) else None
-    node = handle_node(handle) if isinstance(handle, str) else None
-    if node is None or not node_alive(node):
-        return None
-    return worker_direct(node)
+    return handle_node(handle) if isinstance(handle, str) else None
 
 
 @dataclass

@@ -8,28 +8,21 @@ A malformed policy (not lists of strings) allows nothing: failing closed beats g
 """
 
 import fnmatch
-import importlib
-import importlib.util
 import logging
 
 from tenants.models import Agent
-from tools.base import ToolContext, ToolSpec
+from tools.base import ToolSpec
 from tools.builtins.exec import EXEC_TOOL
 from tools.builtins.process import PROCESS_TOOL
 from tools.builtins.web_fetch import WEB_FETCH_TOOL
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_TOOLS: tuple[ToolSpec, ...] = (EXEC_TOOL, PROCESS_TOOL, WEB_FETCH_TOOL)
-
 # Every group name resolves, even one whose tools are not installed yet (sessions_* arrive with
 # sub-agents): a policy written today keeps its meaning when they land.
-GROUPS: dict[str, tuple[str, ...]] = {
-    "group:runtime": ("exec", "process"),
-    "group:web": ("web_fetch",),
-    "group:automation": ("cron",),
-    "group:sessions": (),
-}
+KNOWN_GROUPS = ("group:runtime", "group:web", "group:automation", "group:sessions")
+
+_TOOLS: dict[str, ToolSpec] = {}
 
 
 class ToolNotFound(LookupError):
@@ -40,35 +33,25 @@ class ToolForbidden(PermissionError):
     pass
 
 
-def _cron_tool() -> ToolSpec | None:
-    """The cron tool from cron/tool.py, imported when asked for: that app may not ship it yet."""
-    if importlib.util.find_spec("cron.tool") is None:
-        return None
-    module = importlib.import_module("cron.tool")
-    definition = module.CRON_TOOL
-
-    def run(context: ToolContext, tool_input: dict) -> dict:
-        result = module.run_cron_tool(tenant=context.tenant, agent=context.agent, session=context.session, input=tool_input)
-        if isinstance(result, dict) and "ok" in result:
-            return result
-        return {"ok": True, "output": result if isinstance(result, str) else str(result)}
-
-    return ToolSpec(
-        name=definition["name"],
-        description=definition["description"],
-        input_schema=definition["input_schema"],
-        group="group:automation",
-        run=run,
-        subject=lambda tool_input: str(tool_input.get("action", "")),
-    )
+def register(spec: ToolSpec) -> None:
+    """Make a tool available to agents (their tool policy still decides who may use it). Apps register
+    their tools in AppConfig.ready(); registering a name again replaces the tool."""
+    if spec.group not in KNOWN_GROUPS:
+        raise ValueError(f"tool {spec.name!r} names an unknown group {spec.group!r}; known: {', '.join(KNOWN_GROUPS)}")
+    _TOOLS[spec.name] = spec
 
 
 def registered_tools() -> dict[str, ToolSpec]:
-    tools = {spec.name: spec for spec in BUILTIN_TOOLS}
-    cron = _cron_tool()
-    if cron is not None:
-        tools[cron.name] = cron
-    return tools
+    """Every registered tool by name, in registration order."""
+    return dict(_TOOLS)
+
+
+def group_members(group: str) -> tuple[str, ...]:
+    return tuple(name for name, spec in _TOOLS.items() if spec.group == group)
+
+
+for _builtin in (EXEC_TOOL, PROCESS_TOOL, WEB_FETCH_TOOL):
+    register(_builtin)
 
 
 def _as_list(value) -> list[str] | None:
@@ -85,8 +68,8 @@ def _expand(entries: list[str], names: list[str]) -> set[str]:
     selected: set[str] = set()
     for entry in entries:
         entry = entry.strip()
-        if entry in GROUPS:
-            selected.update(GROUPS[entry])
+        if entry in KNOWN_GROUPS:
+            selected.update(group_members(entry))
         elif any(ch in entry for ch in "*?["):
             selected.update(fnmatch.filter(names, entry))
         else:

@@ -2,8 +2,9 @@
 edge (REST, WebSocket, admin) and the workers' housekeeping for tools.
 
 An invocation goes through exactly what a model's call goes through: the agent's tool policy, input
-validation, approvals, and execution as a task on a worker (where the sandbox and background processes
-live), never in the web process.
+validation, approvals, and execution by the one runner (tools/runner.py) as a task on a worker (where
+the sandbox and background processes live), never in the web process. This module is the owner of
+invocations for the runner (`API_INVOCATIONS`), as the run engine is of the model's calls.
 """
 
 import json
@@ -13,15 +14,15 @@ from typing import Literal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from sessions.events import redis_client
+from beamclaw_project.infra.redis import redis_client
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
-from sessions.models import AgentSession, ToolCall
+from sessions.models import AgentSession
 from tenants.limits import LimitExceeded
 from tenants.models import Agent, Tenant
-from tools import approvals, execution, loop, registry
+from tools import approvals, registry, runner
 from tools.base import ToolContext, error_result, validate_call
 from tools.models import Approval, ToolInvocation
 from tools.processes import PROCESSES
@@ -29,6 +30,7 @@ from tools.processes import PROCESSES
 logger = logging.getLogger(__name__)
 
 KIND = "invocation"
+CALL_KIND = "call"  # the model's calls, owned by the run engine
 RESULT_TTL_SECONDS = 600
 
 
@@ -113,50 +115,8 @@ def _check_invocations_in_flight_locked(tenant: Tenant) -> None:
 
 
 def _enqueue_invocation(invocation: ToolInvocation, *, only_if_free: bool = False) -> None:
-    from tools.tasks import run_invocation
-
-    execution.enqueue(run_invocation, kind=KIND, object_id=invocation.pk, tenant_slug=invocation.tenant.slug,
-                      tool=invocation.tool, tool_input=invocation.input, only_if_free=only_if_free)
-
-
-def invocation_run(*, invocation_id, node: str) -> None:
-    lease = execution.ToolLease(KIND, invocation_id)
-    if not lease.acquire():
-        return
-    try:
-        claimed = ToolInvocation.objects.filter(pk=invocation_id, status=ToolInvocation.Status.PENDING).update(
-            status=ToolInvocation.Status.RUNNING, started_at=timezone.now()
-        )
-        if not claimed:
-            return
-        invocation = ToolInvocation.objects.select_related("tenant", "agent", "session").get(pk=invocation_id)
-        context = ToolContext(tenant=invocation.tenant, agent=invocation.agent, session=invocation.session, node=node)
-        try:
-            spec = registry.tool_for(invocation.agent, invocation.tool)
-        except (registry.ToolNotFound, registry.ToolForbidden) as exc:
-            result = error_result(str(exc))
-        else:
-            close_old_connections()
-            result = execution.execute(context=context, spec=spec, tool_input=invocation.input)
-        try:
-            invocation_settle(invocation_id=invocation_id, result=result)
-        except Exception:  # noqa: BLE001 - a result that cannot be stored must not leave the caller waiting
-            logger.exception("could not store the result of invocation %s", invocation_id)
-            invocation_settle(invocation_id=invocation_id, result=error_result("the tool ran, but its result could not be stored"))
-    finally:
-        lease.release()
-
-
-def invocation_settle(*, invocation_id, result: dict) -> None:
-    with transaction.atomic():
-        invocation = ToolInvocation.objects.select_for_update().get(pk=invocation_id)
-        if invocation.status in ToolInvocation.SETTLED_STATUSES:
-            return
-        invocation.status = ToolInvocation.Status.SUCCEEDED if result.get("ok") else ToolInvocation.Status.FAILED
-        invocation.output = result
-        invocation.finished_at = timezone.now()
-        invocation.save(update_fields=["status", "output", "finished_at"])
-        transaction.on_commit(lambda: _publish_result(invocation))
+    runner.call_enqueue(KIND, invocation.pk, tenant_slug=invocation.tenant.slug, tool=invocation.tool,
+                        tool_input=invocation.input, only_if_free=only_if_free)
 
 
 def invocation_response(invocation: ToolInvocation) -> dict:
@@ -173,40 +133,67 @@ def _publish_result(invocation: ToolInvocation) -> None:
     pipe.execute()
 
 
-def _invocation_decided_locked(invocation: ToolInvocation, approval: Approval) -> None:
-    if approval.status == Approval.Status.ALLOWED:
-        invocation.status = ToolInvocation.Status.PENDING
-        invocation.save(update_fields=["status"])
-        transaction.on_commit(lambda: _enqueue_invocation(invocation))
-        return
-    if approval.status == Approval.Status.EXPIRED:
-        reason = "nobody approved it in time"
-    else:
-        reason = f"{approval.decided_by} denied it" + (f" ({approval.reason})" if approval.reason else "")
-    invocation.status = ToolInvocation.Status.DENIED
-    invocation.output = error_result(f"not run: {reason}", denied=True)
-    invocation.finished_at = timezone.now()
-    invocation.save(update_fields=["status", "output", "finished_at"])
-    transaction.on_commit(lambda: _publish_result(invocation))
+class _ApiInvocations:
+    """POST /api/tools/invoke's calls, as their owner for the runner (tools.runner.CallOwner): a
+    settled result is handed to the waiting request through a Redis list."""
+
+    kind = KIND
+    task_name = "tools.run_invocation"
+
+    def call_claim(self, call_id, *, node: str) -> runner.ClaimedCall | None:
+        claimed = ToolInvocation.objects.filter(pk=call_id, status=ToolInvocation.Status.PENDING).update(
+            status=ToolInvocation.Status.RUNNING, started_at=timezone.now()
+        )
+        if not claimed:
+            return None
+        invocation = ToolInvocation.objects.select_related("tenant", "agent", "session").get(pk=call_id)
+        context = ToolContext(tenant=invocation.tenant, agent=invocation.agent, session=invocation.session, node=node)
+        return runner.ClaimedCall(context=context, tool=invocation.tool, input=invocation.input)
+
+    def call_record(self, call_id, result: dict) -> None:
+        with transaction.atomic():
+            invocation = ToolInvocation.objects.select_for_update().get(pk=call_id)
+            if invocation.status in ToolInvocation.SETTLED_STATUSES:
+                return
+            invocation.status = ToolInvocation.Status.SUCCEEDED if result.get("ok") else ToolInvocation.Status.FAILED
+            invocation.output = result
+            invocation.finished_at = timezone.now()
+            invocation.save(update_fields=["status", "output", "finished_at"])
+            transaction.on_commit(lambda: _publish_result(invocation))
+
+    def approval_lock(self, approval: Approval) -> ToolInvocation:
+        return ToolInvocation.objects.select_for_update().select_related("tenant").get(pk=approval.invocation_id)
+
+    def approval_decided_locked(self, invocation: ToolInvocation, approval: Approval) -> None:
+        if approval.status == Approval.Status.ALLOWED:
+            invocation.status = ToolInvocation.Status.PENDING
+            invocation.save(update_fields=["status"])
+            transaction.on_commit(lambda: _enqueue_invocation(invocation))
+            return
+        if approval.status == Approval.Status.EXPIRED:
+            reason = "nobody approved it in time"
+        else:
+            reason = f"{approval.decided_by} denied it" + (f" ({approval.reason})" if approval.reason else "")
+        invocation.status = ToolInvocation.Status.DENIED
+        invocation.output = error_result(f"not run: {reason}", denied=True)
+        invocation.finished_at = timezone.now()
+        invocation.save(update_fields=["status", "output", "finished_at"])
+        transaction.on_commit(lambda: _publish_result(invocation))
+
+
+API_INVOCATIONS = _ApiInvocations()
 
 
 def invocations_reap() -> None:
     """Housekeeping: re-send pending invocations nothing holds; fail those whose worker died."""
-    open_invocations = list(
-        ToolInvocation.objects.filter(status__in=(ToolInvocation.Status.PENDING, ToolInvocation.Status.RUNNING))
-        .select_related("tenant")[:1000]
-    )
-    if not open_invocations:
-        return
-    values = redis_client().mget([execution.lease_key(KIND, inv.pk) for inv in open_invocations])
-    for invocation, value in zip(open_invocations, values):
-        if invocation.status == ToolInvocation.Status.RUNNING:
-            if value is None:
-                invocation_settle(invocation_id=invocation.pk, result=error_result(execution.LOST_MESSAGE))
-        elif value is None:
-            _enqueue_invocation(invocation, only_if_free=True)
-        elif (problem := execution.dead_owner_problem(invocation.tool, invocation.input, value)) is not None:
-            invocation_settle(invocation_id=invocation.pk, result=error_result(problem))
+    open_invocations = ToolInvocation.objects.filter(
+        status__in=(ToolInvocation.Status.PENDING, ToolInvocation.Status.RUNNING)
+    ).select_related("tenant")[:1000]
+    runner.calls_recover(KIND, [
+        runner.OpenCall(id=inv.pk, running=inv.status == ToolInvocation.Status.RUNNING, tool=inv.tool,
+                        input=inv.input, tenant_slug=inv.tenant.slug)
+        for inv in open_invocations
+    ])
 
 
 # --- approvals --------------------------------------------------------------------------------------------
@@ -234,25 +221,16 @@ def _tenant_approval(approval_id, tenant: Tenant) -> Approval:
 
 
 def _decide(approval: Approval, *, status: str, decided_by: str, always: bool = False, reason: str = "") -> Approval:
-    from sessions.engine import _lock_run
-
-    # Lock order everywhere: session, run, tool call (or invocation), approval.
+    owner = runner.owner_of(CALL_KIND if approval.tool_call_id is not None else KIND)
     with transaction.atomic():
-        run = session = call = invocation = None
-        if approval.tool_call_id is not None:
-            run_id = ToolCall.objects.filter(pk=approval.tool_call_id).values_list("run_id", flat=True).get()
-            run, session = _lock_run(run_id)
-            call = ToolCall.objects.select_for_update().get(pk=approval.tool_call_id)
-        else:
-            invocation = ToolInvocation.objects.select_for_update().select_related("tenant").get(pk=approval.invocation_id)
+        # Lock order everywhere: what the owner locks (session, run, tool call; or the invocation), then
+        # the approval.
+        locked = owner.approval_lock(approval)
         approval = Approval.objects.select_for_update().get(pk=approval.pk)
         if approval.status != Approval.Status.PENDING:
             raise ApprovalNotPending(approval)
         approvals.approval_decide_locked(approval, status=status, decided_by=decided_by, always=always, reason=reason)
-        if call is not None:
-            loop.tool_call_decided_locked(run, session, call, approval)
-        else:
-            _invocation_decided_locked(invocation, approval)
+        owner.approval_decided_locked(locked, approval)
     return approval
 
 
@@ -279,15 +257,6 @@ def _live_sessions(ids: set[str]) -> set[str]:
     }
 
 
-def tools_housekeeping() -> None:
-    """Called from every worker's housekeeping tick; each part survives the others failing."""
-    for part in (
-        approvals_expire,
-        loop.tool_calls_reap,
-        invocations_reap,
-        lambda: PROCESSES.housekeeping(live_sessions=_live_sessions),
-    ):
-        try:
-            part()
-        except Exception:  # noqa: BLE001 - one failing part must not starve the others
-            logger.exception("tools housekeeping step failed")
+def processes_housekeeping() -> None:
+    """Housekeeping: end background processes of sessions that ended, forget exited ones."""
+    PROCESSES.housekeeping(live_sessions=_live_sessions)

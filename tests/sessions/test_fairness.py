@@ -1,6 +1,6 @@
 """A tenant flooding its queue does not hold up another tenant's run (per-tenant queues, round robin)."""
 
-from sessions.engine import run_submit
+from sessions.runs import run_submit
 from sessions.models import AgentSession, Run
 from tenants.models import Tenant
 from tests.conftest import wait_until

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from sessions.engine import RUN_FAILED_UNANSWERED
+from sessions.runs import RUN_FAILED_UNANSWERED
 from sessions.models import AgentSession, IdempotencyKey, Message, Run
 from tests.conftest import wait_until
 from tools.models import ToolInvocation

@@ -7,9 +7,9 @@ import httpx
 
 from beamclaw_project.celery import app
 from sessions import events
-from sessions.engine import run_abort, run_submit
+from sessions.runs import run_abort, run_submit
 from sessions.models import AgentSession, Message, Run
-from sessions.events import redis_client
+from beamclaw_project.infra.redis import redis_client
 from tests.conftest import wait_until
 
 

@@ -6,15 +6,16 @@ import uuid
 
 import httpx
 
-from sessions import engine, events
-from sessions.engine import run_abort, run_submit
-from sessions.events import redis_client
-from sessions.leases import lease_key
+from beamclaw_project.infra.redis import redis_client
+from sessions import events
+from sessions.runs import run_abort, run_submit
+from sessions.runs.kernel import run_lease_key
+from sessions.runs.step import run_step
 from sessions.models import AgentSession, Message, Run, ToolCall
 from tenants.models import Agent
 from tests.conftest import wait_until
 from tests.tools.conftest import requires_bwrap, wait_for_run
-from tools import execution, loop
+from tools import runner
 from tools.models import Approval
 
 
@@ -160,8 +161,8 @@ def test_a_redelivered_step_does_not_ask_the_model_again(live, tenant, fake_requ
     run = ask(session, marker + " " + tool("exec", {"command": "sleep 2; echo slow"}))
     wait_until(lambda: ToolCall.objects.filter(run=run, status="running").exists(), timeout=15, message="exec to run")
     asked = sum(marker in json.dumps(r["body"]["messages"]) for r in fake_requests(1000))
-    redis_client().delete(lease_key(run.pk))  # what the reaper sees for a step whose worker died
-    engine.run_step(run_id=run.pk, step=0)
+    redis_client().delete(run_lease_key(run.pk))  # what the reaper sees for a step whose worker died
+    run_step(run_id=run.pk, step=0)
     assert sum(marker in json.dumps(r["body"]["messages"]) for r in fake_requests(1000)) == asked == 1
     run = wait_for_run(run.pk)
     assert final_text(run) == "Tool results: slow\n\n[exit code 0]"
@@ -180,11 +181,11 @@ def test_a_call_whose_worker_died_is_settled_not_rerun(live, tenant):
     Approval.objects.filter(tool_call=call).update(status=Approval.Status.ALLOWED)
     ToolCall.objects.filter(pk=call.pk).update(status=ToolCall.Status.RUNNING)
     Run.objects.filter(pk=run.pk).update(status=Run.Status.RUNNING)
-    loop.tool_call_run(call_id=call.pk, node="test")  # a redelivery: not pending, so not run again
+    runner.call_run("call", call.pk, node="test")  # a redelivery: not pending, so not run again
     assert ToolCall.objects.get(pk=call.pk).status == "running"
     run = wait_for_run(run.pk)
     settled = ToolCall.objects.get(pk=call.pk)
-    assert settled.status == "failed" and settled.output["error"] == execution.LOST_MESSAGE
+    assert settled.status == "failed" and settled.output["error"] == runner.LOST_MESSAGE
     assert "stopped before it finished" in final_text(run)
 
 
@@ -202,7 +203,7 @@ def test_sigkilled_worker_during_exec(gateway, make_tenant, crash_recovery):
     run = wait_for_run(run.pk, timeout=40)
     assert run.status == "succeeded"
     call = ToolCall.objects.get(run=run)
-    assert call.status == "failed" and call.output["error"] == execution.LOST_MESSAGE
+    assert call.status == "failed" and call.output["error"] == runner.LOST_MESSAGE
 
 
 @requires_bwrap

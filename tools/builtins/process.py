@@ -1,13 +1,14 @@
 """process: look after background exec commands (list, poll, log, write, kill).
 
-Calls naming a handle are routed to the worker that owns it (tools.processes.owner_queue), so they run
-here, next to the process; `list` reads the Redis mirror and runs anywhere.
+Calls naming a handle are routed to the worker that owns it (ToolSpec.runs_on, honoured by
+tools.runner), so they run here, next to the process; `list` reads the Redis mirror and runs anywhere.
 """
 
 import time
 
+from beamclaw_project.infra.heartbeats import node_alive
 from tools.base import ToolContext, ToolInputError, ToolSpec, error_result
-from tools.processes import PROCESSES, handle_node, node_alive, scope_processes
+from tools.processes import PROCESSES, handle_node, owning_node, scope_processes
 
 INPUT_SCHEMA = {
     "type": "object",
@@ -110,4 +111,5 @@ PROCESS_TOOL = ToolSpec(
     approval_ignores=frozenset({"lines", "wait_seconds"}),
     render=_render,
     check=check_process,
+    runs_on=owning_node,
 )

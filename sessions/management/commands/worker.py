@@ -3,7 +3,8 @@ from django.core.management.base import BaseCommand
 
 from beamclaw_project.celery import app
 from beamclaw_project.worker import Housekeeping
-from tenants.queues import SYSTEM_QUEUE, active_tenant_queues
+from beamclaw_project.infra.queues import SYSTEM_QUEUE
+from tenants.queues import active_tenant_queues
 
 
 class Command(BaseCommand):

@@ -1,0 +1,46 @@
+"""The housekeeping registry: periodic chores every worker process runs on its housekeeping thread
+(every BEAMCLAW_HOUSEKEEPING_SECONDS). Apps register their chores in AppConfig.ready(); the worker
+runs them in registration order, each isolated so one failing chore never starves the others.
+
+Chores must be safe to run on every worker at once (they claim work with leases or row locks); a
+chore that should run once per fleet per period says so with `every_seconds` and is throttled by a
+Redis key.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from beamclaw_project.infra.redis import redis_client
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Chore:
+    name: str
+    run: Callable[[], object]
+    every_seconds: int | None = None  # at most once per this period across the fleet
+
+
+_CHORES: dict[str, Chore] = {}
+
+
+def register(name: str, run: Callable[[], object], *, every_seconds: int | None = None) -> None:
+    _CHORES[name] = Chore(name=name, run=run, every_seconds=every_seconds)
+
+
+def chores() -> list[Chore]:
+    return list(_CHORES.values())
+
+
+def run_chores(*, node: str) -> None:
+    for chore in chores():
+        try:
+            if chore.every_seconds and not redis_client().set(
+                f"bc:housekeeping:{chore.name}", node, nx=True, ex=chore.every_seconds
+            ):
+                continue
+            chore.run()
+        except Exception:  # noqa: BLE001 - one failing chore must not starve the others
+            logger.exception("housekeeping chore %s failed", chore.name)

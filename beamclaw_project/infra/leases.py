@@ -1,0 +1,130 @@
+"""Leases: which worker is doing a piece of work right now, or that the work waits in a queue.
+
+One key per piece of work (a run's step, a tool call, an API invocation). It holds `queued` from the
+moment a task is enqueued until a worker picks it up; the worker then swaps in its own token with a
+short expiry (RUN_LEASE_SECONDS), and one keeper thread per process renews every lease the process
+holds. When a worker dies, even by SIGKILL, its leases lapse within the lease time and the
+housekeeping reapers find the work unleased: Postgres says it is open, Redis says nobody has it. A
+second delivery of a task whose work is alive elsewhere finds the lease taken and leaves.
+
+Other values mark phases in which no worker holds the work but it is not orphaned either (a run whose
+tool calls are in flight, a tool call deferred until an outside event settles it); they are set and
+replaced with the same compare-and-set as everything else (`lease_set`).
+"""
+
+import logging
+import threading
+import uuid
+
+from django.conf import settings
+
+from beamclaw_project.infra.redis import redis_client
+
+logger = logging.getLogger(__name__)
+
+QUEUED = "queued"
+
+# Set KEYS[1] to ARGV[1] for ARGV[2] ms if it is unset or holds one of ARGV[3..]: the one
+# compare-and-set that acquiring, marking and handing over a lease all are.
+_SET_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+local free = (v == false)
+for i = 3, #ARGV do
+  if v == ARGV[i] then free = true end
+end
+if free then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def lease_ttl_ms() -> int:
+    return int(settings.BEAMCLAW["RUN_LEASE_SECONDS"] * 1000)
+
+
+def queued_ttl_ms() -> int:
+    # Queued work may legitimately wait as long as the broker would hold it before redelivering.
+    return settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] * 1000
+
+
+def lease_set(key: str, value: str, *, ttl_ms: int, replacing: tuple[str, ...] = ()) -> bool:
+    """Set the lease to `value` if nothing holds it or it holds one of `replacing`."""
+    return bool(redis_client().eval(_SET_SCRIPT, 1, key, value, ttl_ms, *replacing))
+
+
+def lease_mark_queued(key: str, *, only_if_free: bool = False) -> bool:
+    """Mark work as waiting in a queue; with only_if_free, only when nothing holds or queued it."""
+    return bool(redis_client().set(key, QUEUED, px=queued_ttl_ms(), nx=only_if_free))
+
+
+def lease_values(keys: list[str]) -> list[bytes | None]:
+    return redis_client().mget(keys) if keys else []
+
+
+class _Keeper:
+    """Renews every lease this process holds, every third of the lease time."""
+
+    def __init__(self):
+        self._held: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, key: str, token: str) -> None:
+        with self._lock:
+            self._held[key] = token
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._renew_forever, name="lease-keeper", daemon=True)
+                self._thread.start()
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._held.pop(key, None)
+
+    def _renew_forever(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(settings.BEAMCLAW["RUN_LEASE_SECONDS"] / 3):
+            with self._lock:
+                held = list(self._held)
+            if not held:
+                continue
+            try:
+                pipe = redis_client().pipeline(transaction=False)
+                for key in held:
+                    pipe.pexpire(key, lease_ttl_ms())
+                pipe.execute()
+            except Exception:  # noqa: BLE001 - a Redis blip must not kill the keeper; the next tick retries
+                logger.exception("could not renew leases")
+
+
+_keeper = _Keeper()
+
+
+class Lease:
+    """A worker's hold on one piece of work while it runs it."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.token = uuid.uuid4().hex
+
+    def acquire(self) -> bool:
+        """Take the lease if it is free or only marks the work as queued."""
+        if not lease_set(self.key, self.token, ttl_ms=lease_ttl_ms(), replacing=(QUEUED,)):
+            return False
+        _keeper.hold(self.key, self.token)
+        return True
+
+    def hand_over(self, value: str, *, ttl_ms: int) -> None:
+        """Stop holding the work but leave `value` in the lease for `ttl_ms` (e.g. a deferred call)."""
+        _keeper.drop(self.key)
+        lease_set(self.key, value, ttl_ms=ttl_ms, replacing=(self.token,))
+
+    def release(self) -> None:
+        _keeper.drop(self.key)
+        redis_client().eval(_RELEASE_SCRIPT, 1, self.key, self.token)

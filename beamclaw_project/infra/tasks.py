@@ -1,0 +1,29 @@
+"""The base of every Celery task (`app.Task`): each task runs in a fresh log context that already
+names its tenant (from the tenant queue it came from) and its run or session (from a `run_id` or
+`session_id` argument), so every line it logs can be traced to one tenant, session and run. Services
+that load more (the engine loading a run's session) bind the rest."""
+
+import inspect
+
+from celery import Task
+
+from beamclaw_project.infra.log_context import log_context_bind, log_context_reset, log_context_restore
+from beamclaw_project.infra.queues import tenant_of_queue
+
+_ID_ARGUMENTS = {"run_id": "run", "session_id": "session"}
+
+
+class ContextTask(Task):
+    def __call__(self, *args, **kwargs):
+        token = log_context_reset()
+        try:
+            delivery = getattr(self.request, "delivery_info", None) or {}
+            log_context_bind(tenant=tenant_of_queue(delivery.get("routing_key") or ""))
+            try:
+                arguments = inspect.signature(self.run).bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                arguments = {}
+            log_context_bind(**{field: arguments.get(name) for name, field in _ID_ARGUMENTS.items()})
+            return super().__call__(*args, **kwargs)
+        finally:
+            log_context_restore(token)

@@ -1,0 +1,30 @@
+"""The durable run engine (DESIGN §5): one package, and this is its public face.
+
+A run is a chain of short, idempotent `sessions.run_step` tasks on its tenant's queue; Postgres holds
+every bit of state, Redis only the live event stream and the leases.
+
+    submit.py       a user turn becomes a run, following the session's queue mode
+    lifecycle.py    a session's runs from queued to terminal: start the next, end one, abort
+    step.py         one step: ask the provider, stream, then end the run or go to the tool phase
+    tool_phase.py   a reply's tool calls, from the tool_use blocks to the next step
+    tool_calls.py   tool results in the transcript; open calls of a run that ends
+    housekeeping.py reapers for steps and tool calls whose worker died
+    budget.py       the tenant's daily token budget
+    kernel.py       run lock, transcript append, step enqueue, abort flag, run lease
+
+Edges and services use only the names below. The model's tool calls run through the toolbox
+(tools/runner.py), with this engine registered as their owner (sessions/apps.py).
+"""
+
+from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, run_abort, terminal_event_from_db
+from sessions.runs.step import provider_messages
+from sessions.runs.submit import SessionClosed, run_submit
+
+__all__ = [
+    "RUN_FAILED_UNANSWERED",
+    "SessionClosed",
+    "provider_messages",
+    "run_abort",
+    "run_submit",
+    "terminal_event_from_db",
+]

@@ -1,0 +1,39 @@
+"""The run engine's housekeeping chores (registered in sessions/apps.py, run by every worker).
+
+- `reap_orphaned_runs`: re-enqueue steps whose worker died (no lease in Redis), and start queued runs
+  whose session has nothing active (their start was lost with a crashed transaction's after-commit);
+- `tool_phase.tool_calls_reap`: keep the tools marker on runs with open calls, recover their calls.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from sessions.models import Run
+from sessions.runs.kernel import run_mark_queued, runs_unleased, step_enqueue
+from sessions.runs.lifecycle import session_advance
+
+logger = logging.getLogger(__name__)
+
+
+def reap_orphaned_runs() -> int:
+    running = list(Run.objects.filter(status=Run.Status.RUNNING).values_list("pk", "step", "tenant__slug")[:5000])
+    orphans = set(runs_unleased([pk for pk, _, _ in running]))
+    reaped = 0
+    for pk, step, slug in running:
+        if pk in orphans and run_mark_queued(pk, only_if_free=True):
+            logger.warning("run %s step %s lost its worker; re-enqueueing", pk, step)
+            step_enqueue(pk, step, slug)
+            reaped += 1
+    stale = timezone.now() - timedelta(seconds=settings.BEAMCLAW["RUN_LEASE_SECONDS"])
+    waiting_sessions = (
+        Run.objects.filter(status=Run.Status.QUEUED, created_at__lt=stale)
+        .exclude(session__runs__status__in=Run.ACTIVE_STATUSES)
+        .values_list("session_id", flat=True)
+        .distinct()[:1000]
+    )
+    for session_id in list(waiting_sessions):
+        session_advance(session_id=session_id)
+    return reaped

@@ -1,0 +1,116 @@
+"""The run engine's kernel: the few primitives every part of the engine (and nothing outside it) uses.
+
+- `run_lock`: lock a run's session, then the run. The one lock order used everywhere: session, run,
+  tool call (or invocation), approval; then tenant. Nothing that holds a later lock takes an earlier one.
+- `transcript_append`: the only way a message enters a session's transcript (gap-free `seq` from the
+  session row, which the caller has locked).
+- `step_enqueue`: mark the run's lease `queued`, then send `sessions.run_step` to the tenant's queue.
+- The abort flag: a Redis key a running step polls between stream events.
+- The run lease (`bc:run:<id>:lease`): which worker runs the step, or that a step is queued, or that
+  the run's tool calls are in flight (`tools`).
+"""
+
+import time
+
+from celery import current_app
+from django.conf import settings
+
+from beamclaw_project.infra.leases import QUEUED, lease_set, lease_ttl_ms, lease_values, queued_ttl_ms
+from beamclaw_project.infra.queues import tenant_queue
+from beamclaw_project.infra.redis import redis_client
+from sessions.models import AgentSession, Message, Run
+
+RUN_STEP_TASK = "sessions.run_step"
+# Held while a run's tool calls are in flight and no step is queued or running (see tool_phase.py).
+TOOLS_PHASE = "tools"
+ABORT_CHECK_INTERVAL = 0.2
+
+
+# --- locks and the transcript ----------------------------------------------------------------------
+
+
+def run_lock(run_id) -> tuple[Run, AgentSession]:
+    """Lock a run's session, then the run (inside the caller's transaction)."""
+    session_id = Run.objects.values_list("session_id", flat=True).get(pk=run_id)
+    session = AgentSession.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=session_id)
+    return Run.objects.select_for_update().get(pk=run_id), session
+
+
+def session_lock(session_id) -> AgentSession:
+    return AgentSession.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=session_id)
+
+
+def transcript_append(session: AgentSession, **fields) -> Message:
+    """Append a message; the caller holds the session row lock."""
+    seq = session.next_seq
+    session.next_seq = seq + 1
+    session.save(update_fields=["next_seq", "updated_at"])
+    return Message.objects.create(session=session, seq=seq, **fields)
+
+
+# --- the run lease ---------------------------------------------------------------------------------
+
+
+def run_lease_key(run_id) -> str:
+    return f"bc:run:{run_id}:lease"
+
+
+def run_mark_queued(run_id, *, only_if_free: bool = False) -> bool:
+    """Record that a step for this run sits in a queue. Never overwrites a worker's lease: a step is
+    enqueued either before any worker holds the run, or by the worker holding it (which then releases).
+    Replaces the tools-phase marker: the step enqueued when the last tool call settles must find the
+    lease free to take, or it would be skipped and wait for the reaper (a 90 s stall once).
+    With only_if_free, do nothing (and return False) when a step is already marked queued too."""
+    return lease_set(
+        run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms(), replacing=() if only_if_free else (QUEUED, TOOLS_PHASE)
+    )
+
+
+def run_mark_tools_phase(run_ids) -> None:
+    """Mark runs whose tool calls are in flight, unless a worker or a queued step holds the lease. The
+    marker lives three lease times; housekeeping renews it while calls are open."""
+    for run_id in run_ids:
+        lease_set(run_lease_key(run_id), TOOLS_PHASE, ttl_ms=3 * lease_ttl_ms(), replacing=(TOOLS_PHASE,))
+
+
+def runs_unleased(run_ids: list) -> list:
+    """The runs that no worker holds and no queue holds a step for: orphans."""
+    values = lease_values([run_lease_key(run_id) for run_id in run_ids])
+    return [run_id for run_id, value in zip(run_ids, values) if value is None]
+
+
+def step_enqueue(run_id, step: int, tenant_slug: str) -> None:
+    run_mark_queued(run_id)
+    current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug))
+
+
+# --- the abort flag --------------------------------------------------------------------------------
+
+
+def _abort_key(run_id) -> str:
+    return f"bc:run:{run_id}:abort"
+
+
+def abort_flag_set(run_id, reason: str) -> None:
+    redis_client().set(_abort_key(run_id), reason, ex=settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
+
+
+def abort_flag_reason(run_id) -> str | None:
+    reason = redis_client().get(_abort_key(run_id))
+    return reason.decode() if reason is not None else None
+
+
+class AbortCheck:
+    """Polls the abort flag at most every ABORT_CHECK_INTERVAL seconds: a Redis round trip per stream
+    event would cost more than the event."""
+
+    def __init__(self, run_id):
+        self.key = _abort_key(run_id)
+        self.next_check = 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + ABORT_CHECK_INTERVAL
+        return bool(redis_client().exists(self.key))

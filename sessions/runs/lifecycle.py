@@ -1,0 +1,207 @@
+"""A session's runs from queued to terminal: starting the next one, ending one, aborting.
+
+Invariants: one active run per session (runs wait as `queued` and start in order, always under the
+session's row lock); a run's user message enters the transcript when the run starts; a tenant never has
+more than `max_concurrent_runs` active (counted under the tenant row lock, taken after the session's).
+"""
+
+import logging
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from sessions import events
+from sessions.models import AgentSession, Message, Run
+from sessions.notify import notify_session
+from sessions.runs.kernel import abort_flag_set, run_mark_queued, session_lock, step_enqueue, transcript_append
+from sessions.runs.tool_calls import open_calls_settle_locked
+from sessions.signals import run_finished
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+RUN_FAILED_UNANSWERED = "its run failed before the model answered"
+
+TERMINAL_EVENT = {
+    Run.Status.SUCCEEDED: events.RUN_COMPLETED,
+    Run.Status.FAILED: events.RUN_FAILED,
+    Run.Status.ABORTED: events.RUN_ABORTED,
+}
+
+
+# --- starting ----------------------------------------------------------------------------------------
+
+
+def tenant_has_capacity_locked(tenant_id) -> bool:
+    """Whether the tenant may start another run. Locks the tenant row so that concurrent starts count
+    each other (lock order everywhere: session, then tenant)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT t.max_concurrent_runs,
+                   (SELECT count(*) FROM {Run._meta.db_table} r WHERE r.tenant_id = t.id AND r.status = ANY(%s))
+            FROM {Tenant._meta.db_table} t WHERE t.id = %s FOR UPDATE OF t
+            """,
+            [[str(status) for status in Run.ACTIVE_STATUSES], tenant_id],
+        )
+        limit, active = cursor.fetchone()
+    return active < limit
+
+
+def session_advance_locked(session: AgentSession) -> Run | None:
+    """Start the session's oldest queued run if none is active and the tenant has room for it.
+    Caller holds the session row lock."""
+    pending = list(
+        Run.objects.filter(session=session, status__in=(Run.Status.QUEUED, *Run.ACTIVE_STATUSES)).order_by("created_at")
+    )
+    if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
+        return None
+    if not tenant_has_capacity_locked(session.tenant_id):
+        return None
+    return run_start_locked(session, pending[0])
+
+
+def session_advance(*, session_id) -> Run | None:
+    with transaction.atomic():
+        return session_advance_locked(session_lock(session_id))
+
+
+def run_start_locked(session: AgentSession, run: Run) -> Run:
+    """Put the run's user message in the transcript, mark it running and (after commit) enqueue step 0.
+    Saves the run, whether it is new or was waiting."""
+    run.status = Run.Status.RUNNING
+    run.started_at = timezone.now()
+    run.step = 0
+    if run._state.adding:
+        run.save()
+    else:
+        run.save(update_fields=["status", "started_at", "step"])
+    transcript_append(session, role=Message.Role.USER, content=run.input, run=run)
+    tenant_slug = session.tenant.slug
+    run_id = run.pk
+    # Marked before commit: from the moment the run is visibly `running`, the reaper must not take it
+    # for an orphan (a rolled-back marker only lapses).
+    run_mark_queued(run_id)
+
+    def announce_and_enqueue():
+        events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session.pk)})
+        notify_session(session.pk, run_id)
+        step_enqueue(run_id, 0, tenant_slug)
+
+    transaction.on_commit(announce_and_enqueue)
+    return run
+
+
+def tenant_fill_slots(*, tenant_id) -> int:
+    """Start queued runs of other sessions of the tenant while it has room (after a run ended)."""
+    started = 0
+    active_sessions = Run.objects.filter(tenant_id=tenant_id, status__in=Run.ACTIVE_STATUSES).values("session_id")
+    candidates = (
+        Run.objects.filter(tenant_id=tenant_id, status=Run.Status.QUEUED)
+        .exclude(session_id__in=active_sessions)
+        .order_by("created_at")
+        .values_list("session_id", flat=True)
+    )
+    seen = set()
+    for session_id in candidates[:200]:
+        if session_id in seen:
+            continue
+        seen.add(session_id)
+        if session_advance(session_id=session_id) is None:
+            # No room left (or the session got busy meanwhile): the next run end tries again.
+            with transaction.atomic():
+                if not tenant_has_capacity_locked(tenant_id):
+                    break
+            continue
+        started += 1
+    return started
+
+
+def steering_take_locked(session: AgentSession, run: Run) -> list[dict]:
+    """At a step boundary of `run`: the content of messages sent in `steer` mode since, which join the
+    run's next model call. Their own runs end here as succeeded, `merged_into` this run.
+    Caller holds the session and run locks."""
+    steering = list(
+        Run.objects.filter(
+            session=session, status=Run.Status.QUEUED, params__queue_mode=AgentSession.QueueMode.STEER
+        ).order_by("created_at")
+    )
+    content: list[dict] = []
+    for steer in steering:
+        content.extend(steer.input)
+        steer.params = {**steer.params, "merged_into": str(run.pk)}
+        steer.save(update_fields=["params"])
+        run_end_locked(
+            steer, Run.Status.SUCCEEDED, session=session,
+            payload={"run_id": str(steer.pk), "merged_into": str(run.pk), "text": "", "usage": steer.usage},
+        )
+    return content
+
+
+# --- ending ------------------------------------------------------------------------------------------
+
+
+def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSession, payload=None) -> None:
+    """Mark a run terminal, announce it after commit, and start the next queued run: the session's own
+    now, other sessions' of the tenant after commit if this frees a slot they wait for.
+    Caller holds the session and run row locks."""
+    open_calls_settle_locked(run, session, status)
+    if status == Run.Status.FAILED and not run.messages.filter(role=Message.Role.ASSISTANT).exists():
+        # Clients retry failed requests (the openai package twice by default): the model must see the
+        # message once, from the retry, not once per attempt. The transcript keeps it, marked.
+        run.messages.filter(role=Message.Role.USER).update(excluded_reason=RUN_FAILED_UNANSWERED)
+    run.status = status
+    run.error = error
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "error", "error_code", "finished_at", "input_tokens", "output_tokens"])
+    event_payload = payload or {"run_id": str(run.pk), "error": error, "code": run.error_code, "usage": run.usage}
+    run_id = run.pk
+    tenant_id = run.tenant_id
+    trigger = run.trigger
+
+    def announce():
+        events.publish(run_id, TERMINAL_EVENT[status], event_payload)
+        for receiver, result in run_finished.send_robust(sender=Run, run_id=run_id, status=status, trigger=trigger):
+            if isinstance(result, Exception):
+                logger.error("run_finished receiver %s failed for run %s: %r", receiver, run_id, result)
+        tenant_fill_slots(tenant_id=tenant_id)
+
+    transaction.on_commit(announce)
+    if session.ephemeral:
+        session.status = AgentSession.Status.CLOSED
+        session.save(update_fields=["status", "updated_at"])
+    session_advance_locked(session)
+
+
+def run_abort(*, run: Run, reason: str = "aborted by request") -> Run:
+    """Abort a run. A queued run (or one waiting for an approval) ends here; a running one ends at its
+    step's next stream event."""
+    with transaction.atomic():
+        session = session_lock(run.session_id)
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        run_abort_locked(locked, reason, session)
+    return locked
+
+
+def run_abort_locked(run: Run, reason: str, session: AgentSession) -> None:
+    if run.is_terminal:
+        return
+    abort_flag_set(run.pk, reason)
+    if run.status in (Run.Status.QUEUED, Run.Status.AWAITING_APPROVAL):
+        run_end_locked(run, Run.Status.ABORTED, error=reason, session=session)
+
+
+def terminal_event_from_db(run: Run) -> events.RunEvent | None:
+    """The terminal event rebuilt from Postgres, for a run whose stream lost it (e.g. the worker died
+    between commit and publish, or the stream expired)."""
+    if not run.is_terminal:
+        return None
+    payload = {"run_id": str(run.pk), "error": run.error, "code": run.error_code, "usage": run.usage}
+    if run.status == Run.Status.SUCCEEDED:
+        reply = run.messages.filter(role=Message.Role.ASSISTANT).order_by("-seq").first()
+        if reply is not None:
+            payload.update(
+                message={"seq": reply.seq, "role": reply.role, "content": reply.content},
+                text=reply.text,
+            )
+    return events.RunEvent(seq=0, event=TERMINAL_EVENT[run.status], payload=payload)

@@ -1,0 +1,211 @@
+"""Executing one step of a run (the `sessions.run_step` task): ask the provider, stream the reply, then
+either end the run or hand its tool calls to the tool phase.
+
+A step runs under the run's lease. The reply is written once per step (unique per run and step), so a
+redelivered task cannot duplicate it; a step whose worker died is found by the reaper (housekeeping.py)
+and run again, and text that already reached clients is not streamed a second time.
+"""
+
+import logging
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+
+from beamclaw_project.infra.leases import Lease
+from beamclaw_project.infra.log_context import log_context_bind
+from beamclaw_project.infra.redis import redis_client
+from sessions import events
+from sessions.models import Message, Run
+from sessions.providers import get_provider
+from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
+from sessions.runs import tool_phase
+from sessions.runs.budget import record_tokens
+from sessions.runs.kernel import AbortCheck, abort_flag_reason, run_lease_key, run_lock, transcript_append
+from sessions.runs.lifecycle import run_end_locked
+
+logger = logging.getLogger(__name__)
+
+MAX_STEP_ATTEMPTS = 3
+
+
+class _DeltaPublisher:
+    """Publishes text deltas, skipping the first `skip` characters (already streamed by a crashed attempt)."""
+
+    def __init__(self, run_id, step: int, skip: int):
+        self.run_id = run_id
+        self.step = step
+        self.skip = skip
+        self.seen = 0
+        self.parts: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def __call__(self, text: str) -> None:
+        self.parts.append(text)
+        start = self.seen
+        self.seen += len(text)
+        if self.seen <= self.skip:
+            return
+        events.publish(self.run_id, events.TEXT_DELTA, {"text": text[max(0, self.skip - start):], "step": self.step})
+
+
+def run_step(*, run_id, step: int) -> None:
+    lease = Lease(run_lease_key(run_id))
+    if not lease.acquire():
+        logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
+        return
+    try:
+        attempt = _count_attempt(run_id, step)
+        try:
+            _execute_step(run_id, step, attempt)
+        except Exception as exc:
+            # A bug or a broken dependency, not a provider error: the reaper would retry it forever, so
+            # give up on the run after a few attempts, saying why.
+            logger.exception("run %s step %s failed unexpectedly (attempt %s)", run_id, step, attempt)
+            if attempt < MAX_STEP_ATTEMPTS:
+                raise
+            _finish_failed(run_id, step, f"Internal error while running step {step}: {exc!r}", code="internal_error")
+    finally:
+        lease.release()
+
+
+def _count_attempt(run_id, step: int) -> int:
+    key = f"bc:run:{run_id}:step:{step}:attempts"
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
+    return int(pipe.execute()[0])
+
+
+def _execute_step(run_id, step: int, attempt: int) -> None:
+    run = Run.objects.select_related("session__agent", "tenant").filter(pk=run_id).first()
+    if run is None or run.status != Run.Status.RUNNING or run.step != step:
+        return
+    log_context_bind(tenant=run.tenant.slug, session=run.session_id)
+    # The step's reply exists: its tool calls are in flight (the reaper re-sent the step); drive them.
+    if tool_phase.step_resume(run, step):
+        return
+    if abort_flag_reason(run_id) is not None:
+        _finish_aborted(run_id, step, partial_text="")
+        return
+    if step >= settings.BEAMCLAW["STEP_CAP"]:
+        _finish_failed(
+            run_id, step, f"Run stopped after {step} steps (step cap {settings.BEAMCLAW['STEP_CAP']}).", code="step_cap"
+        )
+        return
+
+    agent = run.session.agent
+    request = CompletionRequest(
+        model=agent.model,
+        system=_system_prompt(agent.system_prompt, run.params.get("system")),
+        messages=provider_messages(run.session_id),
+        max_tokens=min(int(run.params.get("max_tokens") or agent.max_tokens), agent.max_tokens),
+        fallbacks=tuple(agent.fallbacks or ()),
+        temperature=run.params.get("temperature"),
+        top_p=run.params.get("top_p"),
+        stop_sequences=tuple(run.params.get("stop") or ()),
+        effort=run.params.get("effort"),
+        tools=tool_phase.offered_tools(agent),
+    )
+    provider_name = agent.provider
+    # Streaming takes seconds; give the Postgres connection back to the pool meanwhile.
+    close_old_connections()
+
+    already_streamed = events.published_text(run_id, step) if attempt > 1 else ""
+    publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed))
+
+    try:
+        completion = get_provider(provider_name).stream(request, on_text=publish_delta, should_abort=AbortCheck(run_id))
+    except Aborted:
+        _finish_aborted(run_id, step, partial_text=publish_delta.text)
+        return
+    except ProviderError as exc:
+        _finish_failed(run_id, step, exc.message, code=exc.kind)
+        return
+    _finish_step(run_id, step, completion)
+
+
+def _system_prompt(agent_prompt: str, request_system: str | None) -> str:
+    return "\n\n".join(part for part in (agent_prompt, request_system) if part)
+
+
+def provider_messages(session_id) -> list[dict]:
+    """The transcript in the shape the Messages API accepts: roles alternate (consecutive turns of one
+    role, e.g. after a failed run, are merged) and the first turn is the user's."""
+    merged: list[dict] = []
+    transcript = Message.objects.filter(session_id=session_id, excluded_reason="").order_by("seq")
+    for role, content in transcript.values_list("role", "content"):
+        if not content:
+            continue
+        if merged and merged[-1]["role"] == role:
+            merged[-1]["content"] = merged[-1]["content"] + list(content)
+        else:
+            merged.append({"role": role, "content": list(content)})
+    if merged and merged[0]["role"] != Message.Role.USER:
+        merged.insert(0, {"role": "user", "content": [{"type": "text", "text": "(conversation start)"}]})
+    return merged
+
+
+def _finish_step(run_id, step: int, completion: Completion) -> None:
+    with transaction.atomic():
+        run, session = run_lock(run_id)
+        if run.status != Run.Status.RUNNING or run.step != step:
+            return
+        message = transcript_append(
+            session,
+            role=Message.Role.ASSISTANT,
+            content=completion.content,
+            run=run,
+            step=step,
+            usage=completion.usage,
+        )
+        _add_usage(run, session, completion.input_tokens, completion.output_tokens)
+        tokens = completion.input_tokens + completion.output_tokens
+        transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
+        if tool_phase.step_tool_calls(run=run, session=session, step=step, completion=completion):
+            return  # the run continues once the tool calls settle
+        payload = {
+            "run_id": str(run.pk),
+            "message": {"seq": message.seq, "role": message.role, "content": message.content},
+            "text": completion.text,
+            "stop_reason": completion.stop_reason,
+            "model": completion.model,
+            "usage": run.usage,
+        }
+        run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload)
+
+
+def _finish_failed(run_id, step: int, error: str, code: str = "") -> None:
+    with transaction.atomic():
+        run, session = run_lock(run_id)
+        if run.status != Run.Status.RUNNING or run.step != step:
+            return
+        run.error_code = code
+        run_end_locked(run, Run.Status.FAILED, error=error, session=session)
+
+
+def _finish_aborted(run_id, step: int, partial_text: str) -> None:
+    """End an aborted run; what the user already saw of the reply stays in the transcript."""
+    with transaction.atomic():
+        run, session = run_lock(run_id)
+        if run.is_terminal or run.step != step:
+            return
+        if partial_text:
+            transcript_append(
+                session,
+                role=Message.Role.ASSISTANT,
+                content=[{"type": "text", "text": partial_text}],
+                run=run,
+                step=step,
+            )
+        run_end_locked(run, Run.Status.ABORTED, error=abort_flag_reason(run_id) or "aborted", session=session)
+
+
+def _add_usage(run: Run, session, input_tokens: int, output_tokens: int) -> None:
+    run.input_tokens += input_tokens
+    run.output_tokens += output_tokens
+    session.input_tokens += input_tokens
+    session.output_tokens += output_tokens
+    session.save(update_fields=["input_tokens", "output_tokens", "updated_at"])

@@ -1,0 +1,79 @@
+"""Submitting a user turn: the run that will answer it, under the session's queue mode."""
+
+from django.db import transaction
+
+from sessions.models import AgentSession, Run
+from sessions.runs.budget import check_token_budget
+from sessions.runs.kernel import session_lock
+from sessions.runs.lifecycle import (
+    run_abort_locked,
+    run_end_locked,
+    run_start_locked,
+    session_advance_locked,
+    tenant_has_capacity_locked,
+)
+
+
+class SessionClosed(Exception):
+    """The session no longer takes messages (an ephemeral session whose request is over)."""
+
+
+def run_submit(
+    *,
+    session: AgentSession,
+    content: list[dict],
+    trigger: str,
+    params: dict | None = None,
+    mode: str | None = None,
+) -> Run:
+    """Take a user turn for a session and return the run that will answer it.
+
+    While a run of the session is active the message follows the queue mode (the session's unless `mode`
+    overrides it): `followup` queues a run; `collect` folds it into the run already waiting, if any;
+    `steer` queues a run that the active run absorbs at its next step boundary (else it runs next);
+    `interrupt` aborts the active run and anything waiting, then runs this message.
+    Raises LimitExceeded when the tenant's daily token budget is used up, SessionClosed for a closed session.
+    """
+    check_token_budget(tenant=session.tenant)
+    mode = mode or session.queue_mode
+    with transaction.atomic():
+        locked = session_lock(session.pk)
+        if locked.status == AgentSession.Status.CLOSED:
+            raise SessionClosed(f"Session {locked.key} is closed.")
+        # Workers change a session's runs only under the session lock held here, so this read is current.
+        pending = list(
+            Run.objects.filter(session=locked, status__in=(Run.Status.QUEUED, *Run.ACTIVE_STATUSES)).order_by("created_at")
+        )
+        active = next((r for r in pending if r.status in Run.ACTIVE_STATUSES), None)
+        queued = [r for r in pending if r.status == Run.Status.QUEUED]
+        if active is not None and mode == AgentSession.QueueMode.COLLECT:
+            waiting = next(
+                (r for r in reversed(queued) if r.params.get("queue_mode") == AgentSession.QueueMode.COLLECT), None
+            )
+            if waiting is not None:
+                waiting.input = [*waiting.input, *content]
+                waiting.save(update_fields=["input"])
+                return waiting
+        if active is not None and mode == AgentSession.QueueMode.INTERRUPT:
+            for superseded in queued:
+                run_end_locked(superseded, Run.Status.ABORTED, error="superseded by a newer message", session=locked)
+            queued = []
+            run_abort_locked(active, "interrupted by a newer message", locked)
+            if active.is_terminal:
+                active = None
+        run = Run(
+            tenant_id=locked.tenant_id,
+            session=locked,
+            input=content,
+            trigger=trigger,
+            params={**(params or {}), "queue_mode": mode},
+        )
+        if active is None and not queued and tenant_has_capacity_locked(locked.tenant_id):
+            run_start_locked(locked, run)  # the common case: straight to running, one insert
+            return run
+        run.save()
+        if active is None:
+            started = session_advance_locked(locked)
+            if started is not None and started.pk == run.pk:
+                return started
+    return run

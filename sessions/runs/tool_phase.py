@@ -1,0 +1,244 @@
+"""The tool phase of a run (DESIGN §5, steps 2-3): from a reply that asks for tools to the next step.
+
+- `offered_tools(agent)`: the tool definitions sent with every completion request;
+- `step_tool_calls(...)`: inside the step's finishing transaction, when the reply asks for tools: one
+  ToolCall row per tool_use block. Calls the policy refuses (or with invalid input) settle at once with
+  an error result; calls needing approval wait (`awaiting_approval`, and so does the run); the rest go
+  to the tool runner (tools/runner.py), which runs them as tasks, in parallel;
+- `step_resume(run, step)`: at the start of a step: if the step's reply already exists (the reaper
+  re-enqueued a step whose tools are in flight), drive the unsettled calls instead of asking the model
+  again;
+- `RUN_CALLS`: the run engine as the owner of these calls for the runner (claim, record a result,
+  react to an approval decision).
+
+When the last call of the step settles (checked under the run's row lock), ONE user message with every
+tool_result block, in tool_use order, is appended, the run moves to step + 1 and its next step is
+enqueued. The step cap then ends runaway loops at the start of that step.
+
+While calls are in flight the run's lease holds the marker `tools` (renewed by every worker's
+housekeeping as long as calls are unsettled), so the reaper does not re-enqueue the step; if every
+worker was gone long enough for it to lapse, the reaper's re-run lands in step_resume.
+"""
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from sessions import events
+from sessions.models import AgentSession, Message, Run, ToolCall
+from sessions.runs.kernel import abort_flag_reason, run_lock, run_mark_tools_phase, step_enqueue
+from sessions.runs.lifecycle import steering_take_locked
+from sessions.runs.tool_calls import SETTLED, UNSETTLED, call_payload, result_payload, results_append
+from tools import approvals, registry, runner
+from tools.base import ToolContext, ToolInputError, ToolSpec, error_result, validate_call
+from tools.models import Approval
+
+logger = logging.getLogger(__name__)
+
+KIND = "call"
+
+
+def offered_tools(agent) -> tuple[dict, ...]:
+    return registry.tool_definitions(agent)
+
+
+def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion) -> bool:
+    """Start the tool calls of a reply. Caller holds the Run and session row locks and has written the
+    assistant message. Returns False when the reply asks for no tools (the run ends as usual)."""
+    blocks = [b for b in completion.content if b.get("type") == "tool_use"]
+    if completion.stop_reason != "tool_use" or not blocks:
+        return False
+    agent = session.agent
+    allowed = {spec.name: spec for spec in registry.allowed_tools(agent)}
+    known = registry.registered_tools()
+    cap = settings.BEAMCLAW_TOOLS["MAX_TOOL_CALLS_PER_STEP"]
+    now = timezone.now()
+    calls: list[ToolCall] = []
+    waiting: list[tuple[ToolCall, ToolSpec]] = []
+    for index, block in enumerate(blocks):
+        name = str(block.get("name", ""))[:64]
+        tool_input = block.get("input")
+        call = ToolCall(run=run, step=step, tool_use_id=block["id"], name=name,
+                        input=tool_input if isinstance(tool_input, dict) else {"value": tool_input})
+        refusal, status = None, ToolCall.Status.FAILED
+        if index >= cap:
+            refusal = f"too many tool calls in one reply (limit {cap}); this one was not run"
+        elif name not in allowed:
+            status = ToolCall.Status.DENIED
+            refusal = (f"tool {name!r} is not available to this agent" if name in known
+                       else f"there is no tool named {name!r}")
+        else:
+            try:
+                validate_call(allowed[name], tool_input)
+            except ToolInputError as exc:
+                refusal = f"invalid input: {exc}"
+        if refusal is not None:
+            call.status = status
+            call.output = error_result(refusal)
+            call.decided_by = "policy" if status == ToolCall.Status.DENIED else ""
+            call.finished_at = now
+        elif approvals.approval_needed(agent=agent, spec=allowed[name], tool_input=tool_input):
+            call.status = ToolCall.Status.AWAITING_APPROVAL
+        else:
+            call.status = ToolCall.Status.PENDING
+        call.save()
+        calls.append(call)
+        if call.status == ToolCall.Status.AWAITING_APPROVAL:
+            waiting.append((call, allowed[name]))
+    for call, spec in waiting:
+        approvals.approval_open(agent=agent, spec=spec, tool_input=call.input, session=session, tool_call=call)
+
+    run.status = Run.Status.AWAITING_APPROVAL if waiting else Run.Status.RUNNING
+    run.save(update_fields=["status", "input_tokens", "output_tokens"])
+    tenant_slug = session.tenant.slug
+    run_id = run.pk
+
+    def announce_and_enqueue():
+        run_mark_tools_phase([run_id])
+        for call in calls:
+            events.publish(run_id, events.TOOL_CALL, call_payload(call))
+            if call.status in SETTLED:
+                events.publish(run_id, events.TOOL_RESULT, result_payload(call))
+            elif call.status == ToolCall.Status.PENDING:
+                _enqueue(call, tenant_slug)
+
+    transaction.on_commit(announce_and_enqueue)
+    if all(call.status in SETTLED for call in calls):
+        _step_advance_locked(run, session, step)
+    return True
+
+
+def step_resume(run: Run, step: int) -> bool:
+    """True when this step's reply already exists: its tool calls are driven and the model is not
+    called again. Idempotent: a call is enqueued only if nothing holds its lease."""
+    if not Message.objects.filter(run=run, step=step, role=Message.Role.ASSISTANT).exists():
+        return False
+    run_mark_tools_phase([run.pk])
+    open_calls = run.tool_calls.filter(step=step, status__in=(ToolCall.Status.PENDING, ToolCall.Status.RUNNING))
+    runner.calls_recover(KIND, [_open_call(call, run.tenant.slug) for call in open_calls])
+    with transaction.atomic():
+        locked, session = run_lock(run.pk)
+        _step_advance_locked(locked, session, step)
+    return True
+
+
+def _enqueue(call: ToolCall, tenant_slug: str) -> None:
+    runner.call_enqueue(KIND, call.pk, tenant_slug=tenant_slug, tool=call.name, tool_input=call.input)
+
+
+def _open_call(call: ToolCall, tenant_slug: str) -> runner.OpenCall:
+    return runner.OpenCall(id=call.pk, running=call.status == ToolCall.Status.RUNNING, tool=call.name,
+                           input=call.input, tenant_slug=tenant_slug)
+
+
+def _step_advance_locked(run: Run, session: AgentSession, step: int) -> None:
+    """Caller holds the session and run locks. Keep the run's status in line with its open calls; once
+    all are settled, append the tool results (with any steering messages) and enqueue the next step."""
+    if run.is_terminal or run.step != step:
+        return
+    calls = list(run.tool_calls.filter(step=step).order_by("id"))
+    open_calls = [c for c in calls if c.status not in SETTLED]
+    if open_calls:
+        awaiting = any(c.status == ToolCall.Status.AWAITING_APPROVAL for c in open_calls)
+        status = Run.Status.AWAITING_APPROVAL if awaiting else Run.Status.RUNNING
+        if run.status != status:
+            run.status = status
+            run.save(update_fields=["status"])
+        return
+    results_append(session, calls, step, also=steering_take_locked(session, run))
+    run.step = step + 1
+    run.status = Run.Status.RUNNING
+    run.save(update_fields=["step", "status"])
+    run_id, next_step, slug = run.pk, run.step, session.tenant.slug
+    transaction.on_commit(lambda: step_enqueue(run_id, next_step, slug))
+
+
+class _RunCalls:
+    """The run engine as owner of the model's tool calls (tools.runner.CallOwner)."""
+
+    kind = KIND
+    task_name = "tools.run_tool"
+
+    def call_claim(self, call_id, *, node: str) -> runner.ClaimedCall | None:
+        claimed = ToolCall.objects.filter(pk=call_id, status=ToolCall.Status.PENDING).update(
+            status=ToolCall.Status.RUNNING, started_at=timezone.now()
+        )
+        if not claimed:
+            return None
+        call = ToolCall.objects.select_related("run__session__agent__tenant", "run__tenant").get(pk=call_id)
+        run = call.run
+        context = ToolContext(tenant=run.tenant, agent=run.session.agent, session=run.session, node=node)
+        refusal = None
+        if run.is_terminal or abort_flag_reason(run.pk) is not None:
+            refusal = "not run: the run was aborted or has ended"
+        return runner.ClaimedCall(context=context, tool=call.name, input=call.input, refusal=refusal)
+
+    def call_record(self, call_id, result: dict) -> None:
+        """Record a call's result and continue the run if it was the step's last open call."""
+        run_id = ToolCall.objects.filter(pk=call_id).values_list("run_id", flat=True).first()
+        if run_id is None:
+            return
+        with transaction.atomic():
+            run, session = run_lock(run_id)
+            call = ToolCall.objects.select_for_update().get(pk=call_id)
+            if call.status in SETTLED:
+                return
+            call.status = ToolCall.Status.SUCCEEDED if result.get("ok") else ToolCall.Status.FAILED
+            call.output = result
+            call.finished_at = timezone.now()
+            call.save(update_fields=["status", "output", "finished_at"])
+            transaction.on_commit(lambda: events.publish(run_id, events.TOOL_RESULT, result_payload(call)))
+            _step_advance_locked(run, session, call.step)
+
+    def approval_lock(self, approval: Approval):
+        run_id = ToolCall.objects.filter(pk=approval.tool_call_id).values_list("run_id", flat=True).get()
+        run, session = run_lock(run_id)
+        return run, session, ToolCall.objects.select_for_update().get(pk=approval.tool_call_id)
+
+    def approval_decided_locked(self, locked, approval: Approval) -> None:
+        run, session, call = locked
+        call.decided_by = approval.decided_by
+        if approval.status == Approval.Status.ALLOWED:
+            call.status = ToolCall.Status.PENDING
+            call.save(update_fields=["status", "decided_by"])
+            slug = run.tenant.slug
+
+            def enqueue():
+                run_mark_tools_phase([run.pk])
+                _enqueue(call, slug)
+
+            transaction.on_commit(enqueue)
+        else:
+            if approval.status == Approval.Status.EXPIRED:
+                message = f"not run: nobody approved this {call.name} call in time, so it was denied"
+            else:
+                message = f"not run: {approval.decided_by or 'a human'} denied this {call.name} call" + (
+                    f" ({approval.reason})" if approval.reason else "")
+            call.status = ToolCall.Status.DENIED
+            call.output = error_result(message, denied=True)
+            call.finished_at = timezone.now()
+            call.save(update_fields=["status", "decided_by", "output", "finished_at"])
+            transaction.on_commit(lambda: events.publish(run.pk, events.TOOL_RESULT, result_payload(call)))
+        _step_advance_locked(run, session, call.step)
+
+
+RUN_CALLS = _RunCalls()
+
+
+def tool_calls_reap() -> None:
+    """Housekeeping: keep the tools marker on runs with open calls and recover calls of dead workers."""
+    active = list(Run.objects.filter(status__in=Run.ACTIVE_STATUSES).values_list("pk", "step", "tenant__slug")[:5000])
+    if not active:
+        return
+    steps = {pk: (step, slug) for pk, step, slug in active}
+    open_calls = [
+        c for c in ToolCall.objects.filter(run_id__in=list(steps), status__in=UNSETTLED).only(
+            "pk", "run_id", "step", "status", "name", "input")
+        if c.step == steps[c.run_id][0]
+    ]
+    run_mark_tools_phase({c.run_id for c in open_calls if c.status != ToolCall.Status.AWAITING_APPROVAL})
+    runner.calls_recover(KIND, [
+        _open_call(c, steps[c.run_id][1]) for c in open_calls if c.status != ToolCall.Status.AWAITING_APPROVAL
+    ])
