@@ -9,6 +9,7 @@ from cron.delivery import DeliveryTargetError, deliver_parse, deliver_public
 from cron.models import CronJob, CronRun
 from cron.schedule import ScheduleError, schedule_parse
 from tenants.models import Agent
+from tenants.selectors import agent_by_slug
 
 
 class ScheduleShapeSerializer(serializers.Serializer):
@@ -77,7 +78,7 @@ class CronJobInputSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
     def validate_agent(self, slug: str) -> Agent:
-        agent = Agent.objects.filter(tenant=self.context["tenant"], slug=slug).first()
+        agent = agent_by_slug(tenant=self.context["tenant"], slug=slug)
         if agent is None:
             raise serializers.ValidationError(f"You have no agent '{slug}'.")
         return agent

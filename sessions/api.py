@@ -31,7 +31,7 @@ from sessions.serializers import (
 from sessions.services import SessionConflict, session_create, session_delete, session_reset
 from tenants.api_auth import TenantScopedMixin
 from tenants.limits import LimitExceeded
-from tenants.models import Agent
+from tenants.selectors import agent_by_slug
 
 
 
@@ -100,7 +100,7 @@ class SessionViewSet(
     def create(self, request):
         data = SessionCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        agent = Agent.objects.filter(tenant=self.tenant, slug=data.validated_data["agent"]).first()
+        agent = agent_by_slug(tenant=self.tenant, slug=data.validated_data["agent"])
         if agent is None:
             raise ValidationError({"agent": f"You have no agent '{data.validated_data['agent']}'."})
         try:

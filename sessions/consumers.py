@@ -31,11 +31,12 @@ from sessions.content import ContentInvalid, content_parse
 from sessions.runs import SessionClosed, run_abort, run_submit
 from sessions.models import AgentSession, Message, Run
 from sessions.run_stream import follow_run
+from sessions.selectors import active_run_of, run_of, session_of
 from sessions.serializers import MessageSerializer, RunSerializer, SessionSerializer
 from sessions.services import SessionConflict, session_create, session_reset
 from tenants.auth import AuthError, authenticate_key
 from tenants.limits import LimitExceeded
-from tenants.models import Agent
+from tenants.selectors import agent_by_slug, agents_of
 from tenants.scopes import websocket_scope
 from tenants.serializers import AgentSerializer
 
@@ -93,7 +94,7 @@ def _limit_param(params: dict, default: int = 100, maximum: int = 1000) -> int:
 
 
 def _session_of(tenant, session_id) -> AgentSession:
-    session = AgentSession.objects.select_related("agent", "tenant").filter(pk=session_id, tenant=tenant).first()
+    session = session_of(tenant=tenant, session_id=session_id)
     if session is None:
         raise RequestError("not_found", f"No session {session_id}.")
     return session
@@ -101,7 +102,7 @@ def _session_of(tenant, session_id) -> AgentSession:
 
 @db_call
 def _agents_list(tenant) -> list:
-    return AgentSerializer(Agent.objects.filter(tenant=tenant).order_by("slug"), many=True).data
+    return AgentSerializer(agents_of(tenant=tenant), many=True).data
 
 
 @db_call
@@ -119,7 +120,7 @@ def _sessions_list(tenant, params) -> list:
 @db_call
 def _sessions_create(tenant, params) -> dict:
     slug = _text_param(params, "agent")
-    agent = Agent.objects.filter(tenant=tenant, slug=slug).first()
+    agent = agent_by_slug(tenant=tenant, slug=slug)
     if agent is None:
         raise RequestError("not_found", f"No agent '{slug}'.")
     queue_mode = params.get("queue_mode")
@@ -160,8 +161,7 @@ def _sessions_reset(tenant, params) -> dict:
 
 @db_call
 def _active_run_id(tenant, session_id) -> str | None:
-    session = _session_of(tenant, session_id)
-    run = Run.objects.filter(session=session, status__in=Run.ACTIVE_STATUSES).first()
+    run = active_run_of(session=_session_of(tenant, session_id))
     return str(run.pk) if run else None
 
 
@@ -187,12 +187,11 @@ def _chat_send(tenant, params) -> dict:
 @db_call
 def _chat_abort(tenant, params) -> dict:
     if params.get("run_id") is not None:
-        run = Run.objects.filter(pk=_uuid_param(params, "run_id"), tenant=tenant).first()
+        run = run_of(tenant=tenant, run_id=_uuid_param(params, "run_id"))
         if run is None:
             raise RequestError("not_found", f"No run {params['run_id']}.")
     else:
-        session = _session_of(tenant, _uuid_param(params, "session"))
-        run = Run.objects.filter(session=session, status__in=Run.ACTIVE_STATUSES).first()
+        run = active_run_of(session=_session_of(tenant, _uuid_param(params, "session")))
         if run is None:
             raise RequestError("not_found", "The session has no active run.")
     run_abort(run=run, reason="aborted over WebSocket")

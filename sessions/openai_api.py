@@ -21,7 +21,7 @@ from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, ide
 from sessions.run_stream import follow_run
 from tenants.auth import AuthError, authenticate_key, bearer_token
 from tenants.limits import LimitExceeded
-from tenants.models import Agent
+from tenants.selectors import agent_by_slug, agents_of
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -67,12 +67,10 @@ def _authenticate(request: HttpRequest):
 
 @db_call
 def _list_agents(tenant) -> list[dict]:
-    return list(Agent.objects.filter(tenant=tenant).order_by("slug").values("slug", "created_at"))
+    return list(agents_of(tenant=tenant).values("slug", "created_at"))
 
 
-@db_call
-def _find_agent(tenant, slug: str) -> Agent | None:
-    return Agent.objects.filter(tenant=tenant, slug=slug).select_related("tenant").first()
+_find_agent = db_call(agent_by_slug)
 
 
 def _auth_error_response(exc: AuthError) -> JsonResponse:
@@ -108,7 +106,7 @@ async def retrieve_model(request, model_id: str):
     principal, error = await _auth_or_error(request)
     if error:
         return error
-    agent = await _find_agent(principal.tenant, model_id)
+    agent = await _find_agent(tenant=principal.tenant, slug=model_id)
     if agent is None:
         return openai_error(404, f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
     return JsonResponse(_model_object({"slug": agent.slug, "created_at": agent.created_at}, principal.tenant.slug))
@@ -145,7 +143,7 @@ def _authenticate_and_start(authorization: str | None, chat, idempotency_key: st
     principal = authenticate_key(bearer_token(authorization), scope="chat", what="the OpenAI-compatible API")
     if chat is None:
         return None
-    agent = Agent.objects.filter(tenant=principal.tenant, slug=chat.model).select_related("tenant").first()
+    agent = agent_by_slug(tenant=principal.tenant, slug=chat.model)
     if agent is None:
         return openai_error(
             404, f"The model '{chat.model}' does not exist: use the slug of one of your agents (GET /v1/models).",

@@ -16,6 +16,7 @@ from sessions import events
 from sessions.runs import terminal_event_from_db
 from sessions.models import Run
 from sessions.run_stream import follow_run
+from sessions.selectors import run_of
 from tenants.auth import AuthError, authenticate_key, bearer_token
 
 # Stream entry ids are 64-bit in Redis: a larger resume point is a Redis error that used to surface
@@ -27,7 +28,7 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 @db_call
 def _authorized_run(authorization: str | None, run_id):
     principal = authenticate_key(bearer_token(authorization), scope="read", what="a run's event stream")
-    return Run.objects.filter(pk=run_id, tenant=principal.tenant).first()
+    return run_of(tenant=principal.tenant, run_id=run_id)
 
 
 def _frame(event: events.RunEvent) -> bytes:

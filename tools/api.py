@@ -28,10 +28,10 @@ from beamclaw_project.asyncdb import db_call
 from beamclaw_project.infra.redis import async_redis
 from sessions.idempotency import HEADER as IDEMPOTENCY_HEADER
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
-from sessions.models import AgentSession
+from sessions.selectors import session_of
 from tenants.api_auth import TenantScopedMixin
 from tenants.limits import LimitExceeded
-from tenants.models import Agent
+from tenants.selectors import agent_by_slug
 from tools import registry
 from tools.base import ToolInputError
 from tools.models import Approval, ToolInvocation
@@ -81,12 +81,12 @@ class ToolInvokeApi(APIView):
         except IdempotencyKeyInvalid as exc:
             raise ValidationError({IDEMPOTENCY_HEADER: [str(exc)]})
         tenant = request.user.tenant
-        agent = Agent.objects.filter(tenant=tenant, slug=data.validated_data["agent"]).select_related("tenant").first()
+        agent = agent_by_slug(tenant=tenant, slug=data.validated_data["agent"])
         if agent is None:
             raise NotFound(f"No agent {data.validated_data['agent']!r} in this tenant.")
         session = None
         if data.validated_data.get("session"):
-            session = AgentSession.objects.filter(tenant=tenant, pk=data.validated_data["session"]).first()
+            session = session_of(tenant=tenant, session_id=data.validated_data["session"])
             if session is None:
                 raise NotFound("No such session in this tenant.")
             if session.agent_id != agent.pk:
