@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "tools",
     "cron",
     "channels_app",
+    # Last: loads BEAMCLAW_PLUGINS once every app above is ready (beamclaw_project/apps.py).
+    "beamclaw_project.apps.BeamclawConfig",
 ]
 
 MIDDLEWARE = [
@@ -181,8 +183,8 @@ BEAMCLAW = {
     "PROVIDER_MAX_RETRIES": env_int("BEAMCLAW_PROVIDER_MAX_RETRIES", 3),
     "PROVIDER_RETRY_BASE_SECONDS": env_float("BEAMCLAW_PROVIDER_RETRY_BASE_SECONDS", 0.5),
     "PROVIDER_TIMEOUT_SECONDS": env_float("BEAMCLAW_PROVIDER_TIMEOUT_SECONDS", 600.0),
-    # Modules that register more providers (sessions/providers/registry.py), imported on first use.
-    "PROVIDER_MODULES": [m.strip() for m in os.environ.get("BEAMCLAW_PROVIDER_MODULES", "").split(",") if m.strip()],
+    # Modules that register more providers, tools or channel transports (beamclaw_project/apps.py).
+    "PLUGINS": [m.strip() for m in os.environ.get("BEAMCLAW_PLUGINS", "").split(",") if m.strip()],
     "WORKER_CONCURRENCY": env_int("BEAMCLAW_WORKER_CONCURRENCY", 200),
     # Requests per minute per API key unless the key sets its own; 0 turns the limit off.
     "RATE_LIMIT_PER_MINUTE": env_int("BEAMCLAW_RATE_LIMIT_PER_MINUTE", 600),

@@ -158,6 +158,18 @@ def worker(workers):
     holder["proc"].stop()
 
 
+@pytest.fixture(scope="module")
+def plugin_worker(request, worker, workers):
+    """For tests of plug-ins: the only worker while the module runs loads the module's `PLUGINS`
+    (BEAMCLAW_PLUGINS; a second worker without them would take some of the runs). Afterwards a shared
+    worker is back."""
+    worker["proc"].stop()
+    proc = workers.spawn(f"plugins-{uuid.uuid4().hex[:4]}", env={"BEAMCLAW_PLUGINS": ",".join(request.module.PLUGINS)})
+    yield proc
+    proc.stop()
+    worker["proc"] = workers.spawn(f"shared-{uuid.uuid4().hex[:4]}")
+
+
 @pytest.fixture
 def crash_recovery(worker, workers):
     """For crash-recovery tests: stops the shared worker, and `spawn(name)` starts workers with

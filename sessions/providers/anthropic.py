@@ -217,4 +217,4 @@ class AnthropicProvider:
         return completion
 
 
-register_provider("anthropic", AnthropicProvider)
+register_provider("anthropic", AnthropicProvider, builtin=True)

@@ -1,15 +1,13 @@
 """The provider registry: a provider is registered under a name and looked up by the agent's `provider`.
 
-A provider module calls `register_provider` when it is imported. The built-in ones and the modules
-named in BEAMCLAW_PROVIDER_MODULES (an operator's plug-ins) are imported on the first lookup, in that
-order, so a plug-in may also replace a built-in. Lookups happen in the worker, so the setting must be
-the same for every worker process.
+A provider module calls `register_provider` when it is imported. The built-in ones are imported on the
+first lookup (the web process never needs the SDKs); an operator's plug-ins (BEAMCLAW_PLUGINS,
+beamclaw_project/apps.py) at start-up. A plug-in may replace a built-in: registering is first come,
+built-ins never overwrite.
 """
 
 from importlib import import_module
 from typing import Callable
-
-from django.conf import settings
 
 from sessions.providers.base import Provider, ProviderError
 
@@ -18,7 +16,9 @@ _FACTORIES: dict[str, Callable[[], Provider]] = {}
 _loaded = False
 
 
-def register_provider(name: str, factory: Callable[[], Provider]) -> None:
+def register_provider(name: str, factory: Callable[[], Provider], *, builtin: bool = False) -> None:
+    if builtin and name in _FACTORIES:
+        return  # an operator's plug-in replaced it
     _FACTORIES[name] = factory
 
 
@@ -28,7 +28,7 @@ def get_provider(name: str) -> Provider:
     if factory is None:
         raise ProviderError(
             f"Unknown provider '{name}'. Supported: {', '.join(sorted(_FACTORIES)) or 'none'}. Set the agent's "
-            "provider to one of them, or add the module that registers it to BEAMCLAW_PROVIDER_MODULES.",
+            "provider to one of them, or add the module that registers it to BEAMCLAW_PLUGINS.",
             kind="bad_request",
         )
     return factory()
@@ -36,16 +36,7 @@ def get_provider(name: str) -> Provider:
 
 def _load_modules() -> None:
     global _loaded
-    if _loaded:
-        return
-    for path in _BUILTIN_MODULES:
-        import_module(path)
-    for path in settings.BEAMCLAW["PROVIDER_MODULES"]:
-        try:
+    if not _loaded:
+        for path in _BUILTIN_MODULES:
             import_module(path)
-        except ImportError as exc:
-            # Not cached as loaded: the next lookup tries again and reports the same cause.
-            raise ProviderError(
-                f"BEAMCLAW_PROVIDER_MODULES names '{path}', which could not be imported: {exc}.", kind="config"
-            ) from exc
-    _loaded = True
+        _loaded = True

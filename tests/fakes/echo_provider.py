@@ -1,5 +1,5 @@
 """A second provider, registered the way an operator's plug-in is: name this module in
-BEAMCLAW_PROVIDER_MODULES. It streams the last user text back in two pieces, so a test can tell its
+BEAMCLAW_PLUGINS. It streams the last user text back in two pieces, so a test can tell its
 deltas and its reply from the (Anthropic) fake server's "Echo: ..." answers."""
 
 from typing import Callable

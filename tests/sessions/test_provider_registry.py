@@ -1,34 +1,21 @@
-"""Providers are plug-ins: an agent runs on a provider registered from BEAMCLAW_PROVIDER_MODULES without
+"""Providers are plug-ins: an agent runs on a provider registered from BEAMCLAW_PLUGINS without
 the run engine knowing it, and an agent on a provider nobody registered fails its run saying which exist."""
 
-import uuid
+import os
+import subprocess
+import sys
 
 import httpx
-import pytest
-from django.conf import settings
 
 from sessions.models import AgentSession, Run
-from sessions.providers import get_provider, registry
-from sessions.providers.base import ProviderError
 from tests.fakes.echo_provider import halves
 from tests.sessions.test_openai_api import client_for
 from tests.sessions.test_rest_api import wait_for_run
 
-PLUGIN = {"BEAMCLAW_PROVIDER_MODULES": "tests.fakes.echo_provider"}
+PLUGINS = ["tests.fakes.echo_provider"]
 
 
-@pytest.fixture(scope="module")
-def echo_worker(worker, workers):
-    """The only worker while this module runs, with the echo provider plugged in (a second worker without
-    it would take some of the runs); the shared worker is back afterwards."""
-    worker["proc"].stop()
-    proc = workers.spawn("echo-provider", env=PLUGIN)
-    yield proc
-    proc.stop()
-    worker["proc"] = workers.spawn(f"shared-{uuid.uuid4().hex[:4]}")
-
-
-def test_an_agent_runs_on_a_plugged_in_provider(gateway, echo_worker, make_tenant, fake_requests):
+def test_an_agent_runs_on_a_plugged_in_provider(gateway, plugin_worker, make_tenant, fake_requests):
     bundle = make_tenant(provider="echo")
     stream = client_for(gateway, bundle).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": "plugged in provider"}], stream=True
@@ -43,7 +30,7 @@ def test_an_agent_runs_on_a_plugged_in_provider(gateway, echo_worker, make_tenan
     assert not [r for r in fake_requests(200) if "plugged in provider" in str((r["body"] or {}).get("messages"))]
 
 
-def test_an_agent_on_an_unknown_provider_fails_naming_the_supported_ones(gateway, echo_worker, make_tenant):
+def test_an_agent_on_an_unknown_provider_fails_naming_the_supported_ones(gateway, plugin_worker, make_tenant):
     bundle = make_tenant(provider="nowhere")
     with httpx.Client(base_url=f"{gateway}/api", headers=bundle.headers, timeout=30) as api:
         session_id = api.post("/sessions/", json={"agent": "assistant"}).json()["id"]
@@ -51,13 +38,14 @@ def test_an_agent_on_an_unknown_provider_fails_naming_the_supported_ones(gateway
         finished = wait_for_run(api, run["id"])
     assert finished["status"] == "failed" and finished["error_code"] == "bad_request"
     assert "Unknown provider 'nowhere'. Supported: anthropic, echo." in finished["error"]
-    assert "BEAMCLAW_PROVIDER_MODULES" in finished["error"]
+    assert "BEAMCLAW_PLUGINS" in finished["error"]
 
 
-def test_a_provider_module_that_cannot_be_imported_is_named(monkeypatch):
-    monkeypatch.setitem(settings.BEAMCLAW, "PROVIDER_MODULES", ["tests.fakes.no_such_provider"])
-    monkeypatch.setattr(registry, "_loaded", False)
-    with pytest.raises(ProviderError) as caught:
-        get_provider("anthropic")
-    assert caught.value.kind == "config"
-    assert "BEAMCLAW_PROVIDER_MODULES names 'tests.fakes.no_such_provider'" in caught.value.message
+def test_a_plugin_that_cannot_be_imported_stops_start_up_naming_it(tmp_path):
+    """A typo in BEAMCLAW_PLUGINS is found when the process starts, not run by run."""
+    check = subprocess.run(
+        [sys.executable, "manage.py", "check"], env={**os.environ, "BEAMCLAW_PLUGINS": "tests.fakes.no_such_plugin"},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert check.returncode != 0
+    assert "BEAMCLAW_PLUGINS names 'tests.fakes.no_such_plugin', which could not be imported" in check.stderr
