@@ -34,10 +34,6 @@ class Tenant(models.Model):
     def __str__(self) -> str:
         return self.slug
 
-    @property
-    def queue_name(self) -> str:
-        return f"tenant.{self.slug}"
-
 
 def default_scopes() -> list[str]:
     return list(ALL_SCOPES)
@@ -92,10 +88,6 @@ class ApiKey(models.Model):
         """Return (prefix, raw_key)."""
         prefix = secrets.token_hex(4)
         return prefix, f"bc_{prefix}_{secrets.token_urlsafe(32)}"
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None
 
     @property
     def effective_rate_limit(self) -> int:

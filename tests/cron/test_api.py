@@ -12,6 +12,7 @@ from cron.models import CronJob, CronRun
 from sessions.models import AgentSession
 from tenants.services import agent_create
 from tests.cron.conftest import finished
+from beamclaw_project.infra.queues import tenant_queue
 
 UTC = timezone.utc
 
@@ -48,7 +49,7 @@ def test_each_schedule_kind_gets_its_next_run_and_its_beat_entry(api):
     assert job["consecutive_errors"] == 0 and job["last_status"] == "" and job["enabled"] is True
     task = periodic_task(job["id"])
     assert task.clocked.clocked_time == at and task.one_off and task.enabled
-    assert (task.task, task.queue, task.args) == ("cron.fire", api.tenant.tenant.queue_name, f"[{job['id']}]")
+    assert (task.task, task.queue, task.args) == ("cron.fire", tenant_queue(api.tenant.tenant.slug), f"[{job['id']}]")
 
     anchor = datetime(2026, 1, 1, 0, 0, 7, tzinfo=UTC)
     every = api.post("/jobs/", json=job_body(name="often", schedule={"kind": "every", "every": "1h30m", "anchor": iso(anchor)})).json()

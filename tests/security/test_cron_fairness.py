@@ -19,6 +19,7 @@ from cron.models import CronJob, CronRun
 from cron.services import cron_job_fire
 from cron.tasks import fire
 from tests.conftest import wait_until
+from beamclaw_project.infra.queues import tenant_queue
 
 JOB = {"agent": "assistant", "prompt": "tick", "schedule": "every 1h"}
 
@@ -66,19 +67,19 @@ def test_one_tenants_backlog_of_firings_does_not_delay_anothers(live, make_tenan
     quiet_job = CronJob.objects.get(pk=post_job(live, quiet, "quiet").json()["id"])
     # Beat sends each job's wake-ups to its tenant's queue, not to one queue shared by every tenant.
     for job, bundle in ((busy_job, busy), (quiet_job, quiet)):
-        assert PeriodicTask.objects.get(name=f"cron-job-{job.pk}").queue == bundle.tenant.queue_name
+        assert PeriodicTask.objects.get(name=f"cron-job-{job.pk}").queue == tenant_queue(bundle.tenant.slug)
 
     # A backlog of wake-ups for the busy tenant (they all wait for the same job's row lock, so they drain
     # slowly), then one due occurrence of the quiet tenant's job.
     for _ in range(400):
-        fire.apply_async(args=[busy_job.pk], queue=busy.tenant.queue_name)
+        fire.apply_async(args=[busy_job.pk], queue=tenant_queue(busy.tenant.slug))
     CronJob.objects.filter(pk=quiet_job.pk).update(next_run_at=timezone.now() - timedelta(seconds=0.5))
-    fire.apply_async(args=[quiet_job.pk], queue=quiet.tenant.queue_name)
+    fire.apply_async(args=[quiet_job.pk], queue=tenant_queue(quiet.tenant.slug))
 
     wait_until(lambda: CronRun.objects.filter(job=quiet_job).exists(), timeout=60, message="the quiet tenant's occurrence")
     # Ordering, not timing: the quiet tenant's occurrence was claimed while the busy backlog still waited.
-    assert queue_length(busy.tenant.queue_name) > 0
-    wait_until(lambda: queue_length(busy.tenant.queue_name) == 0, timeout=120, message="the busy backlog to drain")
+    assert queue_length(tenant_queue(busy.tenant.slug)) > 0
+    wait_until(lambda: queue_length(tenant_queue(busy.tenant.slug)) == 0, timeout=120, message="the busy backlog to drain")
 
 
 def test_concurrent_creates_changes_deletes_and_firings_never_fail(live, make_tenant, worker):
