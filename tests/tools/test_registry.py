@@ -1,13 +1,13 @@
 """The registry, the tool policy, input validation and the approval allowlist grammar (no services)."""
 
-import importlib.util
+from dataclasses import replace
 
 import pytest
 
 from tenants.models import Agent
 from tools import registry
 from tools.approvals import always_pattern, approval_needed, pattern_matches
-from tools.base import ToolInputError, validate_input
+from tools.base import ToolInputError, ToolSpec, validate_input
 from tools.builtins.exec import EXEC_TOOL
 from tools.builtins.web_fetch import WEB_FETCH_TOOL
 
@@ -55,13 +55,19 @@ def test_tool_for_refuses_unknown_and_forbidden_tools():
     assert registry.tool_for(agent, "web_fetch") is WEB_FETCH_TOOL
 
 
-def test_cron_is_registered_only_when_its_module_exists(monkeypatch):
-    with_cron = names({})
-    assert ("cron" in with_cron) == (importlib.util.find_spec("cron.tool") is not None)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "cron.tool" else real_find_spec(name))
-    assert names({}) == ["exec", "process", "web_fetch"]
-    assert names({"allow": ["group:automation"]}) == []
+def test_apps_register_tools_and_policy_groups_follow(monkeypatch):
+    """cron adds its tool from CronConfig.ready(), a plug-in the same way: the registry has no special cases."""
+    monkeypatch.setattr(registry, "_TOOLS", registry.registered_tools())
+    assert names({}) == ["exec", "process", "web_fetch", "cron"]
+    assert names({"allow": ["group:automation"]}) == ["cron"]
+    note = ToolSpec(name="note", description="Take a note.", input_schema={"type": "object"}, group="group:automation",
+                    run=lambda context, tool_input: {"ok": True, "output": "noted"})
+    registry.register(note)
+    assert names({"allow": ["group:automation"]}) == ["cron", "note"]
+    assert names({"deny": ["group:automation"]}) == ["exec", "process", "web_fetch"]
+    with pytest.raises(ValueError, match="unknown group 'group:nope'"):
+        registry.register(replace(note, name="other", group="group:nope"))
+    assert "other" not in registry.registered_tools()
 
 
 @pytest.mark.parametrize(
