@@ -11,6 +11,9 @@ Every error under /api/ is a JSON object with:
 
 That is DRF's own shape (`{"detail"}` or field errors as lists) with `detail` and `code` always filled in,
 so a client can show `detail` without knowing which kind of error it got.
+
+Views let the services' domain errors (beamclaw_project/errors.py) through: this is the one place that
+turns them into responses, so no view catches them one by one.
 """
 
 import re
@@ -21,15 +24,9 @@ from django.http import Http404, HttpResponsePermanentRedirect, JsonResponse
 from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 from django.utils.translation import ngettext
-from rest_framework import status
 from rest_framework.exceptions import APIException, NotFound, PermissionDenied, Throttled, ValidationError
 
-
-class Conflict(APIException):
-    """The request is valid, but the object's current state does not allow it (409)."""
-
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
+from beamclaw_project.errors import DomainError, InvalidInput, LimitExceeded
 
 
 class MissingScopeError(PermissionDenied):
@@ -96,6 +93,18 @@ def _sentences(errors, path: str = "") -> list[str]:
     return [s for index, item in enumerate(errors) for s in _sentences(item, f"{path}.{index}" if path else str(index))]
 
 
+def _drf_exception(exc: DomainError) -> APIException:
+    """The DRF exception that answers a domain error: bad input as field errors under its `field`, a limit as
+    a 429 with Retry-After, anything else with the error's own status and code."""
+    if isinstance(exc, InvalidInput):
+        return ValidationError({exc.field: [exc.message]} if exc.field else [exc.message])
+    if isinstance(exc, LimitExceeded):
+        return Throttled(wait=exc.retry_after, detail=exc.message, code=exc.code)
+    error = APIException(exc.message, code=exc.code)
+    error.status_code = exc.status
+    return error
+
+
 def _code(exc: APIException) -> str:
     codes = exc.get_codes()
     return codes if isinstance(codes, str) else exc.default_code
@@ -106,7 +115,9 @@ def api_exception_handler(exc, context):
     # Imported here: rest_framework.views loads the authentication classes, which import this module.
     from rest_framework.views import exception_handler as drf_exception_handler
 
-    if isinstance(exc, Http404):
+    if isinstance(exc, DomainError):
+        exc = _drf_exception(exc)
+    elif isinstance(exc, Http404):
         exc = NotFound(_not_found_message(exc, context.get("view")))
     elif isinstance(exc, DjangoPermissionDenied):
         exc = PermissionDenied(*exc.args)

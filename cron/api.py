@@ -1,25 +1,17 @@
-"""REST API for cron jobs and their run history. Thin: validation in serializers, work in services."""
+"""REST API for cron jobs and their run history. Thin: validation in serializers, work in services; their
+refusals (CronJobInvalid, CronJobLimitReached, CronJobGone) become responses in beamclaw_project/api_errors.py."""
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from cron.models import CronJob, CronRun
 from cron.selectors import cron_runs_of
 from cron.serializers import CronJobInputSerializer, CronJobSerializer, CronRunSerializer
-from beamclaw_project.api_errors import Conflict
-from cron.services import (
-    CronJobGone,
-    CronJobInvalid,
-    CronJobLimitReached,
-    cron_job_create,
-    cron_job_delete,
-    cron_job_run_now,
-    cron_job_update,
-)
+from cron.services import cron_job_create, cron_job_delete, cron_job_run_now, cron_job_update
 from tenants.api_auth import TenantScopedMixin
 
 JOB_FILTERS = [
@@ -65,12 +57,7 @@ class CronJobViewSet(
 
     @extend_schema(request=CronJobInputSerializer, responses={201: CronJobSerializer})
     def create(self, request):
-        try:
-            job = cron_job_create(tenant=self.tenant, **self._input(partial=False))
-        except CronJobInvalid as exc:
-            raise ValidationError({exc.field: [exc.message]})
-        except CronJobLimitReached as exc:
-            raise Conflict(exc.message, code="cron_job_limit")
+        job = cron_job_create(tenant=self.tenant, **self._input(partial=False))
         return Response(CronJobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=CronJobInputSerializer, responses=CronJobSerializer)
@@ -83,28 +70,17 @@ class CronJobViewSet(
 
     def _change(self, *, partial: bool) -> Response:
         job = self.get_object()
-        try:
-            job = cron_job_update(job=job, changes=self._input(partial=partial))
-        except CronJobInvalid as exc:
-            raise ValidationError({exc.field: [exc.message]})
-        except CronJobGone:
-            raise NotFound("No cron job matches the given query (it was deleted).")
+        job = cron_job_update(job=job, changes=self._input(partial=partial))
         return Response(CronJobSerializer(job).data)
 
     def perform_destroy(self, instance):
-        try:
-            cron_job_delete(job=instance)
-        except CronJobGone:  # deleted by a concurrent request
-            raise NotFound("No cron job matches the given query (it was deleted).")
+        cron_job_delete(job=instance)
 
     @extend_schema(request=None, responses={202: CronRunSerializer})
     @action(detail=True, methods=["post"])
     def run(self, request, pk=None):
         """Run the job once now (also when it is disabled); its schedule is untouched."""
-        try:
-            cron_run = cron_job_run_now(job=self.get_object())
-        except CronJobGone:
-            raise NotFound("No cron job matches the given query (it was deleted).")
+        cron_run = cron_job_run_now(job=self.get_object())
         return Response(CronRunSerializer(cron_run).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from beamclaw_project.errors import Conflict, InvalidInput, NotFound
 from cron import schedule as sched
 from cron.beat import beat_needs_realign, beat_remove, beat_sync
 from cron.delivery import DeliveryError, deliver_keep_masked, webhook_send
@@ -41,25 +42,24 @@ BOOKKEEPING_FIELDS = frozenset(
 )
 
 
-class CronJobInvalid(ValueError):
-    """A change that cannot be made; `field` names the input at fault (400 at the API)."""
+class CronJobInvalid(InvalidInput):
+    """A change that cannot be made; `field` names the input at fault."""
 
     def __init__(self, message: str, *, field: str):
+        super().__init__(message, field=field)
+
+
+class CronJobLimitReached(Conflict):
+    """The tenant has as many jobs as it may."""
+
+    code = "cron_job_limit"
+
+
+class CronJobGone(NotFound):
+    """The job was deleted meanwhile."""
+
+    def __init__(self, message: str = "No cron job matches the given query (it was deleted)."):
         super().__init__(message)
-        self.message = message
-        self.field = field
-
-
-class CronJobLimitReached(Exception):
-    """The tenant has as many jobs as it may (409 at the API)."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-class CronJobGone(Exception):
-    """The job was deleted meanwhile (404 at the API)."""
 
 
 def _conf(name: str):

@@ -1,4 +1,5 @@
-"""REST API for sessions, their messages and runs. Thin: validation here, work in services and the engine."""
+"""REST API for sessions, their messages and runs. Thin: validation here, work in services and the engine;
+their refusals (domain errors) become responses in beamclaw_project/api_errors.py."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
@@ -6,18 +7,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import Throttled, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from beamclaw_project.api_errors import Conflict
-from sessions.runs import SessionClosed, run_abort, run_submit
-from sessions.idempotency import (
-    HEADER,
-    IdempotencyConflict,
-    IdempotencyKeyInvalid,
-    idempotency_key_from,
-    idempotent_run,
-)
+from sessions.runs import run_abort, run_submit
+from sessions.idempotency import idempotency_key_from, idempotent_run
 from sessions.models import AgentSession, Message, Run
 from sessions.serializers import (
     MessageCreateSerializer,
@@ -28,32 +22,9 @@ from sessions.serializers import (
     SessionResetSerializer,
     SessionSerializer,
 )
-from sessions.services import SessionConflict, session_create, session_delete, session_reset
+from sessions.services import session_create, session_delete, session_reset
 from tenants.api_auth import TenantScopedMixin
-from tenants.limits import LimitExceeded
 from tenants.selectors import agent_by_slug
-
-
-
-def submit_message(*, session: AgentSession, content: list[dict], mode: str | None, trigger: str, request=None) -> Run:
-    """run_submit with its refusals turned into HTTP errors (shared by the REST views). With the
-    request's Idempotency-Key, a repeat of the same request returns the first one's run."""
-    try:
-        key = idempotency_key_from(request.headers) if request is not None else None
-    except IdempotencyKeyInvalid as exc:
-        raise ValidationError({HEADER: [str(exc)]})
-    try:
-        return idempotent_run(
-            tenant_id=session.tenant_id, endpoint="session.messages", key=key,
-            request_parts=(str(session.pk), request.data if request is not None else None),
-            start=lambda: run_submit(session=session, content=content, trigger=trigger, mode=mode),
-        )
-    except IdempotencyConflict as exc:
-        raise Conflict(str(exc))
-    except LimitExceeded as exc:
-        raise Throttled(wait=exc.retry_after, detail=exc.message, code=exc.code)
-    except SessionClosed as exc:
-        raise Conflict(str(exc))
 
 
 SESSION_FILTERS = [
@@ -103,31 +74,20 @@ class SessionViewSet(
         agent = agent_by_slug(tenant=self.tenant, slug=data.validated_data["agent"])
         if agent is None:
             raise ValidationError({"agent": f"You have no agent '{data.validated_data['agent']}'."})
-        try:
-            session = session_create(
-                tenant=self.tenant, agent=agent,
-                key=data.validated_data.get("key"), queue_mode=data.validated_data.get("queue_mode"),
-            )
-        except ValueError as exc:
-            raise ValidationError({"key": str(exc)})
-        except SessionConflict as exc:
-            raise Conflict(str(exc))
+        session = session_create(
+            tenant=self.tenant, agent=agent,
+            key=data.validated_data.get("key"), queue_mode=data.validated_data.get("queue_mode"),
+        )
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance):
-        try:
-            session_delete(session=instance)
-        except SessionConflict as exc:
-            raise Conflict(str(exc))
+        session_delete(session=instance)
 
     @extend_schema(request=None, responses=SessionResetSerializer)
     @action(detail=True, methods=["post"])
     def reset(self, request, pk=None):
         session = self.get_object()
-        try:
-            archive = session_reset(session=session)
-        except SessionConflict as exc:
-            raise Conflict(str(exc))
+        archive = session_reset(session=session)
         session.refresh_from_db()
         return Response({"session": SessionSerializer(session).data, "archived_session": archive.pk})
 
@@ -142,9 +102,14 @@ class SessionViewSet(
         if request.method == "POST":
             data = MessageCreateSerializer(data=request.data)
             data.is_valid(raise_exception=True)
-            run = submit_message(
-                session=session, content=data.validated_data["content"],
-                mode=data.validated_data.get("mode"), trigger=Run.Trigger.API, request=request,
+            # With an Idempotency-Key, a repeat of the same request gets the first one's run.
+            run = idempotent_run(
+                tenant_id=session.tenant_id, endpoint="session.messages", key=idempotency_key_from(request.headers),
+                request_parts=(str(session.pk), request.data),
+                start=lambda: run_submit(
+                    session=session, content=data.validated_data["content"], trigger=Run.Trigger.API,
+                    mode=data.validated_data.get("mode"),
+                ),
             )
             return Response({"run": RunSerializer(run).data}, status=status.HTTP_202_ACCEPTED)
         messages = Message.objects.filter(session=session).order_by("seq")

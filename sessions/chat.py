@@ -18,7 +18,7 @@ from sessions.content import content_parse
 from sessions.runs import run_submit
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession, Message, Run
-from sessions.services import SessionConflict, session_get_or_create, session_key_normalize
+from sessions.services import SessionConflict, SessionKeyInvalid, session_get_or_create, session_key_normalize
 from tenants.models import Agent, Tenant
 
 ROLES = {"system", "developer", "user", "assistant"}
@@ -163,7 +163,7 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
         # that is a 404, and the key is never built.)
         try:
             session_key_normalize(agent_slug=model.strip(), key=session_name)
-        except ValueError as exc:
+        except SessionKeyInvalid as exc:
             raise ChatRequestError(str(exc), "X-Session-Key" if (session_header or "").strip() else "user")
 
     if queue_mode_header is not None and queue_mode_header not in AgentSession.QueueMode.values:
@@ -232,7 +232,7 @@ def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> Run:
     if request.session_name:
         try:
             session = session_get_or_create(tenant=tenant, agent=agent, key=request.session_name)
-        except (ValueError, SessionConflict) as exc:
+        except (SessionKeyInvalid, SessionConflict) as exc:
             raise ChatRequestError(str(exc), "user")
         return _submit(session, request)
     # One transaction, so one commit (a WAL flush) on the way to the first token.

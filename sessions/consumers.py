@@ -26,16 +26,16 @@ from django.core.serializers.json import DjangoJSONEncoder
 
 from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
+from beamclaw_project.errors import DomainError, InvalidInput
 from sessions import events, notify
-from sessions.content import ContentInvalid, content_parse
-from sessions.runs import SessionClosed, run_abort, run_submit
+from sessions.content import content_parse
+from sessions.runs import run_abort, run_submit
 from sessions.models import AgentSession, Message, Run
 from sessions.run_stream import follow_run
 from sessions.selectors import active_run_of, run_of, session_of
 from sessions.serializers import MessageSerializer, RunSerializer, SessionSerializer
-from sessions.services import SessionConflict, session_create, session_reset
+from sessions.services import session_create, session_reset
 from tenants.auth import AuthError, authenticate_key
-from tenants.limits import LimitExceeded
 from tenants.selectors import agent_by_slug, agents_of
 from tenants.scopes import websocket_scope
 from tenants.serializers import AgentSerializer
@@ -60,6 +60,12 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _request_error(exc: DomainError) -> RequestError:
+    """A service's refusal as an error frame: bad input is `invalid_params`, as the consumer's own checks of
+    params say; anything else keeps its code (`not_found`, `conflict`, `rate_limited`, ...)."""
+    return RequestError("invalid_params" if isinstance(exc, InvalidInput) else exc.code, exc.message)
 
 
 def _dumps(data) -> str:
@@ -126,14 +132,9 @@ def _sessions_create(tenant, params) -> dict:
     queue_mode = params.get("queue_mode")
     if queue_mode is not None and queue_mode not in AgentSession.QueueMode.values:
         raise RequestError("invalid_params", f"params.queue_mode must be one of {', '.join(AgentSession.QueueMode.values)}.")
-    try:
-        session = session_create(
-            tenant=tenant, agent=agent, key=_text_param(params, "key", required=False), queue_mode=queue_mode
-        )
-    except ValueError as exc:
-        raise RequestError("invalid_params", str(exc))
-    except SessionConflict as exc:
-        raise RequestError("conflict", str(exc))
+    session = session_create(
+        tenant=tenant, agent=agent, key=_text_param(params, "key", required=False), queue_mode=queue_mode
+    )
     return SessionSerializer(session).data
 
 
@@ -151,10 +152,7 @@ def _sessions_history(tenant, params) -> dict:
 @db_call
 def _sessions_reset(tenant, params) -> dict:
     session = _session_of(tenant, _uuid_param(params, "session"))
-    try:
-        archive = session_reset(session=session)
-    except SessionConflict as exc:
-        raise RequestError("conflict", str(exc))
+    archive = session_reset(session=session)
     session.refresh_from_db()
     return {"session": SessionSerializer(session).data, "archived_session": str(archive.pk)}
 
@@ -168,19 +166,11 @@ def _active_run_id(tenant, session_id) -> str | None:
 @db_call
 def _chat_send(tenant, params) -> dict:
     session = _session_of(tenant, _uuid_param(params, "session"))
-    try:
-        content = content_parse(params.get("message"), where="params.message")
-    except ContentInvalid as exc:
-        raise RequestError("invalid_params", exc.message)
+    content = content_parse(params.get("message"), where="params.message")
     mode = params.get("mode")
     if mode is not None and mode not in AgentSession.QueueMode.values:
         raise RequestError("invalid_params", f"params.mode must be one of {', '.join(AgentSession.QueueMode.values)}.")
-    try:
-        run = run_submit(session=session, content=content, trigger=Run.Trigger.WEBSOCKET, mode=mode)
-    except LimitExceeded as exc:
-        raise RequestError(exc.code, exc.message)
-    except SessionClosed as exc:
-        raise RequestError("conflict", str(exc))
+    run = run_submit(session=session, content=content, trigger=Run.Trigger.WEBSOCKET, mode=mode)
     return {"run_id": str(run.pk), "session": str(session.pk), "status": run.status}
 
 
@@ -217,7 +207,7 @@ def _approvals_list(tenant, params) -> list:
 def _approvals_resolve(tenant, params, decided_by: str) -> dict:
     from tools.models import Approval
     from tools.serializers import ApprovalSerializer
-    from tools.services import ApprovalNotPending, approval_resolve
+    from tools.services import approval_resolve
 
     decision = params.get("decision")
     if decision not in ("allow", "deny"):
@@ -232,8 +222,6 @@ def _approvals_resolve(tenant, params, decided_by: str) -> dict:
         )
     except Approval.DoesNotExist:
         raise RequestError("not_found", f"No approval {params.get('approval')}.")
-    except ApprovalNotPending as exc:
-        raise RequestError("conflict", str(exc))
     return ApprovalSerializer(approval).data
 
 
@@ -307,6 +295,8 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             payload = await self._dispatch(frame["method"], frame.get("params") or {})
         except (RequestError, AuthError) as error:
             await self._respond(request_id, error=error)
+        except DomainError as exc:
+            await self._respond(request_id, error=_request_error(exc))
         else:
             await self._respond(request_id, payload)
             if frame["method"] == "chat.send":

@@ -22,6 +22,7 @@ from typing import Callable
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from beamclaw_project.errors import Conflict, InvalidInput
 from sessions.models import IdempotencyKey, Run
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -30,12 +31,14 @@ HEADER = "Idempotency-Key"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
-class IdempotencyKeyInvalid(Exception):
-    pass
+class IdempotencyKeyInvalid(InvalidInput):
+    field = HEADER
 
 
-class IdempotencyConflict(Exception):
-    pass
+class IdempotencyConflict(Conflict):
+    """The key was used for another request."""
+
+    field = HEADER
 
 
 def idempotency_key_from(headers) -> str | None:

@@ -1,7 +1,8 @@
 """OpenAI-compatible edge: GET /v1/models, POST /v1/chat/completions (stream true and false).
 
 Plain async Django views rather than DRF: the streaming path must not tie up a thread per client, and
-the error shape is OpenAI's, not DRF's.
+the error shape is OpenAI's, not DRF's. The services' refusals (beamclaw_project/errors.py) take that shape
+in one place, `domain_error_response`.
 """
 
 import json
@@ -13,21 +14,41 @@ from django.views.decorators.csrf import csrf_exempt
 
 from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
-from beamclaw_project.errors import InvalidInput
+from beamclaw_project.errors import DomainError, InvalidInput, LimitExceeded
 from sessions import events
-from sessions.chat import ChatRequestError, chat_start, parse_chat_request
+from sessions.chat import chat_start, parse_chat_request
 from sessions.runs import SessionClosed
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
 from sessions.run_stream import follow_run
 from tenants.auth import AuthError, authenticate_key, bearer_token
-from tenants.limits import LimitExceeded
 from tenants.selectors import agent_by_slug, agents_of
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
 
+# OpenAI's error `type` by status; any other status is an `invalid_request_error`.
+_ERROR_TYPES = {403: "permission_error", 429: "rate_limit_error"}
+# The codes OpenAI clients see for these conflicts (REST and the WebSocket say `conflict` for both).
+_CONFLICT_CODES = ((IdempotencyConflict, "idempotency_key_reused"), (SessionClosed, "session_closed"))
+
+
 def openai_error(status: int, message: str, *, type: str = "invalid_request_error", code=None, param=None) -> JsonResponse:
     return JsonResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status=status)
+
+
+def domain_error_response(exc: DomainError) -> JsonResponse:
+    """A service's refusal in OpenAI's shape: bad input is `invalid_request` naming the parameter, a used-up
+    budget `insufficient_quota` with Retry-After, anything else its own status and code."""
+    if isinstance(exc, LimitExceeded):
+        response = openai_error(exc.status, exc.message, type="insufficient_quota", code=exc.code)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
+    if isinstance(exc, InvalidInput):
+        code = "invalid_request"
+    else:
+        code = next((openai_code for cls, openai_code in _CONFLICT_CODES if isinstance(exc, cls)), exc.code)
+    error_type = _ERROR_TYPES.get(exc.status, "invalid_request_error")
+    return openai_error(exc.status, exc.message, type=error_type, code=code, param=exc.field)
 
 
 def _only(method: str):
@@ -74,7 +95,7 @@ _find_agent = db_call(agent_by_slug)
 
 
 def _auth_error_response(exc: AuthError) -> JsonResponse:
-    error_type = {403: "permission_error", 429: "rate_limit_error"}.get(exc.status, "invalid_request_error")
+    error_type = _ERROR_TYPES.get(exc.status, "invalid_request_error")
     response = openai_error(exc.status, exc.message, type=error_type, code=exc.code)
     if exc.retry_after:
         response["Retry-After"] = str(exc.retry_after)
@@ -132,8 +153,8 @@ def _parse_chat(request):
             session_header=request.headers.get("X-Session-Key"),
             queue_mode_header=request.headers.get("X-Queue-Mode"),
         ), None
-    except InvalidInput as exc:
-        return None, openai_error(400, exc.message, param=exc.field, code="invalid_request")
+    except DomainError as exc:
+        return None, domain_error_response(exc)
 
 
 @db_call
@@ -151,16 +172,8 @@ def _authenticate_and_start(authorization: str | None, chat, idempotency_key: st
         )
     try:
         return chat_start(tenant=principal.tenant, agent=agent, request=chat, idempotency_key=idempotency_key)
-    except ChatRequestError as exc:
-        return openai_error(400, exc.message, param=exc.field, code="invalid_request")
-    except IdempotencyConflict as exc:
-        return openai_error(409, str(exc), code="idempotency_key_reused", param="Idempotency-Key")
-    except LimitExceeded as exc:
-        response = openai_error(429, exc.message, type="insufficient_quota", code=exc.code)
-        response["Retry-After"] = str(exc.retry_after)
-        return response
-    except SessionClosed as exc:
-        return openai_error(409, str(exc), code="session_closed")
+    except DomainError as exc:
+        return domain_error_response(exc)
 
 
 @csrf_exempt
@@ -172,7 +185,7 @@ async def chat_completions(request):
     try:
         idempotency_key = idempotency_key_from(request.headers)
     except IdempotencyKeyInvalid as exc:
-        chat, body_error = None, body_error or openai_error(400, str(exc), param="Idempotency-Key", code="invalid_request")
+        chat, body_error = None, body_error or domain_error_response(exc)
     try:
         outcome = await _authenticate_and_start(request.headers.get("Authorization"), chat, idempotency_key)
     except AuthError as exc:

@@ -6,12 +6,19 @@ import secrets
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from beamclaw_project.errors import Conflict, InvalidInput
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Agent, Tenant
 
 
-class SessionConflict(Exception):
-    """The request is valid but the session's state does not allow it (409)."""
+class SessionConflict(Conflict):
+    """The request is valid but the session's state does not allow it."""
+
+
+class SessionKeyInvalid(InvalidInput):
+    """A client-chosen session key that is another agent's or too long to store."""
+
+    field = "key"
 
 
 # The column's width: a longer key fails on the insert (a 500), so every key is checked against it first.
@@ -24,8 +31,8 @@ def session_key_normalize(*, agent: Agent | None = None, agent_slug: str | None 
     """`agent:<agent>:<name>` from a full key or a bare name; a fresh name when none is given.
 
     The one check of client-chosen session keys (REST, WebSocket, the OpenAI endpoint's `user` /
-    X-Session-Key): raises ValueError, with a message naming the limit, for a key of another agent or one
-    too long to store. The limit is on the whole key, so how long a name may be depends on the agent's slug."""
+    X-Session-Key): raises SessionKeyInvalid, with a message naming the limit, for a key of another agent or
+    one too long to store. The limit is on the whole key, so how long a name may be depends on the agent's slug."""
     slug = agent.slug if agent is not None else agent_slug
     prefix = f"agent:{slug}:"
     if not key:
@@ -33,12 +40,12 @@ def session_key_normalize(*, agent: Agent | None = None, agent_slug: str | None 
     if key.startswith("agent:"):
         parts = key.split(":")
         if len(parts) < 3 or parts[1] != slug or not all(parts[2:]):
-            raise ValueError(f"A session key of agent '{slug}' looks like agent:{slug}:<name>.")
+            raise SessionKeyInvalid(f"A session key of agent '{slug}' looks like agent:{slug}:<name>.")
         full_key = key
     else:
         full_key = prefix + key
     if len(full_key) > SESSION_KEY_MAX:
-        raise ValueError(
+        raise SessionKeyInvalid(
             f"The session key is {len(full_key)} characters; at most {SESSION_KEY_MAX} are allowed for the whole "
             f"key {prefix}<name>, so a name for agent '{slug}' may have at most {SESSION_KEY_MAX - len(prefix)}."
         )

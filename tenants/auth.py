@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
-from tenants.limits import LimitExceeded, check_rate_limit
+from beamclaw_project.errors import LimitExceeded
+from tenants.limits import check_rate_limit
 from tenants.models import ApiKey, Tenant
 from tenants.scopes import missing_scope_message, websocket_scope
 

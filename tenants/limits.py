@@ -4,15 +4,8 @@ token budget, which counts what runs spent, is the run engine's (sessions/runs/b
 import math
 import time
 
+from beamclaw_project.errors import LimitExceeded
 from beamclaw_project.infra.redis import redis_client
-
-
-class LimitExceeded(Exception):
-    def __init__(self, message: str, *, code: str, retry_after: int):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.retry_after = retry_after
 
 
 def check_rate_limit(*, api_key) -> None:

@@ -19,21 +19,16 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
-from rest_framework.exceptions import NotFound, PermissionDenied, Throttled, ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from beamclaw_project.api_errors import Conflict
 from beamclaw_project.asyncdb import db_call
 from beamclaw_project.infra.redis import async_redis
-from sessions.idempotency import HEADER as IDEMPOTENCY_HEADER
-from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
+from sessions.idempotency import idempotency_key_from
 from sessions.selectors import session_of
 from tenants.api_auth import TenantScopedMixin
-from tenants.limits import LimitExceeded
 from tenants.selectors import agent_by_slug
-from tools import registry
-from tools.base import ToolInputError
 from tools.models import Approval, ToolInvocation
 from tools.serializers import (
     ApprovalDecisionSerializer,
@@ -43,13 +38,7 @@ from tools.serializers import (
     ToolInvokeInputSerializer,
     ToolResultSerializer,
 )
-from tools.services import (
-    ApprovalNotPending,
-    approval_resolve,
-    invocation_response,
-    invocation_result_key,
-    tool_invoke_once,
-)
+from tools.services import approval_resolve, invocation_response, invocation_result_key, tool_invoke_once
 
 
 AGENT_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -76,10 +65,7 @@ class ToolInvokeApi(APIView):
         """Run one tool as the agent would, with the same policy, approvals and sandbox."""
         data = ToolInvokeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            idempotency_key = idempotency_key_from(request.headers)
-        except IdempotencyKeyInvalid as exc:
-            raise ValidationError({IDEMPOTENCY_HEADER: [str(exc)]})
+        idempotency_key = idempotency_key_from(request.headers)
         tenant = request.user.tenant
         agent = agent_by_slug(tenant=tenant, slug=data.validated_data["agent"])
         if agent is None:
@@ -91,22 +77,13 @@ class ToolInvokeApi(APIView):
                 raise NotFound("No such session in this tenant.")
             if session.agent_id != agent.pk:
                 raise ValidationError({"session": ["This session belongs to another agent."]})
-        try:
-            outcome = tool_invoke_once(
-                idempotency_key=idempotency_key, request_parts=(request.data,),
-                tenant=tenant, agent=agent, session=session, tool=data.validated_data["tool"],
-                tool_input=data.validated_data["input"], requested_by=_caller(request),
-            )
-        except IdempotencyConflict as exc:
-            raise Conflict(str(exc))
-        except LimitExceeded as exc:
-            raise Throttled(wait=exc.retry_after, detail=exc.message, code=exc.code)
-        except registry.ToolNotFound as exc:
-            raise ValidationError({"tool": [str(exc)]})
-        except registry.ToolForbidden as exc:
-            raise PermissionDenied(str(exc))
-        except ToolInputError as exc:
-            raise ValidationError({exc.field: [exc.message]})
+        # Its refusals (unknown tool, policy, bad input, limits, a reused key) are domain errors, answered by
+        # beamclaw_project/api_errors.py.
+        outcome = tool_invoke_once(
+            idempotency_key=idempotency_key, request_parts=(request.data,),
+            tenant=tenant, agent=agent, session=session, tool=data.validated_data["tool"],
+            tool_input=data.validated_data["input"], requested_by=_caller(request),
+        )
         if outcome.approval is not None:
             return Response(ApprovalSerializer(outcome.approval).data, status=status.HTTP_202_ACCEPTED)
         # The body below waits up to a minute for the worker. Django would keep this request's database
@@ -213,12 +190,9 @@ class ApprovalDetailApi(TenantScopedMixin, generics.RetrieveAPIView):
 def _resolve(request, pk, *, decision: str, always: bool, reason: str) -> Response:
     tenant = request.user.tenant
     get_object_or_404(Approval, pk=pk, tenant=tenant)
-    try:
-        approval = approval_resolve(
-            approval_id=pk, tenant=tenant, decision=decision, always=always, decided_by=_caller(request), reason=reason
-        )
-    except ApprovalNotPending as exc:
-        raise Conflict(f"This approval was already decided: {exc.approval.status}.")
+    approval = approval_resolve(
+        approval_id=pk, tenant=tenant, decision=decision, always=always, decided_by=_caller(request), reason=reason
+    )
     approval = Approval.objects.select_related("agent", "tool_call", "invocation").get(pk=approval.pk)
     return Response(ApprovalSerializer(approval).data)
 

@@ -9,15 +9,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from beamclaw_project.errors import InvalidInput
 from sessions.models import AgentSession
 from tenants.models import Agent, Tenant
 
 
-class ToolInputError(ValueError):
+class ToolInputError(InvalidInput):
     def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+        super().__init__(message, field=field)
+
+    def __str__(self) -> str:
+        # What the model reads in a refused call's result: the field and what is wrong with it.
+        return f"{self.field}: {self.message}"
 
 
 @dataclass(frozen=True)

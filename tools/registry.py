@@ -10,6 +10,7 @@ A malformed policy (not lists of strings) allows nothing: failing closed beats g
 import fnmatch
 import logging
 
+from beamclaw_project.errors import Forbidden, InvalidInput
 from tenants.models import Agent
 from tools.base import ToolSpec
 from tools.builtins.exec import EXEC_TOOL
@@ -25,11 +26,12 @@ KNOWN_GROUPS = ("group:runtime", "group:web", "group:automation", "group:session
 _TOOLS: dict[str, ToolSpec] = {}
 
 
-class ToolNotFound(LookupError):
-    pass
+class ToolNotFound(InvalidInput):
+    # The tool is named in the request (tools/invoke's `tool`): an unknown name is bad input, not a missing object.
+    field = "tool"
 
 
-class ToolForbidden(PermissionError):
+class ToolForbidden(Forbidden):
     pass
 
 

@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from beamclaw_project.errors import Conflict
 from beamclaw_project.infra.redis import redis_client
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession
@@ -34,9 +35,9 @@ CALL_KIND = "call"  # the model's calls, owned by the run engine
 RESULT_TTL_SECONDS = 600
 
 
-class ApprovalNotPending(Exception):
+class ApprovalNotPending(Conflict):
     def __init__(self, approval: Approval):
-        super().__init__(f"approval {approval.pk} was already decided ({approval.status})")
+        super().__init__(f"This approval was already decided: {approval.status}.")
         self.approval = approval
 
 

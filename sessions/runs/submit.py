@@ -2,6 +2,7 @@
 
 from django.db import transaction
 
+from beamclaw_project.errors import Conflict
 from sessions.models import AgentSession, Run
 from sessions.runs.budget import check_token_budget
 from sessions.runs.kernel import session_lock
@@ -14,7 +15,7 @@ from sessions.runs.lifecycle import (
 )
 
 
-class SessionClosed(Exception):
+class SessionClosed(Conflict):
     """The session no longer takes messages (an ephemeral session whose request is over)."""
 
 
