@@ -300,6 +300,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         else:
             await self._respond(request_id, payload)
             if frame["method"] == "chat.send":
+                # Only after the response: the run's events must not reach the client before the run's id.
                 self._tail(payload["run_id"])
 
     @staticmethod
@@ -354,49 +355,73 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             },
         )
 
-    # --- methods -----------------------------------------------------------------------------------
-
-    METHODS = {
-        "connect", "health", "agents.list", "sessions.list", "sessions.create", "sessions.history",
-        "sessions.reset", "sessions.subscribe", "chat.send", "chat.abort", "approvals.list", "approvals.resolve",
-    }
+    # --- methods: one handler per protocol method, `async (self, params) -> payload` ------------------
 
     async def _dispatch(self, method: str, params: dict):
-        tenant = self.principal.tenant
-        if method == "connect":
-            raise RequestError("already_connected", "This socket is already connected.")
-        if method == "health":
-            from beamclaw_project.health import health_report
+        handler = self.METHODS.get(method)
+        if handler is None:
+            raise RequestError("unknown_method", f"Unknown method '{method}'. Methods: {', '.join(sorted(self.METHODS))}.")
+        return await handler(self, params)
 
-            return await health_report()
-        if method == "agents.list":
-            return {"agents": await _agents_list(tenant)}
-        if method == "sessions.list":
-            return {"sessions": await _sessions_list(tenant, params)}
-        if method == "sessions.create":
-            return await _sessions_create(tenant, params)
-        if method == "sessions.history":
-            return await _sessions_history(tenant, params)
-        if method == "sessions.reset":
-            return await _sessions_reset(tenant, params)
-        if method == "sessions.subscribe":
-            session_id = _uuid_param(params, "session")
-            active = await _active_run_id(tenant, session_id)
-            await self._subscribe(str(session_id))
-            if active:
-                self._tail(active)
-            return {"session": str(session_id), "active_run": active}
-        if method == "chat.send":
-            payload = await _chat_send(tenant, params)
-            await self._subscribe(payload["session"])
-            return payload
-        if method == "chat.abort":
-            return await _chat_abort(tenant, params)
-        if method == "approvals.list":
-            return {"approvals": await _approvals_list(tenant, params)}
-        if method == "approvals.resolve":
-            return await _approvals_resolve(tenant, params, f"websocket:{self.principal.api_key.prefix}")
-        raise RequestError("unknown_method", f"Unknown method '{method}'. Methods: {', '.join(sorted(self.METHODS))}.")
+    async def _on_connect_again(self, params):
+        raise RequestError("already_connected", "This socket is already connected.")
+
+    async def _on_health(self, params):
+        from beamclaw_project.health import health_report
+
+        return await health_report()
+
+    async def _on_agents_list(self, params):
+        return {"agents": await _agents_list(self.principal.tenant)}
+
+    async def _on_sessions_list(self, params):
+        return {"sessions": await _sessions_list(self.principal.tenant, params)}
+
+    async def _on_sessions_create(self, params):
+        return await _sessions_create(self.principal.tenant, params)
+
+    async def _on_sessions_history(self, params):
+        return await _sessions_history(self.principal.tenant, params)
+
+    async def _on_sessions_reset(self, params):
+        return await _sessions_reset(self.principal.tenant, params)
+
+    async def _on_sessions_subscribe(self, params):
+        session_id = _uuid_param(params, "session")
+        active = await _active_run_id(self.principal.tenant, session_id)
+        await self._subscribe(str(session_id))
+        if active:
+            self._tail(active)
+        return {"session": str(session_id), "active_run": active}
+
+    async def _on_chat_send(self, params):
+        payload = await _chat_send(self.principal.tenant, params)
+        await self._subscribe(payload["session"])
+        return payload
+
+    async def _on_chat_abort(self, params):
+        return await _chat_abort(self.principal.tenant, params)
+
+    async def _on_approvals_list(self, params):
+        return {"approvals": await _approvals_list(self.principal.tenant, params)}
+
+    async def _on_approvals_resolve(self, params):
+        return await _approvals_resolve(self.principal.tenant, params, f"websocket:{self.principal.api_key.prefix}")
+
+    METHODS = {
+        "connect": _on_connect_again,
+        "health": _on_health,
+        "agents.list": _on_agents_list,
+        "sessions.list": _on_sessions_list,
+        "sessions.create": _on_sessions_create,
+        "sessions.history": _on_sessions_history,
+        "sessions.reset": _on_sessions_reset,
+        "sessions.subscribe": _on_sessions_subscribe,
+        "chat.send": _on_chat_send,
+        "chat.abort": _on_chat_abort,
+        "approvals.list": _on_approvals_list,
+        "approvals.resolve": _on_approvals_resolve,
+    }
 
     # --- run events --------------------------------------------------------------------------------
 
