@@ -62,7 +62,7 @@ class RequestError(Exception):
         self.message = message
 
 
-def _request_error(exc: DomainError) -> RequestError:
+def domain_error_frame(exc: DomainError) -> RequestError:
     """A service's refusal as an error frame: bad input is `invalid_params`, as the consumer's own checks of
     params say; anything else keeps its code (`not_found`, `conflict`, `rate_limited`, ...)."""
     return RequestError("invalid_params" if isinstance(exc, InvalidInput) else exc.code, exc.message)
@@ -296,7 +296,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         except (RequestError, AuthError) as error:
             await self._respond(request_id, error=error)
         except DomainError as exc:
-            await self._respond(request_id, error=_request_error(exc))
+            await self._respond(request_id, error=domain_error_frame(exc))
         else:
             await self._respond(request_id, payload)
             if frame["method"] == "chat.send":

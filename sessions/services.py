@@ -52,7 +52,7 @@ def session_key_normalize(*, agent: Agent | None = None, agent_slug: str | None 
     return full_key
 
 
-def _archive_key(key: str, now) -> str:
+def session_archive_key(key: str, now) -> str:
     """`<key>#<timestamp>`, within the column's width. A key too long for the suffix keeps its start and a
     digest of the whole key in place of the rest, so archives of two long keys that share a start still
     differ, and the archive still says which session it came from (its agent and the name's start)."""
@@ -91,14 +91,14 @@ def session_get_or_create(*, tenant: Tenant, agent: Agent, key: str) -> AgentSes
 @transaction.atomic
 def session_reset(*, session: AgentSession) -> AgentSession:
     """Start the session over with an empty transcript. Nothing is lost: the old transcript and runs move
-    to a closed archive session (`<key>#<timestamp>`, see _archive_key), which is returned."""
+    to a closed archive session (`<key>#<timestamp>`, see session_archive_key), which is returned."""
     locked = AgentSession.objects.select_for_update().get(pk=session.pk)
     if Run.objects.filter(session=locked, status__in=(*Run.ACTIVE_STATUSES, Run.Status.QUEUED)).exists():
         raise SessionConflict("The session has a run in progress or waiting; abort it before resetting.")
     archive = AgentSession.objects.create(
         tenant_id=locked.tenant_id,
         agent_id=locked.agent_id,
-        key=_archive_key(locked.key, timezone.now()),
+        key=session_archive_key(locked.key, timezone.now()),
         status=AgentSession.Status.CLOSED,
         queue_mode=locked.queue_mode,
         next_seq=locked.next_seq,

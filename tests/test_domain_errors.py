@@ -7,7 +7,7 @@ import pytest
 
 from beamclaw_project.api_errors import api_exception_handler
 from beamclaw_project.errors import Conflict, Forbidden, InvalidInput, LimitExceeded, NotFound
-from sessions.consumers import _request_error
+from sessions.consumers import domain_error_frame
 from sessions.idempotency import IdempotencyConflict
 from sessions.openai_api import domain_error_response
 from sessions.runs import SessionClosed
@@ -35,7 +35,7 @@ def test_each_edge_answers_a_domain_error_with_its_status_code_and_message(error
     assert (openai.status_code, body["code"], body["message"]) == (status, openai_code, error.message)
     assert body["param"] == error.field
 
-    frame_error = _request_error(error)
+    frame_error = domain_error_frame(error)
     assert (frame_error.code, frame_error.message) == (ws_code, error.message)
 
 

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.db.models import Sum
 
+from beamclaw_project.errors import LimitExceeded
 from beamclaw_project.infra.redis import redis_client
 from sessions.models import Run
-from tenants.limits import LimitExceeded
 
 
 def _human(seconds: int) -> str:

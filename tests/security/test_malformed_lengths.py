@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from sessions.models import AgentSession, Message
-from sessions.services import SESSION_KEY_MAX, _archive_key
+from sessions.services import SESSION_KEY_MAX, session_archive_key
 
 LONG_SLUG = "a" + "-" * 61 + "z"  # 63 characters, the most a slug may have
 LONG_PREFIX = f"agent:{LONG_SLUG}:"  # 70 characters
@@ -131,10 +131,10 @@ def test_archive_keys_of_long_keys_sharing_a_start_differ():
     now = timezone.now()
     a, b = "agent:x:" + "n" * 246 + "a", "agent:x:" + "n" * 246 + "b"
     assert len(a) == SESSION_KEY_MAX
-    assert _archive_key(a, now) != _archive_key(b, now)
-    assert max(len(_archive_key(a, now)), len(_archive_key(b, now))) <= SESSION_KEY_MAX
+    assert session_archive_key(a, now) != session_archive_key(b, now)
+    assert max(len(session_archive_key(a, now)), len(session_archive_key(b, now))) <= SESSION_KEY_MAX
     short = "agent:x:main"
-    assert _archive_key(short, now) == f"{short}#{now:%Y%m%dT%H%M%S.%f}"
+    assert session_archive_key(short, now) == f"{short}#{now:%Y%m%dT%H%M%S.%f}"
 
 
 # 4. Every writable string of the REST API, and the headers /v1 reads, sent far too long.
