@@ -2,13 +2,24 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from sessions.providers import provider_names
 from tenants.models import Agent, ApiKey, Tenant
 from tenants.scopes import Scope
 from tenants.services import api_key_create
 
 
+class AgentForm(forms.ModelForm):
+    # The registered providers (built-ins and plug-ins), not a fixed list.
+    provider = forms.ChoiceField(choices=lambda: [(name, name) for name in provider_names()])
+
+    class Meta:
+        model = Agent
+        fields = "__all__"
+
+
 class AgentInline(admin.TabularInline):
     model = Agent
+    form = AgentForm
     extra = 0
     fields = ("slug", "name", "provider", "model", "max_tokens")
     show_change_link = True
@@ -35,6 +46,7 @@ class TenantAdmin(admin.ModelAdmin):
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    form = AgentForm
     list_display = ("slug", "tenant", "provider", "model", "max_tokens", "updated_at")
     list_filter = ("provider", "model", "tenant")
     search_fields = ("slug", "name", "tenant__slug", "model")

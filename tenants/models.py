@@ -113,13 +113,12 @@ def default_sandbox() -> dict:
 
 
 class Agent(models.Model):
-    class Provider(models.TextChoices):
-        ANTHROPIC = "anthropic"
-
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="agents")
     slug = models.CharField(max_length=63, validators=[slug_validator])
     name = models.CharField(max_length=200, blank=True)
-    provider = models.CharField(max_length=32, choices=Provider.choices, default=Provider.ANTHROPIC)
+    # A name in the provider registry (sessions/providers/): built-ins and plug-ins, so no fixed choices
+    # here; the API, the admin and agent_create check it against the registry.
+    provider = models.CharField(max_length=32, default="anthropic")
     model = models.CharField(max_length=128)
     fallbacks = models.JSONField(default=list, blank=True, help_text="Models tried, in order, when the model is unavailable.")
     system_prompt = models.TextField(blank=True, default="You are a helpful assistant.")

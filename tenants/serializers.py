@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from sessions.providers import provider_names
 from tenants.models import Agent, ApiKey, slug_validator
 from tenants.scopes import Scope
 
@@ -36,6 +37,11 @@ class AgentSerializer(serializers.ModelSerializer):
             existing = existing.exclude(pk=self.instance.pk)
         if existing.exists():
             raise serializers.ValidationError(f"An agent with slug '{value}' already exists.")
+        return value
+
+    def validate_provider(self, value):
+        if value not in provider_names():
+            raise serializers.ValidationError(f"Unknown provider '{value}'. Supported: {', '.join(provider_names())}.")
         return value
 
     def validate_fallbacks(self, value):

@@ -1,9 +1,11 @@
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from sessions.providers import provider_names
 from tenants.models import Agent, ApiKey, Tenant
 from tenants.queues import announce_queue
 
@@ -85,6 +87,8 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
 def agent_create(*, tenant: Tenant, slug: str, model: str | None = None, **fields) -> Agent:
     agent = Agent(tenant=tenant, slug=slug, model=model or settings.BEAMCLAW["DEFAULT_MODEL"], **fields)
     agent.full_clean(validate_unique=False)
+    if agent.provider not in provider_names():
+        raise ValidationError({"provider": f"Unknown provider '{agent.provider}'. Supported: {', '.join(provider_names())}."})
     agent.save()
     return agent
 

@@ -22,6 +22,12 @@ def register_provider(name: str, factory: Callable[[], Provider], *, builtin: bo
     _FACTORIES[name] = factory
 
 
+def provider_names() -> list[str]:
+    """Every registered provider, for validating and offering `Agent.provider`."""
+    _load_modules()
+    return sorted(_FACTORIES)
+
+
 def get_provider(name: str) -> Provider:
     _load_modules()
     factory = _FACTORIES.get(name)

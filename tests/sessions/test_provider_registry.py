@@ -49,3 +49,12 @@ def test_a_plugin_that_cannot_be_imported_stops_start_up_naming_it(tmp_path):
     )
     assert check.returncode != 0
     assert "BEAMCLAW_PLUGINS names 'tests.fakes.no_such_plugin', which could not be imported" in check.stderr
+
+
+def test_the_api_takes_only_registered_providers(gateway, make_tenant):
+    bundle = make_tenant()
+    with httpx.Client(base_url=f"{gateway}/api", headers=bundle.headers, timeout=30) as api:
+        refused = api.post("/agents/", json={"slug": "elsewhere", "provider": "nowhere"})
+        assert refused.status_code == 400
+        assert "Unknown provider 'nowhere'. Supported: anthropic." in refused.text
+        assert api.post("/agents/", json={"slug": "elsewhere", "provider": "anthropic"}).status_code == 201
