@@ -221,6 +221,16 @@ CELERY_BEAT_SCHEDULE = {
 }
 # --- end cron -----------------------------------------------------------------------------------
 
+# --- channels (channels_app; see docs/channels.md) -----------------------------------------------
+BEAMCLAW_CHANNELS = {
+    # Attempts per reply; transient errors wait DELIVERY_RETRY_BASE_SECONDS × 2^n (or the platform's Retry-After).
+    "DELIVERY_ATTEMPTS": env_int("BEAMCLAW_CHANNEL_DELIVERY_ATTEMPTS", 5),
+    "DELIVERY_RETRY_BASE_SECONDS": env_float("BEAMCLAW_CHANNEL_DELIVERY_RETRY_BASE_SECONDS", 1.0),
+    # One attempt's limit, for transports that do not bring their own.
+    "DELIVERY_TIMEOUT_SECONDS": env_float("BEAMCLAW_CHANNEL_DELIVERY_TIMEOUT_SECONDS", 10.0),
+}
+# --- end channels --------------------------------------------------------------------------------
+
 # --- outbound requests (beamclaw_project/infra/address_policy.py; see docs/tools.md) --------------
 def env_cidrs(name: str) -> list[str]:
     """Comma-separated networks (`10.0.0.0/8`, `fd00::/8`, or one address)."""

@@ -288,7 +288,8 @@ def cron_job_run_now(*, job: CronJob) -> CronRun:
 
 
 def _finish_locked(job: CronJob, cron_run: CronRun, status: str, error: str = "") -> None:
-    """End a CronRun and account for it on the job. Caller holds both row locks."""
+    """End a CronRun and account for it on the job. Caller holds both row locks. A pending delivery is sent
+    once the caller's transaction commits (cron.receivers)."""
     cron_run.status = status
     cron_run.error = error
     cron_run.finished_at = timezone.now()
@@ -308,11 +309,6 @@ def _finish_locked(job: CronJob, cron_run: CronRun, status: str, error: str = ""
             fields += ["enabled", "disabled_reason"]
             logger.warning("cron job %s %s", job.pk, job.disabled_reason)
     job.save(update_fields=fields)
-    if cron_run.delivery_status == CronRun.Delivery.PENDING:
-        from cron.tasks import deliver
-
-        cron_run_id, queue = cron_run.pk, tenant_queue(job.tenant.slug)
-        transaction.on_commit(lambda: deliver.apply_async(args=[cron_run_id], queue=queue))
 
 
 def cron_run_settle(*, cron_run_id: int) -> CronRun | None:
@@ -385,8 +381,8 @@ def cron_run_queue(*, cron_run_id: int) -> str:
 
 
 def cron_run_deliver(*, cron_run_id: int, final_attempt: bool) -> None:
-    """One delivery attempt of a settled CronRun's reply. Raises DeliveryError when a transient failure
-    should be retried (and this was not the final attempt)."""
+    """One delivery attempt of a settled CronRun's reply, through the webhook transport. Raises its
+    TransientDeliveryError when the failure should be retried (and this was not the final attempt)."""
     cron_run = CronRun.objects.select_related("job__agent", "run").filter(pk=cron_run_id).first()
     if cron_run is None or cron_run.delivery_status != CronRun.Delivery.PENDING:
         return
@@ -410,8 +406,6 @@ def cron_run_deliver(*, cron_run_id: int, final_attempt: bool) -> None:
         webhook_send(target=job.deliver, payload=payload, delivery_id=f"cron-run-{cron_run.pk}")
     except DeliveryError as exc:
         error = exc
-    except (KeyError, TypeError) as exc:  # a target edited into an unusable shape (e.g. in the admin)
-        error = DeliveryError(f"unusable delivery target: {exc}", transient=False)
     retry = error is not None and error.transient and not final_attempt
     updates = {"delivery_attempts": cron_run.delivery_attempts + 1, "delivery_error": error.message if error else ""}
     if error is None:

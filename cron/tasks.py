@@ -5,14 +5,15 @@ webhooks queue behind each other and not in front of another tenant's; the `queu
 default for a task sent without one. The sweeper is system work.
 
 The worker runs a thread pool, where Celery cannot enforce time limits; every task here is a few queries,
-and a webhook call is bounded by BEAMCLAW_CRON_DELIVERY_TIMEOUT_SECONDS.
+and a webhook call is bounded by BEAMCLAW_CRON_DELIVERY_TIMEOUT_SECONDS. Deliveries are retried here, as the
+transport contract asks of callers (channels_app/transport.py).
 """
 
 from celery import shared_task
 from django.conf import settings
 
+from channels_app.transport import TransientDeliveryError, retry_countdown
 from cron import services
-from cron.delivery import DeliveryError
 from cron.models import CronRun
 from beamclaw_project.infra.queues import SYSTEM_QUEUE
 
@@ -38,6 +39,8 @@ def deliver(self, cron_run_id: int) -> None:
     attempts = settings.BEAMCLAW_CRON["DELIVERY_ATTEMPTS"]
     try:
         services.cron_run_deliver(cron_run_id=cron_run_id, final_attempt=self.request.retries + 1 >= attempts)
-    except DeliveryError as exc:
-        countdown = settings.BEAMCLAW_CRON["DELIVERY_RETRY_BASE_SECONDS"] * 2**self.request.retries
+    except TransientDeliveryError as exc:
+        countdown = retry_countdown(
+            retries=self.request.retries, base_seconds=settings.BEAMCLAW_CRON["DELIVERY_RETRY_BASE_SECONDS"], error=exc
+        )
         raise self.retry(exc=exc, countdown=countdown, queue=services.cron_run_queue(cron_run_id=cron_run_id))

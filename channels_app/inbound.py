@@ -1,0 +1,105 @@
+"""Inbound: a message from a chat platform becomes a run of the agent, in its conversation's session.
+
+Every channel adapter (a Discord bot, a signed webhook endpoint) turns what its platform sent into a
+`PlatformMessage` and calls `platform_message_receive`; nothing else about a platform reaches the sessions.
+
+- One session per conversation: `agent:<agent>:<kind>:<peer>`, where the peer is the platform's id of the
+  DM, channel or thread. A peer id that could not stand in a key as it is (a ':', an odd character, a long
+  one) is replaced by a digest of itself, so the key stays stable and within the column.
+- A platform message starts at most one run. Its id is claimed as an idempotency key (sessions/idempotency.py,
+  endpoint `channel.<kind>`, per agent and conversation, kept 24 hours) in the transaction that submits the
+  run: a redelivered event (a gateway resume, a webhook retried after a lost answer) gets the first run back,
+  and two concurrent deliveries of one message serialise on the key's unique index.
+- The reply is owed from that same transaction: a ChannelReply names the run and where its answer goes.
+  When the run ends, the answer is sent through the channel's transport (channels_app/services.py).
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from django.db import transaction
+
+from beamclaw_project.errors import InvalidInput
+from channels_app.models import ChannelReply
+from channels_app.transport import transport_for
+from sessions.content import content_parse
+from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
+from sessions.models import AgentSession, Run
+from sessions.runs import run_submit
+from sessions.services import session_get_or_create
+from tenants.models import Agent, Tenant
+
+# Peer ids used in session keys as they are: platform ids are numbers or short tokens like these.
+_PLAIN_PEER = re.compile(r"^[\w.@+-]{1,128}$")
+_KEY_MAX = 255  # IdempotencyKey.key
+
+
+@dataclass(frozen=True)
+class PlatformMessage:
+    tenant: Tenant
+    agent: Agent
+    kind: str  # the channel's transport kind, e.g. "discord"
+    peer: str  # the conversation on the platform: a DM, a channel, a thread
+    sender: str  # who wrote it, in the platform's ids
+    content: str | list  # text, or content parts as the REST API takes them (sessions/content.py)
+    message_id: str  # the platform's id of this message; a redelivery carries the same one
+    # What the transport needs to answer beyond the conversation and the message (e.g. a callback URL).
+    reply_target: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    session: AgentSession
+    run: Run
+    duplicate: bool  # True: a redelivery; `run` is the one the first delivery started
+
+
+def channel_session_key(*, kind: str, peer: str) -> str:
+    """The session name of a conversation (the key is `agent:<agent>:` and this)."""
+    if _PLAIN_PEER.match(peer) and not peer.startswith("~"):
+        return f"{kind}:{peer}"
+    return f"{kind}:~{hashlib.sha256(peer.encode()).hexdigest()[:32]}"
+
+
+def platform_message_receive(*, message: PlatformMessage) -> InboundResult:
+    """Start the run that answers a platform message, or return the one an earlier delivery of it started.
+
+    Raises InvalidInput (sessions/content.py's ContentInvalid among them) for a message that cannot be a
+    user turn, UnknownTransport for a kind no transport serves (its reply could never be sent),
+    LimitExceeded when the tenant's token budget is spent and SessionClosed when an operator closed the
+    conversation's session: the adapter tells its platform or drops the message."""
+    if message.agent.tenant_id != message.tenant.pk:
+        raise InvalidInput(f"Agent '{message.agent.slug}' is not tenant '{message.tenant.slug}'s.", field="agent")
+    if not message.peer or not message.message_id:
+        raise InvalidInput("A platform message needs its conversation (peer) and its own id.", field="message_id")
+    transport_for(message.kind)  # a kind nobody can answer on is refused before anything is written
+    content = content_parse(message.content)
+    conversation = channel_session_key(kind=message.kind, peer=message.peer)
+    session = session_get_or_create(tenant=message.tenant, agent=message.agent, key=conversation)
+    # The conversation's name has no ':' in its peer part, so two messages never share a key.
+    key = f"{message.agent.pk}:{conversation}:{message.message_id}"
+    if len(key) > _KEY_MAX:
+        key = request_fingerprint(message.agent.pk, conversation, message.message_id)
+    with transaction.atomic():
+        # A platform id names one message: a redelivery is the same request whatever it carries, so the
+        # fingerprint is the key's own and a repeat never conflicts.
+        claim = idempotency_claim(
+            tenant_id=message.tenant.pk, endpoint=f"channel.{message.kind}", key=key, fingerprint=request_fingerprint(key)
+        )
+        if claim.replay:
+            return InboundResult(session=session, run=claim.record.run, duplicate=True)
+        run = run_submit(
+            session=session, content=content, trigger=Run.Trigger.CHANNEL,
+            params={"channel": {"kind": message.kind, "peer": message.peer, "sender": message.sender,
+                                "message_id": message.message_id}},
+        )
+        ChannelReply.objects.get_or_create(
+            run=run,
+            defaults={
+                "tenant_id": message.tenant.pk, "kind": message.kind,
+                "target": {**message.reply_target, "peer": message.peer, "in_reply_to": message.message_id},
+            },
+        )
+        idempotency_record(claim, run=run)
+    return InboundResult(session=session, run=run, duplicate=False)

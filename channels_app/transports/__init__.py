@@ -1,0 +1,1 @@
+"""One module per platform, each a `channels_app.transport.Transport`."""
