@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test install services db bench clean-test-db
+.PHONY: run test lint install services db bench clean-test-db
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ run: db
 	@scripts/ensure_sandbox_tools.sh
 	@scripts/run_all.sh
 
-test: install services
+# Lint first: a broken layer contract or an import cycle fails in seconds, before the suite.
+lint: install
+	@$(VENV)/bin/ruff check --quiet .
+	@out=$$($(VENV)/bin/lint-imports --no-cache 2>&1) || { echo "$$out"; exit 1; }
+
+test: install services lint
 	@scripts/ensure_sandbox_tools.sh
 	@$(PY) -m pytest
 

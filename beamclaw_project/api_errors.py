@@ -22,8 +22,8 @@ from django.apps import apps
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpResponsePermanentRedirect, JsonResponse
 from django.urls import Resolver404, resolve
-from django.views.decorators.csrf import csrf_exempt
 from django.utils.translation import ngettext
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import APIException, NotFound, PermissionDenied, Throttled, ValidationError
 
 from beamclaw_project.errors import DomainError, InvalidInput, LimitExceeded

@@ -27,9 +27,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
+from beamclaw_project.infra.queues import tenant_queue
 from cron import schedule as sched
 from cron.models import CronJob
-from beamclaw_project.infra.queues import tenant_queue
 
 FIRE_TASK = "cron.fire"
 

@@ -4,13 +4,13 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from beamclaw_project.infra.queues import tenant_queue
 from cron.beat import beat_remove, beat_sync
 from cron.models import CronJob, CronRun
 from cron.services import BOOKKEEPING_FIELDS, cron_run_queue
 from cron.tasks import deliver, settle
 from sessions.models import Run
 from sessions.signals import run_finished
-from beamclaw_project.infra.queues import tenant_queue
 
 
 @receiver(post_save, sender=CronJob, dispatch_uid="cron-job-beat-sync")

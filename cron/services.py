@@ -19,17 +19,17 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from beamclaw_project.errors import Conflict, InvalidInput, NotFound
+from beamclaw_project.infra.queues import SYSTEM_QUEUE, tenant_queue
 from cron import schedule as sched
 from cron.beat import beat_needs_realign, beat_remove, beat_sync
 from cron.delivery import DeliveryError, deliver_keep_masked, webhook_send
 from cron.models import CronJob, CronRun
 from cron.selectors import cron_run_reply_text
-from sessions.runs import SessionClosed, run_abort, run_submit
 from sessions.models import AgentSession, Run
+from sessions.runs import SessionClosed, run_abort, run_submit
 from sessions.services import SessionConflict, session_get_or_create
 from tenants.limits import LimitExceeded
 from tenants.models import Agent, Tenant
-from beamclaw_project.infra.queues import SYSTEM_QUEUE, tenant_queue
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ transport contract asks of callers (channels_app/transport.py).
 from celery import shared_task
 from django.conf import settings
 
+from beamclaw_project.infra.queues import SYSTEM_QUEUE
 from channels_app.transport import TransientDeliveryError, retry_countdown
 from cron import services
 from cron.models import CronRun
-from beamclaw_project.infra.queues import SYSTEM_QUEUE
 
 
 @shared_task(name="cron.fire", queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True)

@@ -10,9 +10,9 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from sessions.runs import run_abort, run_submit
 from sessions.idempotency import idempotency_key_from, idempotent_run
 from sessions.models import AgentSession, Message, Run
+from sessions.runs import run_abort, run_submit
 from sessions.serializers import (
     MessageCreateSerializer,
     MessageSerializer,
@@ -25,7 +25,6 @@ from sessions.serializers import (
 from sessions.services import session_create, session_delete, session_reset
 from tenants.api_auth import TenantScopedMixin
 from tenants.selectors import agent_by_slug
-
 
 SESSION_FILTERS = [
     OpenApiParameter("agent", OpenApiTypes.STR, description="Agent slug"),

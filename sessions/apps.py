@@ -11,7 +11,8 @@ class AgentSessionsConfig(AppConfig):
     def ready(self):
         from beamclaw_project.infra import housekeeping
         from sessions.idempotency import idempotency_purge
-        from sessions.runs import housekeeping as runs_housekeeping, tool_phase
+        from sessions.runs import housekeeping as runs_housekeeping
+        from sessions.runs import tool_phase
         from tools import runner
 
         runner.owner_register(tool_phase.RUN_CALLS)

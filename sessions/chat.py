@@ -15,9 +15,9 @@ from django.db import transaction
 
 from beamclaw_project.errors import InvalidInput
 from sessions.content import content_parse
-from sessions.runs import run_submit
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession, Message, Run
+from sessions.runs import run_submit
 from sessions.services import SessionConflict, SessionKeyInvalid, session_get_or_create, session_key_normalize
 from tenants.models import Agent, Tenant
 

@@ -29,15 +29,15 @@ from beamclaw_project.asyncdb import db_call
 from beamclaw_project.errors import DomainError, InvalidInput
 from sessions import events, notify
 from sessions.content import content_parse
-from sessions.runs import run_abort, run_submit
 from sessions.models import AgentSession, Message, Run
 from sessions.run_stream import follow_run
+from sessions.runs import run_abort, run_submit
 from sessions.selectors import active_run_of, run_of, session_of
 from sessions.serializers import MessageSerializer, RunSerializer, SessionSerializer
 from sessions.services import session_create, session_reset
 from tenants.auth import AuthError, authenticate_key
-from tenants.selectors import agent_by_slug, agents_of
 from tenants.scopes import websocket_scope
+from tenants.selectors import agent_by_slug, agents_of
 from tenants.serializers import AgentSerializer
 
 PROTOCOL_VERSION = 1

@@ -17,9 +17,9 @@ from beamclaw_project.asyncdb import db_call
 from beamclaw_project.errors import DomainError, InvalidInput, LimitExceeded
 from sessions import events
 from sessions.chat import chat_start, parse_chat_request
-from sessions.runs import SessionClosed
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
 from sessions.run_stream import follow_run
+from sessions.runs import SessionClosed
 from tenants.auth import AuthError, authenticate_key, bearer_token
 from tenants.selectors import agent_by_slug, agents_of
 

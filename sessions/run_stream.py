@@ -6,8 +6,8 @@ from django.conf import settings
 
 from beamclaw_project.asyncdb import db_call
 from sessions import events
-from sessions.runs import terminal_event_from_db
 from sessions.models import Run
+from sessions.runs import terminal_event_from_db
 
 
 @db_call

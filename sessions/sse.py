@@ -13,9 +13,9 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from beamclaw_project.asyncdb import db_call
 from beamclaw_project.infra.redis import async_redis
 from sessions import events
-from sessions.runs import terminal_event_from_db
 from sessions.models import Run
 from sessions.run_stream import follow_run
+from sessions.runs import terminal_event_from_db
 from sessions.selectors import run_of
 from tenants.auth import AuthError, authenticate_key, bearer_token
 

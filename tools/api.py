@@ -40,7 +40,6 @@ from tools.serializers import (
 )
 from tools.services import approval_resolve, invocation_response, invocation_result_key, tool_invoke_once
 
-
 AGENT_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 

@@ -5,7 +5,8 @@ day counter (Redis restarted) is rebuilt from the runs table.
 """
 
 import math
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.db.models import Sum
 

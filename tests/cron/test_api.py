@@ -8,11 +8,11 @@ import httpx
 import pytest
 from django_celery_beat.models import PeriodicTask
 
+from beamclaw_project.infra.queues import tenant_queue
 from cron.models import CronJob, CronRun
 from sessions.models import AgentSession
 from tenants.services import agent_create
 from tests.cron.conftest import finished
-from beamclaw_project.infra.queues import tenant_queue
 
 UTC = timezone.utc
 

@@ -15,11 +15,11 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from beamclaw_project.celery import app
+from beamclaw_project.infra.queues import tenant_queue
 from cron.models import CronJob, CronRun
 from cron.services import cron_job_fire
 from cron.tasks import fire
 from tests.conftest import wait_until
-from beamclaw_project.infra.queues import tenant_queue
 
 JOB = {"agent": "assistant", "prompt": "tick", "schedule": "every 1h"}
 

@@ -3,9 +3,8 @@ carried credentials shown back to every reader, and connection headers a tenant 
 
 import pytest
 
-from tests.cron.conftest import api  # noqa: F401 (fixture)
-
 from cron.models import CronJob
+from tests.cron.conftest import api  # noqa: F401 (fixture)
 
 JOB = {"name": "probe", "agent": "assistant", "prompt": "hi"}
 

@@ -1,7 +1,7 @@
 """A tenant flooding its queue does not hold up another tenant's run (per-tenant queues, round robin)."""
 
-from sessions.runs import run_submit
 from sessions.models import AgentSession, Run
+from sessions.runs import run_submit
 from tenants.models import Tenant
 from tests.conftest import wait_until
 

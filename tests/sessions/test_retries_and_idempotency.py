@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from sessions.runs import RUN_FAILED_UNANSWERED
 from sessions.models import AgentSession, IdempotencyKey, Message, Run
+from sessions.runs import RUN_FAILED_UNANSWERED
 from tests.conftest import wait_until
 from tools.models import ToolInvocation
 

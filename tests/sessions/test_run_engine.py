@@ -6,10 +6,10 @@ import threading
 import httpx
 
 from beamclaw_project.celery import app
-from sessions import events
-from sessions.runs import run_abort, run_submit
-from sessions.models import AgentSession, Message, Run
 from beamclaw_project.infra.redis import redis_client
+from sessions import events
+from sessions.models import AgentSession, Message, Run
+from sessions.runs import run_abort, run_submit
 from tests.conftest import wait_until
 
 

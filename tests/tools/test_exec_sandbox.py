@@ -4,9 +4,16 @@ attempts the sandbox must stop. Every attack ends with a clear result and a work
 import os
 from pathlib import Path
 
-
 from tests.conftest import ROOT, wait_until
-from tests.tools.conftest import SERVER_SECRET, WORKSPACE_ROOT, assert_worker_healthy, exec_ok, invoke, requires_bwrap, sandbox_processes
+from tests.tools.conftest import (
+    SERVER_SECRET,
+    WORKSPACE_ROOT,
+    assert_worker_healthy,
+    exec_ok,
+    invoke,
+    requires_bwrap,
+    sandbox_processes,
+)
 from tools.sandbox import TailBuffer, sandbox_uid
 
 pytestmark = requires_bwrap

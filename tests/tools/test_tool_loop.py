@@ -8,10 +8,10 @@ import httpx
 
 from beamclaw_project.infra.redis import redis_client
 from sessions import events
+from sessions.models import AgentSession, Message, Run, ToolCall
 from sessions.runs import run_abort, run_submit
 from sessions.runs.kernel import run_lease_key
 from sessions.runs.step import run_step
-from sessions.models import AgentSession, Message, Run, ToolCall
 from tenants.models import Agent
 from tests.conftest import wait_until
 from tests.tools.conftest import requires_bwrap, wait_for_run

@@ -2,8 +2,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from beamclaw_project.celery import app
-from beamclaw_project.worker import Housekeeping
 from beamclaw_project.infra.queues import SYSTEM_QUEUE
+from beamclaw_project.worker import Housekeeping
 from tenants.queues import active_tenant_queues
 
 
