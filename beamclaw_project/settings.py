@@ -262,6 +262,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},  # the anthropic SDK's client: one INFO line per model request
         "daphne": {"level": "WARNING"},
         "django.channels.server": {"level": "WARNING"},
     },
