@@ -15,13 +15,8 @@ from tenants.models import Agent, Tenant
 
 
 class ToolInvocation(models.Model):
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        AWAITING_APPROVAL = "awaiting_approval"
-        RUNNING = "running"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        DENIED = "denied"
+    # The life cycle of a model's call: one runner (tools/runner.py) drives both.
+    Status = ToolCall.Status
 
     SETTLED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.DENIED)
 

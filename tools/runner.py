@@ -27,11 +27,13 @@ from typing import Protocol
 from celery import current_app
 from celery.utils.nodenames import worker_direct
 from django.db import close_old_connections
+from django.utils import timezone
 
 from beamclaw_project.infra.heartbeats import node_alive
 from beamclaw_project.infra.leases import QUEUED, Lease, lease_mark_queued, lease_values
 from beamclaw_project.infra.queues import tenant_queue
 from beamclaw_project.infra.redis import redis_client
+from sessions.models import ToolCall
 from tools import registry
 from tools.base import Deferred, ToolContext, ToolInputError, ToolSpec, error_result, output_text, validate_call
 
@@ -95,6 +97,14 @@ def owner_register(owner: CallOwner) -> None:
 
 def owner_of(kind: str) -> CallOwner:
     return _OWNERS[kind]
+
+
+def call_claim_pending(model, call_id) -> bool:
+    """The conditional update that makes a pending call (a ToolCall or a ToolInvocation row) this worker's:
+    of two deliveries holding the lease one after the other, only the first finds it pending."""
+    return bool(model.objects.filter(pk=call_id, status=ToolCall.Status.PENDING).update(
+        status=ToolCall.Status.RUNNING, started_at=timezone.now()
+    ))
 
 
 def lease_key(kind: str, call_id) -> str:

@@ -142,10 +142,7 @@ class _ApiInvocations:
     task_name = "tools.run_invocation"
 
     def call_claim(self, call_id, *, node: str) -> runner.ClaimedCall | None:
-        claimed = ToolInvocation.objects.filter(pk=call_id, status=ToolInvocation.Status.PENDING).update(
-            status=ToolInvocation.Status.RUNNING, started_at=timezone.now()
-        )
-        if not claimed:
+        if not runner.call_claim_pending(ToolInvocation, call_id):
             return None
         invocation = ToolInvocation.objects.select_related("tenant", "agent", "session").get(pk=call_id)
         context = ToolContext(tenant=invocation.tenant, agent=invocation.agent, session=invocation.session, node=node)

@@ -162,10 +162,7 @@ class _RunCalls:
     task_name = "tools.run_tool"
 
     def call_claim(self, call_id, *, node: str) -> runner.ClaimedCall | None:
-        claimed = ToolCall.objects.filter(pk=call_id, status=ToolCall.Status.PENDING).update(
-            status=ToolCall.Status.RUNNING, started_at=timezone.now()
-        )
-        if not claimed:
+        if not runner.call_claim_pending(ToolCall, call_id):
             return None
         call = ToolCall.objects.select_related("run__session__agent__tenant", "run__tenant").get(pk=call_id)
         run = call.run
