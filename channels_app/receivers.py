@@ -4,15 +4,13 @@ from django.dispatch import receiver
 
 from channels_app.services import channel_reply_release
 from channels_app.tasks import deliver_reply
-from sessions.models import Run
 from sessions.signals import run_finished
 
 
 @receiver(run_finished, dispatch_uid="channels-run-finished")
 def _run_finished(sender, run_id, status, trigger=None, **kwargs):
-    # Sent for every run in the system: only channel-started runs cost a query.
-    if trigger != Run.Trigger.CHANNEL:
-        return
+    # Not only channel-triggered runs owe a reply: in `collect` mode a channel message joins whatever run
+    # of its session waits, so the reply row, not the trigger, decides.
     reply_id = channel_reply_release(run_id=run_id)
     if reply_id is not None:
         deliver_reply.delay(reply_id)

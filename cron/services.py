@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from beamclaw_project.errors import Conflict, InvalidInput, NotFound
+from beamclaw_project.errors import Conflict, InvalidInput, LimitExceeded, NotFound
 from beamclaw_project.infra.queues import SYSTEM_QUEUE, tenant_queue
 from cron import schedule as sched
 from cron.beat import beat_needs_realign, beat_remove, beat_sync
@@ -28,7 +28,6 @@ from cron.selectors import cron_run_reply_text
 from sessions.models import AgentSession, Run
 from sessions.runs import SessionClosed, run_abort, run_submit
 from sessions.services import SessionConflict, session_get_or_create
-from tenants.limits import LimitExceeded
 from tenants.models import Agent, Tenant
 
 logger = logging.getLogger(__name__)

@@ -91,7 +91,7 @@ def pattern_matches(pattern: str, *, spec: ToolSpec, tool_input: dict) -> bool:
         return False
     if argument.startswith("="):
         return subject == argument[1:]
-    if spec.name == "exec" and any(ch in _SHELL_SYNTAX for ch in subject):
+    if spec.subject_is_shell and any(ch in _SHELL_SYNTAX for ch in subject):
         return False
     return fnmatch.fnmatchcase(subject, argument)
 

@@ -24,13 +24,23 @@ class ToolInputError(InvalidInput):
 
 
 @dataclass(frozen=True)
+class CallRef:
+    """Which call this is, as `tools.runner.call_settle(ref.kind, ref.id, result)` takes it."""
+
+    kind: str
+    id: object
+
+
+@dataclass(frozen=True)
 class ToolContext:
-    """Who a tool runs for, and where. `node` is the Celery node name of the worker running it."""
+    """Who a tool runs for, and where. `node` is the Celery node name of the worker running it; `call`
+    is the call being run (a tool that answers Deferred hands it to whoever will settle it)."""
 
     tenant: Tenant
     agent: Agent
     session: AgentSession | None
     node: str
+    call: CallRef | None = None
 
     @property
     def scope(self) -> str:
@@ -82,6 +92,9 @@ class ToolSpec:
     render: Callable[[dict], str] = field(default=_default_render)
     # Checks beyond the schema (e.g. exec's workdir stays in /workspace); raises ToolInputError.
     check: Callable[[dict], None] = field(default=lambda tool_input: None)
+    # The subject is a shell command line: an allowlist glob never vouches for one that chains,
+    # substitutes or redirects (tools/approvals.py).
+    subject_is_shell: bool = False
     # The worker node that must run a call (the one owning the background process it is about), or
     # None when any worker of the tenant's queue may.
     runs_on: Callable[[dict], str | None] = field(default=lambda tool_input: None)

@@ -19,9 +19,10 @@ from tools.builtins.web_fetch import WEB_FETCH_TOOL
 
 logger = logging.getLogger(__name__)
 
-# Every group name resolves, even one whose tools are not installed yet (sessions_* arrive with
-# sub-agents): a policy written today keeps its meaning when they land.
-KNOWN_GROUPS = ("group:runtime", "group:web", "group:automation", "group:sessions")
+# A policy entry `group:<name>` names the tools registered with that group, whatever they are: a group
+# whose tools are not installed yet (sessions_* arrive with sub-agents) resolves to none, so a policy
+# written today keeps its meaning when they land, and a plug-in may bring a group of its own.
+GROUP_PREFIX = "group:"
 
 _TOOLS: dict[str, ToolSpec] = {}
 
@@ -38,8 +39,8 @@ class ToolForbidden(Forbidden):
 def register(spec: ToolSpec) -> None:
     """Make a tool available to agents (their tool policy still decides who may use it). Apps register
     their tools in AppConfig.ready(); registering a name again replaces the tool."""
-    if spec.group not in KNOWN_GROUPS:
-        raise ValueError(f"tool {spec.name!r} names an unknown group {spec.group!r}; known: {', '.join(KNOWN_GROUPS)}")
+    if not spec.group.startswith(GROUP_PREFIX) or len(spec.group) == len(GROUP_PREFIX):
+        raise ValueError(f"tool {spec.name!r} has group {spec.group!r}; a group is named 'group:<name>'")
     _TOOLS[spec.name] = spec
 
 
@@ -70,7 +71,7 @@ def _expand(entries: list[str], names: list[str]) -> set[str]:
     selected: set[str] = set()
     for entry in entries:
         entry = entry.strip()
-        if entry in KNOWN_GROUPS:
+        if entry.startswith(GROUP_PREFIX):
             selected.update(group_members(entry))
         elif any(ch in entry for ch in "*?["):
             selected.update(fnmatch.filter(names, entry))

@@ -39,6 +39,10 @@ from tools.base import Deferred, ToolContext, ToolInputError, ToolSpec, error_re
 
 logger = logging.getLogger(__name__)
 
+# The two owners' kinds (and their lease keys' middle part).
+KIND_MODEL_CALL = "call"  # a model's tool_use in a run: ToolCall rows, owned by the run engine
+KIND_API_INVOCATION = "invocation"  # POST /api/tools/invoke: ToolInvocation rows, owned by tools.services
+
 LOST_MESSAGE = (
     "the worker running this tool call stopped before it finished; it was not run again automatically "
     "(a command may have partly run). Check the workspace and retry if needed."
@@ -116,12 +120,21 @@ def lease_key(kind: str, call_id) -> str:
 
 def call_enqueue(kind: str, call_id, *, tenant_slug: str, tool: str, tool_input: dict, only_if_free: bool = False) -> None:
     """Send a call's task: to the worker the tool pins it to (a live one), else the tenant's queue."""
-    if not lease_mark_queued(lease_key(kind, call_id), only_if_free=only_if_free):
-        return
-    spec = registry.registered_tools().get(tool)
-    node = spec.runs_on(tool_input) if spec is not None else None
+    node = _pinned_node(tool, tool_input)
     queue = worker_direct(node) if node and node_alive(node) else tenant_queue(tenant_slug)
-    current_app.send_task(owner_of(kind).task_name, args=[str(call_id)], queue=queue)
+    if lease_mark_queued(lease_key(kind, call_id), only_if_free=only_if_free):
+        current_app.send_task(owner_of(kind).task_name, args=[str(call_id)], queue=queue)
+
+
+def _pinned_node(tool: str, tool_input: dict) -> str | None:
+    spec = registry.registered_tools().get(tool)
+    if spec is None:
+        return None
+    try:
+        return spec.runs_on(tool_input)
+    except Exception:  # noqa: BLE001 - a tool's routing bug must not strand the call: any worker answers
+        logger.exception("tool %s could not say where a call must run; sending it to the tenant's queue", tool)
+        return None
 
 
 def call_run(kind: str, call_id, *, node: str) -> None:
@@ -138,6 +151,7 @@ def call_run(kind: str, call_id, *, node: str) -> None:
         result = _result_of(claimed)
         if isinstance(result, Deferred):
             deadline = time.time() + result.timeout_seconds
+            # Only over this worker's own token: a settle that came first has cleared the lease already.
             lease.hand_over(f"{DEFERRED_PREFIX}{deadline:.0f}",
                             ttl_ms=int((result.timeout_seconds + _DEFERRED_GRACE_SECONDS) * 1000))
             return
@@ -208,28 +222,33 @@ def calls_recover(kind: str, calls: list[OpenCall]) -> None:
     owner = owner_of(kind)
     values = lease_values([lease_key(kind, call.id) for call in calls])
     for call, value in zip(calls, values):
-        value = value.decode() if value is not None else None
-        problem = None
-        if not call.running:
-            if value is None:
-                call_enqueue(kind, call.id, tenant_slug=call.tenant_slug, tool=call.tool, tool_input=call.input,
-                             only_if_free=True)
-            elif value == QUEUED:
-                problem = _pinned_worker_gone(call)
-        elif value is None:
-            logger.warning("tool %s %s lost its worker", kind, call.id)
-            problem = LOST_MESSAGE
-        elif value.startswith(DEFERRED_PREFIX) and float(value[len(DEFERRED_PREFIX):]) < time.time():
-            problem = "no result arrived before the call's deadline; it was given up"
-        if problem is not None:
-            owner.call_record(call.id, error_result(problem))
+        try:
+            _call_recover(owner, call, value.decode() if value is not None else None)
+        except Exception:  # noqa: BLE001 - one broken call must not keep the others from recovering
+            logger.exception("could not recover tool %s %s", kind, call.id)
+
+
+def _call_recover(owner: CallOwner, call: OpenCall, value: str | None) -> None:
+    problem = None
+    if not call.running:
+        if value is None:
+            call_enqueue(owner.kind, call.id, tenant_slug=call.tenant_slug, tool=call.tool, tool_input=call.input,
+                         only_if_free=True)
+        elif value == QUEUED:
+            problem = _pinned_worker_gone(call)
+    elif value is None:
+        logger.warning("tool %s %s lost its worker", owner.kind, call.id)
+        problem = LOST_MESSAGE
+    elif value.startswith(DEFERRED_PREFIX) and float(value[len(DEFERRED_PREFIX):]) < time.time():
+        problem = "no result arrived before the call's deadline; it was given up"
+    if problem is not None:
+        owner.call_record(call.id, error_result(problem))
 
 
 def _pinned_worker_gone(call: OpenCall) -> str | None:
     """A call queued on the direct queue of a worker that has since died waits for a consumer that will
     never come; this is the error it settles with instead."""
-    spec = registry.registered_tools().get(call.tool)
-    node = spec.runs_on(call.input) if spec is not None else None
+    node = _pinned_node(call.tool, call.input)
     if node is None or node_alive(node):
         return None
     return f"not run: this {call.tool} call had to run on worker {node}, which has stopped (what ran there ended with it)"

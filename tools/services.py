@@ -8,7 +8,6 @@ invocations for the runner (`API_INVOCATIONS`), as the run engine is of the mode
 """
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,21 +16,18 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from beamclaw_project.errors import Conflict
+from beamclaw_project.errors import Conflict, LimitExceeded
+from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.redis import redis_client
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession
-from tenants.limits import LimitExceeded
 from tenants.models import Agent, Tenant
 from tools import approvals, registry, runner
-from tools.base import ToolContext, error_result, validate_call
+from tools.base import CallRef, ToolContext, error_result, validate_call
 from tools.models import Approval, ToolInvocation
 from tools.processes import PROCESSES
 
-logger = logging.getLogger(__name__)
-
-KIND = "invocation"
-CALL_KIND = "call"  # the model's calls, owned by the run engine
+KIND = runner.KIND_API_INVOCATION
 RESULT_TTL_SECONDS = 600
 
 
@@ -145,7 +141,9 @@ class _ApiInvocations:
         if not runner.call_claim_pending(ToolInvocation, call_id):
             return None
         invocation = ToolInvocation.objects.select_related("tenant", "agent", "session").get(pk=call_id)
-        context = ToolContext(tenant=invocation.tenant, agent=invocation.agent, session=invocation.session, node=node)
+        log_context_bind(tenant=invocation.tenant.slug, session=invocation.session_id)
+        context = ToolContext(tenant=invocation.tenant, agent=invocation.agent, session=invocation.session, node=node,
+                              call=CallRef(KIND, invocation.pk))
         return runner.ClaimedCall(context=context, tool=invocation.tool, input=invocation.input)
 
     def call_record(self, call_id, result: dict) -> None:
@@ -219,7 +217,7 @@ def _tenant_approval(approval_id, tenant: Tenant) -> Approval:
 
 
 def _decide(approval: Approval, *, status: str, decided_by: str, always: bool = False, reason: str = "") -> Approval:
-    owner = runner.owner_of(CALL_KIND if approval.tool_call_id is not None else KIND)
+    owner = runner.owner_of(runner.KIND_MODEL_CALL if approval.tool_call_id is not None else KIND)
     with transaction.atomic():
         # Lock order everywhere: what the owner locks (session, run, tool call; or the invocation), then
         # the approval.

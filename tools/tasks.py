@@ -17,9 +17,9 @@ from tools import runner
 
 @shared_task(name="tools.run_tool", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_tool(self, call_id: str) -> None:
-    runner.call_run("call", int(call_id), node=self.request.hostname)
+    runner.call_run(runner.KIND_MODEL_CALL, int(call_id), node=self.request.hostname)
 
 
 @shared_task(name="tools.run_invocation", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_invocation(self, invocation_id: str) -> None:
-    runner.call_run("invocation", invocation_id, node=self.request.hostname)
+    runner.call_run(runner.KIND_API_INVOCATION, invocation_id, node=self.request.hostname)

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from beamclaw_project.infra.log_context import log_context_reset, log_context_restore
 from beamclaw_project.infra.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def chores() -> list[Chore]:
 
 def run_chores(*, node: str) -> None:
     for chore in chores():
+        token = log_context_reset()  # what one chore binds must not label the next one's lines
         try:
             if chore.every_seconds and not redis_client().set(
                 f"bc:housekeeping:{chore.name}", node, nx=True, ex=chore.every_seconds
@@ -44,3 +46,5 @@ def run_chores(*, node: str) -> None:
             chore.run()
         except Exception:  # noqa: BLE001 - one failing chore must not starve the others
             logger.exception("housekeeping chore %s failed", chore.name)
+        finally:
+            log_context_restore(token)

@@ -8,8 +8,9 @@ housekeeping reapers find the work unleased: Postgres says it is open, Redis say
 second delivery of a task whose work is alive elsewhere finds the lease taken and leaves.
 
 Other values mark phases in which no worker holds the work but it is not orphaned either (a run whose
-tool calls are in flight, a tool call deferred until an outside event settles it); they are set and
-replaced with the same compare-and-set as everything else (`lease_set`).
+tool calls are in flight, a tool call deferred until an outside event settles it). Acquiring, marking
+and handing over are compare-and-sets (`lease_set`: set if free or holding one of the given values;
+`Lease.hand_over`: only over the worker's own token); marking work queued is a plain SET.
 """
 
 import logging
@@ -34,6 +35,14 @@ for i = 3, #ARGV do
 end
 if free then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_SWAP_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
 return 0
@@ -107,23 +116,26 @@ _keeper = _Keeper()
 
 
 class Lease:
-    """A worker's hold on one piece of work while it runs it."""
+    """A worker's hold on one piece of work while it runs it. `takes_over`: the marker values a worker
+    may replace when it picks the work up (always `queued`)."""
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, *, takes_over: tuple[str, ...] = ()):
         self.key = key
         self.token = uuid.uuid4().hex
+        self.takes_over = (QUEUED, *takes_over)
 
     def acquire(self) -> bool:
-        """Take the lease if it is free or only marks the work as queued."""
-        if not lease_set(self.key, self.token, ttl_ms=lease_ttl_ms(), replacing=(QUEUED,)):
+        """Take the lease if it is free or holds one of the markers this work may be taken over from."""
+        if not lease_set(self.key, self.token, ttl_ms=lease_ttl_ms(), replacing=self.takes_over):
             return False
         _keeper.hold(self.key, self.token)
         return True
 
     def hand_over(self, value: str, *, ttl_ms: int) -> None:
-        """Stop holding the work but leave `value` in the lease for `ttl_ms` (e.g. a deferred call)."""
+        """Stop holding the work but leave `value` in the lease for `ttl_ms` (a deferred call, a run
+        waiting on its tool calls) if this worker still holds it."""
         _keeper.drop(self.key)
-        lease_set(self.key, value, ttl_ms=ttl_ms, replacing=(self.token,))
+        redis_client().eval(_SWAP_SCRIPT, 1, self.key, self.token, value, ttl_ms)
 
     def release(self) -> None:
         _keeper.drop(self.key)

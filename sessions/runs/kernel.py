@@ -31,8 +31,7 @@ ABORT_CHECK_INTERVAL = 0.2
 
 def run_lock(run_id) -> tuple[Run, AgentSession]:
     """Lock a run's session, then the run (inside the caller's transaction)."""
-    session_id = Run.objects.values_list("session_id", flat=True).get(pk=run_id)
-    session = AgentSession.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=session_id)
+    session = session_lock(Run.objects.values_list("session_id", flat=True).get(pk=run_id))
     return Run.objects.select_for_update().get(pk=run_id), session
 
 
@@ -66,11 +65,15 @@ def run_mark_queued(run_id, *, only_if_free: bool = False) -> bool:
     )
 
 
+def tools_marker_ttl_ms() -> int:
+    # Three lease times; housekeeping renews the marker while calls are open.
+    return 3 * lease_ttl_ms()
+
+
 def run_mark_tools_phase(run_ids) -> None:
-    """Mark runs whose tool calls are in flight, unless a worker or a queued step holds the lease. The
-    marker lives three lease times; housekeeping renews it while calls are open."""
+    """Mark runs whose tool calls are in flight, unless a worker or a queued step holds the lease."""
     for run_id in run_ids:
-        lease_set(run_lease_key(run_id), TOOLS_PHASE, ttl_ms=3 * lease_ttl_ms(), replacing=(TOOLS_PHASE,))
+        lease_set(run_lease_key(run_id), TOOLS_PHASE, ttl_ms=tools_marker_ttl_ms(), replacing=(TOOLS_PHASE,))
 
 
 def runs_unleased(run_ids: list) -> list:

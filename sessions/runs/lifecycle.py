@@ -184,10 +184,14 @@ def run_abort(*, run: Run, reason: str = "aborted by request") -> Run:
 
 
 def run_abort_locked(run: Run, reason: str, session: AgentSession) -> None:
+    """A streaming step ends at its next stream event (the flag); a run that waits (queued, for an
+    approval, or in its tool phase, where a deferred call may wait for hours) ends here, its open calls
+    settled as not run to completion."""
     if run.is_terminal:
         return
     abort_flag_set(run.pk, reason)
-    if run.status in (Run.Status.QUEUED, Run.Status.AWAITING_APPROVAL):
+    waiting = run.status in (Run.Status.QUEUED, Run.Status.AWAITING_APPROVAL)
+    if waiting or run.tool_calls.filter(step=run.step).exists():
         run_end_locked(run, Run.Status.ABORTED, error=reason, session=session)
 
 

@@ -20,7 +20,15 @@ from sessions.providers import get_provider
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
 from sessions.runs import tool_phase
 from sessions.runs.budget import record_tokens
-from sessions.runs.kernel import AbortCheck, abort_flag_reason, run_lease_key, run_lock, transcript_append
+from sessions.runs.kernel import (
+    TOOLS_PHASE,
+    AbortCheck,
+    abort_flag_reason,
+    run_lease_key,
+    run_lock,
+    tools_marker_ttl_ms,
+    transcript_append,
+)
 from sessions.runs.lifecycle import run_end_locked
 
 logger = logging.getLogger(__name__)
@@ -52,10 +60,12 @@ class _DeltaPublisher:
 
 
 def run_step(*, run_id, step: int) -> None:
-    lease = Lease(run_lease_key(run_id))
+    # A step may be picked up over the tools marker: a re-sent step only drives the open calls (step_resume).
+    lease = Lease(run_lease_key(run_id), takes_over=(TOOLS_PHASE,))
     if not lease.acquire():
         logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
         return
+    waits_for_tools = False
     try:
         attempt = _count_attempt(run_id, step)
         try:
@@ -67,8 +77,14 @@ def run_step(*, run_id, step: int) -> None:
             if attempt < MAX_STEP_ATTEMPTS:
                 raise
             _finish_failed(run_id, step, f"Internal error while running step {step}: {exc!r}", code="internal_error")
+        waits_for_tools = Run.objects.filter(pk=run_id, step=step, status__in=Run.ACTIVE_STATUSES).exists()
     finally:
-        lease.release()
+        if waits_for_tools:
+            # The step ended in the tool phase: leave the tools marker, or the reaper would take the run
+            # for an orphan and re-send this step every tick until the calls settle.
+            lease.hand_over(TOOLS_PHASE, ttl_ms=tools_marker_ttl_ms())
+        else:
+            lease.release()
 
 
 def _count_attempt(run_id, step: int) -> int:

@@ -20,24 +20,21 @@ housekeeping as long as calls are unsettled), so the reaper does not re-enqueue 
 worker was gone long enough for it to lapse, the reaper's re-run lands in step_resume.
 """
 
-import logging
-
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from beamclaw_project.infra.log_context import log_context_bind
 from sessions import events
 from sessions.models import AgentSession, Message, Run, ToolCall
 from sessions.runs.kernel import abort_flag_reason, run_lock, run_mark_tools_phase, step_enqueue
 from sessions.runs.lifecycle import steering_take_locked
 from sessions.runs.tool_calls import SETTLED, UNSETTLED, call_payload, result_payload, results_append
 from tools import approvals, registry, runner
-from tools.base import ToolContext, ToolInputError, ToolSpec, error_result, validate_call
+from tools.base import CallRef, ToolContext, ToolInputError, ToolSpec, error_result, validate_call
 from tools.models import Approval
 
-logger = logging.getLogger(__name__)
-
-KIND = "call"
+KIND = runner.KIND_MODEL_CALL
 
 
 def offered_tools(agent) -> tuple[dict, ...]:
@@ -166,7 +163,9 @@ class _RunCalls:
             return None
         call = ToolCall.objects.select_related("run__session__agent__tenant", "run__tenant").get(pk=call_id)
         run = call.run
-        context = ToolContext(tenant=run.tenant, agent=run.session.agent, session=run.session, node=node)
+        log_context_bind(tenant=run.tenant.slug, session=run.session_id, run=run.pk)
+        context = ToolContext(tenant=run.tenant, agent=run.session.agent, session=run.session, node=node,
+                              call=CallRef(KIND, call.pk))
         refusal = None
         if run.is_terminal or abort_flag_reason(run.pk) is not None:
             refusal = "not run: the run was aborted or has ended"

@@ -65,8 +65,10 @@ def test_apps_register_tools_and_policy_groups_follow(monkeypatch):
     registry.register(note)
     assert names({"allow": ["group:automation"]}) == ["cron", "note"]
     assert names({"deny": ["group:automation"]}) == ["exec", "process", "web_fetch"]
-    with pytest.raises(ValueError, match="unknown group 'group:nope'"):
-        registry.register(replace(note, name="other", group="group:nope"))
+    registry.register(replace(note, name="diary", group="group:journal"))
+    assert names({"allow": ["group:journal"]}) == ["diary"], "a plug-in may bring a group of its own"
+    with pytest.raises(ValueError, match="a group is named 'group:<name>'"):
+        registry.register(replace(note, name="other", group="journal"))
     assert "other" not in registry.registered_tools()
 
 

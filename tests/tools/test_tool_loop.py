@@ -94,7 +94,8 @@ def test_approvals_in_the_loop(live, make_tenant):
     wait_until(lambda: Run.objects.get(pk=run.pk).status == "awaiting_approval", timeout=15, message="the run to wait")
     approval = Approval.objects.get(tool_call__run=run)
     assert (approval.tool, approval.subject, approval.status) == ("web_fetch", "http://127.0.0.1/", "pending")
-    assert "approval.requested" in event_names(run)
+    # Events go out after the commit that made the run wait, so a moment after its status shows.
+    wait_until(lambda: "approval.requested" in event_names(run), timeout=15, message="approval.requested")
     with httpx.Client(base_url=f"{live}/api", headers=bundle.headers, timeout=30) as api:
         listed = api.get("/approvals/", params={"status": "pending"}).json()["results"]
         assert [(a["id"], a["run"]) for a in listed] == [(str(approval.pk), str(run.pk))]

@@ -228,6 +228,7 @@ EXEC_TOOL = ToolSpec(
     group="group:runtime",
     run=run_exec,
     subject=lambda tool_input: str(tool_input.get("command", "")),
+    subject_is_shell=True,
     approval_ignores=frozenset({"timeout", "yield_ms"}),
     render=render_exec,
     check=check_exec,
