@@ -1,5 +1,6 @@
 """The Celery app. Work is routed per tenant: each task is sent to its tenant's queue explicitly
-(see tenants.queues), system work goes to the `system` queue."""
+(queue names: beamclaw_project/infra/queues.py), system work goes to the `system` queue. Every task's
+base class is infra.tasks.ContextTask (tenant/session/run ids in its log lines)."""
 
 import os
 

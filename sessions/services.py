@@ -1,4 +1,4 @@
-"""Writes on sessions that are not part of running an agent turn (see engine.py for those)."""
+"""Writes on sessions that are not part of running an agent turn (the run engine, sessions/runs/, does those)."""
 
 import hashlib
 import secrets

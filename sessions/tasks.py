@@ -7,7 +7,7 @@ the provider's own timeout (BEAMCLAW_PROVIDER_TIMEOUT_SECONDS) bounds a step ins
 
 from celery import shared_task
 
-from sessions.runs.step import run_step as step_run
+from sessions.runs import run_step as step_run
 
 
 @shared_task(name="sessions.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -1,7 +1,7 @@
-"""The base of every Celery task (`app.Task`): each task runs in a fresh log context that already
-names its tenant (from the tenant queue it came from) and its run or session (from a `run_id` or
-`session_id` argument), so every line it logs can be traced to one tenant, session and run. Services
-that load more (the engine loading a run's session) bind the rest."""
+"""The base of every Celery task (`app.Task`): each task runs in a fresh log context, so nothing one
+task bound labels the next one's lines in the same worker thread. It binds what the delivery says (the
+tenant of a tenant queue, a `run_id` or `session_id` argument); services bind the rest when they load
+it (the engine its run's session, the tool runner's owners a call's tenant, session and run)."""
 
 import inspect
 

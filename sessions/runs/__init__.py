@@ -8,7 +8,7 @@ every bit of state, Redis only the live event stream and the leases.
     step.py         one step: ask the provider, stream, then end the run or go to the tool phase
     tool_phase.py   a reply's tool calls, from the tool_use blocks to the next step
     tool_calls.py   tool results in the transcript; open calls of a run that ends
-    housekeeping.py reapers for steps and tool calls whose worker died
+    housekeeping.py the reaper of steps whose worker died (tool calls: tool_phase.tool_calls_reap)
     budget.py       the tenant's daily token budget
     kernel.py       run lock, transcript append, step enqueue, abort flag, run lease
 
@@ -17,14 +17,14 @@ Edges and services use only the names below. The model's tool calls run through 
 """
 
 from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, run_abort, terminal_event_from_db
-from sessions.runs.step import provider_messages
+from sessions.runs.step import run_step
 from sessions.runs.submit import SessionClosed, run_submit
 
 __all__ = [
     "RUN_FAILED_UNANSWERED",
     "SessionClosed",
-    "provider_messages",
     "run_abort",
+    "run_step",
     "run_submit",
     "terminal_event_from_db",
 ]

@@ -1,7 +1,9 @@
 """The run engine's kernel: the few primitives every part of the engine (and nothing outside it) uses.
 
 - `run_lock`: lock a run's session, then the run. The one lock order used everywhere: session, run,
-  tool call (or invocation), approval; then tenant. Nothing that holds a later lock takes an earlier one.
+  tool call (or invocation), approval, then the agent (an "allow always" decision) or the tenant (its
+  run capacity). Nothing that holds a later lock takes an earlier one; tools/invoke's in-flight cap
+  takes the tenant row before it creates the invocation, holding nothing else.
 - `transcript_append`: the only way a message enters a session's transcript (gap-free `seq` from the
   session row, which the caller has locked).
 - `step_enqueue`: mark the run's lease `queued`, then send `sessions.run_step` to the tenant's queue.
