@@ -1,14 +1,13 @@
 """Signal receivers, connected in CronConfig.ready()."""
 
-from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from beamclaw_project.infra.queues import tenant_queue
 from cron.beat import beat_remove, beat_sync
 from cron.models import CronJob, CronRun
-from cron.services import BOOKKEEPING_FIELDS, cron_run_queue
-from cron.tasks import deliver, settle
+from cron.services import BOOKKEEPING_FIELDS
+from cron.tasks import settle
 from sessions.models import Run
 from sessions.signals import run_finished
 
@@ -38,13 +37,3 @@ def _run_finished(sender, run_id, status, trigger=None, **kwargs):
         cron_run_id, slug = found
         settle.apply_async(args=[cron_run_id], queue=tenant_queue(slug))
 
-
-@receiver(post_save, sender=CronRun, dispatch_uid="cron-run-deliver")
-def _cron_run_saved(sender, instance: CronRun, update_fields=None, **kwargs):
-    # Settling (cron.services._finish_locked) is the one save that names delivery_status; attempts are
-    # recorded with update(), which sends no signal. So a delivery is enqueued once, after the commit.
-    if update_fields is None or "delivery_status" not in update_fields:
-        return
-    if instance.delivery_status == CronRun.Delivery.PENDING:
-        cron_run_id = instance.pk
-        transaction.on_commit(lambda: deliver.apply_async(args=[cron_run_id], queue=cron_run_queue(cron_run_id=cron_run_id)))

@@ -14,6 +14,7 @@ engine. So an occurrence is claimed in one transaction and its run started after
 import logging
 from datetime import datetime, timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -31,6 +32,8 @@ from sessions.services import SessionConflict, session_get_or_create
 from tenants.models import Agent, Tenant
 
 logger = logging.getLogger(__name__)
+
+DELIVER_TASK = "cron.deliver"
 
 # beat's wake-up may come a little before the occurrence (clock skew between the beat and worker hosts);
 # never more than a quarter interval early, or a second beat could claim the next occurrence.
@@ -288,7 +291,7 @@ def cron_job_run_now(*, job: CronJob) -> CronRun:
 
 def _finish_locked(job: CronJob, cron_run: CronRun, status: str, error: str = "") -> None:
     """End a CronRun and account for it on the job. Caller holds both row locks. A pending delivery is sent
-    once the caller's transaction commits (cron.receivers)."""
+    once the caller's transaction commits."""
     cron_run.status = status
     cron_run.error = error
     cron_run.finished_at = timezone.now()
@@ -308,6 +311,10 @@ def _finish_locked(job: CronJob, cron_run: CronRun, status: str, error: str = ""
             fields += ["enabled", "disabled_reason"]
             logger.warning("cron job %s %s", job.pk, job.disabled_reason)
     job.save(update_fields=fields)
+    if cron_run.delivery_status == CronRun.Delivery.PENDING:
+        # Sent by name: the task module (an edge) imports this one, not the other way round.
+        cron_run_id, queue = cron_run.pk, tenant_queue(job.tenant.slug)
+        transaction.on_commit(lambda: current_app.send_task(DELIVER_TASK, args=[cron_run_id], queue=queue))
 
 
 def cron_run_settle(*, cron_run_id: int) -> CronRun | None:

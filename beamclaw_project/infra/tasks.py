@@ -14,16 +14,24 @@ _ID_ARGUMENTS = {"run_id": "run", "session_id": "session"}
 
 
 class ContextTask(Task):
+    _id_parameters: dict[str, int] | None = None  # id argument -> its position, worked out once per task
+
     def __call__(self, *args, **kwargs):
         token = log_context_reset()
         try:
             delivery = getattr(self.request, "delivery_info", None) or {}
             log_context_bind(tenant=tenant_of_queue(delivery.get("routing_key") or ""))
-            try:
-                arguments = inspect.signature(self.run).bind_partial(*args, **kwargs).arguments
-            except TypeError:
-                arguments = {}
-            log_context_bind(**{field: arguments.get(name) for name, field in _ID_ARGUMENTS.items()})
+            ids = {}
+            for name, position in self._id_positions().items():
+                value = kwargs.get(name, args[position] if position < len(args) else None)
+                ids[_ID_ARGUMENTS[name]] = value
+            log_context_bind(**ids)
             return super().__call__(*args, **kwargs)
         finally:
             log_context_restore(token)
+
+    def _id_positions(self) -> dict[str, int]:
+        if self._id_parameters is None:
+            names = [name for name in inspect.signature(self.run).parameters]
+            self._id_parameters = {name: names.index(name) for name in _ID_ARGUMENTS if name in names}
+        return self._id_parameters

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from sessions.models import Run
-from sessions.runs.kernel import run_mark_queued, runs_unleased, step_enqueue
+from sessions.runs.kernel import runs_unleased, step_enqueue
 from sessions.runs.lifecycle import session_advance
 
 logger = logging.getLogger(__name__)
@@ -23,9 +23,8 @@ def reap_orphaned_runs() -> int:
     orphans = set(runs_unleased([pk for pk, _, _ in running]))
     reaped = 0
     for pk, step, slug in running:
-        if pk in orphans and run_mark_queued(pk, only_if_free=True):
-            logger.warning("run %s step %s lost its worker; re-enqueueing", pk, step)
-            step_enqueue(pk, step, slug)
+        if pk in orphans and step_enqueue(pk, step, slug, only_if_free=True):
+            logger.warning("run %s step %s lost its worker; re-enqueued", pk, step)
             reaped += 1
     stale = timezone.now() - timedelta(seconds=settings.BEAMCLAW["RUN_LEASE_SECONDS"])
     waiting_sessions = (

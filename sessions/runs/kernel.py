@@ -84,9 +84,13 @@ def runs_unleased(run_ids: list) -> list:
     return [run_id for run_id, value in zip(run_ids, values) if value is None]
 
 
-def step_enqueue(run_id, step: int, tenant_slug: str) -> None:
-    run_mark_queued(run_id)
+def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = False) -> bool:
+    """Mark the run's step queued and send it; with only_if_free (the reaper), only if nothing held the
+    lease or had queued a step. Returns whether it was sent."""
+    if not run_mark_queued(run_id, only_if_free=only_if_free) and only_if_free:
+        return False
     current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug))
+    return True
 
 
 # --- the abort flag --------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def run_step(*, run_id, step: int) -> None:
     try:
         attempt = _count_attempt(run_id, step)
         try:
-            _execute_step(run_id, step, attempt)
+            tools_started = _execute_step(run_id, step, attempt)
         except Exception as exc:
             # A bug or a broken dependency, not a provider error: the reaper would retry it forever, so
             # give up on the run after a few attempts, saying why.
@@ -77,7 +77,11 @@ def run_step(*, run_id, step: int) -> None:
             if attempt < MAX_STEP_ATTEMPTS:
                 raise
             _finish_failed(run_id, step, f"Internal error while running step {step}: {exc!r}", code="internal_error")
-        waits_for_tools = Run.objects.filter(pk=run_id, step=step, status__in=Run.ACTIVE_STATUSES).exists()
+        else:
+            # Still at this step: its calls are open (if they all settled at once, the run moved on).
+            waits_for_tools = tools_started and Run.objects.filter(
+                pk=run_id, step=step, status__in=Run.ACTIVE_STATUSES
+            ).exists()
     finally:
         if waits_for_tools:
             # The step ended in the tool phase: leave the tools marker, or the reaper would take the run
@@ -95,22 +99,23 @@ def _count_attempt(run_id, step: int) -> int:
     return int(pipe.execute()[0])
 
 
-def _execute_step(run_id, step: int, attempt: int) -> None:
+def _execute_step(run_id, step: int, attempt: int) -> bool:
+    """Run the step; True when it left the run in its tool phase."""
     run = Run.objects.select_related("session__agent", "tenant").filter(pk=run_id).first()
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
-        return
+        return False
     log_context_bind(tenant=run.tenant.slug, session=run.session_id)
     # The step's reply exists: its tool calls are in flight (the reaper re-sent the step); drive them.
     if tool_phase.step_resume(run, step):
-        return
+        return True
     if abort_flag_reason(run_id) is not None:
         _finish_aborted(run_id, step, partial_text="")
-        return
+        return False
     if step >= settings.BEAMCLAW["STEP_CAP"]:
         _finish_failed(
             run_id, step, f"Run stopped after {step} steps (step cap {settings.BEAMCLAW['STEP_CAP']}).", code="step_cap"
         )
-        return
+        return False
 
     agent = run.session.agent
     request = CompletionRequest(
@@ -136,11 +141,11 @@ def _execute_step(run_id, step: int, attempt: int) -> None:
         completion = get_provider(provider_name).stream(request, on_text=publish_delta, should_abort=AbortCheck(run_id))
     except Aborted:
         _finish_aborted(run_id, step, partial_text=publish_delta.text)
-        return
+        return False
     except ProviderError as exc:
         _finish_failed(run_id, step, exc.message, code=exc.kind)
-        return
-    _finish_step(run_id, step, completion)
+        return False
+    return _finish_step(run_id, step, completion)
 
 
 def _system_prompt(agent_prompt: str, request_system: str | None) -> str:
@@ -164,11 +169,12 @@ def provider_messages(session_id) -> list[dict]:
     return merged
 
 
-def _finish_step(run_id, step: int, completion: Completion) -> None:
+def _finish_step(run_id, step: int, completion: Completion) -> bool:
+    """Write the reply, then end the run or start its tool calls (True)."""
     with transaction.atomic():
         run, session = run_lock(run_id)
         if run.status != Run.Status.RUNNING or run.step != step:
-            return
+            return False
         message = transcript_append(
             session,
             role=Message.Role.ASSISTANT,
@@ -181,7 +187,7 @@ def _finish_step(run_id, step: int, completion: Completion) -> None:
         tokens = completion.input_tokens + completion.output_tokens
         transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
         if tool_phase.step_tool_calls(run=run, session=session, step=step, completion=completion):
-            return  # the run continues once the tool calls settle
+            return True  # the run continues once the tool calls settle
         payload = {
             "run_id": str(run.pk),
             "message": {"seq": message.seq, "role": message.role, "content": message.content},
@@ -191,6 +197,7 @@ def _finish_step(run_id, step: int, completion: Completion) -> None:
             "usage": run.usage,
         }
         run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload)
+    return False
 
 
 def _finish_failed(run_id, step: int, error: str, code: str = "") -> None:
