@@ -213,6 +213,10 @@ def _start(job: CronJob, cron_run: CronRun) -> CronRun:
         if outcome is not None:
             _finish_locked(locked_job, locked, *outcome)
             return locked
+        # The CronRun's foreign keys are checked at commit with KEY SHARE locks, the run's before the
+        # session's, while the engine locks a session, then its run: a worker ending the run in between
+        # deadlocked with this commit once. Holding the session first keeps the engine's order.
+        AgentSession.objects.select_for_update().filter(pk=session.pk).first()
         locked.session, locked.run = session, run
         locked.save(update_fields=["session", "run"])
     # A run that already ended sent its run_finished before this CronRun named it; settle it here.
