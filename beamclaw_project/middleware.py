@@ -12,6 +12,7 @@ from django.http import JsonResponse
 from django.urls import Resolver404, resolve
 
 from beamclaw_project import json_input
+from beamclaw_project.infra.outages import RETRY_AFTER_SECONDS, outage_of
 
 FAST_PATH_PREFIXES = ("/v1/", "/health", "/api/runs/")
 # Where every request body is read as JSON by some view, whatever its Content-Type says.
@@ -34,8 +35,46 @@ class ApiFastPathMiddleware:
                 match = None
             # Only the async views: DRF's sync views keep the full stack (and its thread handling).
             if match is not None and iscoroutinefunction(match.func):
-                return await match.func(request, *match.args, **match.kwargs)
+                try:
+                    return await match.func(request, *match.args, **match.kwargs)
+                except Exception as exc:
+                    # The stack below (OutageMiddleware's hook included) is skipped, so answer here.
+                    if (store := outage_of(exc)) is None:
+                        raise
+                    return outage_response(request, store)
         return await self.get_response(request)
+
+
+def outage_response(request, store: str) -> JsonResponse:
+    """503 with Retry-After, in the shape of the edge the request came to: OpenAI's error object under
+    /v1/, the REST `detail`/`code` object under /api/ (and elsewhere)."""
+    message = f"{store} is unavailable right now; the request was not carried out. Try again in a few seconds."
+    if request.path_info.startswith("/v1/"):
+        body = {"error": {"message": message, "type": "service_unavailable", "param": None, "code": "service_unavailable"}}
+    else:
+        body = {"detail": message, "code": "service_unavailable", "retry_after": RETRY_AFTER_SECONDS}
+    response = JsonResponse(body, status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+class OutageMiddleware:
+    """A view that fails because Redis or PostgreSQL is unreachable answers 503 with Retry-After rather
+    than 500: the client did nothing wrong and may simply try again (infra/outages.py)."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        return await self.get_response(request)
+
+    def process_exception(self, request, exception):
+        store = outage_of(exception)
+        return outage_response(request, store) if store is not None else None
 
 
 class RejectNulMiddleware:

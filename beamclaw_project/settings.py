@@ -55,6 +55,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "beamclaw_project.middleware.OutageMiddleware",
     "beamclaw_project.middleware.RejectNulMiddleware",
     "beamclaw_project.middleware.ApiFastPathMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -92,8 +93,13 @@ DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DATABASES["default"]["OPTIONS"]["pool"] = {
     "min_size": 1,
     "max_size": env_int("DB_POOL_MAX_SIZE", 16),
-    "timeout": 30,
+    # While PostgreSQL is down the pool cannot make connections and a borrower waits this long: short,
+    # so that requests get their 503 (and workers pause their steps) promptly.
+    "timeout": env_int("DB_POOL_TIMEOUT_SECONDS", 5),
 }
+# Check a pooled connection before lending it: after PostgreSQL restarts, every idle connection in the
+# pool is dead, and without the check each would fail one request.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -151,6 +157,8 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+# kombu's Redis transport with a fix that lets workers reconnect after Redis restarts (infra/broker.py).
+CELERY_BROKER_TRANSPORT = "beamclaw_project.infra.broker:Transport"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True

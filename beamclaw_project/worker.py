@@ -17,6 +17,7 @@ from django.db import close_old_connections
 
 from beamclaw_project.infra.heartbeats import heartbeat_write
 from beamclaw_project.infra.housekeeping import run_chores
+from beamclaw_project.infra.outages import outage_of
 from tenants.queues import active_tenant_queues
 
 logger = logging.getLogger(__name__)
@@ -28,26 +29,31 @@ class Housekeeping(bootsteps.StartStopStep):
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self, consumer):
-        self._thread = threading.Thread(target=self._loop, args=(consumer,), name="housekeeping", daemon=True)
-        self._thread.start()
+        # Celery stops and starts the consumer's steps again each time the broker connection comes back
+        # (a Redis restart): each start gets a fresh stop event, or the new thread would find the last
+        # stop already set and exit after one tick, leaving the worker without heartbeats or reapers.
+        self._stop = threading.Event()
+        threading.Thread(target=self._loop, args=(consumer, self._stop), name="housekeeping", daemon=True).start()
 
     def stop(self, consumer):
         self._stop.set()
 
-    def _loop(self, consumer):
+    def _loop(self, consumer, stop: threading.Event):
         interval = settings.BEAMCLAW["HOUSEKEEPING_SECONDS"]
         hostname = consumer.hostname or socket.gethostname()
         while True:
             try:
                 self._tick(consumer, hostname, interval)
-            except Exception:  # noqa: BLE001 - housekeeping must outlive a database or Redis blip
-                logger.exception("housekeeping tick failed")
+            except Exception as exc:  # noqa: BLE001 - housekeeping must outlive a database or Redis blip
+                if (store := outage_of(exc)) is not None:
+                    logger.warning("housekeeping paused: %s is unavailable (%s)", store, exc)
+                else:
+                    logger.exception("housekeeping tick failed")
             finally:
                 close_old_connections()
-            if self._stop.wait(interval):
+            if stop.wait(interval):
                 return
 
     def _tick(self, consumer, hostname: str, interval: float) -> None:

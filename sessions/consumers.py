@@ -8,7 +8,8 @@ subscribes to: every run of those sessions streams to it, whoever started the ru
 Before closing, the server sends a last `res` frame saying why (close reasons are limited to 123 bytes, and
 some clients do not show them); the close frame carries the reason too.
 Close codes: 1009 frame over MAX_FRAME_BYTES, 4400 first frame not a connect request, 4401 bad API key,
-4403 tenant suspended, 4408 no connect in time, 4429 rate limited at connect.
+4403 tenant suspended, 4408 no connect in time, 4429 rate limited at connect, 4503 Redis or PostgreSQL
+unavailable at connect (a request during such an outage gets an `unavailable` error with `retry_after`).
 
 Approval events reach a socket twice over: in the stream of a run it follows, and through the tenant's
 channel-layer group (which also covers approvals of runs it does not follow). Each is delivered once, by
@@ -27,6 +28,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
 from beamclaw_project.errors import DomainError, InvalidInput
+from beamclaw_project.infra.outages import RETRY_AFTER_SECONDS, outage_of
 from sessions import events, notify
 from sessions.content import content_parse
 from sessions.models import AgentSession, Message, Run
@@ -49,9 +51,12 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 # Approval ids whose events this socket has delivered; old ones age out (their events stopped long ago).
 APPROVALS_REMEMBERED = 10_000
 CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}
+# A connect frame that could not be checked because Redis or PostgreSQL is down: reconnect later.
+CLOSE_UNAVAILABLE = 4503
 EVENTS = [
     events.RUN_STARTED, events.TEXT_DELTA, events.TOOL_CALL, events.TOOL_RESULT,
     "approval.requested", "approval.resolved", events.RUN_COMPLETED, events.RUN_FAILED, events.RUN_ABORTED,
+    events.STREAM_INTERRUPTED,
 ]
 
 
@@ -253,11 +258,16 @@ class GatewayConsumer(AsyncWebsocketConsumer):
     async def send_json(self, data) -> None:
         await self.send(text_data=_dumps(data))
 
-    async def _respond(self, request_id, payload=None, *, error: RequestError | None = None) -> None:
+    async def _respond(
+        self, request_id, payload=None, *, error: RequestError | None = None, retry_after: int | None = None
+    ) -> None:
         if error is None:
             await self.send_json({"type": "res", "id": request_id, "ok": True, "payload": payload})
-        else:
-            await self.send_json({"type": "res", "id": request_id, "ok": False, "error": {"code": error.code, "message": error.message}})
+            return
+        body = {"code": error.code, "message": error.message}
+        if retry_after is not None:
+            body["retry_after"] = retry_after
+        await self.send_json({"type": "res", "id": request_id, "ok": False, "error": body})
 
     async def _refuse(self, request_id, close_code: int, code: str, message: str) -> None:
         await self._respond(request_id, error=RequestError(code, message))
@@ -274,6 +284,21 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             return
         frame, problem = self._parse(text_data, bytes_data)
         request_id = frame.get("id") if isinstance(frame, dict) else None
+        try:
+            await self._handle(frame, problem, request_id)
+        except Exception as exc:
+            if (store := outage_of(exc)) is None:
+                raise
+            # Nothing was done; the client may send the same request again in a few seconds.
+            error = RequestError(
+                "unavailable", f"{store} is unavailable right now; try again in {RETRY_AFTER_SECONDS} seconds."
+            )
+            if self.principal is None:
+                await self._refuse(request_id, CLOSE_UNAVAILABLE, error.code, error.message)
+            else:
+                await self._respond(request_id, error=error, retry_after=RETRY_AFTER_SECONDS)
+
+    async def _handle(self, frame, problem, request_id) -> None:
         if self.principal is None:
             await self._handshake(frame, problem, request_id)
             return

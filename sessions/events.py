@@ -3,9 +3,17 @@
 Entry ids are `0-<seq>`, so "resume after seq N" is simply XREAD from `0-N`; a Lua script hands out the
 seq and appends in one round trip, which keeps the order total even when a step is redelivered to
 another worker. Streams expire an hour after their last event; Postgres keeps the final transcript.
+
+Seqs of one stream follow each other without gaps. When Redis loses a stream while its run goes on (a
+restart without persistence, a failover), the stream that begins again does not start at 1: its first
+seq is the current time in milliseconds, above anything the lost stream held. A reader therefore sees
+either the next seq or a jump, and a jump (or a stream whose counter fell behind the reader) means the
+events in between are gone: `tail` raises StreamLost and the reader turns to Postgres.
 """
 
+import asyncio
 import json
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,12 +29,19 @@ TOOL_RESULT = "tool.result"
 RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 RUN_ABORTED = "run.aborted"
+# Not in the Redis stream: told by a reader whose stream was lost (sessions/run_stream.py).
+STREAM_INTERRUPTED = "stream.interrupted"
 TERMINAL_EVENTS = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_ABORTED})
 TAIL_BLOCK_SECONDS = 5.0
 
 _APPEND_SCRIPT = """
 local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], '0-' .. seq, 'e', ARGV[1], 'd', ARGV[2])
+if seq == 1 and ARGV[5] ~= '0' then
+  -- Not the run's first event, yet a new stream: Redis lost the one before. Number above it.
+  seq = tonumber(ARGV[5])
+  redis.call('SET', KEYS[2], seq)
+end
+redis.call('XADD', KEYS[1], string.format('0-%d', seq), 'e', ARGV[1], 'd', ARGV[2])
 if seq == 1 or ARGV[4] == '1' then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -62,10 +77,11 @@ def publish(run_id, event: str, payload: dict) -> int:
     """Append an event to the run's stream and return its seq."""
     ttl = settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"]
     refresh_ttl = "1" if event in TERMINAL_EVENTS else "0"
+    restart_seq = "0" if event == RUN_STARTED else str(time.time_ns() // 1_000_000)
     return int(
         _append_script()(
             keys=[stream_key(run_id), _seq_key(run_id)],
-            args=[event, json.dumps(payload, separators=(",", ":")), ttl, refresh_ttl],
+            args=[event, json.dumps(payload, separators=(",", ":")), ttl, refresh_ttl, restart_seq],
         )
     )
 
@@ -87,27 +103,48 @@ def published_text(run_id, step: int) -> str:
     )
 
 
+class StreamLost(Exception):
+    """The run's stream no longer holds what this reader already read: Redis lost it (a restart without
+    persistence, a failover) or it expired. Postgres still knows how the run ends."""
+
+
+async def _stream_lost(client, run_id, last_seq: int) -> bool:
+    # The seq counter only grows while the stream lives; lower (or gone) means a new stream began.
+    current = await client.get(_seq_key(run_id))
+    return current is None or int(current) < last_seq
+
+
 async def tail(run_id, after_seq: int = 0, *, block_seconds: float = TAIL_BLOCK_SECONDS):
     """Yield a run's events after `after_seq` in order, waiting for new ones, until a terminal event.
 
-    Yields None after each `block_seconds` without an event, so the caller can send a keep-alive or
-    check on the run.
+    Yields None after each `block_seconds` without an event (and while Redis is unreachable), so the
+    caller can send a keep-alive or check on the run. Raises StreamLost when events after this reader's
+    position were lost (see the module's docstring).
     """
     client = async_redis()
     key = stream_key(run_id)
-    last_id = f"0-{after_seq}"
+    last_seq = after_seq
+    backoff = 0.0
     while True:
         try:
-            response = await client.xread({key: last_id}, block=int(block_seconds * 1000), count=500)
+            response = await client.xread({key: f"0-{last_seq}"}, block=int(block_seconds * 1000), count=500)
+            if not response and last_seq and await _stream_lost(client, run_id, last_seq):
+                raise StreamLost(f"the event stream of run {run_id} was lost after event {last_seq}")
+            backoff = 0.0
         except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
-            # The connection went bad; the caller gets a keep-alive tick and the next XREAD reconnects.
-            response = None
+            # Redis is unreachable: tick, wait a little longer each time, and try again.
+            backoff = min(max(backoff * 2, 0.2), block_seconds)
+            yield None
+            await asyncio.sleep(backoff)
+            continue
         if not response:
             yield None
             continue
         for entry_id, fields in response[0][1]:
-            last_id = entry_id
             event = _decode(entry_id, fields)
+            if last_seq and event.seq != last_seq + 1:
+                raise StreamLost(f"the event stream of run {run_id} jumped from event {last_seq} to {event.seq}")
+            last_seq = event.seq
             yield event
             if event.event in TERMINAL_EVENTS:
                 return

@@ -273,6 +273,9 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
                 yield _sse(chunk({}, FINISH_REASONS.get(payload.get("stop_reason"), "stop")))
                 if include_usage:
                     yield _sse({**chunk({}), "choices": [], "usage": _usage(payload.get("usage", {}))})
+            elif event.event == events.STREAM_INTERRUPTED:
+                yield _sse({"error": {"message": event.payload["error"], "type": "stream_interrupted", "code": "stream_lost"}})
+                break
             elif event.event in (events.RUN_FAILED, events.RUN_ABORTED):
                 payload = event.payload
                 code = payload.get("code") or ("aborted" if event.event == events.RUN_ABORTED else "run_failed")

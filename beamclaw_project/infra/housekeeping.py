@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from beamclaw_project.infra.log_context import log_context_reset, log_context_restore
+from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ def run_chores(*, node: str) -> None:
             ):
                 continue
             chore.run()
-        except Exception:  # noqa: BLE001 - one failing chore must not starve the others
+        except Exception as exc:  # noqa: BLE001 - one failing chore must not starve the others
+            if outage_of(exc) is not None:
+                raise  # Redis or PostgreSQL is down: the other chores would only wait on it in turn
             logger.exception("housekeeping chore %s failed", chore.name)
         finally:
             log_context_restore(token)

@@ -207,5 +207,6 @@ def terminal_event_from_db(run: Run) -> events.RunEvent | None:
             payload.update(
                 message={"seq": reply.seq, "role": reply.role, "content": reply.content},
                 text=reply.text,
+                step=reply.step,
             )
     return events.RunEvent(seq=0, event=TERMINAL_EVENT[run.status], payload=payload)

@@ -13,6 +13,7 @@ from django.db import close_old_connections, transaction
 
 from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.log_context import log_context_bind
+from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import redis_client
 from sessions import events
 from sessions.models import Message, Run
@@ -33,7 +34,7 @@ from sessions.runs.lifecycle import run_end_locked
 
 logger = logging.getLogger(__name__)
 
-MAX_STEP_ATTEMPTS = 3
+MAX_STEP_FAILURES = 3
 
 
 class _DeltaPublisher:
@@ -59,7 +60,38 @@ class _DeltaPublisher:
         events.publish(self.run_id, events.TEXT_DELTA, {"text": text[max(0, self.skip - start):], "step": self.step})
 
 
+class _CallbackFailures:
+    """Remembers an exception raised by the engine's own callbacks during a provider call, so it surfaces
+    as itself however the provider reports it (a provider sees only a failing callback and may well
+    classify it as a network error of its own)."""
+
+    def __init__(self):
+        self.error: Exception | None = None
+
+    def guard(self, callback):
+        def call(*args):
+            try:
+                return callback(*args)
+            except Exception as exc:
+                self.error = exc
+                raise
+
+        return call
+
+
 def run_step(*, run_id, step: int) -> None:
+    try:
+        _run_step_leased(run_id, step)
+    except Exception as exc:
+        store = outage_of(exc)
+        if store is None:
+            raise
+        # Not the run's fault: it stays open, and once the store is back the reaper finds it without a
+        # worker and sends the step again (text that already reached clients is not streamed twice).
+        logger.warning("run %s step %s paused: %s is unavailable (%s); it resumes once it is back", run_id, step, store, exc)
+
+
+def _run_step_leased(run_id, step: int) -> None:
     # A step may be picked up over the tools marker: a re-sent step only drives the open calls (step_resume).
     lease = Lease(run_lease_key(run_id), takes_over=(TOOLS_PHASE,))
     if not lease.acquire():
@@ -67,14 +99,17 @@ def run_step(*, run_id, step: int) -> None:
         return
     waits_for_tools = False
     try:
-        attempt = _count_attempt(run_id, step)
+        attempt = _count(run_id, step, "attempts")
         try:
             tools_started = _execute_step(run_id, step, attempt)
         except Exception as exc:
+            if outage_of(exc) is not None:
+                raise
             # A bug or a broken dependency, not a provider error: the reaper would retry it forever, so
-            # give up on the run after a few attempts, saying why.
-            logger.exception("run %s step %s failed unexpectedly (attempt %s)", run_id, step, attempt)
-            if attempt < MAX_STEP_ATTEMPTS:
+            # give up on the run after a few failures, saying why.
+            failures = _count(run_id, step, "failures")
+            logger.exception("run %s step %s failed unexpectedly (failure %s)", run_id, step, failures)
+            if failures < MAX_STEP_FAILURES:
                 raise
             _finish_failed(run_id, step, f"Internal error while running step {step}: {exc!r}", code="internal_error")
         else:
@@ -83,16 +118,27 @@ def run_step(*, run_id, step: int) -> None:
                 pk=run_id, step=step, status__in=Run.ACTIVE_STATUSES
             ).exists()
     finally:
+        _let_go(lease, waits_for_tools)
+
+
+def _let_go(lease: Lease, waits_for_tools: bool) -> None:
+    try:
         if waits_for_tools:
             # The step ended in the tool phase: leave the tools marker, or the reaper would take the run
             # for an orphan and re-send this step every tick until the calls settle.
             lease.hand_over(TOOLS_PHASE, ttl_ms=tools_marker_ttl_ms())
         else:
             lease.release()
+    except Exception as exc:
+        if outage_of(exc) is None:
+            raise
+        # Redis is gone, and the lease with it (or it lapses within the lease time): nothing to give back.
 
 
-def _count_attempt(run_id, step: int) -> int:
-    key = f"bc:run:{run_id}:step:{step}:attempts"
+def _count(run_id, step: int, what: str) -> int:
+    """Count this step's attempts (a later one skips text already streamed) or its failures (the run
+    fails after MAX_STEP_FAILURES; an outage is not a failure)."""
+    key = f"bc:run:{run_id}:step:{step}:{what}"
     pipe = redis_client().pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
@@ -136,13 +182,19 @@ def _execute_step(run_id, step: int, attempt: int) -> bool:
 
     already_streamed = events.published_text(run_id, step) if attempt > 1 else ""
     publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed))
+    callbacks = _CallbackFailures()
 
     try:
-        completion = get_provider(provider_name).stream(request, on_text=publish_delta, should_abort=AbortCheck(run_id))
+        completion = get_provider(provider_name).stream(
+            request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(AbortCheck(run_id))
+        )
     except Aborted:
         _finish_aborted(run_id, step, partial_text=publish_delta.text)
         return False
     except ProviderError as exc:
+        if callbacks.error is not None:
+            # Our own callback failed (Redis went away while publishing): not the provider's error.
+            raise callbacks.error from exc
         _finish_failed(run_id, step, exc.message, code=exc.kind)
         return False
     return _finish_step(run_id, step, completion)

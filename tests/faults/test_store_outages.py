@@ -1,0 +1,187 @@
+"""Redis restarted empty and PostgreSQL stopped, in the middle of streaming runs, as an operator's bad day
+would have it. Each test prints a report line: runs affected, runs completed exactly once, seconds until
+/health was green again (figures, not assertions)."""
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.conftest import wait_until
+from tests.faults.conftest import seconds_until
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
+
+SLOW_REPLY = "[[deltas=30]] [[delay_ms=150]]"  # about 4.5 s of streaming
+
+
+@dataclass
+class StreamedReply:
+    """An OpenAI streaming client, read to the end in a thread."""
+
+    url: str
+    headers: dict
+    prompt: str
+    run_id: str = ""
+    text: str = ""
+    chunks: int = 0
+    finish_reason: str | None = None
+    errors: list = field(default_factory=list)
+    done: bool = False
+    thread: threading.Thread | None = None
+
+    def start(self) -> "StreamedReply":
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        return self
+
+    def _read(self) -> None:
+        body = {"model": "default", "stream": True, "messages": [{"role": "user", "content": f"{self.prompt} {SLOW_REPLY}"}]}
+        with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body, headers=self.headers, timeout=180) as response:
+            self.run_id = response.headers.get("X-Run-Id", "")
+            for line in response.iter_lines():
+                if line == "data: [DONE]":
+                    self.done = True
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if "error" in data:
+                        self.errors.append(data["error"])
+                        continue
+                    for choice in data["choices"]:
+                        self.text += choice["delta"].get("content") or ""
+                        self.chunks += 1
+                        self.finish_reason = choice["finish_reason"] or self.finish_reason
+
+    def join(self) -> None:
+        self.thread.join(180)
+        assert not self.thread.is_alive(), f"the stream of {self.prompt!r} never ended"
+
+
+def _exactly_once(stack, reply: StreamedReply) -> bool:
+    """The run succeeded, and its session's transcript holds its user message once and one reply per step."""
+    (status,) = stack.query("SELECT status FROM agent_sessions_run WHERE id = %s", reply.run_id)[0]
+    rows = stack.query(
+        "SELECT role, step, content::text FROM agent_sessions_message WHERE session_id = "
+        "(SELECT session_id FROM agent_sessions_run WHERE id = %s)", reply.run_id,
+    )
+    users = [r for r in rows if r[0] == "user" and reply.prompt in r[2]]
+    steps = [r[1] for r in rows if r[0] == "assistant"]
+    return status == "succeeded" and len(users) == 1 and len(steps) == len(set(steps)) >= 1
+
+
+def _report(stack, fault: str, replies: list[StreamedReply], exactly_once: int, healthy_after: float) -> None:
+    line = (
+        f"{fault}: runs affected {len(replies)}, completed exactly once {exactly_once}, "
+        f"healthy again after {healthy_after:.1f}s"
+    )
+    print(f"\n[fault report] {line}")
+    with open(stack.log_dir / "fault-report.txt", "a") as report:
+        report.write(line + "\n")
+
+
+def test_redis_restarted_empty_mid_stream(stack):
+    tenant = stack.tenant()
+    replies = [StreamedReply(stack.web_url, tenant.headers, f"redis restart {n} alpha beta gamma").start() for n in range(4)]
+    wait_until(lambda: all(r.chunks >= 4 for r in replies), timeout=60, message="every stream to be under way")
+
+    # A REST client following the first run drops its connection before the restart; it will resume with
+    # the Last-Event-ID it had.
+    last_event_id = None
+    with httpx.stream("GET", f"{stack.web_url}/api/runs/{replies[0].run_id}/events/", headers=tenant.headers, timeout=30) as events:
+        for line in events.iter_lines():
+            if line.startswith("id: "):
+                last_event_id = line[4:]
+            if line.startswith("event: text.delta"):
+                break
+    assert last_event_id is not None
+
+    stack.redis.restart_empty()
+    restarted = time.monotonic()
+
+    for reply in replies:
+        reply.join()
+        # The deterministic fake model writes the same reply again, so each client gets the rest of it.
+        assert reply.errors == [], reply.errors
+        assert reply.text == f"Echo: {reply.prompt}", reply.text
+        assert reply.finish_reason == "stop" and reply.done
+    healthy_after = time.monotonic() - restarted + seconds_until(stack.healthy, timeout=60, message="/health to be ok")
+    assert all(worker.alive for worker in stack.workers), "a worker died when Redis restarted"
+
+    # The dropped client resumes after the stream it knew is gone: the ending comes from Postgres.
+    resumed = httpx.get(
+        f"{stack.web_url}/api/runs/{replies[0].run_id}/events/",
+        headers={**tenant.headers, "Last-Event-ID": last_event_id}, timeout=60,
+    )
+    frames = [json.loads(line[6:]) for line in resumed.text.splitlines() if line.startswith("data: ")]
+    assert "event: run.completed" in resumed.text
+    assert frames[-1]["text"] == f"Echo: {replies[0].prompt}"
+
+    exactly_once = sum(_exactly_once(stack, reply) for reply in replies)
+    assert exactly_once == len(replies)
+    # And the gateway works as before, with no process restarted.
+    after = httpx.post(
+        f"{stack.web_url}/v1/chat/completions", headers=tenant.headers, timeout=60,
+        json={"model": "default", "messages": [{"role": "user", "content": "after the restart"}]},
+    )
+    assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == "Echo: after the restart"
+    _report(stack, "Redis restarted empty mid-stream", replies, exactly_once, healthy_after)
+
+
+def _websocket_connect_refusal(stack, tenant) -> tuple[dict, int | None]:
+    ws_url = stack.web_url.replace("http://", "ws://") + "/ws/"
+    with connect(ws_url, open_timeout=10, close_timeout=5) as socket:
+        socket.send(json.dumps({"type": "req", "id": "c1", "method": "connect", "params": {"token": tenant.api_key}}))
+        frame = json.loads(socket.recv(timeout=30))
+        try:
+            socket.recv(timeout=10)
+        except ConnectionClosed as closed:
+            return frame, closed.rcvd.code if closed.rcvd else None
+    return frame, None
+
+
+def test_postgres_stopped_and_started_mid_stream(stack):
+    tenant = stack.tenant()
+    reply = StreamedReply(stack.web_url, tenant.headers, "postgres outage one two three").start()
+    wait_until(lambda: reply.chunks >= 4, timeout=60, message="the stream to be under way")
+
+    stack.postgres.stop()
+    stopped = time.monotonic()
+    try:
+        chat = httpx.post(
+            f"{stack.web_url}/v1/chat/completions", headers=tenant.headers, timeout=60,
+            json={"model": "default", "messages": [{"role": "user", "content": "during the outage"}]},
+        )
+        assert chat.status_code == 503 and chat.headers["Retry-After"].isdigit()
+        assert chat.json()["error"]["type"] == "service_unavailable", chat.text
+
+        sessions = httpx.get(f"{stack.web_url}/api/sessions/", headers=tenant.headers, timeout=60)
+        assert sessions.status_code == 503 and sessions.headers["Retry-After"].isdigit()
+        assert sessions.json()["code"] == "service_unavailable" and "PostgreSQL" in sessions.json()["detail"]
+
+        frame, close_code = _websocket_connect_refusal(stack, tenant)
+        assert frame["ok"] is False and frame["error"]["code"] == "unavailable", frame
+        assert close_code == 4503
+
+        health = httpx.get(f"{stack.web_url}/health", timeout=30)
+        assert health.status_code == 503 and health.json()["checks"]["database"]["ok"] is False
+    finally:
+        stack.postgres.start()
+
+    reply.join()
+    assert reply.errors == [], reply.errors
+    assert reply.text == f"Echo: {reply.prompt}" and reply.finish_reason == "stop"
+    healthy_after = time.monotonic() - stopped + seconds_until(stack.healthy, timeout=60, message="/health to be ok")
+    assert all(worker.alive for worker in stack.workers)
+    assert _exactly_once(stack, reply)
+    # Nothing needed a restart: the same processes serve new requests.
+    after = httpx.post(
+        f"{stack.web_url}/v1/chat/completions", headers=tenant.headers, timeout=60,
+        json={"model": "default", "messages": [{"role": "user", "content": "after the outage"}]},
+    )
+    assert after.status_code == 200, after.text
+    _report(stack, "PostgreSQL stopped and started mid-stream", [reply], int(_exactly_once(stack, reply)), healthy_after)
