@@ -11,10 +11,11 @@ import logging
 import socket
 import threading
 
-from celery import bootsteps
+from celery import bootsteps, signals
 from django.conf import settings
 from django.db import close_old_connections
 
+from beamclaw_project.infra.draining import drain_begin
 from beamclaw_project.infra.heartbeats import heartbeat_write
 from beamclaw_project.infra.housekeeping import run_chores
 from beamclaw_project.infra.outages import outage_of
@@ -65,3 +66,11 @@ class Housekeeping(bootsteps.StartStopStep):
                 # add_task_queue touches the consumer's connection, which belongs to the event loop.
                 consumer.call_soon(consumer.add_task_queue, queue)
         run_chores(node=hostname)
+
+
+@signals.worker_shutting_down.connect
+def _drain_on_shutdown(sig=None, how=None, **kwargs):
+    """SIGTERM (a warm shutdown): Celery stops taking tasks and waits for the running ones; running steps
+    notice the drain at their next stream event and go back to the queue for another worker."""
+    logger.info("%s received: handing running steps back to the queue", sig or "shutdown")
+    drain_begin()

@@ -171,21 +171,28 @@ def plugin_worker(request, worker, workers):
 
 
 @pytest.fixture
-def crash_recovery(worker, workers):
-    """For crash-recovery tests: stops the shared worker, and `spawn(name)` starts workers with
-    CRASH_RECOVERY_TIMINGS. Afterwards those are stopped and a shared worker with the production
-    timings is back."""
+def fleet(worker, workers):
+    """For tests that run workers of their own: stops the shared worker, and `spawn(name, env=None)`
+    starts workers (production timings unless `env` says otherwise). Afterwards those are stopped and a
+    shared worker is back."""
     worker["proc"].stop()
     started: list[Process] = []
 
-    def spawn(name: str) -> Process:
-        started.append(workers.spawn(name, env=CRASH_RECOVERY_TIMINGS))
+    def spawn(name: str, env: dict | None = None) -> Process:
+        started.append(workers.spawn(name, env=env))
         return started[-1]
 
     yield spawn
     for proc in started:
         proc.stop()
     worker["proc"] = workers.spawn(f"shared-{uuid.uuid4().hex[:4]}")
+
+
+@pytest.fixture
+def crash_recovery(fleet):
+    """For crash-recovery tests: `spawn(name)` starts workers with CRASH_RECOVERY_TIMINGS, in place of the
+    shared worker (see fleet)."""
+    return lambda name: fleet(name, env=CRASH_RECOVERY_TIMINGS)
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,11 @@ class Process:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM, as a deploy sends it, without waiting for the exit."""
+        if self.alive:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
     def stop(self, timeout: float = 15) -> None:
         if not self.alive:
             return

@@ -78,6 +78,14 @@ def run_mark_tools_phase(run_ids) -> None:
         lease_set(run_lease_key(run_id), TOOLS_PHASE, ttl_ms=tools_marker_ttl_ms(), replacing=(TOOLS_PHASE,))
 
 
+def step_hand_back(lease, run_id, step: int, tenant_slug: str) -> None:
+    """A draining worker gives a step it holds back to the queue: the lease goes from its token to
+    `queued` in one swap (no moment in which the reaper could take the run for an orphan), then the step
+    is sent again for another worker."""
+    lease.hand_over(QUEUED, ttl_ms=queued_ttl_ms())
+    current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug))
+
+
 def runs_unleased(run_ids: list) -> list:
     """The runs that no worker holds and no queue holds a step for: orphans."""
     values = lease_values([run_lease_key(run_id) for run_id in run_ids])

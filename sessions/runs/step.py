@@ -11,6 +11,7 @@ import logging
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
+from beamclaw_project.infra.draining import draining
 from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.outages import outage_of
@@ -27,6 +28,7 @@ from sessions.runs.kernel import (
     abort_flag_reason,
     run_lease_key,
     run_lock,
+    step_hand_back,
     tools_marker_ttl_ms,
     transcript_append,
 )
@@ -58,6 +60,25 @@ class _DeltaPublisher:
         if self.seen <= self.skip:
             return
         events.publish(self.run_id, events.TEXT_DELTA, {"text": text[max(0, self.skip - start):], "step": self.step})
+
+
+class _HandedBack(Exception):
+    """The worker is shutting down: the step stopped streaming and goes back to the queue."""
+
+    def __init__(self, tenant_slug: str):
+        super().__init__(tenant_slug)
+        self.tenant_slug = tenant_slug
+
+
+class _StopCheck:
+    """What the provider polls between stream events: the run's abort flag, and whether this worker is
+    draining (checked first: it costs no round trip)."""
+
+    def __init__(self, run_id):
+        self.aborted = AbortCheck(run_id)
+
+    def __call__(self) -> bool:
+        return draining() or self.aborted()
 
 
 class _CallbackFailures:
@@ -98,10 +119,13 @@ def _run_step_leased(run_id, step: int) -> None:
         logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
         return
     waits_for_tools = False
+    handed_back: _HandedBack | None = None
     try:
         attempt = _count(run_id, step, "attempts")
         try:
             tools_started = _execute_step(run_id, step, attempt)
+        except _HandedBack as exc:
+            handed_back = exc
         except Exception as exc:
             if outage_of(exc) is not None:
                 raise
@@ -118,7 +142,11 @@ def _run_step_leased(run_id, step: int) -> None:
                 pk=run_id, step=step, status__in=Run.ACTIVE_STATUSES
             ).exists()
     finally:
-        _let_go(lease, waits_for_tools)
+        if handed_back is not None:
+            step_hand_back(lease, run_id, step, handed_back.tenant_slug)
+            logger.info("run %s step %s handed back to the queue: this worker is shutting down", run_id, step)
+        else:
+            _let_go(lease, waits_for_tools)
 
 
 def _let_go(lease: Lease, waits_for_tools: bool) -> None:
@@ -184,11 +212,16 @@ def _execute_step(run_id, step: int, attempt: int) -> bool:
     publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed))
     callbacks = _CallbackFailures()
 
+    tenant_slug = run.tenant.slug
     try:
         completion = get_provider(provider_name).stream(
-            request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(AbortCheck(run_id))
+            request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id))
         )
     except Aborted:
+        if draining() and abort_flag_reason(run_id) is None:
+            # Stopped for the shutdown, not by a user: another worker runs the step again, and what
+            # already reached clients is not streamed twice.
+            raise _HandedBack(tenant_slug)
         _finish_aborted(run_id, step, partial_text=publish_delta.text)
         return False
     except ProviderError as exc:

@@ -3,9 +3,7 @@ would have it. Each test prints a report line: runs affected, runs completed exa
 /health was green again (figures, not assertions)."""
 
 import json
-import threading
 import time
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
@@ -13,54 +11,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.conftest import wait_until
+from tests.faults.clients import StreamedReply
 from tests.faults.conftest import seconds_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
-
-SLOW_REPLY = "[[deltas=30]] [[delay_ms=150]]"  # about 4.5 s of streaming
-
-
-@dataclass
-class StreamedReply:
-    """An OpenAI streaming client, read to the end in a thread."""
-
-    url: str
-    headers: dict
-    prompt: str
-    run_id: str = ""
-    text: str = ""
-    chunks: int = 0
-    finish_reason: str | None = None
-    errors: list = field(default_factory=list)
-    done: bool = False
-    thread: threading.Thread | None = None
-
-    def start(self) -> "StreamedReply":
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-        return self
-
-    def _read(self) -> None:
-        body = {"model": "default", "stream": True, "messages": [{"role": "user", "content": f"{self.prompt} {SLOW_REPLY}"}]}
-        with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body, headers=self.headers, timeout=180) as response:
-            self.run_id = response.headers.get("X-Run-Id", "")
-            for line in response.iter_lines():
-                if line == "data: [DONE]":
-                    self.done = True
-                elif line.startswith("data: "):
-                    data = json.loads(line[6:])
-                    if "error" in data:
-                        self.errors.append(data["error"])
-                        continue
-                    for choice in data["choices"]:
-                        self.text += choice["delta"].get("content") or ""
-                        self.chunks += 1
-                        self.finish_reason = choice["finish_reason"] or self.finish_reason
-
-    def join(self) -> None:
-        self.thread.join(180)
-        assert not self.thread.is_alive(), f"the stream of {self.prompt!r} never ended"
-
 
 def _exactly_once(stack, reply: StreamedReply) -> bool:
     """The run succeeded, and its session's transcript holds its user message once and one reply per step."""
