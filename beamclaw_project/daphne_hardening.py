@@ -21,16 +21,30 @@ internals shows up as a failing test rather than as a silent regression.
 4. Closing a WebSocket from the application: Daphne hands only the code to Autobahn's `sendClose`, which
    refuses RFC 6455's own codes (so the consumer's 1009 for an oversized frame raised, and the client got
    1011), and the ASGI close `reason` was dropped. Both now reach the client.
+5. Graceful shutdown. On SIGTERM Daphne stops at once: every open response is cancelled and its client
+   sees a broken connection. Now `web` drains first: it stops accepting connections (a second web
+   process or the load balancer takes them), closes WebSockets with 1012 "service restart" so clients
+   reconnect, marks the process draining (run event streams under /api/ end with a reconnect hint,
+   EventSource resumes elsewhere with Last-Event-ID), and lets other responses (OpenAI streams) finish
+   for up to BEAMCLAW["WEB_DRAIN_SECONDS"]. Responses still open then end themselves with a "server
+   restarting" message (sessions/openai_api.py); whatever is left a moment later is cancelled as before.
 """
 
 import json
+import logging
+import time
 from http import HTTPStatus
 
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from twisted.internet import defer
 from twisted.web.http import HTTPChannel
+
+from beamclaw_project.infra.draining import DRAIN_TICK_SECONDS, drain_begin, drain_expire, drain_expired
+
+logger = logging.getLogger(__name__)
 
 DENIAL_EXTENSION = "websocket.http.response"
 # Bytes of a refused request read and thrown away before the connection is cut regardless.
@@ -151,11 +165,73 @@ def _factory_init_closing_cleanly(self, *args, **kwargs):
     self.setProtocolOptions(failByDrop=False)
 
 
+# --- 5. graceful shutdown ----------------------------------------------------------------------------
+
+CLOSE_SERVICE_RESTART = 1012
+_DRAIN_POLL_SECONDS = 0.2
+# After the drain time, how long responses get to say the server is restarting (a few ticks of theirs).
+_LAST_WORDS_SECONDS = 3 * DRAIN_TICK_SECONDS
+_listen_success = Server.listen_success
+_kill_all_applications = Server.kill_all_applications
+
+
+def _listen_success_keeping_port(self: Server, port):
+    self._beamclaw_ports = [*getattr(self, "_beamclaw_ports", []), port]
+    return _listen_success(self, port)
+
+
+def _busy_applications(server: Server) -> int:
+    return sum(
+        1 for details in server.connections.values()
+        if (instance := details.get("application_instance")) is not None and not instance.done()
+    )
+
+
+def _drain_then_kill(self: Server):
+    """Daphne's "before shutdown" step, preceded by a drain (see 5. above)."""
+    from django.conf import settings
+    from twisted.internet import reactor  # Daphne's asyncio reactor, installed by the time this runs
+
+    drain_begin()
+    for port in getattr(self, "_beamclaw_ports", []):
+        port.stopListening()
+    for protocol in list(self.connections):
+        if isinstance(protocol, WebSocketProtocol) and protocol.state == protocol.STATE_OPEN:
+            protocol.sendCloseFrame(
+                code=CLOSE_SERVICE_RESTART, reasonUtf8=b"The server is restarting: reconnect.", isReply=False
+            )
+    deadline = time.monotonic() + settings.BEAMCLAW["WEB_DRAIN_SECONDS"]
+    logger.info("shutting down: draining %s open responses", _busy_applications(self))
+    drained = defer.Deferred()
+
+    def check():
+        busy = _busy_applications(self)
+        now = time.monotonic()
+        if busy and now < deadline:
+            reactor.callLater(_DRAIN_POLL_SECONDS, check)
+            return
+        if busy and not drain_expired():
+            # Time is up: open responses end themselves with a "server restarting" message at their next
+            # tick (DRAIN_TICK_SECONDS); give them a moment to, then cancel what is left.
+            logger.info("drain time is up: telling %s open responses the server is restarting", busy)
+            drain_expire()
+            reactor.callLater(_DRAIN_POLL_SECONDS, check)
+            return
+        if busy and now < deadline + _LAST_WORDS_SECONDS:
+            reactor.callLater(_DRAIN_POLL_SECONDS, check)
+            return
+        logger.info("drained (%s responses cut off)", busy)
+        _kill_all_applications(self).chainDeferred(drained)
+
+    check()
+    return drained
+
+
 _applied = False
 
 
 def apply() -> None:
-    """Install all three (once; importing the ASGI module twice must not wrap twice)."""
+    """Install them all (once; importing the ASGI module twice must not wrap twice)."""
     global _applied
     if _applied:
         return
@@ -166,3 +242,5 @@ def apply() -> None:
     WebSocketProtocol.handle_reply = _handle_reply_with_denials
     WebSocketProtocol.sendHttpErrorResponse = _send_http_error_response_with_body
     WebSocketFactory.__init__ = _factory_init_closing_cleanly
+    Server.listen_success = _listen_success_keeping_port
+    Server.kill_all_applications = _drain_then_kill

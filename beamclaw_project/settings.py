@@ -198,6 +198,9 @@ BEAMCLAW = {
     "RATE_LIMIT_PER_MINUTE": env_int("BEAMCLAW_RATE_LIMIT_PER_MINUTE", 600),
     # How long an HTTP request waits for a run's next event before giving up on the run.
     "RUN_WAIT_TIMEOUT_SECONDS": env_float("BEAMCLAW_RUN_WAIT_TIMEOUT_SECONDS", 600.0),
+    # After SIGTERM, how long `web` lets open OpenAI streams run to their end before it tells the rest to
+    # come back later and exits (docs/operations.md). Below Docker Compose's default 10 s stop grace.
+    "WEB_DRAIN_SECONDS": env_float("BEAMCLAW_WEB_DRAIN_SECONDS", 8.0),
 }
 
 # --- cron (see docs/cron.md) ---------------------------------------------------------------------

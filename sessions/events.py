@@ -20,6 +20,7 @@ from functools import lru_cache
 import redis
 from django.conf import settings
 
+from beamclaw_project.infra.draining import DRAIN_TICK_SECONDS, draining
 from beamclaw_project.infra.redis import async_redis, redis_client
 
 RUN_STARTED = "run.started"
@@ -127,7 +128,9 @@ async def tail(run_id, after_seq: int = 0, *, block_seconds: float = TAIL_BLOCK_
     backoff = 0.0
     while True:
         try:
-            response = await client.xread({key: f"0-{last_seq}"}, block=int(block_seconds * 1000), count=500)
+            # A web process shutting down wakes its readers more often, so they notice the drain's end.
+            block = DRAIN_TICK_SECONDS if draining() else block_seconds
+            response = await client.xread({key: f"0-{last_seq}"}, block=int(block * 1000), count=500)
             if not response and last_seq and await _stream_lost(client, run_id, last_seq):
                 raise StreamLost(f"the event stream of run {run_id} was lost after event {last_seq}")
             backoff = 0.0

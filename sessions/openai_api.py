@@ -15,6 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
 from beamclaw_project.errors import DomainError, InvalidInput, LimitExceeded
+from beamclaw_project.infra.draining import drain_expired
 from sessions import events
 from sessions.chat import chat_start, parse_chat_request
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
@@ -211,6 +212,11 @@ async def chat_completions(request):
 async def _complete(run_id, session_id, completion_id: str, created: int, model: str):
     try:
         async for event in follow_run(run_id):
+            if drain_expired():
+                response = openai_error(503, _restarting_message(run_id), type="server_restarting", code="server_restarting")
+                response["Retry-After"] = "1"
+                response["X-Run-Id"] = str(run_id)
+                return response
             if event is None or event.event not in events.TERMINAL_EVENTS:
                 continue
             payload = event.payload
@@ -246,6 +252,7 @@ async def _complete(run_id, session_id, completion_id: str, created: int, model:
         return openai_error(504, f"{exc}; the run continues, see its status in the admin.", type="timeout", code="timeout")
 
 
+
 def _usage(usage: dict) -> dict:
     prompt, completion = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
@@ -264,6 +271,11 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
     yield _sse(chunk({"role": "assistant", "content": ""}))
     try:
         async for event in follow_run(run_id):
+            if drain_expired():
+                # This web process is shutting down and the run outlived the drain (daphne_hardening.py).
+                message = _restarting_message(run_id)
+                yield _sse({"error": {"message": message, "type": "server_restarting", "code": "server_restarting"}})
+                break
             if event is None:
                 yield b": keep-alive\n\n"
             elif event.event == events.TEXT_DELTA:
@@ -283,3 +295,10 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
     except TimeoutError as exc:
         yield _sse({"error": {"message": str(exc), "type": "timeout", "code": "timeout"}})
     yield b"data: [DONE]\n\n"
+
+
+def _restarting_message(run_id) -> str:
+    return (
+        f"The server is restarting; the run goes on. Its result: GET /api/runs/{run_id}/ (or /api/runs/{run_id}/events/ "
+        "to follow it)."
+    )

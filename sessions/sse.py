@@ -11,6 +11,7 @@ import re
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from beamclaw_project.asyncdb import db_call
+from beamclaw_project.infra.draining import draining
 from beamclaw_project.infra.redis import async_redis
 from sessions import events
 from sessions.models import Run
@@ -36,6 +37,11 @@ def _frame(event: events.RunEvent) -> bytes:
     return f"id: {event.seq}\nevent: {event.event}\ndata: {data}\n\n".encode()
 
 
+# Ends a stream when this web process shuts down: EventSource reconnects after `retry` ms (to another web
+# process), sending Last-Event-ID, and the stream resumes where it stopped.
+RECONNECT_FRAME = b": the server is restarting; reconnect with Last-Event-ID\nretry: 1000\n\n"
+
+
 async def _event_frames(run: Run, after_seq: int):
     if run.is_terminal and not await async_redis().exists(events.stream_key(run.pk)):
         # The live stream has expired; Postgres still knows how the run ended.
@@ -43,6 +49,9 @@ async def _event_frames(run: Run, after_seq: int):
         return
     try:
         async for event in follow_run(run.pk, after_seq):
+            if draining():
+                yield RECONNECT_FRAME
+                return
             yield b": keep-alive\n\n" if event is None else _frame(event)
     except TimeoutError as exc:
         yield f"event: error\ndata: {json.dumps({'error': str(exc)})}\n\n".encode()

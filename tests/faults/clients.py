@@ -18,6 +18,7 @@ class StreamedReply:
     headers: dict
     prompt: str
     model: str = "default"
+    directives: str = SLOW_REPLY  # how the fake model streams the reply
     run_id: str = ""
     text: str = ""
     chunks: int = 0
@@ -32,7 +33,7 @@ class StreamedReply:
         return self
 
     def _read(self) -> None:
-        body = {"model": self.model, "stream": True, "messages": [{"role": "user", "content": f"{self.prompt} {SLOW_REPLY}"}]}
+        body = {"model": self.model, "stream": True, "messages": [{"role": "user", "content": f"{self.prompt} {self.directives}"}]}
         with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body, headers=self.headers, timeout=180) as response:
             self.run_id = response.headers.get("X-Run-Id", "")
             for line in response.iter_lines():

@@ -4,6 +4,8 @@
   another worker continues them without waiting out the 30 s lease, and the old worker exits promptly.
 - The web process SIGKILLed under an SSE reader: the reader reconnects to a second web process with
   Last-Event-ID and gets the rest, each event once.
+- SIGTERM to a web process drains it: WebSockets close with 1012, SSE readers are told to reconnect,
+  OpenAI streams finish within the drain time or are told the server is restarting.
 """
 
 import json
@@ -12,6 +14,8 @@ import time
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from sessions.models import Message, Run
 from tests.conftest import wait_until
@@ -129,3 +133,45 @@ def test_web_sigkilled_mid_stream_reader_resumes_on_another_web(gateway, worker,
     assert after[-1]["event"] == "run.completed"
     text = "".join(e["data"]["text"] for e in before + after if e["event"] == "text.delta")
     assert text == f"Echo: {prompt}"
+
+
+def test_web_sigterm_drains_open_streams(gateway, worker, tenant, service_env, log_dir):
+    old_web, old_url = _daphne(service_env, log_dir)
+    api = httpx.Client(base_url=f"{gateway}/api", headers=tenant.headers, timeout=30)
+    short = StreamedReply(old_url, tenant.headers, "short drain one two", model="assistant").start()
+    # About 15 s of streaming: longer than the drain time (8 s).
+    long_prompt = "long drain " + " ".join(f"w{i}" for i in range(60))
+    long = StreamedReply(old_url, tenant.headers, long_prompt, model="assistant", directives="[[deltas=60]] [[delay_ms=250]]").start()
+    session_id = api.post("/sessions/", json={"agent": "assistant"}).json()["id"]
+    followed = api.post(f"/sessions/{session_id}/messages/", json={"content": f"followed over sse {SLOW_REPLY}"}).json()["run"]["id"]
+    socket = connect(old_url.replace("http://", "ws://") + "/ws/", open_timeout=10)
+    socket.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {"token": tenant.api_key}}))
+    assert json.loads(socket.recv(timeout=10))["ok"]
+    with httpx.stream("GET", f"{old_url}/api/runs/{followed}/events/", headers=tenant.headers, timeout=60) as response:
+        wait_until(lambda: short.chunks >= 2 and long.chunks >= 2, timeout=30, message="the streams to be under way")
+        old_web.terminate()
+        before = _sse_events(response)
+    assert before and before[-1]["event"] != "run.completed"
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            socket.recv(timeout=30)
+    assert closed.value.rcvd.code == 1012
+
+    # The SSE reader was told to reconnect; it does so on the other web process and gets the rest.
+    with httpx.stream(
+        "GET", f"{gateway}/api/runs/{followed}/events/",
+        headers={**tenant.headers, "Last-Event-ID": str(before[-1]["id"])}, timeout=60,
+    ) as response:
+        after = _sse_events(response)
+    assert [e["id"] for e in before + after] == list(range(1, len(before) + len(after) + 1))
+    assert after[-1]["event"] == "run.completed"
+
+    # The short OpenAI stream finished within the drain; the long one was told the server is restarting,
+    # and its run went on to the end elsewhere.
+    short.join()
+    assert short.errors == [] and short.text == f"Echo: {short.prompt}"
+    long.join()
+    assert [e["code"] for e in long.errors] == ["server_restarting"] and long.done
+    wait_until(lambda: api.get(f"/runs/{long.run_id}/").json()["status"] == "succeeded", timeout=60,
+               message="the long run to finish after its web process left")
+    wait_until(lambda: not old_web.alive, timeout=30, message="the old web process to exit")
