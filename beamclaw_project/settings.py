@@ -226,10 +226,6 @@ if env_bool("BEAMCLAW_CRON_WEBHOOK_ALLOW_PRIVATE", False):
         "BEAMCLAW_CRON_WEBHOOK_ALLOW_PRIVATE was removed: private addresses are refused by default. List the "
         "ranges webhooks may reach in BEAMCLAW_OUTBOUND_ALLOW_CIDRS (e.g. 10.0.0.0/8) and unset it."
     )
-CELERY_BEAT_SCHEDULE = {
-    **globals().get("CELERY_BEAT_SCHEDULE", {}),
-    "cron-sweep": {"task": "cron.sweep", "schedule": BEAMCLAW_CRON["SWEEP_SECONDS"], "options": {"queue": "system"}},
-}
 # --- end cron -----------------------------------------------------------------------------------
 
 # --- channels (channels_app; see docs/channels.md) -----------------------------------------------

@@ -34,6 +34,11 @@ def sweep() -> None:
     services.cron_sweep()
 
 
+def sweep_send() -> None:
+    """The housekeeping chore that starts a sweep (cron/apps.py)."""
+    sweep.apply_async()
+
+
 @shared_task(name="cron.deliver", bind=True, queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True, max_retries=None)
 def deliver(self, cron_run_id: int) -> None:
     attempts = settings.BEAMCLAW_CRON["DELIVERY_ATTEMPTS"]

@@ -197,8 +197,11 @@ def test_a_suspended_tenants_jobs_do_not_run(tenant):
     assert skipped.status == "skipped" and "suspended" in skipped.error
 
 
-def test_the_sweeper_is_scheduled_in_beat():
+def test_the_sweeper_is_started_by_the_workers_housekeeping_not_by_beat():
     from django.conf import settings
 
-    entry = settings.CELERY_BEAT_SCHEDULE["cron-sweep"]
-    assert entry["task"] == "cron.sweep" and entry["options"]["queue"] == "system"
+    from beamclaw_project.infra.housekeeping import chores
+
+    sweep = {chore.name: chore for chore in chores()}["cron_sweep"]
+    assert sweep.every_seconds == settings.BEAMCLAW_CRON["SWEEP_SECONDS"]
+    assert "cron-sweep" not in getattr(settings, "CELERY_BEAT_SCHEDULE", {})
