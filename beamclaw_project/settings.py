@@ -118,7 +118,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis, with receive() retrying through a Redis restart (infra/channel_layer.py).
+        "BACKEND": "beamclaw_project.infra.channel_layer.ResilientRedisChannelLayer",
         # redis-py's 5 s default read timeout would cut the layer's own 5 s blocking pops short.
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
     }

@@ -248,6 +248,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         self.connect_deadline.cancel()
+        notify.redis_reset_watch.unregister(self)
         if getattr(self, "approvals_group", None):
             await self.channel_layer.group_discard(self.approvals_group, self.channel_name)
         for task in self.tails.values():
@@ -368,6 +369,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
 
         self.approvals_group = tenant_approvals_group(principal.tenant.pk)
         await self.channel_layer.group_add(self.approvals_group, self.channel_name)
+        notify.redis_reset_watch.register(self)
         await self._respond(
             request_id,
             {
@@ -449,6 +451,12 @@ class GatewayConsumer(AsyncWebsocketConsumer):
     }
 
     # --- run events --------------------------------------------------------------------------------
+
+    async def resubscribe(self) -> None:
+        """Redis lost its data, and with it this socket's subscriptions (notify.RedisResetWatch)."""
+        await self.channel_layer.group_add(self.approvals_group, self.channel_name)
+        for session_id in self.subscriptions:
+            await notify.subscribe(session_id, self.channel_name)
 
     async def _subscribe(self, session_id: str) -> None:
         if session_id not in self.subscriptions:

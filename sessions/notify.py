@@ -3,8 +3,17 @@
 Notifications travel on the channel layer (group `session.<id>`), but most sessions have no socket
 attached (OpenAI and REST clients), so sockets register in a Redis set and the engine skips the channel
 layer entirely when it is empty: one EXISTS instead of a channel-layer round trip per run start.
+
+Both live in Redis, so a Redis that restarts empty forgets every socket's subscriptions. Each web
+process notices (`RedisResetWatch`: a marker key it finds gone) and has its sockets subscribe again.
 """
 
+import asyncio
+import logging
+import uuid
+import weakref
+
+import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
@@ -43,3 +52,58 @@ def notify_session(session_id, run_id) -> None:
         async_to_sync(layer.group_send)(
             session_group(session_id), {"type": "run.started", "run_id": str(run_id), "session_id": str(session_id)}
         )
+
+
+# --- subscriptions after Redis lost its data -------------------------------------------------------
+
+EPOCH_KEY = "bc:epoch"
+EPOCH_CHECK_SECONDS = 2.0
+logger = logging.getLogger(__name__)
+
+
+class RedisResetWatch:
+    """One per web process: every EPOCH_CHECK_SECONDS, read a marker key that nothing expires or deletes.
+    When it is gone, Redis lost its data (a restart without persistence, a failover); every registered
+    socket then subscribes again (`await socket.resubscribe()`)."""
+
+    def __init__(self):
+        self.sockets: weakref.WeakSet = weakref.WeakSet()
+        self.epoch: bytes | None = None
+        self.task: asyncio.Task | None = None
+
+    def register(self, socket) -> None:
+        self.sockets.add(socket)
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._watch())
+
+    def unregister(self, socket) -> None:
+        self.sockets.discard(socket)
+
+    async def _watch(self) -> None:
+        client = async_redis()
+        while self.sockets:
+            try:
+                await client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
+                epoch = await client.get(EPOCH_KEY)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                epoch = None  # unreachable: look again at the next check
+            # After a failed round the epoch stays old, so the next check tries again (subscribing twice is
+            # harmless: sets and groups).
+            if epoch is not None and (self.epoch is None or epoch == self.epoch or await self._resubscribe_all()):
+                self.epoch = epoch
+            await asyncio.sleep(EPOCH_CHECK_SECONDS)
+
+    async def _resubscribe_all(self) -> bool:
+        sockets = list(self.sockets)
+        logger.warning("Redis lost its data: subscribing %s WebSockets again", len(sockets))
+        failed = 0
+        for socket in sockets:
+            try:
+                await socket.resubscribe()
+            except Exception as exc:  # noqa: BLE001 - one socket's failure must not leave the others unsubscribed
+                failed += 1
+                logger.warning("could not subscribe a WebSocket again (%s); retrying shortly", exc)
+        return failed == 0
+
+
+redis_reset_watch = RedisResetWatch()

@@ -54,6 +54,14 @@ def test_redis_restarted_empty_mid_stream(stack):
                 break
     assert last_event_id is not None
 
+    # A WebSocket client following a session: its subscription lived in Redis too.
+    session_id = httpx.post(f"{stack.web_url}/api/sessions/", json={"agent": "default"}, headers=tenant.headers).json()["id"]
+    socket = connect(stack.web_url.replace("http://", "ws://") + "/ws/", open_timeout=10)
+    socket.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {"token": tenant.api_key}}))
+    assert json.loads(socket.recv(timeout=10))["ok"]
+    socket.send(json.dumps({"type": "req", "id": "s", "method": "sessions.subscribe", "params": {"session": session_id}}))
+    assert json.loads(socket.recv(timeout=10))["ok"]
+
     stack.redis.restart_empty()
     restarted = time.monotonic()
 
@@ -77,6 +85,18 @@ def test_redis_restarted_empty_mid_stream(stack):
 
     exactly_once = sum(_exactly_once(stack, reply) for reply in replies)
     assert exactly_once == len(replies)
+
+    # The socket survived the restart and still follows its session: a run started there now reaches it.
+    posted = httpx.post(
+        f"{stack.web_url}/api/sessions/{session_id}/messages/", json={"content": "seen by the socket"}, headers=tenant.headers,
+    )
+    assert posted.status_code == 202, posted.text
+    seen = []
+    while not seen or seen[-1].get("event") != "run.completed":
+        seen.append(json.loads(socket.recv(timeout=30)))
+    assert seen[-1]["payload"]["run_id"] == posted.json()["run"]["id"]
+    assert seen[-1]["payload"]["text"] == "Echo: seen by the socket"
+    socket.close()
     # And the gateway works as before, with no process restarted.
     after = httpx.post(
         f"{stack.web_url}/v1/chat/completions", headers=tenant.headers, timeout=60,
