@@ -3,7 +3,9 @@ either end the run or hand its tool calls to the tool phase.
 
 A step runs under the run's lease. The reply is written once per step (unique per run and step), so a
 redelivered task cannot duplicate it; a step whose worker died is found by the reaper (housekeeping.py)
-and run again, and text that already reached clients is not streamed a second time.
+and run again, and text that already reached clients is not streamed a second time. A step that loses
+Redis or PostgreSQL pauses (the reaper resumes it once the store is back) rather than failing the run;
+one whose worker is shutting down goes back to the queue at its next stream event.
 """
 
 import logging
