@@ -2,7 +2,7 @@
 workers' sweeper fires what is due; the new beat carries on.
 
 A crash-recovery test about the sweeper's timing, so its worker ticks every half second and sweeps every
-second with one second of slack (instead of 5 s, 5 s and 5 s) to keep up with a job due every 2 s (a
+second with one second of slack (instead of 5 s, 5 s and 5 s) to keep up with a job due every 4 s (a
 tenant's jobs run at most once a minute); beat keeps the production settings.
 """
 
@@ -34,7 +34,7 @@ SWEEPER_TIMINGS = {
 def test_beat_killed_and_restarted_fires_each_occurrence_once(fleet, service_env, log_dir, tenant, tmp_path):
     fleet("beat-sweeper", env=SWEEPER_TIMINGS)
     start = dj_timezone.now().replace(microsecond=0) + timedelta(seconds=6)
-    job = make_job(tenant, schedule={"kind": "every", "every": "2s", "anchor": start.isoformat()}, name="beat-kill")
+    job = make_job(tenant, schedule={"kind": "every", "every": "4s", "anchor": start.isoformat()}, name="beat-kill")
     claimed = CronRun.objects.filter(job=job)
     first = _beat(f"beat-a-{job.pk}", service_env, log_dir, tmp_path)
     second = None
@@ -42,11 +42,16 @@ def test_beat_killed_and_restarted_fires_each_occurrence_once(fleet, service_env
         wait_until(lambda: claimed.count() >= 2, timeout=40, message="two occurrences before the kill")
         first.kill()
         down_since = dj_timezone.now()
-        # Three occurrences come due with no beat running.
-        wait_until(lambda: dj_timezone.now() > down_since + timedelta(seconds=6), timeout=10, message="the clock")
+        # Two occurrences come due with no beat running.
+        wait_until(lambda: dj_timezone.now() > down_since + timedelta(seconds=9), timeout=15, message="the clock")
         second = _beat(f"beat-b-{job.pk}", service_env, log_dir, tmp_path)
         restarted = claimed.count()
-        wait_until(lambda: claimed.count() >= restarted + 3, timeout=40, message="three occurrences after the restart")
+        # The new beat takes over waking the job (whether its wake-up or the sweeper claims an occurrence
+        # first is a race the claim settles), and occurrences go on.
+        wait_until(
+            lambda: f"Sending due task cron-job-{job.pk}" in second.log_path.read_text() and claimed.count() >= restarted + 2,
+            timeout=60, message="the new beat to wake the job, and two more occurrences",
+        )
     finally:
         for beat in (first, second):
             if beat is not None:
@@ -56,8 +61,7 @@ def test_beat_killed_and_restarted_fires_each_occurrence_once(fleet, service_env
     occurrences = list(claimed.order_by("scheduled_for"))
     moments = [r.scheduled_for for r in occurrences]
     assert moments[0] == start
-    assert all(b - a == timedelta(seconds=2) for a, b in zip(moments, moments[1:])), moments  # none missed, none twice
+    assert all(b - a == timedelta(seconds=4) for a, b in zip(moments, moments[1:])), moments  # none missed, none twice
     assert {r.status for r in occurrences} <= {"succeeded", "running", "skipped"}, [(r.status, r.error) for r in occurrences]
-    during_outage = [r for r in occurrences if down_since < r.scheduled_for < down_since + timedelta(seconds=5)]
+    during_outage = [r for r in occurrences if down_since < r.scheduled_for < down_since + timedelta(seconds=8)]
     assert during_outage and all(r.trigger == "sweeper" for r in during_outage), [(r.scheduled_for, r.trigger) for r in during_outage]
-    assert occurrences[-1].trigger == "beat" or occurrences[-2].trigger == "beat", "the new beat took over"
