@@ -2,8 +2,7 @@
 
 from django.dispatch import receiver
 
-from channels_app.services import channel_reply_release
-from channels_app.tasks import deliver_reply
+from channels_app.services import channel_reply_release, channel_reply_send
 from sessions.signals import run_finished
 
 
@@ -13,4 +12,4 @@ def _run_finished(sender, run_id, status, trigger=None, **kwargs):
     # of its session waits, so the reply row, not the trigger, decides.
     reply_id = channel_reply_release(run_id=run_id)
     if reply_id is not None:
-        deliver_reply.delay(reply_id)
+        channel_reply_send(reply_id)

@@ -3,7 +3,8 @@
 When a run ends, its reply goes from `waiting` to `pending` in one conditional UPDATE, and only the caller
 that moved it enqueues `channels.deliver_reply`: the run_finished receiver (channels_app/receivers.py) or,
 for a signal lost with its process, the sweeper (a housekeeping chore). So one reply has one delivery
-chain, however often its end is noticed. Each attempt goes through the channel's transport and is
+chain, however often its end is noticed; a chain lost with its worker or with Redis is found by its
+missing lease and started again by the sweeper (beamclaw_project/infra/deliveries.py). Each attempt goes through the channel's transport and is
 recorded; a transient error is retried by the task with backoff, a permanent one (or the last attempt's)
 ends the delivery as failed. Delivery is at least once (a worker may die after the platform took the
 message and before the record says so); the delivery id `reply-<run id>` lets the platform side drop the
@@ -12,9 +13,12 @@ repeat."""
 import logging
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
+from beamclaw_project.infra.deliveries import deliveries_unleased, delivery_send
 from beamclaw_project.infra.log_context import log_context_bind
+from beamclaw_project.infra.queues import SYSTEM_QUEUE
 from channels_app.models import ChannelReply
 from channels_app.transport import DeliveryError, OutboundMessage, PermanentDeliveryError, UnknownTransport, transport_for
 from sessions.models import Message, Run
@@ -27,6 +31,8 @@ FAILED_REPLY = "Sorry, I could not answer that: something went wrong on my side.
 # The run_finished signal is sent right after the run's commit; a reply still waiting this long after its
 # run ended lost its signal with its process.
 SWEEP_SLACK = timedelta(seconds=30)
+DELIVER_TASK = "channels.deliver_reply"
+DELIVERY_KIND = "channel-reply"
 
 
 def channel_reply_release(*, run_id) -> int | None:
@@ -49,12 +55,18 @@ def _reply_text(run: Run) -> str:
     return text
 
 
-def channel_reply_deliver(*, reply_id: int, final_attempt: bool) -> None:
+def channel_reply_send(reply_id: int, *, only_if_free: bool = False) -> bool:
+    """Start (or, for a sweeper, restart) a pending reply's chain of delivery attempts."""
+    return delivery_send(DELIVER_TASK, DELIVERY_KIND, reply_id, queue=SYSTEM_QUEUE, only_if_free=only_if_free)
+
+
+def channel_reply_deliver(*, reply_id: int) -> None:
     """One attempt to send a pending reply. Raises the transport's TransientDeliveryError when it should be
-    retried (and this was not the final attempt)."""
+    retried (and this was not the last of DELIVERY_ATTEMPTS)."""
     reply = ChannelReply.objects.select_related("run", "tenant").filter(pk=reply_id, status=ChannelReply.Status.PENDING).first()
     if reply is None:
         return
+    final_attempt = reply.attempts + 1 >= settings.BEAMCLAW_CHANNELS["DELIVERY_ATTEMPTS"]
     run = reply.run
     # The task came from the system queue, which names no tenant.
     log_context_bind(tenant=reply.tenant.slug, session=run.session_id, run=run.pk)
@@ -95,12 +107,21 @@ def channel_reply_deliver(*, reply_id: int, final_attempt: bool) -> None:
 
 
 def channel_reply_sweep(*, now=None) -> list[int]:
-    """Release the replies whose run ended but whose run_finished was not heard; returns their ids."""
+    """Release and send the replies whose run ended but whose run_finished was not heard, and send again
+    the pending ones whose chain of attempts was lost (its worker or Redis went away); returns the ids sent."""
     cutoff = (now or timezone.now()) - SWEEP_SLACK
     stranded = ChannelReply.objects.filter(
         status=ChannelReply.Status.WAITING, run__status__in=Run.TERMINAL_STATUSES, run__finished_at__lt=cutoff
     ).values_list("run_id", flat=True)[:500]
     released = [reply_id for run_id in stranded if (reply_id := channel_reply_release(run_id=run_id)) is not None]
-    if released:
-        logger.info("channel replies: released %s whose run's end was not heard", len(released))
-    return released
+    for reply_id in released:
+        channel_reply_send(reply_id)
+    pending = list(
+        ChannelReply.objects.filter(status=ChannelReply.Status.PENDING, run__finished_at__lt=cutoff)
+        .exclude(pk__in=released).values_list("pk", flat=True)[:500]
+    )
+    resent = [pk for pk in deliveries_unleased(DELIVERY_KIND, pending) if channel_reply_send(pk, only_if_free=True)]
+    if released or resent:
+        logger.info("channel replies: released %s whose run's end was not heard, sent %s again whose delivery was "
+                    "lost", len(released), len(resent))
+    return released + resent

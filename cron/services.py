@@ -14,12 +14,12 @@ engine. So an occurrence is claimed in one transaction and its run started after
 import logging
 from datetime import datetime, timedelta
 
-from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from beamclaw_project.errors import Conflict, InvalidInput, LimitExceeded, NotFound
+from beamclaw_project.infra.deliveries import deliveries_unleased, delivery_send
 from beamclaw_project.infra.queues import SYSTEM_QUEUE, tenant_queue
 from cron import schedule as sched
 from cron.beat import beat_needs_realign, beat_remove, beat_sync
@@ -34,6 +34,7 @@ from tenants.models import Agent, Tenant
 logger = logging.getLogger(__name__)
 
 DELIVER_TASK = "cron.deliver"
+DELIVERY_KIND = "cron-run"
 
 # beat's wake-up may come a little before the occurrence (clock skew between the beat and worker hosts);
 # never more than a quarter interval early, or a second beat could claim the next occurrence.
@@ -318,7 +319,7 @@ def _finish_locked(job: CronJob, cron_run: CronRun, status: str, error: str = ""
     if cron_run.delivery_status == CronRun.Delivery.PENDING:
         # Sent by name: the task module (an edge) imports this one, not the other way round.
         cron_run_id, queue = cron_run.pk, tenant_queue(job.tenant.slug)
-        transaction.on_commit(lambda: current_app.send_task(DELIVER_TASK, args=[cron_run_id], queue=queue))
+        transaction.on_commit(lambda: delivery_send(DELIVER_TASK, DELIVERY_KIND, cron_run_id, queue=queue))
 
 
 def cron_run_settle(*, cron_run_id: int) -> CronRun | None:
@@ -376,9 +377,20 @@ def cron_sweep(*, now: datetime | None = None) -> dict:
             stuck += 1
             if run is not None and not run.is_terminal:
                 run_abort(run=run, reason=f"cron: the job's timeout ({timeout_seconds} s) passed")
-    if fired or settled or stuck:
-        logger.info("cron sweep: fired %s, settled %s, ended %s stuck", fired, settled, stuck)
-    return {"fired": fired, "settled": settled, "stuck": stuck}
+    # Deliveries whose chain of attempts was lost with its worker or with Redis: send them again.
+    pending = list(
+        CronRun.objects.filter(delivery_status=CronRun.Delivery.PENDING, finished_at__lt=now - slack)
+        .values_list("pk", "tenant__slug")[:500]
+    )
+    lost = set(deliveries_unleased(DELIVERY_KIND, [pk for pk, _ in pending]))
+    resent = sum(
+        delivery_send(DELIVER_TASK, DELIVERY_KIND, pk, queue=tenant_queue(slug), only_if_free=True)
+        for pk, slug in pending if pk in lost
+    )
+    if fired or settled or stuck or resent:
+        logger.info("cron sweep: fired %s, settled %s, ended %s stuck, sent %s lost deliveries again", fired, settled,
+                    stuck, resent)
+    return {"fired": fired, "settled": settled, "stuck": stuck, "resent": resent}
 
 
 def cron_run_queue(*, cron_run_id: int) -> str:
@@ -390,12 +402,14 @@ def cron_run_queue(*, cron_run_id: int) -> str:
 # --- delivery -----------------------------------------------------------------------------------------------
 
 
-def cron_run_deliver(*, cron_run_id: int, final_attempt: bool) -> None:
+def cron_run_deliver(*, cron_run_id: int) -> None:
     """One delivery attempt of a settled CronRun's reply, through the webhook transport. Raises its
-    TransientDeliveryError when the failure should be retried (and this was not the final attempt)."""
+    TransientDeliveryError when the failure should be retried (and this was not the last of
+    DELIVERY_ATTEMPTS)."""
     cron_run = CronRun.objects.select_related("job__agent", "run").filter(pk=cron_run_id).first()
     if cron_run is None or cron_run.delivery_status != CronRun.Delivery.PENDING:
         return
+    final_attempt = cron_run.delivery_attempts + 1 >= _conf("DELIVERY_ATTEMPTS")
     job = cron_run.job
     payload = {
         "job": job.pk,

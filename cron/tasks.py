@@ -12,6 +12,7 @@ transport contract asks of callers (channels_app/transport.py).
 from celery import shared_task
 from django.conf import settings
 
+from beamclaw_project.infra.deliveries import delivery_attempt
 from beamclaw_project.infra.queues import SYSTEM_QUEUE
 from channels_app.transport import TransientDeliveryError, retry_countdown
 from cron import services
@@ -39,13 +40,12 @@ def sweep_send() -> None:
     sweep.apply_async()
 
 
-@shared_task(name="cron.deliver", bind=True, queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True, max_retries=None)
+@shared_task(name=services.DELIVER_TASK, bind=True, queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True, max_retries=None)
 def deliver(self, cron_run_id: int) -> None:
-    attempts = settings.BEAMCLAW_CRON["DELIVERY_ATTEMPTS"]
-    try:
-        services.cron_run_deliver(cron_run_id=cron_run_id, final_attempt=self.request.retries + 1 >= attempts)
-    except TransientDeliveryError as exc:
-        countdown = retry_countdown(
-            retries=self.request.retries, base_seconds=settings.BEAMCLAW_CRON["DELIVERY_RETRY_BASE_SECONDS"], error=exc
-        )
-        raise self.retry(exc=exc, countdown=countdown, queue=services.cron_run_queue(cron_run_id=cron_run_id))
+    base = settings.BEAMCLAW_CRON["DELIVERY_RETRY_BASE_SECONDS"]
+    delivery_attempt(
+        self, services.DELIVERY_KIND, cron_run_id, lambda: services.cron_run_deliver(cron_run_id=cron_run_id),
+        retry_on=(TransientDeliveryError,),
+        countdown=lambda exc: retry_countdown(retries=self.request.retries, base_seconds=base, error=exc),
+        queue=services.cron_run_queue(cron_run_id=cron_run_id),
+    )

@@ -29,6 +29,7 @@ from tests.conftest import wait_until
 from tests.procs import Process, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+WEBHOOK_HOST = "127.0.0.9"
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
 
 
@@ -186,6 +187,8 @@ def stack(fake_llm, log_dir):
     env.update(
         DATABASE_URL=postgres.url, REDIS_URL=own_redis.url, ANTHROPIC_BASE_URL=fake_llm,
         ANTHROPIC_API_KEY="test-key", PYTHONUNBUFFERED="1",
+        # Webhook receivers of the fault tests listen here (outbound requests to loopback are refused).
+        BEAMCLAW_OUTBOUND_ALLOW_CIDRS=f"{WEBHOOK_HOST}/32",
     )
     env.pop("CELERY_BROKER_URL", None)
     stack = Stack(redis=own_redis, postgres=postgres, env=env, log_dir=log_dir)

@@ -4,15 +4,16 @@ would have it. Each test prints a report line: runs affected, runs completed exa
 
 import json
 import time
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import wait_until
+from tests.conftest import http_server, wait_until
 from tests.faults.clients import StreamedReply
-from tests.faults.conftest import seconds_until
+from tests.faults.conftest import WEBHOOK_HOST, seconds_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -159,3 +160,40 @@ def test_postgres_stopped_and_started_mid_stream(stack):
     )
     assert after.status_code == 200, after.text
     _report(stack, "PostgreSQL stopped and started mid-stream", [reply], int(_exactly_once(stack, reply)), healthy_after)
+
+
+def test_a_delivery_whose_retry_was_lost_with_redis_is_sent_again(stack):
+    """A cron job's webhook answers 503 and asks for a retry in 250 s; Redis restarts meanwhile, taking the
+    retry with it. The sweeper finds the pending delivery without a lease and sends it again at once."""
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append(time.monotonic())
+            self.send_response(503 if len(received) == 1 else 200)
+            self.send_header("Retry-After", "250")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    tenant = stack.tenant()
+    api = httpx.Client(base_url=f"{stack.web_url}/api/cron", headers=tenant.headers, timeout=30)
+    with http_server(Receiver, WEBHOOK_HOST) as server:
+        job = api.post("/jobs/", json={
+            "name": "lost delivery", "agent": "default", "prompt": "report", "session_target": "isolated",
+            "enabled": False, "schedule": {"kind": "every", "every": "1h"},
+            "deliver": {"kind": "webhook", "url": f"http://{WEBHOOK_HOST}:{server.server_address[1]}/hook"},
+        })
+        assert job.status_code == 201, job.text
+        cron_run_id = api.post(f"/jobs/{job.json()['id']}/run/").json()["id"]
+        wait_until(lambda: len(received) == 1, timeout=60, message="the first, refused delivery attempt")
+
+        stack.redis.restart_empty()
+        wait_until(
+            lambda: stack.query("SELECT delivery_status FROM cron_cronrun WHERE id = %s", cron_run_id)[0][0] == "delivered",
+            timeout=90, message="the delivery to be sent again and accepted",
+        )
+    assert len(received) == 2  # within 90 s: not the retry the webhook asked for in 250 s
