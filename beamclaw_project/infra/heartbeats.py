@@ -22,3 +22,8 @@ def node_alive(node: str) -> bool:
 
 async def live_nodes() -> list[str]:
     return [key.decode()[len(KEY_PREFIX):] async for key in async_redis().scan_iter(f"{KEY_PREFIX}*")]
+
+
+def live_nodes_now() -> list[str]:
+    """live_nodes for threads (the reapers)."""
+    return [key.decode()[len(KEY_PREFIX):] for key in redis_client().scan_iter(f"{KEY_PREFIX}*")]

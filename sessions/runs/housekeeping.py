@@ -11,6 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from beamclaw_project.infra.heartbeats import live_nodes_now
 from sessions.models import Run
 from sessions.runs.kernel import runs_unleased, step_enqueue
 from sessions.runs.lifecycle import session_advance
@@ -20,10 +21,10 @@ logger = logging.getLogger(__name__)
 
 def reap_orphaned_runs() -> int:
     running = list(Run.objects.filter(status=Run.Status.RUNNING).values_list("pk", "step", "tenant__slug")[:5000])
-    orphans = set(runs_unleased([pk for pk, _, _ in running]))
+    orphans = runs_unleased([pk for pk, _, _ in running], live_nodes=set(live_nodes_now()))
     reaped = 0
     for pk, step, slug in running:
-        if pk in orphans and step_enqueue(pk, step, slug, only_if_free=True):
+        if pk in orphans and step_enqueue(pk, step, slug, only_if_free=True, replacing=orphans[pk]):
             logger.warning("run %s step %s lost its worker; re-enqueued", pk, step)
             reaped += 1
     stale = timezone.now() - timedelta(seconds=settings.BEAMCLAW["RUN_LEASE_SECONDS"])

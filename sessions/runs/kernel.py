@@ -25,6 +25,8 @@ from sessions.models import AgentSession, Message, Run
 RUN_STEP_TASK = "sessions.run_step"
 # Held while a run's tool calls are in flight and no step is queued or running (see tool_phase.py).
 TOOLS_PHASE = "tools"
+# `reserved:<node>`: the step's task was received by that worker, which has not started it yet.
+RESERVED_PREFIX = "reserved:"
 ABORT_CHECK_INTERVAL = 0.2
 
 
@@ -86,17 +88,41 @@ def step_hand_back(lease, run_id, step: int, tenant_slug: str) -> None:
     current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug))
 
 
-def runs_unleased(run_ids: list) -> list:
-    """The runs that no worker holds and no queue holds a step for: orphans."""
+def reserved_marker(node: str) -> str:
+    return f"{RESERVED_PREFIX}{node}"
+
+
+def run_mark_reserved(run_id, node: str) -> None:
+    """A worker received the step's task (it may wait among the worker's reserved tasks before it runs).
+    Recorded so that if the worker dies before it starts the step, the reaper knows at once: a step
+    still marked `queued` would wait out the broker's visibility timeout (an hour) in the dead worker's
+    unacknowledged messages."""
+    lease_set(run_lease_key(run_id), reserved_marker(node), ttl_ms=queued_ttl_ms(), replacing=(QUEUED,))
+
+
+def runs_unleased(run_ids: list, *, live_nodes: set[str]) -> dict:
+    """The runs that no worker holds and no queue holds a step for (orphans), each with its lease value:
+    none, or the reservation of a worker that is no longer alive."""
     values = lease_values([run_lease_key(run_id) for run_id in run_ids])
-    return [run_id for run_id, value in zip(run_ids, values) if value is None]
+    orphans = {}
+    for run_id, value in zip(run_ids, values):
+        if value is None:
+            orphans[run_id] = None
+        elif value.startswith(RESERVED_PREFIX.encode()) and value[len(RESERVED_PREFIX):].decode() not in live_nodes:
+            orphans[run_id] = value.decode()
+    return orphans
 
 
-def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = False) -> bool:
+def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = False, replacing: str | None = None) -> bool:
     """Mark the run's step queued and send it; with only_if_free (the reaper), only if nothing held the
-    lease or had queued a step. Returns whether it was sent."""
-    if not run_mark_queued(run_id, only_if_free=only_if_free) and only_if_free:
-        return False
+    lease or had queued a step (or it still holds `replacing`, a dead worker's reservation). Returns
+    whether it was sent."""
+    if only_if_free:
+        key = run_lease_key(run_id)
+        if not lease_set(key, QUEUED, ttl_ms=queued_ttl_ms(), replacing=(replacing,) if replacing else ()):
+            return False
+    else:
+        run_mark_queued(run_id)
     current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug))
     return True
 
