@@ -58,15 +58,12 @@ def run_lease_key(run_id) -> str:
     return f"bc:run:{run_id}:lease"
 
 
-def run_mark_queued(run_id, *, only_if_free: bool = False) -> bool:
+def run_mark_queued(run_id) -> bool:
     """Record that a step for this run sits in a queue. Never overwrites a worker's lease: a step is
     enqueued either before any worker holds the run, or by the worker holding it (which then releases).
     Replaces the tools-phase marker: the step enqueued when the last tool call settles must find the
-    lease free to take, or it would be skipped and wait for the reaper (a 90 s stall once).
-    With only_if_free, do nothing (and return False) when a step is already marked queued too."""
-    return lease_set(
-        run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms(), replacing=() if only_if_free else (QUEUED, TOOLS_PHASE)
-    )
+    lease free to take, or it would be skipped and wait for the reaper (a 90 s stall once)."""
+    return lease_set(run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms(), replacing=(QUEUED, TOOLS_PHASE))
 
 
 def tools_marker_ttl_ms() -> int:
