@@ -8,6 +8,7 @@ Tests do not run inside a rolled-back transaction: the worker and Daphne are oth
 see committed rows. Each test makes its own tenant (unique slug), which is all the isolation needed.
 """
 
+import json
 import os
 import socket
 import sys
@@ -195,12 +196,11 @@ def crash_recovery(fleet):
     return lambda name: fleet(name, env=CRASH_RECOVERY_TIMINGS)
 
 
-@pytest.fixture(scope="session")
-def gateway(service_env, log_dir, django_db_setup, redis_clean) -> str:
-    """A real Daphne serving the ASGI app; yields its base URL."""
+def start_daphne(name: str, env: dict, log_dir: Path) -> tuple[Process, str]:
+    """A real Daphne serving the ASGI app on a free port, once it answers /health; (process, base URL)."""
     port = free_port()
     argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "beamclaw_project.asgi:application"]
-    proc = Process("daphne", argv, service_env, log_dir).start()
+    proc = Process(name, argv, env, log_dir).start()
     url = f"http://127.0.0.1:{port}"
 
     def up():
@@ -209,7 +209,29 @@ def gateway(service_env, log_dir, django_db_setup, redis_clean) -> str:
         except httpx.HTTPError:
             return False
 
-    wait_until(up, timeout=30, message="Daphne")
+    wait_until(up, timeout=30, message=f"Daphne ({name})")
+    return proc, url
+
+
+def sse_events(lines):
+    """Server-Sent Events from an iterator of lines, each as {"id", "event", "data"} (data parsed as JSON)."""
+    current = {}
+    for line in lines:
+        if line.startswith("id: "):
+            current["id"] = int(line[4:])
+        elif line.startswith("event: "):
+            current["event"] = line[7:]
+        elif line.startswith("data: "):
+            current["data"] = json.loads(line[6:])
+        elif line == "" and current:
+            yield current
+            current = {}
+
+
+@pytest.fixture(scope="session")
+def gateway(service_env, log_dir, django_db_setup, redis_clean) -> str:
+    """A real Daphne serving the ASGI app; yields its base URL."""
+    proc, url = start_daphne("daphne", service_env, log_dir)
     yield url
     proc.stop()
 

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import wait_until
+from tests.conftest import start_daphne, wait_until
 from tests.procs import Process, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,11 +128,7 @@ class Stack:
         return result.stdout
 
     def start_web(self) -> Process:
-        port = free_port()
-        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "beamclaw_project.asgi:application"]
-        self.web = Process(f"fault-web-{port}", argv, self.env, self.log_dir).start()
-        self.web_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: self.health() is not None, timeout=30, message="Daphne")
+        self.web, self.web_url = start_daphne(f"fault-web-{uuid.uuid4().hex[:4]}", self.env, self.log_dir)
         return self.web
 
     def start_worker(self, name: str | None = None) -> Process:

@@ -18,9 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from sessions.models import Message, Run
-from tests.conftest import wait_until
+from tests.conftest import sse_events, start_daphne, wait_until
 from tests.faults.clients import SLOW_REPLY, StreamedReply
-from tests.procs import Process, free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -60,43 +59,18 @@ def test_sigterm_hands_running_steps_to_another_worker(gateway, tenant, fleet):
           f"{exited_after:.1f}s, every reply complete {continued_after:.1f}s after the signal")
 
 
-def _daphne(env: dict, log_dir) -> tuple[Process, str]:
-    port = free_port()
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "beamclaw_project.asgi:application"]
-    proc = Process(f"daphne-{port}", argv, env, log_dir).start()
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code in (200, 503)
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, timeout=30, message="the second Daphne")
-    return proc, url
-
-
-def _sse_events(response) -> list[dict]:
-    """Read SSE frames from a streaming response until the terminal event or a broken connection."""
-    received, current = [], {}
+def _sse_until_broken(response) -> list[dict]:
+    """The SSE events of a streaming response until it ends or its web process dies under it."""
+    received = []
     try:
-        for line in response.iter_lines():
-            if line.startswith("id: "):
-                current["id"] = int(line[4:])
-            elif line.startswith("event: "):
-                current["event"] = line[7:]
-            elif line.startswith("data: "):
-                current["data"] = json.loads(line[6:])
-            elif line == "" and current:
-                received.append(current)
-                current = {}
+        received.extend(sse_events(response.iter_lines()))
     except httpx.HTTPError:
-        pass  # the web process died under us
+        pass
     return received
 
 
 def test_web_sigkilled_mid_stream_reader_resumes_on_another_web(gateway, worker, tenant, service_env, log_dir):
-    doomed, doomed_url = _daphne(service_env, log_dir)
+    doomed, doomed_url = start_daphne("daphne-doomed", service_env, log_dir)
     prompt = "web killed alpha beta gamma delta"
     api = httpx.Client(base_url=f"{gateway}/api", headers=tenant.headers, timeout=30)
     session_id = api.post("/sessions/", json={"agent": "assistant"}).json()["id"]
@@ -104,21 +78,11 @@ def test_web_sigkilled_mid_stream_reader_resumes_on_another_web(gateway, worker,
 
     before: list[dict] = []
     with httpx.stream("GET", f"{doomed_url}/api/runs/{run_id}/events/", headers=tenant.headers, timeout=60) as response:
-        lines = response.iter_lines()
-        current = {}
-        for line in lines:
-            if line.startswith("id: "):
-                current["id"] = int(line[4:])
-            elif line.startswith("event: "):
-                current["event"] = line[7:]
-            elif line.startswith("data: "):
-                current["data"] = json.loads(line[6:])
-            elif line == "" and current:
-                before.append(current)
-                current = {}
-                if sum(e["event"] == "text.delta" for e in before) >= 4:
-                    doomed.kill()
-                    break
+        for event in sse_events(response.iter_lines()):
+            before.append(event)
+            if sum(e["event"] == "text.delta" for e in before) >= 4:
+                doomed.kill()
+                break
     assert not doomed.alive
 
     # What EventSource does by itself: reconnect (here to the other web) with the last id it saw.
@@ -126,7 +90,7 @@ def test_web_sigkilled_mid_stream_reader_resumes_on_another_web(gateway, worker,
     with httpx.stream(
         "GET", f"{gateway}/api/runs/{run_id}/events/", headers={**tenant.headers, "Last-Event-ID": str(last_id)}, timeout=60
     ) as response:
-        after = _sse_events(response)
+        after = _sse_until_broken(response)
 
     ids = [e["id"] for e in before + after]
     assert ids == list(range(1, len(ids) + 1)), "every event once, in order, across the two web processes"
@@ -136,7 +100,7 @@ def test_web_sigkilled_mid_stream_reader_resumes_on_another_web(gateway, worker,
 
 
 def test_web_sigterm_drains_open_streams(gateway, worker, tenant, service_env, log_dir):
-    old_web, old_url = _daphne(service_env, log_dir)
+    old_web, old_url = start_daphne("daphne-old", service_env, log_dir)
     api = httpx.Client(base_url=f"{gateway}/api", headers=tenant.headers, timeout=30)
     short = StreamedReply(old_url, tenant.headers, "short drain one two", model="assistant").start()
     # About 15 s of streaming: longer than the drain time (8 s).
@@ -150,7 +114,7 @@ def test_web_sigterm_drains_open_streams(gateway, worker, tenant, service_env, l
     with httpx.stream("GET", f"{old_url}/api/runs/{followed}/events/", headers=tenant.headers, timeout=60) as response:
         wait_until(lambda: short.chunks >= 2 and long.chunks >= 2, timeout=30, message="the streams to be under way")
         old_web.terminate()
-        before = _sse_events(response)
+        before = _sse_until_broken(response)
     assert before and before[-1]["event"] != "run.completed"
     with pytest.raises(ConnectionClosed) as closed:
         while True:
@@ -162,7 +126,7 @@ def test_web_sigterm_drains_open_streams(gateway, worker, tenant, service_env, l
         "GET", f"{gateway}/api/runs/{followed}/events/",
         headers={**tenant.headers, "Last-Event-ID": str(before[-1]["id"])}, timeout=60,
     ) as response:
-        after = _sse_events(response)
+        after = _sse_until_broken(response)
     assert [e["id"] for e in before + after] == list(range(1, len(before) + len(after) + 1))
     assert after[-1]["event"] == "run.completed"
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from sessions.models import AgentSession, Run
-from tests.conftest import wait_until
+from tests.conftest import sse_events, wait_until
 
 
 @pytest.fixture
@@ -111,21 +111,10 @@ def test_run_abort_over_rest(api):
 
 
 def read_sse(client: httpx.Client, url: str, headers: dict | None = None) -> list[dict]:
-    events, current = [], {}
     with client.stream("GET", url, headers=headers or {}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("id: "):
-                current["id"] = int(line[4:])
-            elif line.startswith("event: "):
-                current["event"] = line[7:]
-            elif line.startswith("data: "):
-                current["data"] = json.loads(line[6:])
-            elif line == "" and current:
-                events.append(current)
-                current = {}
-    return events
+        return list(sse_events(response.iter_lines()))
 
 
 def test_sse_tails_a_live_run_replays_a_finished_one_and_resumes(api):
