@@ -1,7 +1,8 @@
 """Worker-side housekeeping, run inside every `python manage.py worker` process.
 
 Every few seconds the worker (1) announces itself in Redis (infra/heartbeats.py: /health, and work
-pinned to this worker), (2) consumes the queues of tenants created since it started (the broadcast at
+pinned to this worker) and gives back to their queues the broker messages of workers that died holding
+them (infra/broker.py), (2) consumes the queues of tenants created since it started (the broadcast at
 creation time usually got there first; this covers workers that were down), and (3) runs the chores
 the apps registered (infra/housekeeping.py: reapers for runs and tool calls of dead workers, approval
 timeouts, idempotency keys, background processes of ended sessions).
@@ -10,13 +11,15 @@ timeouts, idempotency keys, background processes of ended sessions).
 import logging
 import socket
 import threading
+import time
 
 from celery import bootsteps, signals
 from django.conf import settings
 from django.db import close_old_connections
 
+from beamclaw_project.infra.broker import consumer_owner_set, owner_parse
 from beamclaw_project.infra.draining import drain_begin
-from beamclaw_project.infra.heartbeats import heartbeat_write
+from beamclaw_project.infra.heartbeats import INCARNATION, heartbeat_ttl_seconds, heartbeat_write, node_incarnations
 from beamclaw_project.infra.housekeeping import run_chores
 from beamclaw_project.infra.outages import outage_of
 from tenants.queues import active_tenant_queues
@@ -36,6 +39,14 @@ class Housekeeping(bootsteps.StartStopStep):
         # (a Redis restart): each start gets a fresh stop event, or the new thread would find the last
         # stop already set and exit after one tick, leaving the worker without heartbeats or reapers.
         self._stop = threading.Event()
+        hostname = consumer.hostname or socket.gethostname()
+        # Before the first fetch: every message this process fetches is recorded as its own, and its heartbeat
+        # is there to say it is alive before any other worker could look.
+        consumer_owner_set(hostname, INCARNATION)
+        try:
+            heartbeat_write(hostname, interval_seconds=settings.BEAMCLAW["HOUSEKEEPING_SECONDS"])
+        except Exception as exc:  # noqa: BLE001 - the first tick writes it again
+            logger.warning("first heartbeat not written: %s", exc)
         threading.Thread(target=self._loop, args=(consumer, self._stop), name="housekeeping", daemon=True).start()
 
     def stop(self, consumer):
@@ -59,6 +70,7 @@ class Housekeeping(bootsteps.StartStopStep):
 
     def _tick(self, consumer, hostname: str, interval: float) -> None:
         heartbeat_write(hostname, interval_seconds=interval)
+        self._orphans_restore(consumer, interval)
         consuming = {q.name for q in consumer.task_consumer.queues}
         for queue in active_tenant_queues():
             if queue not in consuming:
@@ -66,6 +78,25 @@ class Housekeeping(bootsteps.StartStopStep):
                 # add_task_queue touches the consumer's connection, which belongs to the event loop.
                 consumer.call_soon(consumer.add_task_queue, queue)
         run_chores(node=hostname)
+
+    @staticmethod
+    def _orphans_restore(consumer, interval: float) -> None:
+        # A message fetched less than a heartbeat's lifetime ago is left alone whatever its owner's heartbeat
+        # says: a worker that just started may not have written one yet.
+        with consumer.app.pool.acquire(block=True) as connection:
+            restored = connection.default_channel.qos.orphans_restore(
+                _owners_alive, fetched_before=time.time() - heartbeat_ttl_seconds(interval)
+            )
+        if restored:
+            logger.warning("gave back %d message(s) held by dead workers to their queues", restored)
+
+
+def _owners_alive(owners: set[str]) -> set[str]:
+    """The broker message owners ("<node> <incarnation>") whose process still beats."""
+    owners = list(owners)
+    nodes = [owner_parse(owner) for owner in owners]
+    beating = node_incarnations([node for node, _ in nodes])
+    return {owner for owner, (_, incarnation), live in zip(owners, nodes, beating) if live == incarnation}
 
 
 @signals.worker_shutting_down.connect

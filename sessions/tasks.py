@@ -6,19 +6,10 @@ the provider's own timeout (BEAMCLAW_PROVIDER_TIMEOUT_SECONDS) bounds a step ins
 """
 
 from celery import shared_task
-from celery.signals import task_received
 
-from sessions.runs import run_mark_reserved
 from sessions.runs import run_step as step_run
 
 
-@shared_task(name="sessions.run_step", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def run_step(self, run_id: str, step: int) -> None:
-    step_run(run_id=run_id, step=step, node=self.request.hostname)
-
-
-@task_received.connect
-def _step_reserved(sender=None, request=None, **kwargs):
-    """A worker received a step: mark it reserved by this worker (sessions/runs/kernel.py says why)."""
-    if request is not None and request.name == "sessions.run_step" and request.args:
-        run_mark_reserved(request.args[0], request.hostname)
+@shared_task(name="sessions.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_step(run_id: str, step: int) -> None:
+    step_run(run_id=run_id, step=step)

@@ -179,8 +179,8 @@ def fleet(worker, workers):
     worker["proc"].stop()
     started: list[Process] = []
 
-    def spawn(name: str, env: dict | None = None) -> Process:
-        started.append(workers.spawn(name, env=env))
+    def spawn(name: str, env: dict | None = None, **options) -> Process:
+        started.append(workers.spawn(name, env=env, **options))
         return started[-1]
 
     yield spawn
@@ -193,7 +193,10 @@ def fleet(worker, workers):
 def crash_recovery(fleet):
     """For crash-recovery tests: `spawn(name)` starts workers with CRASH_RECOVERY_TIMINGS, in place of the
     shared worker (see fleet)."""
-    return lambda name: fleet(name, env=CRASH_RECOVERY_TIMINGS)
+    def spawn(name: str, env: dict | None = None, **options) -> Process:
+        return fleet(name, env={**CRASH_RECOVERY_TIMINGS, **(env or {})}, **options)
+
+    return spawn
 
 
 def start_daphne(name: str, env: dict, log_dir: Path) -> tuple[Process, str]:

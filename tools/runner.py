@@ -28,9 +28,17 @@ from celery import current_app
 from celery.utils.nodenames import worker_direct
 from django.db import close_old_connections
 from django.utils import timezone
+from kombu import Queue
 
 from beamclaw_project.infra.heartbeats import node_alive
-from beamclaw_project.infra.leases import QUEUED, Lease, lease_mark_queued, lease_values
+from beamclaw_project.infra.leases import (
+    QUEUED,
+    Lease,
+    lease_mark_queued,
+    lease_requeue,
+    lease_values,
+    leases_lost_in_transit,
+)
 from beamclaw_project.infra.queues import tenant_queue
 from beamclaw_project.infra.redis import redis_client
 from sessions.models import ToolCall
@@ -120,10 +128,18 @@ def lease_key(kind: str, call_id) -> str:
 
 def call_enqueue(kind: str, call_id, *, tenant_slug: str, tool: str, tool_input: dict, only_if_free: bool = False) -> None:
     """Send a call's task: to the worker the tool pins it to (a live one), else the tenant's queue."""
-    node = _pinned_node(tool, tool_input)
-    queue = worker_direct(node) if node and node_alive(node) else tenant_queue(tenant_slug)
     if lease_mark_queued(lease_key(kind, call_id), only_if_free=only_if_free):
-        current_app.send_task(owner_of(kind).task_name, args=[str(call_id)], queue=queue)
+        _call_send(kind, call_id, _call_queue(tool, tool_input, tenant_slug))
+
+
+def _call_queue(tool: str, tool_input: dict, tenant_slug: str) -> Queue | str:
+    """The worker's direct queue (a Queue bound to its exchange, not a name) or the tenant's queue name."""
+    node = _pinned_node(tool, tool_input)
+    return worker_direct(node) if node and node_alive(node) else tenant_queue(tenant_slug)
+
+
+def _call_send(kind: str, call_id, queue: Queue | str) -> None:
+    current_app.send_task(owner_of(kind).task_name, args=[str(call_id)], queue=queue)
 
 
 def _pinned_node(tool: str, tool_input: dict) -> str | None:
@@ -220,15 +236,22 @@ def calls_recover(kind: str, calls: list[OpenCall]) -> None:
     if not calls:
         return
     owner = owner_of(kind)
-    values = lease_values([lease_key(kind, call.id) for call in calls])
+    values = [value.decode() if value is not None else None for value in lease_values([lease_key(kind, c.id) for c in calls])]
+    queued = [
+        (call, _call_queue(call.tool, call.input, call.tenant_slug))
+        for call, value in zip(calls, values) if value == QUEUED and not call.running
+    ]
+    lost = leases_lost_in_transit([(lease_key(kind, call.id), getattr(queue, "name", queue)) for call, queue in queued])
+    resend = {call.id: queue for (call, queue), gone in zip(queued, lost) if gone}
     for call, value in zip(calls, values):
         try:
-            _call_recover(owner, call, value.decode() if value is not None else None)
+            _call_recover(owner, call, value, resend_to=resend.get(call.id))
         except Exception:  # noqa: BLE001 - one broken call must not keep the others from recovering
             logger.exception("could not recover tool %s %s", kind, call.id)
 
 
-def _call_recover(owner: CallOwner, call: OpenCall, value: str | None) -> None:
+def _call_recover(owner: CallOwner, call: OpenCall, value: str | None, *, resend_to: Queue | str | None) -> None:
+    """`resend_to`: the queue to send the call to again when its task was lost on the way to a worker."""
     problem = None
     if not call.running:
         if value is None:
@@ -236,6 +259,9 @@ def _call_recover(owner: CallOwner, call: OpenCall, value: str | None) -> None:
                          only_if_free=True)
         elif value == QUEUED:
             problem = _pinned_worker_gone(call)
+            if problem is None and resend_to is not None and lease_requeue(lease_key(owner.kind, call.id)):
+                logger.warning("tool %s %s was lost on its way to a worker; sent again", owner.kind, call.id)
+                _call_send(owner.kind, call.id, resend_to)
     elif value is None:
         logger.warning("tool %s %s lost its worker", owner.kind, call.id)
         problem = LOST_MESSAGE

@@ -1,27 +1,110 @@
-"""The Celery broker transport: kombu's Redis transport with a fix for reconnecting after Redis restarts.
+"""The Celery broker transport: kombu's Redis transport with two fixes, for Redis restarts and for workers
+killed with messages in hand.
 
-kombu 5.7 (and every release since 3.0, celery/kombu#582) can kill a worker when Redis goes away: once a
-connection is closed its transport forgets the broker address (`Transport.client = None`), yet closing
-a channel afterwards still builds a new Redis pool to give unacknowledged messages back, and reading
-the address from the forgotten client raises `AttributeError: 'NoneType' object has no attribute
+Reconnecting. kombu 5.7 (and every release since 3.0, celery/kombu#582) can kill a worker when Redis goes
+away: once a connection is closed its transport forgets the broker address (`Transport.client = None`),
+yet closing a channel afterwards still builds a new Redis pool to give unacknowledged messages back, and
+reading the address from the forgotten client raises `AttributeError: 'NoneType' object has no attribute
 'hostname'`. That is not one of the transport's connection errors, so the consumer does not reconnect:
 the worker logs "Unrecoverable error" and exits (or, in a task thread acknowledging a message, fails
-that thread).
+that thread). Here the same situation raises redis-py's ConnectionError, which kombu treats as what it
+is: a lost connection, to be retried with backoff. Nothing is lost by not restoring those messages from a
+closed connection: Redis keeps unacknowledged messages (see below), and the engine's reapers resume any
+run or tool call whose task went missing (Postgres is the source of truth).
 
-Here the same situation raises redis-py's ConnectionError, which kombu treats as what it is: a lost
-connection, to be retried with backoff. Nothing is lost by not restoring those messages from a closed
-connection: Redis keeps unacknowledged messages and gives them back after the visibility timeout,
-and the engine's reapers resume any run or tool call whose task went missing (Postgres is the source
-of truth).
+Messages of a dead worker. kombu emulates acknowledgements on Redis: a fetched message waits in the
+`unacked` hash until the worker acknowledges it, and any consumer puts it back in its queue once it is
+older than the visibility timeout (an hour, CELERY_VISIBILITY_TIMEOUT: it must outlast the longest
+countdown, or a retry due later would be handed out twice). A worker SIGKILLed with messages fetched but
+not finished (a step waiting for a thread, a tool call, a webhook retry counting down) would leave them
+there for that hour. So each message is recorded with its owner, the fetching worker's node name and
+process incarnation (`unacked_owner`, written in the same transaction as kombu's own record), and every
+worker's housekeeping gives back the messages of owners whose heartbeat is gone or belongs to a newer
+process of the same name (`orphans_restore`). A worker that is merely slow keeps its heartbeat, so its
+messages stay where they are; if one were given back anyway, the leases of runs, tool calls and
+deliveries make the second copy a no-op.
+
+Not covered here: a message Redis has handed over (BRPOP) that the worker had not yet recorded when it
+was killed, which on a busy worker can take tens of milliseconds; it is gone from Redis. The reapers find
+such work by its lease (infra/leases.py: leases_lost_in_transit) and send it again.
 
 Selected with CELERY_BROKER_TRANSPORT (settings.py); the broker URL stays a plain redis:// URL.
 """
 
+from time import time
+from typing import Callable
+
 import redis
+from celery import current_app
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
+
+# "<node> <incarnation>" of this process once it consumes (set by the worker before its first fetch).
+_consumer_owner: str | None = None
+
+
+def consumer_owner_set(node: str, incarnation: str) -> None:
+    global _consumer_owner
+    _consumer_owner = f"{node} {incarnation}"
+
+
+def owner_parse(owner: str) -> tuple[str, str]:
+    node, _, incarnation = owner.rpartition(" ")
+    return node, incarnation
+
+
+def queues_empty(names: set[str]) -> set[str]:
+    """Those of the named queues that hold no message."""
+    with current_app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        return {name for name in names if channel._size(name) == 0}
+
+
+class QoS(kombu_redis.QoS):
+    @property
+    def unacked_owner_key(self) -> str:
+        return f"{self.unacked_key}_owner"
+
+    def append(self, message, delivery_tag):
+        # kombu's append, with the owner written in the same transaction.
+        delivery = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time()}).hset(
+                self.unacked_key, delivery_tag, dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+            )
+            if _consumer_owner is not None:
+                pipe.hset(self.unacked_owner_key, delivery_tag, _consumer_owner)
+            pipe.execute()
+            super(kombu_redis.QoS, self).append(message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag, pipe=None):
+        return super()._remove_from_indices(delivery_tag, pipe).hdel(self.unacked_owner_key, delivery_tag)
+
+    def orphans_restore(self, owners_alive: Callable[[set[str]], set[str]], *, fetched_before: float) -> int:
+        """Put back in their queues the unacknowledged messages whose owner is no longer alive and that
+        were fetched before `fetched_before` (a time.time()), oldest first as kombu restores them.
+        `owners_alive` gets the owners on record and returns those still alive. Returns how many."""
+        with self.channel.conn_or_acquire() as client:
+            owned = {tag: owner.decode() for tag, owner in client.hgetall(self.unacked_owner_key).items()}
+            if not owned:
+                return 0
+            alive = owners_alive(set(owned.values()))
+            orphans = [tag for tag, owner in owned.items() if owner not in alive]
+            restored = 0
+            for tag in orphans:
+                fetched_at = client.zscore(self.unacked_index_key, tag)
+                if fetched_at is None or fetched_at < fetched_before:
+                    # Also clears the owner of a message acknowledged since: kombu's restore is a WATCHed
+                    # transaction that puts back only what is still unacknowledged.
+                    self.restore_by_tag(tag, client)
+                    if fetched_at is not None:
+                        restored += 1
+            return restored
 
 
 class Channel(kombu_redis.Channel):
+    QoS = QoS
+
     def _connparams(self, asynchronous=False):
         if self.connection.client is None:
             raise redis.exceptions.ConnectionError("the broker connection was closed; reconnecting")

@@ -19,6 +19,7 @@ import uuid
 
 from django.conf import settings
 
+from beamclaw_project.infra.broker import queues_empty
 from beamclaw_project.infra.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,35 @@ def lease_mark_queued(key: str, *, only_if_free: bool = False) -> bool:
 
 def lease_values(keys: list[str]) -> list[bytes | None]:
     return redis_client().mget(keys) if keys else []
+
+
+def leases_lost_in_transit(queued: list[tuple[str, str]]) -> list[bool]:
+    """For work marked `queued` ((lease key, the queue its task was sent to) pairs): was its task lost on the
+    way to a worker? Kombu's fetch takes a message off its queue before the worker records it as
+    unacknowledged (infra/broker.py), so a worker SIGKILLed in between loses it, and the marker would wait
+    out its hour. Lost means: still `queued` a lease period after it was marked, with its queue empty.
+    Work that a live worker fetched and has not started in that time looks the same; sending it again is
+    harmless, as the second delivery finds the lease taken. (Behind a backlog the loss is noticed once the
+    queue has drained.)"""
+    if not queued:
+        return []
+    pipe = redis_client().pipeline(transaction=False)
+    for key, _ in queued:
+        pipe.get(key).pttl(key)
+    replies = pipe.execute()
+    aged = [
+        value == QUEUED.encode() and ttl >= 0 and queued_ttl_ms() - ttl > lease_ttl_ms()
+        for value, ttl in zip(replies[::2], replies[1::2])
+    ]
+    if not any(aged):
+        return aged
+    empty = queues_empty({queue for (_, queue), old in zip(queued, aged) if old})
+    return [old and queue in empty for (_, queue), old in zip(queued, aged)]
+
+
+def lease_requeue(key: str) -> bool:
+    """Mark work queued again (a fresh hour) for a task sent again, unless a worker took it meanwhile."""
+    return lease_set(key, QUEUED, ttl_ms=queued_ttl_ms(), replacing=(QUEUED,))
 
 
 class _Keeper:

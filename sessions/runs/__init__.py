@@ -16,7 +16,6 @@ Edges and services use only the names below. The model's tool calls run through 
 (tools/runner.py), with this engine registered as their owner (sessions/apps.py).
 """
 
-from sessions.runs.kernel import run_mark_reserved
 from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, run_abort, terminal_event_from_db
 from sessions.runs.step import run_step
 from sessions.runs.submit import SessionClosed, run_submit
@@ -25,7 +24,6 @@ __all__ = [
     "RUN_FAILED_UNANSWERED",
     "SessionClosed",
     "run_abort",
-    "run_mark_reserved",
     "run_step",
     "run_submit",
     "terminal_event_from_db",

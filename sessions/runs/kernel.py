@@ -17,7 +17,15 @@ import time
 from celery import current_app
 from django.conf import settings
 
-from beamclaw_project.infra.leases import QUEUED, lease_set, lease_ttl_ms, lease_values, queued_ttl_ms
+from beamclaw_project.infra.leases import (
+    QUEUED,
+    lease_requeue,
+    lease_set,
+    lease_ttl_ms,
+    lease_values,
+    leases_lost_in_transit,
+    queued_ttl_ms,
+)
 from beamclaw_project.infra.queues import tenant_queue
 from beamclaw_project.infra.redis import redis_client
 from sessions.models import AgentSession, Message, Run
@@ -25,8 +33,6 @@ from sessions.models import AgentSession, Message, Run
 RUN_STEP_TASK = "sessions.run_step"
 # Held while a run's tool calls are in flight and no step is queued or running (see tool_phase.py).
 TOOLS_PHASE = "tools"
-# `reserved:<node>`: the step's task was received by that worker, which has not started it yet.
-RESERVED_PREFIX = "reserved:"
 ABORT_CHECK_INTERVAL = 0.2
 
 
@@ -82,46 +88,41 @@ def step_hand_back(lease, run_id, step: int, tenant_slug: str) -> None:
     `queued` in one swap (no moment in which the reaper could take the run for an orphan), then the step
     is sent again for another worker."""
     lease.hand_over(QUEUED, ttl_ms=queued_ttl_ms())
-    current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug))
+    _step_send(run_id, step, tenant_slug)
 
 
-def reserved_marker(node: str) -> str:
-    return f"{RESERVED_PREFIX}{node}"
+def runs_stranded(runs: list[tuple]) -> tuple[list, list]:
+    """Of these running runs ((run id, tenant slug) pairs): those no worker holds and no queue holds a step
+    for (orphans: their worker died), and those whose queued step was lost on its way to a worker."""
+    values = lease_values([run_lease_key(run_id) for run_id, _ in runs])
+    orphans = [run_id for (run_id, _), value in zip(runs, values) if value is None]
+    queued = [(run_id, slug) for (run_id, slug), value in zip(runs, values) if value == QUEUED.encode()]
+    lost = leases_lost_in_transit([(run_lease_key(run_id), tenant_queue(slug)) for run_id, slug in queued])
+    return orphans, [run_id for (run_id, _), gone in zip(queued, lost) if gone]
 
 
-def run_mark_reserved(run_id, node: str) -> None:
-    """A worker received the step's task (it may wait among the worker's reserved tasks before it runs).
-    Recorded so that if the worker dies before it starts the step, the reaper knows at once: a step
-    still marked `queued` would wait out the broker's visibility timeout (an hour) in the dead worker's
-    unacknowledged messages."""
-    lease_set(run_lease_key(run_id), reserved_marker(node), ttl_ms=queued_ttl_ms(), replacing=(QUEUED,))
-
-
-def runs_unleased(run_ids: list, *, live_nodes: set[str]) -> dict:
-    """The runs that no worker holds and no queue holds a step for (orphans), each with its lease value:
-    none, or the reservation of a worker that is no longer alive."""
-    values = lease_values([run_lease_key(run_id) for run_id in run_ids])
-    orphans = {}
-    for run_id, value in zip(run_ids, values):
-        if value is None:
-            orphans[run_id] = None
-        elif value.startswith(RESERVED_PREFIX.encode()) and value[len(RESERVED_PREFIX):].decode() not in live_nodes:
-            orphans[run_id] = value.decode()
-    return orphans
-
-
-def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = False, replacing: str | None = None) -> bool:
+def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = False) -> bool:
     """Mark the run's step queued and send it; with only_if_free (the reaper), only if nothing held the
-    lease or had queued a step (or it still holds `replacing`, a dead worker's reservation). Returns
-    whether it was sent."""
+    lease or had queued a step. Returns whether it was sent."""
     if only_if_free:
-        key = run_lease_key(run_id)
-        if not lease_set(key, QUEUED, ttl_ms=queued_ttl_ms(), replacing=(replacing,) if replacing else ()):
+        if not lease_set(run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms()):
             return False
     else:
         run_mark_queued(run_id)
-    current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug))
+    _step_send(run_id, step, tenant_slug)
     return True
+
+
+def step_resend(run_id, step: int, tenant_slug: str) -> bool:
+    """Send again a step lost on its way to a worker (runs_stranded), unless a worker took it meanwhile."""
+    if not lease_requeue(run_lease_key(run_id)):
+        return False
+    _step_send(run_id, step, tenant_slug)
+    return True
+
+
+def _step_send(run_id, step: int, tenant_slug: str) -> None:
+    current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug))
 
 
 # --- the abort flag --------------------------------------------------------------------------------

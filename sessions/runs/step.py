@@ -28,7 +28,6 @@ from sessions.runs.kernel import (
     TOOLS_PHASE,
     AbortCheck,
     abort_flag_reason,
-    reserved_marker,
     run_lease_key,
     run_lock,
     step_hand_back,
@@ -103,9 +102,9 @@ class _CallbackFailures:
         return call
 
 
-def run_step(*, run_id, step: int, node: str | None = None) -> None:
+def run_step(*, run_id, step: int) -> None:
     try:
-        _run_step_leased(run_id, step, node)
+        _run_step_leased(run_id, step)
     except Exception as exc:
         store = outage_of(exc)
         if store is None:
@@ -115,11 +114,9 @@ def run_step(*, run_id, step: int, node: str | None = None) -> None:
         logger.warning("run %s step %s paused: %s is unavailable (%s); it resumes once it is back", run_id, step, store, exc)
 
 
-def _run_step_leased(run_id, step: int, node: str | None) -> None:
-    # A step may be picked up over the tools marker: a re-sent step only drives the open calls (step_resume);
-    # and over this worker's own reservation of it (kernel.run_mark_reserved).
-    markers = (TOOLS_PHASE, reserved_marker(node)) if node else (TOOLS_PHASE,)
-    lease = Lease(run_lease_key(run_id), takes_over=markers)
+def _run_step_leased(run_id, step: int) -> None:
+    # A step may be picked up over the tools marker: a re-sent step only drives the open calls (step_resume).
+    lease = Lease(run_lease_key(run_id), takes_over=(TOOLS_PHASE,))
     if not lease.acquire():
         logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
         return

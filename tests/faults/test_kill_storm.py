@@ -24,13 +24,6 @@ from tools.models import Approval
 pytestmark = [
     pytest.mark.faults,
     pytest.mark.timeout(420),
-    # Not yet green: a task that a worker has fetched but not started when it is SIGKILLed (a step, a tool
-    # call, a delivery) stays in the broker's unacknowledged messages until the visibility timeout (1 h),
-    # and its lease says `queued` meanwhile. Steps now mark themselves reserved by their worker on receipt
-    # (sessions/runs/kernel.py: run_mark_reserved), which the reaper checks against the worker's heartbeat;
-    # tool calls and deliveries need the same, and a window before the receipt signal remains. Unskip when
-    # that is closed.
-    pytest.mark.skip(reason="tasks fetched by a SIGKILLed worker before they start wait out the visibility timeout"),
     pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (scripts/ensure_sandbox_tools.sh)"),
 ]
 

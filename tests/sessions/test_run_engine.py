@@ -144,3 +144,43 @@ def test_sigkilled_worker_mid_stream_completes_exactly_once(gateway, tenant, cra
     assert run.status == Run.Status.SUCCEEDED
     transcript = [(m.role, m.text) for m in Message.objects.filter(session=run.session).order_by("seq")]
     assert transcript == [("user", expected[len("Echo: "):] + " [[delay_ms=80]]"), ("assistant", expected)]
+
+
+def _submit(tenant, key: str, text: str) -> Run:
+    session = AgentSession.objects.create(tenant=tenant.tenant, agent=tenant.agent, key=key)
+    return run_submit(session=session, content=[{"type": "text", "text": text}], trigger=Run.Trigger.API)
+
+
+def _succeeded(run: Run) -> bool:
+    return Run.objects.get(pk=run.pk).status == Run.Status.SUCCEEDED
+
+
+def test_a_step_fetched_by_a_worker_sigkilled_before_it_started_runs_elsewhere(tenant, crash_recovery):
+    # The victim takes two steps from the queue and runs one at a time: the second waits, fetched and unstarted.
+    victim = crash_recovery("victim", concurrency=1, env={"CELERY_WORKER_PREFETCH_MULTIPLIER": "2"})
+    slow = _submit(tenant, "agent:assistant:slow", "slow " + " ".join(f"w{i}" for i in range(20)) + " [[delay_ms=200]]")
+    waiting = _submit(tenant, "agent:assistant:waiting", "waiting behind the slow one")
+    wait_until(lambda: redis_client().hlen("unacked") == 2, timeout=20, message="the victim holding both steps")
+    assert Run.objects.get(pk=waiting.pk).status == Run.Status.RUNNING and not Message.objects.filter(run=waiting, role="assistant")
+    victim.kill()
+
+    crash_recovery("rescuer")
+    wait_until(lambda: _succeeded(slow) and _succeeded(waiting), timeout=60, message="both runs to finish")
+    # Not waiting out the broker's visibility timeout: the dead worker's messages went back to their queue
+    # (and were taken and acknowledged there), none is left to be handed out again in an hour.
+    wait_until(lambda: redis_client().hlen("unacked") == 0, timeout=30, message="no message left with the dead worker")
+    for run in (slow, waiting):
+        assert list(Message.objects.filter(run=run).values_list("role", flat=True)) == ["user", "assistant"]
+
+
+def test_a_step_lost_between_the_broker_and_a_dying_worker_is_sent_again(tenant, crash_recovery):
+    """Redis takes a message off its queue as it hands it to a worker (BRPOP), before the worker records it
+    as unacknowledged; a worker killed in between loses it. Here the message is taken as that fetch would."""
+    run = _submit(tenant, "agent:assistant:lost", "lost on the way")
+    queue = f"tenant.{tenant.tenant.slug}"
+    wait_until(lambda: redis_client().llen(queue) == 1, timeout=10, message=f"the step in {queue}")
+    assert redis_client().rpop(queue) is not None
+
+    crash_recovery("rescuer")
+    wait_until(lambda: _succeeded(run), timeout=60, message="the run to finish")
+    assert [m.text for m in Message.objects.filter(run=run).order_by("seq")] == ["lost on the way", "Echo: lost on the way"]
