@@ -15,6 +15,7 @@ and handing over are compare-and-sets (`lease_set`: set if free or holding one o
 
 import logging
 import threading
+import time
 import uuid
 
 from django.conf import settings
@@ -107,17 +108,35 @@ def lease_requeue(key: str) -> bool:
     return lease_set(key, QUEUED, ttl_ms=queued_ttl_ms(), replacing=(QUEUED,))
 
 
+# Extend KEYS[i]'s expiry to ARGV[1] ms if it still holds token ARGV[i + 1]; returns 1/0 per key.
+_RENEW_SCRIPT = """
+local renewed = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    renewed[i] = 1
+  else
+    renewed[i] = 0
+  end
+end
+return renewed
+"""
+
+
 class _Keeper:
-    """Renews every lease this process holds, every third of the lease time."""
+    """Renews every lease this process holds, every third of the lease time, and only while it still holds
+    it: a process that was frozen for longer than the lease (SIGSTOP, a paused container or VM) finds on
+    waking that another worker has taken the work over, and must neither extend that worker's lease nor go
+    on with the work (Lease.lost)."""
 
     def __init__(self):
-        self._held: dict[str, str] = {}
+        self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def hold(self, key: str, token: str) -> None:
+    def hold(self, lease: "Lease") -> None:
         with self._lock:
-            self._held[key] = token
+            self._held[lease.key] = lease
             if self._thread is None:
                 self._thread = threading.Thread(target=self._renew_forever, name="lease-keeper", daemon=True)
                 self._thread.start()
@@ -130,16 +149,24 @@ class _Keeper:
         stop = threading.Event()
         while not stop.wait(settings.BEAMCLAW["RUN_LEASE_SECONDS"] / 3):
             with self._lock:
-                held = list(self._held)
+                held = list(self._held.values())
             if not held:
                 continue
             try:
-                pipe = redis_client().pipeline(transaction=False)
-                for key in held:
-                    pipe.pexpire(key, lease_ttl_ms())
-                pipe.execute()
+                renewing_since = time.monotonic()
+                renewed = redis_client().eval(
+                    _RENEW_SCRIPT, len(held), *(lease.key for lease in held), lease_ttl_ms(), *(lease.token for lease in held)
+                )
             except Exception:  # noqa: BLE001 - a Redis blip must not kill the keeper; the next tick retries
                 logger.exception("could not renew leases")
+                continue
+            for lease, ok in zip(held, renewed):
+                if ok:
+                    lease.confirmed_at = renewing_since
+                else:
+                    lease.gone = True
+                    self.drop(lease.key)
+                    logger.warning("lost the lease %s: this worker was stalled for longer than the lease time", lease.key)
 
 
 _keeper = _Keeper()
@@ -153,13 +180,29 @@ class Lease:
         self.key = key
         self.token = uuid.uuid4().hex
         self.takes_over = (QUEUED, *takes_over)
+        self.confirmed_at = 0.0  # time.monotonic() when Redis last confirmed this lease is ours
+        self.gone = False
 
     def acquire(self) -> bool:
         """Take the lease if it is free or holds one of the markers this work may be taken over from."""
+        taking_since = time.monotonic()
         if not lease_set(self.key, self.token, ttl_ms=lease_ttl_ms(), replacing=self.takes_over):
             return False
-        _keeper.hold(self.key, self.token)
+        self.confirmed_at = taking_since
+        _keeper.hold(self)
         return True
+
+    def lost(self) -> bool:
+        """Whether this worker no longer holds the work: cheap while renewals keep coming (no round trip),
+        asked of Redis once the last confirmation is older than the lease time (the process was stalled)."""
+        if not self.gone and time.monotonic() - self.confirmed_at > lease_ttl_ms() / 1000:
+            checking_since = time.monotonic()
+            if redis_client().get(self.key) == self.token.encode():
+                self.confirmed_at = checking_since
+            else:
+                self.gone = True
+                _keeper.drop(self.key)
+        return self.gone
 
     def hand_over(self, value: str, *, ttl_ms: int) -> None:
         """Stop holding the work but leave `value` in the lease for `ttl_ms` (a deferred call, a run

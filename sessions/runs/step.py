@@ -42,12 +42,14 @@ MAX_STEP_FAILURES = 3
 
 
 class _DeltaPublisher:
-    """Publishes text deltas, skipping the first `skip` characters (already streamed by a crashed attempt)."""
+    """Publishes text deltas, skipping the first `skip` characters (already streamed by a crashed attempt),
+    and none once the lease is lost (the worker that took the step over streams them)."""
 
-    def __init__(self, run_id, step: int, skip: int):
+    def __init__(self, run_id, step: int, skip: int, lease: Lease):
         self.run_id = run_id
         self.step = step
         self.skip = skip
+        self.lease = lease
         self.seen = 0
         self.parts: list[str] = []
 
@@ -59,7 +61,7 @@ class _DeltaPublisher:
         self.parts.append(text)
         start = self.seen
         self.seen += len(text)
-        if self.seen <= self.skip:
+        if self.seen <= self.skip or self.lease.lost():
             return
         events.publish(self.run_id, events.TEXT_DELTA, {"text": text[max(0, self.skip - start):], "step": self.step})
 
@@ -72,15 +74,21 @@ class _HandedBack(Exception):
         self.tenant_slug = tenant_slug
 
 
-class _StopCheck:
-    """What the provider polls between stream events: the run's abort flag, and whether this worker is
-    draining (checked first: it costs no round trip)."""
+class _LeaseLost(Exception):
+    """This worker was stalled for longer than the lease (a frozen process or machine) and another worker
+    took the step over: stop streaming, write nothing."""
 
-    def __init__(self, run_id):
+
+class _StopCheck:
+    """What the provider polls between stream events: whether this worker is draining or has lost the
+    step's lease (both checked first: they cost no round trip while all is well), and the run's abort flag."""
+
+    def __init__(self, run_id, lease: Lease):
         self.aborted = AbortCheck(run_id)
+        self.lease = lease
 
     def __call__(self) -> bool:
-        return draining() or self.aborted()
+        return draining() or self.lease.lost() or self.aborted()
 
 
 class _CallbackFailures:
@@ -125,9 +133,12 @@ def _run_step_leased(run_id, step: int) -> None:
     try:
         attempt = _count(run_id, step, "attempts")
         try:
-            tools_started = _execute_step(run_id, step, attempt)
+            tools_started = _execute_step(run_id, step, attempt, lease)
         except _HandedBack as exc:
             handed_back = exc
+        except _LeaseLost:
+            logger.warning("run %s step %s: this worker stalled past its lease and another took the step over; "
+                           "stopped without writing", run_id, step)
         except Exception as exc:
             if outage_of(exc) is not None:
                 raise
@@ -175,7 +186,7 @@ def _count(run_id, step: int, what: str) -> int:
     return int(pipe.execute()[0])
 
 
-def _execute_step(run_id, step: int, attempt: int) -> bool:
+def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
     """Run the step; True when it left the run in its tool phase."""
     run = Run.objects.select_related("session__agent", "tenant").filter(pk=run_id).first()
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
@@ -211,15 +222,17 @@ def _execute_step(run_id, step: int, attempt: int) -> bool:
     close_old_connections()
 
     already_streamed = events.published_text(run_id, step) if attempt > 1 else ""
-    publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed))
+    publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed), lease=lease)
     callbacks = _CallbackFailures()
 
     tenant_slug = run.tenant.slug
     try:
         completion = get_provider(provider_name).stream(
-            request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id))
+            request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease))
         )
     except Aborted:
+        if lease.lost():
+            raise _LeaseLost() from None
         if draining() and abort_flag_reason(run_id) is None:
             # Stopped for the shutdown, not by a user: another worker runs the step again, and what
             # already reached clients is not streamed twice.

@@ -1,6 +1,8 @@
 """The durable run engine: ordering, the event stream, abort, per-tenant queues, crash recovery."""
 
 import json
+import os
+import signal
 import threading
 
 import httpx
@@ -184,3 +186,28 @@ def test_a_step_lost_between_the_broker_and_a_dying_worker_is_sent_again(tenant,
     crash_recovery("rescuer")
     wait_until(lambda: _succeeded(run), timeout=60, message="the run to finish")
     assert [m.text for m in Message.objects.filter(run=run).order_by("seq")] == ["lost on the way", "Echo: lost on the way"]
+
+
+def test_a_worker_frozen_past_its_lease_adds_nothing_when_it_wakes(gateway, tenant, crash_recovery):
+    """SIGSTOP (a paused container, a stalled VM) for longer than the lease: another worker takes the step
+    over; the frozen one, woken with the rest of the model's stream in its socket, must not publish it."""
+    victim = crash_recovery("frozen")
+    words = " ".join(f"w{i}" for i in range(30))
+    reader = StreamReader(gateway, tenant, f"{words} [[delay_ms=100]]", user="frozen")
+    reader.start()
+    wait_until(lambda: reader.content_chunks >= 5, timeout=20, message="the run to be mid-stream")
+    os.killpg(victim.proc.pid, signal.SIGSTOP)
+    try:
+        frozen_at = reader.content_chunks
+        crash_recovery("rescuer")
+        wait_until(lambda: reader.content_chunks > frozen_at + 3, timeout=30, message="the rescuer to stream the rest")
+    finally:
+        os.killpg(victim.proc.pid, signal.SIGCONT)
+    reader.join(60)
+
+    assert reader.done
+    assert reader.text == f"Echo: {words}", "every word once: the woken worker published nothing"
+    assert victim.alive
+    run = Run.objects.get(pk=reader.run_id)
+    assert run.status == Run.Status.SUCCEEDED
+    assert list(Message.objects.filter(run=run).values_list("role", flat=True)) == ["user", "assistant"]
