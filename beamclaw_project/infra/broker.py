@@ -82,7 +82,7 @@ class QoS(kombu_redis.QoS):
 
     def orphans_restore(self, owners_alive: Callable[[set[str]], set[str]], *, fetched_before: float) -> int:
         """Put back in their queues the unacknowledged messages whose owner is no longer alive and that
-        were fetched before `fetched_before` (a time.time()), oldest first as kombu restores them.
+        were fetched before `fetched_before` (a time.time()), to the front of their queues as kombu restores them.
         `owners_alive` gets the owners on record and returns those still alive. Returns how many."""
         with self.channel.conn_or_acquire() as client:
             owned = {tag: owner.decode() for tag, owner in client.hgetall(self.unacked_owner_key).items()}

@@ -2,8 +2,8 @@
 an approval waits and cron jobs fire. Every run ends exactly once; every transcript has each user
 message once and one reply per step; streaming clients get each reply whole, once.
 
-A crash-recovery test, so the workers it starts use CRASH_RECOVERY_TIMINGS (a dead worker's lease lapses
-in 2 s instead of 30 s); everything else keeps the production settings.
+The workers run with the production timings: a dead worker's leases lapse in 30 s and its heartbeat in 15 s,
+which is how long the work it held waits before a survivor takes it over.
 """
 
 import json
@@ -16,7 +16,7 @@ import pytest
 
 from cron.models import CronRun
 from sessions import events
-from sessions.models import Message, Run
+from sessions.models import Message, Run, ToolCall
 from tests.conftest import wait_until
 from tests.faults.clients import StreamedReply
 from tools.models import Approval
@@ -57,8 +57,9 @@ def _ended_exactly_once(run: Run) -> list[str]:
     return problems
 
 
-def test_twenty_sigkills_across_two_workers(gateway, make_tenant, crash_recovery):
-    fleet = [crash_recovery("storm-0"), crash_recovery("storm-1")]
+def test_twenty_sigkills_across_two_workers(gateway, make_tenant, fleet, log_dir):
+    spawn = fleet
+    fleet = [spawn("storm-0"), spawn("storm-1")]
     tenant = make_tenant()
     guarded = make_tenant(approval={"mode": "always", "allowlist": []})
     api = httpx.Client(base_url=f"{gateway}/api", headers=tenant.headers, timeout=30)
@@ -95,11 +96,17 @@ def test_twenty_sigkills_across_two_workers(gateway, make_tenant, crash_recovery
             cron_runs.append(api.post(f"/cron/jobs/{job.json()['id']}/run/").json()["id"])
         index = rng.randrange(len(fleet))
         fleet[index].kill()
-        fleet[index] = crash_recovery(f"storm-{kill + 2}")
+        fleet[index] = spawn(f"storm-{kill + 2}")
+    last_kill = time.monotonic()
 
-    # The approvals still pending after the storm are approved now: their runs must finish too.
-    for approval in guarded_api.get("/approvals/", params={"status": "pending"}).json()["results"]:
-        guarded_api.post(f"/approvals/{approval['id']}/approve/", json={})
+    # Approvals still pending after the storm, or asked again by a step run again, are granted until the guarded
+    # runs end: they must finish with their calls run, not denied by the approval timeout.
+    def guarded_runs_ended() -> bool:
+        for approval in guarded_api.get("/approvals/", params={"status": "pending"}).json()["results"]:
+            guarded_api.post(f"/approvals/{approval['id']}/approve/", json={})
+        return Run.objects.filter(pk__in=guarded_runs, status__in=Run.TERMINAL_STATUSES).count() == len(guarded_runs)
+
+    wait_until(guarded_runs_ended, timeout=120, interval=0.5, message="the guarded runs to end, approved")
 
     run_ids = tool_runs + guarded_runs
     for reply in replies:
@@ -116,6 +123,7 @@ def test_twenty_sigkills_across_two_workers(gateway, make_tenant, crash_recovery
                    message=f"run {pk} to end")
         for pk in run_ids
     ]
+    settled_after = time.monotonic() - last_kill
 
     for reply in replies:
         assert reply.errors == [] and reply.done, reply.errors
@@ -123,6 +131,13 @@ def test_twenty_sigkills_across_two_workers(gateway, make_tenant, crash_recovery
     problems = {str(run.pk): p for run in runs if (p := _ended_exactly_once(run))}
     assert problems == {}
     assert all(run.status == Run.Status.SUCCEEDED for run in runs), [(str(r.pk), r.status, r.error) for r in runs]
-    assert Approval.objects.filter(tenant=guarded.tenant, status="pending").count() == 0
-    print(f"\n[fault report] kill storm: {KILLS} SIGKILLs, runs affected {len(runs)}, "
-          f"completed exactly once {len(runs) - len(problems)}")
+    assert set(Approval.objects.filter(tenant=guarded.tenant).values_list("status", flat=True)) == {"allowed"}
+    # A call whose worker was killed while it ran is recorded as failed (it may have had effects); none is denied
+    # or left open.
+    calls = ToolCall.objects.filter(run_id__in=run_ids)
+    assert set(calls.values_list("status", flat=True)) <= {"succeeded", "failed"}
+    line = (f"kill storm ({KILLS} SIGKILLs): runs affected {len(runs)}, completed exactly once "
+            f"{len(runs) - len(problems)}, all ended {settled_after:.1f}s after the last kill")
+    print(f"\n[fault report] {line}")
+    with open(log_dir / "fault-report.txt", "a") as report:
+        report.write(line + "\n")
