@@ -5,7 +5,7 @@ before waiting on it.
 
 The value is the process's incarnation, new each time a process starts: a worker restarted under the same
 node name (a container restarted in place) is told apart from the one that died, whose broker messages
-are then given back at once (infra/broker.py)."""
+are given back without waiting for that name's heartbeat to lapse (infra/broker.py)."""
 
 import uuid
 

@@ -1,7 +1,8 @@
 """The run engine's housekeeping chores (registered in sessions/apps.py, run by every worker).
 
 - `reap_orphaned_runs`: re-enqueue steps whose worker died (no lease in Redis) or that were lost on their
-  way to a worker (a lease `queued` too long), and start queued runs whose session has nothing active (their start was lost with a crashed transaction's after-commit);
+  way to a worker (a lease `queued` too long), and start queued runs whose session has nothing active
+  (their start was lost with a crashed transaction's after-commit);
 - `tool_phase.tool_calls_reap`: keep the tools marker on runs with open calls, recover their calls.
 """
 
