@@ -80,7 +80,7 @@ def lease_values(keys: list[str]) -> list[bytes | None]:
 
 
 def leases_lost_in_transit(queued: list[tuple[str, str]]) -> list[bool]:
-    """For work marked `queued` ((lease key, the queue its task was sent to) pairs): was its task lost on the
+    """For work the caller read as `queued` ((lease key, the queue its task was sent to) pairs): was its task lost on the
     way to a worker? Kombu's fetch takes a message off its queue before the worker records it as
     unacknowledged (infra/broker.py), so a worker SIGKILLed in between loses it, and the marker would wait
     out its hour. Lost means: still `queued` a lease period after it was marked, with its queue empty.
@@ -89,14 +89,12 @@ def leases_lost_in_transit(queued: list[tuple[str, str]]) -> list[bool]:
     queue has drained.)"""
     if not queued:
         return []
+    # The marker's age is what its expiry has run down. A key a worker took since holds a lease time at most,
+    # so it looks old too; lease_requeue then finds it taken and nothing is sent again.
     pipe = redis_client().pipeline(transaction=False)
     for key, _ in queued:
-        pipe.get(key).pttl(key)
-    replies = pipe.execute()
-    aged = [
-        value == QUEUED.encode() and ttl >= 0 and queued_ttl_ms() - ttl > lease_ttl_ms()
-        for value, ttl in zip(replies[::2], replies[1::2])
-    ]
+        pipe.pttl(key)
+    aged = [ttl >= 0 and queued_ttl_ms() - ttl > lease_ttl_ms() for ttl in pipe.execute()]
     if not any(aged):
         return aged
     empty = queues_empty({queue for (_, queue), old in zip(queued, aged) if old})
@@ -141,9 +139,11 @@ class _Keeper:
                 self._thread = threading.Thread(target=self._renew_forever, name="lease-keeper", daemon=True)
                 self._thread.start()
 
-    def drop(self, key: str) -> None:
+    def drop(self, lease: "Lease") -> None:
+        """Stop renewing this lease (not another Lease object on the same key this process took since)."""
         with self._lock:
-            self._held.pop(key, None)
+            if self._held.get(lease.key) is lease:
+                del self._held[lease.key]
 
     def _renew_forever(self) -> None:
         stop = threading.Event()
@@ -165,7 +165,7 @@ class _Keeper:
                     lease.confirmed_at = renewing_since
                 else:
                     lease.gone = True
-                    self.drop(lease.key)
+                    self.drop(lease)
                     logger.warning("lost the lease %s: this worker was stalled for longer than the lease time", lease.key)
 
 
@@ -201,15 +201,15 @@ class Lease:
                 self.confirmed_at = checking_since
             else:
                 self.gone = True
-                _keeper.drop(self.key)
+                _keeper.drop(self)
         return self.gone
 
     def hand_over(self, value: str, *, ttl_ms: int) -> None:
         """Stop holding the work but leave `value` in the lease for `ttl_ms` (a deferred call, a run
         waiting on its tool calls) if this worker still holds it."""
-        _keeper.drop(self.key)
+        _keeper.drop(self)
         redis_client().eval(_SWAP_SCRIPT, 1, self.key, self.token, value, ttl_ms)
 
     def release(self) -> None:
-        _keeper.drop(self.key)
+        _keeper.drop(self)
         redis_client().eval(_RELEASE_SCRIPT, 1, self.key, self.token)

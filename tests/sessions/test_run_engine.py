@@ -177,7 +177,8 @@ def test_a_step_fetched_by_a_worker_sigkilled_before_it_started_runs_elsewhere(t
 
 def test_a_step_lost_between_the_broker_and_a_dying_worker_is_sent_again(tenant, crash_recovery):
     """Redis takes a message off its queue as it hands it to a worker (BRPOP), before the worker records it
-    as unacknowledged; a worker killed in between loses it. Here the message is taken as that fetch would."""
+    as unacknowledged; a worker killed in between loses it. Here the message is taken as that fetch would.
+    A crash-recovery test: the loss shows after a lease period, 2 s here (CRASH_RECOVERY_TIMINGS)."""
     run = _submit(tenant, "agent:assistant:lost", "lost on the way")
     queue = f"tenant.{tenant.tenant.slug}"
     wait_until(lambda: redis_client().llen(queue) == 1, timeout=10, message=f"the step in {queue}")
@@ -190,7 +191,8 @@ def test_a_step_lost_between_the_broker_and_a_dying_worker_is_sent_again(tenant,
 
 def test_a_worker_frozen_past_its_lease_adds_nothing_when_it_wakes(gateway, tenant, crash_recovery):
     """SIGSTOP (a paused container, a stalled VM) for longer than the lease: another worker takes the step
-    over; the frozen one, woken with the rest of the model's stream in its socket, must not publish it."""
+    over; the frozen one, woken with the rest of the model's stream in its socket, must not publish it.
+    A lease-expiry test: the lease is 2 s here (CRASH_RECOVERY_TIMINGS)."""
     victim = crash_recovery("frozen")
     words = " ".join(f"w{i}" for i in range(30))
     reader = StreamReader(gateway, tenant, f"{words} [[delay_ms=100]]", user="frozen")
