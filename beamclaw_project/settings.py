@@ -149,7 +149,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"QueueModeEnum": "sessions.models.AgentSession.QueueMode"},
+    "ENUM_NAME_OVERRIDES": {"QueueModeEnum": "sessions.models.AgentSession.QueueMode",
+                            "ChannelAccountKindEnum": "channels_app.models.ChannelAccount.Kind",
+                            "ChannelAccountStatusEnum": "channels_app.models.ChannelAccount.Status"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "sessions.schema.add_run_events_path",
@@ -237,6 +239,11 @@ BEAMCLAW_CHANNELS = {
     # One attempt's limit, for transports that do not bring their own.
     "DELIVERY_TIMEOUT_SECONDS": env_float("BEAMCLAW_CHANNEL_DELIVERY_TIMEOUT_SECONDS", 10.0),
 }
+# Discord's REST API and gateway; pointed elsewhere (a stand-in, a proxy) as ANTHROPIC_BASE_URL is for the model.
+DISCORD_API_BASE_URL = (os.environ.get("DISCORD_API_BASE_URL") or "https://discord.com/api/v10").rstrip("/")
+DISCORD_GATEWAY_URL = os.environ.get("DISCORD_GATEWAY_URL") or "wss://gateway.discord.gg/"
+# How often `run_discord` looks for accounts created, changed or disabled.
+DISCORD_RELOAD_SECONDS = env_float("BEAMCLAW_DISCORD_RELOAD_SECONDS", 5.0)
 # --- end channels --------------------------------------------------------------------------------
 
 # --- outbound requests (beamclaw_project/infra/address_policy.py; see docs/tools.md) --------------

@@ -116,9 +116,30 @@ def fake_llm(log_dir):
 
 
 @pytest.fixture(scope="session")
-def service_env(fake_llm) -> dict:
+def fake_discord(log_dir):
+    """The fake Discord (REST API and gateway, tests/fakes/discord_server.py); yields its base URL."""
+    port = free_port()
+    proc = Process("fake-discord", [sys.executable, "-m", "tests.fakes.discord_server", "--port", str(port)], dict(os.environ), log_dir).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return httpx.get(f"{url}/_fake/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, timeout=20, message="the fake Discord")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(fake_llm, fake_discord) -> dict:
     env = dict(os.environ)
-    env.update(ANTHROPIC_BASE_URL=fake_llm, ANTHROPIC_API_KEY="test-key", PYTHONUNBUFFERED="1")
+    env.update(
+        ANTHROPIC_BASE_URL=fake_llm, ANTHROPIC_API_KEY="test-key", PYTHONUNBUFFERED="1",
+        DISCORD_API_BASE_URL=f"{fake_discord}/api/v10", DISCORD_GATEWAY_URL=f"{fake_discord.replace('http', 'ws', 1)}/gateway/",
+    )
     return env
 
 
