@@ -282,7 +282,10 @@ class Supervisor:
                                          (not hosted.failed and loop.time() >= hosted.retry_at)):
                 self.start(view)
             else:
+                changed = hosted.view.account.revision != view.account.revision
                 hosted.view = hosted.client.view = view  # settings and bindings apply to the running bot
+                if changed and hosted.client.is_ready():
+                    await _report(view, ChannelAccount.Status.CONNECTED)  # the new revision runs, without a reconnect
 
     def start(self, view: AccountView) -> None:
         client = AccountClient(view)

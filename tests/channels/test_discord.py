@@ -205,3 +205,35 @@ def test_tool_approvals_by_button(world, make_tenant):
     [edited] = [m for m in world.sent_by(bot) if m["id"] == prompt["id"]]
     assert f"Approved by <@{approver['id']}>" in edited["edits"][-1]["content"]
     assert not edited["edits"][-1]["components"], "the buttons are gone once decided"
+
+
+def test_a_rate_limited_reply_waits_for_discord_and_posts_once(world, tenant):
+    bot = world.bot()
+    guild = world.guild([bot], channels=1)
+    channel = guild["channels"][0]["id"]
+    account = accounts.channel_account_create(
+        tenant=tenant.tenant, kind="discord", name="limited", agent=tenant.agent, secret=bot["token"],
+        config={"guilds": {guild["id"]: {"require_mention": False}}},
+    )
+    wait_until(lambda: ChannelAccount.objects.get(pk=account.pk).status == "connected", timeout=CONNECT_TIMEOUT, message="connect")
+    world.ratelimit(channel, count=1, retry_after=1.5)
+    world.say(user(), "busy?", channel_id=channel)
+    reply = wait_until(lambda: ChannelReply.objects.filter(run__session__key__endswith=channel, status="delivered").first(),
+                       timeout=30, message="the reply")
+    assert reply.attempts == 2, "the 429 was one attempt, the next one after Discord's retry_after went through"
+    assert [m["content"] for m in world.sent(channel)] == ["Echo: busy?"]
+    posts = [r["status"] for r in world.requests() if r["path"].endswith(f"/channels/{channel}/messages")]
+    assert posts == [429, 200]
+
+
+def test_settings_changed_while_running_apply_without_a_restart(world, tenant):
+    account, bot = connect(world, tenant, dm_policy="disabled")
+    person = user()
+    ignored = world.say(person, "hello?", dm_bot=bot)
+    identifies = world.connection(bot)["identifies"]
+    account = accounts.channel_account_update(account=account, config={"dm_policy": "open"})
+    wait_until(lambda: ChannelAccount.objects.get(pk=account.pk).status == "connected", timeout=CONNECT_TIMEOUT,
+               message="the bot to run the new settings")
+    world.say(person, "and now?", dm_bot=bot)
+    assert replies(world, ignored["channel_id"], 1) == ["Echo: and now?"], "DMs were disabled before the change"
+    assert world.connection(bot)["identifies"] == identifies, "the bot kept its connection"
