@@ -11,6 +11,7 @@ urlpatterns = [
     path("", include("tenants.api_urls")),
     path("", include("sessions.api_urls")),
     path("cron/", include("cron.api_urls")),
+    path("channels/", include("channels_app.api_urls")),
     path("", include("tools.api_urls")),
     re_path(r"^(?P<path>.*)$", endpoint_not_found),  # last: anything unmatched is a JSON 404
 ]

@@ -35,6 +35,7 @@ PAIRING_CODE = re.compile(r"^[A-Z0-9]{8}$")
 # Discord ids are snowflakes: decimal, at most 20 digits.
 _SNOWFLAKE = re.compile(r"^[0-9]{1,20}$")
 _NAME = re.compile(r"^[\w .@+-]{1,100}$")
+_PLATFORM_ID = re.compile(r"[\w.@+-]{1,64}")
 MAX_ALLOW_FROM = 1000
 MAX_GUILDS = 200
 MAX_CHANNELS_PER_GUILD = 500
@@ -135,6 +136,20 @@ def _secret_check(kind: str, secret) -> str:
     return secret.strip()
 
 
+def channel_account_fields_parse(*, kind: str, name=None, secret=None, config=None) -> dict:
+    """The given fields as channel_account_create/update would store them (config as a whole, not merged),
+    or the ChannelAccountInvalid they would raise; for edges that check a form before saving (the admin),
+    so that bad input is a form error rather than a failed save."""
+    parsed = {}
+    if name is not None:
+        parsed["name"] = _name_check(name)
+    if secret is not None:
+        parsed["secret"] = _secret_check(kind, secret)
+    if config is not None:
+        parsed["config"] = CONFIG_PARSERS[kind](config)
+    return parsed
+
+
 def _agent_of(tenant: Tenant, agent: Agent | str) -> Agent:
     if isinstance(agent, Agent):
         if agent.tenant_id != tenant.pk:
@@ -213,11 +228,12 @@ def channel_account_report(*, account_id: int, revision: int, status: str, error
     ).update(status=status, last_error=error[:2000], updated_at=timezone.now())
 
 
-def binding_create(*, account: ChannelAccount, agent: Agent | str, guild_id: str = "", channel_id: str = "",
-                   peer_id: str = "", priority: int = 0) -> Binding:
+def binding_match_parse(*, guild_id="", channel_id="", peer_id="", priority=0) -> dict:
+    """A binding's match and priority, checked: what binding_create and binding_update store, and what an
+    edge that validates before saving (the admin's inline form) checks."""
     ids = {"guild_id": guild_id or "", "channel_id": channel_id or "", "peer_id": peer_id or ""}
     for field, value in ids.items():
-        if value and not re.match(r"^[\w.@+-]{1,64}$", str(value)):
+        if value and not _PLATFORM_ID.fullmatch(str(value)):
             raise ChannelAccountInvalid(f"'{field}' must be a platform id (at most 64 plain characters).", field=field)
     if not any(ids.values()):
         raise ChannelAccountInvalid(
@@ -226,8 +242,36 @@ def binding_create(*, account: ChannelAccount, agent: Agent | str, guild_id: str
         )
     if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1_000_000:
         raise ChannelAccountInvalid("'priority' must be an integer (higher wins among equally specific bindings).", field="priority")
-    return Binding.objects.create(account=account, agent=_agent_of(account.tenant, agent), priority=priority,
-                                  **{k: str(v) for k, v in ids.items()})
+    return {**{k: str(v) for k, v in ids.items()}, "priority": priority}
+
+
+def binding_create(*, account: ChannelAccount, agent: Agent | str, guild_id: str = "", channel_id: str = "",
+                   peer_id: str = "", priority: int = 0) -> Binding:
+    fields = binding_match_parse(guild_id=guild_id, channel_id=channel_id, peer_id=peer_id, priority=priority)
+    return Binding.objects.create(account=account, agent=_agent_of(account.tenant, agent), **fields)
+
+
+def binding_update(*, binding: Binding, **changes) -> Binding:
+    """Change a binding's agent, priority or match. Changes naming any id replace the match as a whole (the
+    ids not given are cleared), so a binding never keeps a stale part of its old match."""
+    unknown = set(changes) - {"agent", "guild_id", "channel_id", "peer_id", "priority"}
+    if unknown:
+        raise ChannelAccountInvalid(f"Cannot change {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
+    match_keys = {"guild_id", "channel_id", "peer_id"}
+    current = {"priority": binding.priority} if match_keys & set(changes) else {**binding.match, "priority": binding.priority}
+    fields = binding_match_parse(**{**current, **{k: v for k, v in changes.items() if k != "agent"}})
+    if "agent" in changes:
+        binding.agent = _agent_of(binding.account.tenant, changes["agent"])
+    for field, value in fields.items():
+        setattr(binding, field, value)
+    binding.save()
+    return binding
+
+
+def binding_delete(*, binding: Binding) -> None:
+    # The bot reloads an account's bindings with its settings (channels_app/discord/bot.py), so nothing
+    # else needs telling.
+    binding.delete()
 
 
 def route_agent(*, account: ChannelAccount, bindings: list[Binding], guild_id: str = "", channel_id: str = "",
