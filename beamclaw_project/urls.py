@@ -3,6 +3,7 @@ from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from beamclaw_project.health import health
+from channels_app.hooks import webhook_receive
 from sessions import openai_api
 
 
@@ -24,5 +25,6 @@ urlpatterns = [
     path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
     re_path(r"^v1(?:/(?P<rest>.*))?$", openai_not_found, name="openai-not-found"),
     path("api/", include("beamclaw_project.api_urls")),
+    path("hooks/<int:account_id>", webhook_receive, name="channel-webhook"),
     path("admin/", admin.site.urls),
 ]

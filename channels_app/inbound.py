@@ -4,12 +4,17 @@ Every channel adapter (a Discord bot, a signed webhook endpoint) turns what its 
 `PlatformMessage` and calls `platform_message_receive`; nothing else about a platform reaches the sessions.
 
 - One session per conversation: `agent:<agent>:<kind>:<peer>`, where the peer is the platform's id of the
-  DM, channel or thread. A peer id that could not stand in a key as it is (a ':', an odd character, a long
-  one) is replaced by a digest of itself, so the key stays stable and within the column.
+  DM, channel or thread. A peer is kept as it is when it is a plain id, or one scope word and a plain id
+  (`dm:123`, which a webhook sender may use to keep its kinds of conversation apart); any other peer (more
+  ':', an odd character, a long one) is replaced by `~` and a digest of itself, so the key stays stable,
+  readable where it can be, and within the column.
 - A platform message starts at most one run. Its id is claimed as an idempotency key (sessions/idempotency.py,
   endpoint `channel.<kind>`, per agent and conversation, kept 24 hours) in the transaction that submits the
   run: a redelivered event (a gateway resume, a webhook retried after a lost answer) gets the first run back,
-  and two concurrent deliveries of one message serialise on the key's unique index.
+  and two concurrent deliveries of one message serialise on the key's unique index. The key is
+  `<agent id>:<kind>:<peer as in the session key>:<message id>`, where a message id with a ':' (or a
+  leading '~') is digested: the message id never has a ':', so the key splits back one way only and two
+  messages never share one.
 - The reply is owed from that same transaction: a ChannelReply names the run and where its answer goes.
   When the run ends, the answer is sent through the channel's transport (channels_app/services.py).
 """
@@ -30,8 +35,10 @@ from sessions.runs import run_submit
 from sessions.services import session_get_or_create
 from tenants.models import Agent, Tenant
 
-# Peer ids used in session keys as they are: platform ids are numbers or short tokens like these.
+# Peer ids used in session keys as they are: platform ids are numbers or short tokens like these, alone or
+# after one lowercase scope word (`dm:123`, `channel:ops`).
 _PLAIN_PEER = re.compile(r"^[\w.@+-]{1,128}$")
+_PEER_SCOPE = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
 _KEY_MAX = 255  # IdempotencyKey.key
 
 
@@ -46,6 +53,9 @@ class PlatformMessage:
     message_id: str  # the platform's id of this message; a redelivery carries the same one
     # What the transport needs to answer beyond the conversation and the message (e.g. a callback URL).
     reply_target: dict = field(default_factory=dict)
+    # How this message queues behind a reply still being written in its conversation (an AgentSession
+    # queue mode, usually the account's `queue_mode`); None: the session's own.
+    queue_mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,11 +65,21 @@ class InboundResult:
     duplicate: bool  # True: a redelivery; `run` is the one the first delivery started
 
 
+def _plain(value: str) -> bool:
+    # A leading '~' marks a digest; a plain id never starts with one, so the two never meet.
+    return bool(_PLAIN_PEER.match(value)) and not value.startswith("~")
+
+
+def _digest(value: str) -> str:
+    return f"~{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+
+
 def channel_session_key(*, kind: str, peer: str) -> str:
     """The session name of a conversation (the key is `agent:<agent>:` and this)."""
-    if _PLAIN_PEER.match(peer) and not peer.startswith("~"):
+    scope, colon, rest = peer.partition(":")
+    if _plain(peer) or (colon and _PEER_SCOPE.match(scope) and _plain(rest)):
         return f"{kind}:{peer}"
-    return f"{kind}:~{hashlib.sha256(peer.encode()).hexdigest()[:32]}"
+    return f"{kind}:{_digest(peer)}"
 
 
 def platform_message_receive(*, message: PlatformMessage) -> InboundResult:
@@ -73,12 +93,20 @@ def platform_message_receive(*, message: PlatformMessage) -> InboundResult:
         raise InvalidInput(f"Agent '{message.agent.slug}' is not tenant '{message.tenant.slug}'s.", field="agent")
     if not message.peer or not message.message_id:
         raise InvalidInput("A platform message needs its conversation (peer) and its own id.", field="message_id")
+    if message.queue_mode is not None and message.queue_mode not in AgentSession.QueueMode.values:
+        raise InvalidInput(
+            f"queue_mode must be one of {', '.join(AgentSession.QueueMode.values)}.", field="queue_mode"
+        )
     transport_for(message.kind)  # a kind nobody can answer on is refused before anything is written
     content = content_parse(message.content)
     conversation = channel_session_key(kind=message.kind, peer=message.peer)
     session = session_get_or_create(tenant=message.tenant, agent=message.agent, key=conversation)
-    # The conversation's name has no ':' in its peer part, so two messages never share a key.
-    key = f"{message.agent.pk}:{conversation}:{message.message_id}"
+    # The message id part never has a ':' (a digest stands in for one that does), so the key splits back
+    # into agent, conversation and message one way only: two messages never share a key.
+    message_part = message.message_id
+    if ":" in message_part or message_part.startswith("~"):
+        message_part = _digest(message_part)
+    key = f"{message.agent.pk}:{conversation}:{message_part}"
     if len(key) > _KEY_MAX:
         key = request_fingerprint(message.agent.pk, conversation, message.message_id)
     with transaction.atomic():
@@ -90,7 +118,7 @@ def platform_message_receive(*, message: PlatformMessage) -> InboundResult:
         if claim.replay:
             return InboundResult(session=session, run=claim.record.run, duplicate=True)
         run = run_submit(
-            session=session, content=content, trigger=Run.Trigger.CHANNEL,
+            session=session, content=content, trigger=Run.Trigger.CHANNEL, mode=message.queue_mode,
             params={"channel": {"kind": message.kind, "peer": message.peer, "sender": message.sender,
                                 "message_id": message.message_id}},
         )

@@ -44,7 +44,7 @@ class CronJobForm(forms.ModelForm):
             except ScheduleError as exc:
                 self.add_error(exc.field if exc.field in self.fields else None, exc.message)
         try:
-            data["deliver"] = deliver_parse(data.get("deliver"))
+            data["deliver"] = deliver_parse(data.get("deliver"), tenant=tenant or getattr(self.instance, "tenant", None))
         except DeliveryTargetError as exc:
             self.add_error("deliver", str(exc))
         return data

@@ -24,10 +24,12 @@ class ScheduleShapeSerializer(serializers.Serializer):
 
 
 class DeliverShapeSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=["webhook"], default="webhook")
-    url = serializers.URLField()
-    headers = serializers.DictField(child=serializers.CharField(), required=False)
-    secret = serializers.CharField(required=False, help_text="Signs the body: X-BeamClaw-Signature: sha256=<hmac>.")
+    kind = serializers.ChoiceField(choices=["webhook", "channel"], default="webhook")
+    url = serializers.URLField(required=False, help_text="webhook: where to POST.")
+    headers = serializers.DictField(child=serializers.CharField(), required=False, help_text="webhook")
+    secret = serializers.CharField(required=False, help_text="webhook: signs the body: X-BeamClaw-Signature: sha256=<hmac>.")
+    channel = serializers.IntegerField(required=False, help_text="channel: the id of one of your channels.")
+    to = serializers.CharField(required=False, help_text="channel: where on it (a Discord channel or user id, ...).")
 
 
 @extend_schema_field(ScheduleShapeSerializer)
@@ -48,7 +50,7 @@ class ScheduleField(serializers.Field):
 class DeliverField(serializers.Field):
     def to_internal_value(self, data):
         try:
-            return deliver_parse(data)
+            return deliver_parse(data, tenant=self.context.get("tenant"))
         except DeliveryTargetError as exc:
             raise serializers.ValidationError(str(exc))
 

@@ -23,7 +23,7 @@ from beamclaw_project.infra.deliveries import deliveries_unleased, delivery_send
 from beamclaw_project.infra.queues import SYSTEM_QUEUE, tenant_queue
 from cron import schedule as sched
 from cron.beat import beat_needs_realign, beat_remove, beat_sync
-from cron.delivery import DeliveryError, deliver_keep_masked, webhook_send
+from cron.delivery import DeliveryError, deliver_keep_masked, deliver_send
 from cron.models import CronJob, CronRun
 from cron.selectors import cron_run_reply_text
 from sessions.models import AgentSession, Run
@@ -403,7 +403,7 @@ def cron_run_queue(*, cron_run_id: int) -> str:
 
 
 def cron_run_deliver(*, cron_run_id: int) -> None:
-    """One delivery attempt of a settled CronRun's reply, through the webhook transport. Raises its
+    """One delivery attempt of a settled CronRun's reply, through its target's transport. Raises its
     TransientDeliveryError when the failure should be retried (and this was not the last of
     DELIVERY_ATTEMPTS)."""
     cron_run = CronRun.objects.select_related("job__agent", "run").filter(pk=cron_run_id).first()
@@ -427,7 +427,7 @@ def cron_run_deliver(*, cron_run_id: int) -> None:
     }
     error: DeliveryError | None = None
     try:
-        webhook_send(target=job.deliver, payload=payload, delivery_id=f"cron-run-{cron_run.pk}")
+        deliver_send(tenant_id=cron_run.tenant_id, target=job.deliver, payload=payload, delivery_id=f"cron-run-{cron_run.pk}")
     except DeliveryError as exc:
         error = exc
     retry = error is not None and error.transient and not final_attempt

@@ -44,8 +44,16 @@ CRON_TOOL = {
             "session_target": {"type": "string", "enum": ["main", "isolated"]},
             "deliver": {
                 "type": "object",
-                "description": "add: where the final reply is also sent",
-                "properties": {"kind": {"type": "string", "enum": ["webhook"]}, "url": {"type": "string"}},
+                "description": (
+                    'add: where the final reply is also sent: {"kind": "webhook", "url": ...} or '
+                    '{"kind": "channel", "channel": <your channel\'s id>, "to": "<recipient on it>"}'
+                ),
+                "properties": {
+                    "kind": {"type": "string", "enum": ["webhook", "channel"]},
+                    "url": {"type": "string"},
+                    "channel": {"type": "integer"},
+                    "to": {"type": "string"},
+                },
             },
             "enabled": {"type": "boolean"},
         },
