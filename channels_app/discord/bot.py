@@ -48,6 +48,7 @@ PAIRING_REPLY = (
 )
 # A login that failed for another reason than the token (Discord unreachable) is tried again after this.
 RETRY_SECONDS = 30.0
+TYPING_RENEW_SECONDS = 8.0
 
 
 def discord_endpoints_configure() -> None:
@@ -214,19 +215,31 @@ class AccountClient(discord.Client):
 
     async def _watch(self, run_id, channel, agent_slug: str) -> None:
         """Typing while the run works; its approvals put to the approvers."""
+        typing = asyncio.create_task(self._keep_typing(channel))
         try:
-            async with channel.typing():
-                async for event in follow_run(run_id):
-                    if event is None:
-                        continue
-                    if event.event == APPROVAL_REQUESTED:
-                        await self._ask_approvers(event.payload, agent_slug)
-                    if event.event in TERMINAL_EVENTS:
-                        return
+            async for event in follow_run(run_id):
+                if event is None:
+                    continue
+                if event.event == APPROVAL_REQUESTED:
+                    await self._ask_approvers(event.payload, agent_slug)
+                if event.event in TERMINAL_EVENTS:
+                    return
         except Exception:  # noqa: BLE001 - typing and prompts are courtesy; the reply goes out regardless
             logger.exception("discord account %s: following run %s failed", self.view.account.pk, run_id)
         finally:
+            typing.cancel()
             self.watched.discard(run_id)
+
+    async def _keep_typing(self, channel) -> None:
+        """Discord shows "typing…" for 10 seconds per call: renewed until cancelled. A refusal (missing
+        permission, a rate limit) only costs the indicator."""
+        while True:
+            try:
+                await channel.typing()
+            except discord.HTTPException as exc:
+                logger.info("discord account %s: typing refused: %s", self.view.account.pk, exc)
+                return
+            await asyncio.sleep(TYPING_RENEW_SECONDS)
 
     async def _ask_approvers(self, payload: dict, agent_slug: str) -> None:
         if not self.view.approvers:

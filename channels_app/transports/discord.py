@@ -40,7 +40,6 @@ MAX_MESSAGE_CHARS = 2000
 _FENCE_CLOSE = "\n```"
 _ID = re.compile(r"^[0-9]{1,20}$")
 _TO = re.compile(r"^(?:(channel|user):)?([0-9]{1,20})$")
-UNKNOWN_CHANNEL = 10003
 
 
 def split_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
@@ -115,19 +114,11 @@ class DiscordTransport(Transport):
             headers={"Authorization": f"Bot {account.secret}", "User-Agent": "DiscordBot (BeamClaw, 1)"},
         ) as client:
             api = _Api(client, message.delivery_id)
-            channel_id = self._channel(api, target)
-            first_id = ""
-            for index, piece in enumerate(split_message(message.text or "…")):
-                body = {
-                    "content": piece, "nonce": _nonce(message.delivery_id, index), "enforce_nonce": True,
-                    # A model's text must not ping @everyone or roles; the user answered is notified.
-                    "allowed_mentions": {"parse": [], "replied_user": True},
-                }
-                if index == 0 and target.get("in_reply_to"):
-                    body["message_reference"] = {"message_id": target["in_reply_to"], "fail_if_not_exists": False}
-                posted = api.call("POST", f"/channels/{channel_id}/messages", body)
-                first_id = first_id or str(posted.get("id", ""))
-        return DeliveryReceipt(delivery_id=message.delivery_id, remote_id=first_id)
+            pieces = split_message(message.text or "…")
+            channel_id, first = self._first_post(api, target, self._body(message, target, pieces, 0))
+            for index in range(1, len(pieces)):
+                api.call("POST", f"/channels/{channel_id}/messages", self._body(message, target, pieces, index))
+        return DeliveryReceipt(delivery_id=message.delivery_id, remote_id=str(first.get("id", "")))
 
     def parse_target_stored(self, value) -> dict:
         """A target as stored: a conversation's reply also records its peer, which Discord has no use for."""
@@ -136,25 +127,38 @@ class DiscordTransport(Transport):
         except (TargetInvalid, TypeError, ValueError) as exc:  # a target edited into an unusable shape
             raise PermanentDeliveryError(f"unusable delivery target: {getattr(exc, 'message', exc)}") from None
 
-    def _channel(self, api: "_Api", target: dict) -> str:
+    @staticmethod
+    def _body(message: OutboundMessage, target: dict, pieces: list[str], index: int) -> dict:
+        body = {
+            "content": pieces[index], "nonce": _nonce(message.delivery_id, index), "enforce_nonce": True,
+            # A model's text must not ping @everyone or roles; the user answered is notified.
+            "allowed_mentions": {"parse": [], "replied_user": True},
+        }
+        if index == 0 and target.get("in_reply_to"):
+            body["message_reference"] = {"message_id": target["in_reply_to"], "fail_if_not_exists": False}
+        return body
+
+    def _first_post(self, api: "_Api", target: dict, body: dict) -> tuple[str, dict]:
+        """Post the first piece where the target says; (the channel it went to, the posted message). A bare
+        `to` is tried as a channel, then, when Discord knows no such channel, as a user to DM."""
         if target.get("channel_id"):
-            return str(target["channel_id"])
-        scope, snowflake = _TO.match(str(target["to"])).groups()
+            scope, snowflake = "channel", str(target["channel_id"])
+        else:
+            scope, snowflake = _TO.match(str(target["to"])).groups()
         if scope != "user":
             try:
-                api.call("GET", f"/channels/{snowflake}")
-                return snowflake
-            except PermanentDeliveryError as exc:
-                if scope == "channel" or getattr(exc, "discord_code", None) != UNKNOWN_CHANNEL:
+                return snowflake, api.call("POST", f"/channels/{snowflake}/messages", body)
+            except _DiscordError as exc:
+                if scope == "channel" or exc.status != 404:
                     raise
         dm = api.call("POST", "/users/@me/channels", {"recipient_id": snowflake})
-        return str(dm["id"])
+        return str(dm["id"]), api.call("POST", f"/channels/{dm['id']}/messages", body)
 
 
 class _DiscordError(PermanentDeliveryError):
-    def __init__(self, message: str, discord_code: int | None = None):
+    def __init__(self, message: str, status: int):
         super().__init__(message)
-        self.discord_code = discord_code
+        self.status = status
 
 
 class _Api:
@@ -187,12 +191,12 @@ class _Api:
         code = error.get("code")
         logger.warning("discord delivery %s: %s %s → %s %s", self.delivery_id, method, path, status, error.get("message", ""))
         if status == 401:
-            raise _DiscordError("Discord refused the bot token (HTTP 401): set a valid token on the channel account")
+            raise _DiscordError("Discord refused the bot token (HTTP 401): set a valid token on the channel account", status)
         if status == 403:
-            raise _DiscordError("the bot may not post there (HTTP 403): check its permissions in that server or channel")
+            raise _DiscordError("the bot may not post there (HTTP 403): check its permissions in that server or channel", status)
         if status == 404:
-            raise _DiscordError("unknown Discord channel or user (HTTP 404)", discord_code=code)
-        raise _DiscordError(f"Discord refused the message (HTTP {status}{f', code {code}' if code else ''})")
+            raise _DiscordError("unknown Discord channel or user (HTTP 404)", status)
+        raise _DiscordError(f"Discord refused the message (HTTP {status}{f', code {code}' if code else ''})", status)
 
 
 def _float(value) -> float | None:

@@ -6,6 +6,7 @@ shows that a new account is picked up without a restart (production reload inter
 import re
 import uuid
 
+import httpx
 import pytest
 
 from channels_app import accounts
@@ -14,6 +15,8 @@ from sessions.models import AgentSession, Run
 from tenants.models import Agent
 from tests.channels.discord_world import FakeDiscord, start_run_discord, user
 from tests.conftest import wait_until
+from tests.cron.test_api import job_body
+from tests.cron.test_delivery import delivered
 from tools.models import Approval
 
 CONNECT_TIMEOUT = 30  # the reload interval, a login and a gateway handshake
@@ -237,3 +240,22 @@ def test_settings_changed_while_running_apply_without_a_restart(world, tenant):
     world.say(person, "and now?", dm_bot=bot)
     assert replies(world, ignored["channel_id"], 1) == ["Echo: and now?"], "DMs were disabled before the change"
     assert world.connection(bot)["identifies"] == identifies, "the bot kept its connection"
+
+
+def test_cron_delivers_to_a_discord_channel_and_to_a_users_dm(world, live, tenant):
+    bot = world.bot()
+    channel = world.guild([bot], channels=1)["channels"][0]["id"]
+    account = accounts.channel_account_create(tenant=tenant.tenant, kind="discord", name="reports", agent=tenant.agent,
+                                              secret=bot["token"])
+    boss = user("boss")
+    with httpx.Client(base_url=f"{live}/api/cron", headers=tenant.headers, timeout=30) as api:
+        for to, prompt in [(channel, "nightly digest"), (boss["id"], "personal digest")]:
+            job = api.post("/jobs/", json=job_body(name=prompt, prompt=prompt, session_target="isolated",
+                                                   deliver={"kind": "channel", "channel": account.pk, "to": to}))
+            assert job.status_code == 201, job.text
+            cron_run = api.post(f"/jobs/{job.json()['id']}/run/").json()["id"]
+            outcome = delivered(cron_run, timeout=30)
+            assert (outcome.delivery_status, outcome.delivery_error) == ("delivered", "")
+    assert [m["content"] for m in world.sent(channel)] == ["Echo: nightly digest"]
+    [dm] = [m for m in world.sent_by(bot) if m["channel_id"] != channel]
+    assert dm["content"] == "Echo: personal digest"
