@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROBE_INTERVAL = 1.0  # the direct model probe during the load
 LLM_POLL_INTERVAL = 4.0  # fetching the fake model's request log during the load (it keeps the last 1,000)
 LOG_PATTERN = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback|Exception)\b")
+
+# The SDK warns on every call with a dated model id; the id does not matter to the fake server.
+warnings.filterwarnings("ignore", message=r"The model '.*' is deprecated")
 
 os.environ.update(
     DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL, DJANGO_SETTINGS_MODULE="beamclaw_project.settings",
@@ -297,14 +301,23 @@ def wait_connected(fake: FakeDiscord, bot_ids: list[str], since: float, children
     return seen
 
 
-def db_connected_times(account_ids: list[int], since: float) -> tuple[list[float], Counter]:
-    """Seconds from `since` to each account's status=connected as written by run_discord's on_ready, and
-    the accounts' statuses."""
+def db_connected_times(since: dict[int, float], timeout: float) -> tuple[list[float], Counter]:
+    """Seconds from its `since` to each account's status=connected, as written by run_discord's on_ready
+    (discord.py fires it a little after READY), waiting up to `timeout` for all; and the statuses."""
+    from django.db import connection
+
     from channels_app.models import ChannelAccount
 
-    rows = ChannelAccount.objects.filter(pk__in=account_ids).values_list("status", "updated_at")
-    statuses = Counter(status for status, _ in rows)
-    return [at.timestamp() - since for status, at in rows if status == "connected"], statuses
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = list(ChannelAccount.objects.filter(pk__in=list(since)).values_list("pk", "status", "updated_at"))
+        done = all(status == "connected" for _, status, _ in rows)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    connection.close()
+    statuses = Counter(status for _, status, _ in rows)
+    return [at.timestamp() - since[pk] for pk, status, at in rows if status == "connected"], statuses
 
 
 def log_findings(path: Path, limit: int = 12) -> dict:
@@ -354,6 +367,27 @@ async def direct_batch(llm_url: str, prompt: str, count: int) -> tuple[list[floa
         return ttfts, totals
     finally:
         await sdk.close()
+
+
+def warm_up(fake: FakeDiscord, bots: list[dict], rate_per_min: float, ttft_ms: int, children: list[Process]) -> set[str]:
+    """One DM per bot at the load's rate, and every reply awaited: the worker's threads, their database
+    connections and SDK clients, and run_discord's code paths are warm before anything is measured.
+    Returns the warm-up messages' ids (their replies are not the load's)."""
+    ids = set()
+    for n, bot in enumerate(bots):
+        index = 900_000 + n
+        user_id = str(10**17 + 7_000_000 + index)
+        ids.add(fake.http.post("/messages", json={
+            "dm": {"bot_id": bot["id"], "user_id": user_id}, "author": {"id": user_id, "username": f"warm{n}"},
+            "content": message_text(index, ttft_ms)}).raise_for_status().json()["id"])
+        time.sleep(60.0 / rate_per_min)
+
+    def all_replied():
+        replied = {(m.get("message_reference") or {}).get("message_id") for m in fake.get("sent")}
+        return ids <= replied
+
+    wait_ready(all_replied, what="the warm-up's replies", processes=children, timeout=DRAIN_TIMEOUT)
+    return ids
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,8 +525,28 @@ async def run_load(*, fake_url: str, llm_url: str, bots: list[dict], rate_per_mi
             "window_start": start, "outbound": outbound}
 
 
-def analyse(load: dict, bot_ids: set[str]) -> dict:
-    """Match each inbound message to its typing calls and replies."""
+def run_times(sent: dict[int, dict]) -> dict[int, dict]:
+    """{message index: epoch seconds of its run's created/started/finished} from the bench database (a run
+    names the platform message it answers in params.channel.message_id)."""
+    from django.db import connection
+
+    from sessions.models import Run
+
+    index_of = {s["id"]: i for i, s in sent.items()}
+    times = {}
+    for params, created, started, finished in Run.objects.filter(trigger="channel").values_list(
+        "params", "created_at", "started_at", "finished_at"
+    ):
+        index = index_of.get(((params or {}).get("channel") or {}).get("message_id"))
+        if index is not None:
+            times[index] = {"created": created.timestamp(), "started": started and started.timestamp(),
+                            "finished": finished and finished.timestamp()}
+    connection.close()
+    return times
+
+
+def analyse(load: dict, runs: dict[int, dict], ignored: set[str]) -> dict:
+    """Match each inbound message to its typing calls, its run and its replies."""
     sent, outbound = load["sent"], load["outbound"]
     by_reference = defaultdict(list)
     unexpected = []
@@ -501,15 +555,31 @@ def analyse(load: dict, bot_ids: set[str]) -> dict:
         reference = (message.get("message_reference") or {}).get("message_id")
         if reference in inbound_ids:
             by_reference[inbound_ids[reference]].append(message)
-        else:
+        elif reference not in ignored:  # the warm-up's replies
             unexpected.append({"channel_id": message["channel_id"], "content": message["content"][:120]})
     typing = defaultdict(list)
     for call in outbound["typing"]:
         typing[call["channel_id"]].append(call["at"])
     lost, duplicated, wrong = [], [], []
     to_typing, to_reply, to_model, model_to_reply, typing_missing = [], [], [], [], []
+    segments = defaultdict(list)
+    records = []
     for index, inbound in sorted(sent.items()):
         replies = by_reference.get(index, [])
+        calls = sorted(at for at in typing.get(inbound["channel_id"], []) if at >= inbound["at"] - 0.001)
+        run = runs.get(index, {})
+        model_at = load["model_requests"].get(index)
+        reply_at = min((iso_epoch(r["timestamp"]) for r in replies), default=None)
+        # The path of one message, in order; a segment counts only where both of its ends are known.
+        # (A run's started_at is set by run_submit in the same transaction when its session is free, so it
+        # says nothing about the worker; the model request is the first sign of the worker.)
+        path = [("inbound", inbound["at"]), ("run written", run.get("created")), ("model request", model_at),
+                ("run finished", run.get("finished")), ("reply POST", reply_at)]
+        for (a, at_a), (b, at_b) in zip(path, path[1:]):
+            if at_a is not None and at_b is not None:
+                segments[f"{a} -> {b}"].append(at_b - at_a)
+        records.append([index, inbound["bot_id"], *[None if at is None else round((at - inbound["at"]) * 1000, 1)
+                                                     for at in [calls[0] if calls else None, *(t for _, t in path[1:])]]])
         if not replies:
             lost.append(index)
             continue
@@ -517,9 +587,7 @@ def analyse(load: dict, bot_ids: set[str]) -> dict:
             duplicated.append({"message": index, "replies": len(replies)})
         if replies[0]["content"] != expected_reply(index):
             wrong.append({"message": index, "content": replies[0]["content"][:200]})
-        reply_at = min(iso_epoch(r["timestamp"]) for r in replies)
         to_reply.append(reply_at - inbound["at"])
-        calls = sorted(at for at in typing.get(inbound["channel_id"], []) if at >= inbound["at"] - 0.001)
         if calls:
             to_typing.append(calls[0] - inbound["at"])
         else:
@@ -534,6 +602,12 @@ def analyse(load: dict, bot_ids: set[str]) -> dict:
             route = re.sub(r"/\d{5,}", "/{id}", request["path"])
             errors[f"{request['method']} {route} -> {request['status']}"] += 1
     lateness = [s["posted_at"] - s["due"] for s in sent.values()]
+    # The same latency by thirds of the load: a backlog shows as a rise from one third to the next.
+    thirds = []
+    ordered = [r for r in records if r[-1] is not None]
+    for part in range(3):
+        chunk = ordered[part * len(ordered) // 3:(part + 1) * len(ordered) // 3]
+        thirds.append(stats_ms([r[-1] / 1000 for r in chunk]))
     return {
         "messages": load["total"], "injected": len(sent), "inject_failures": load["failures"][:10],
         "replied": len(sent) - len(lost), "lost": len(lost), "lost_first": lost[:20],
@@ -549,7 +623,12 @@ def analyse(load: dict, bot_ids: set[str]) -> dict:
             "inbound_to_reply": stats_ms(to_reply),
             "model_request_to_reply": stats_ms(model_to_reply),
         },
+        "segments_ms": {name: stats_ms(values) for name, values in segments.items()},
+        "inbound_to_reply_by_third_ms": thirds,
         "generator_lateness_ms": stats_ms(lateness),
+        "per_message_columns": ["index", "bot", "typing", "run written", "model request", "run finished",
+                                "reply POST"],
+        "per_message_ms": records,
     }
 
 
@@ -594,7 +673,7 @@ def print_report(r: dict) -> None:
         rows.append([label, f"{window:.1f}", f"{cpu_s:.2f}", pct(cpu_s, window), phase["rss"]["start"],
                      phase["rss"]["mean"], phase["rss"]["max"], phase["threads"]])
     print(table(["phase", "window s", "CPU s", "% of a core", "RSS start MiB", "RSS mean", "RSS max", "threads"], rows))
-    print(f"   RSS after start-up, before the idle window: {r['run_discord']['rss_connected_mib']} MiB; "
+    print(f"   RSS after start-up and a warm-up of one DM per bot: {r['run_discord']['rss_connected_mib']} MiB; "
           f"at the end (after the late accounts): {r['run_discord']['rss_end_mib']} MiB")
     print()
     print("   Everything else during the load window (CPU s / % of one core):")
@@ -618,6 +697,9 @@ def print_report(r: dict) -> None:
          c["late"]["db"]["p50"], c["late"]["db"]["p90"], c["late"]["db"]["max"]],
     ]
     print(table(["seconds", "accounts", "first", "p50", "p90", "all (max)"], rows))
+    g = c["gateway_at_end"]
+    print(f"   gateway sessions at the end: {g['connected']} connected, {g['identifies']} IDENTIFYs and "
+          f"{g['resumes']} RESUMEs in all (one IDENTIFY per account and no RESUME: no reconnection)")
     print(f"   {c['start']['connected']}/{cfg['accounts']} connected at start-up "
           f"(statuses {c['start']['statuses']}); {c['late']['connected']}/{cfg['late_accounts']} late accounts "
           f"(statuses {c['late']['statuses']}); reload interval {cfg['reload_seconds']:g} s")
@@ -639,9 +721,17 @@ def print_report(r: dict) -> None:
         rows.append([label, s["n"], s["p50"], s["p99"], s["max"], minus(s["p50"], load_ttft["p50"]),
                      minus(s["p99"], load_ttft["p99"])])
     print(table(["", "n", "p50", "p99", "max", "- model TTFT p50", "- model TTFT p99"], rows))
+    print("   typing/reply: the fake's clock when the call reached it; model request: when it reached the fake model")
     print("   '- model TTFT' = the row minus the model's own TTFT during the load, percentile by percentile: "
           "what the gateway added (the reply is posted when the whole answer is in; here the answer ends "
           "right after its first token)")
+    print()
+    print("   Where the time of inbound -> reply POST goes, per message (run times from the bench database):")
+    rows = [[name, s["n"], s["p50"], s["p90"], s["p99"], s["max"]] for name, s in r["delivery"]["segments_ms"].items()]
+    print("   " + table(["segment", "n", "p50", "p90", "p99", "max"], rows).replace("\n", "\n   "))
+    thirds = r["delivery"]["inbound_to_reply_by_third_ms"]
+    print("   inbound -> reply POST p50 by third of the load: "
+          + " / ".join(f"{t['p50']}" for t in thirds) + " ms (a rise means a growing backlog)")
     print()
     d = r["delivery"]
     print("4. Delivery")
@@ -750,15 +840,15 @@ def main() -> int:
         run_discord = Process("run-discord", [sys.executable, "manage.py", "run_discord"], service_env, log_dir).start()
         children.append(run_discord)
         seen = wait_connected(fake, [b["id"] for b in bots[:args.accounts]], process_start, children, CONNECT_TIMEOUT)
-        time.sleep(1.0)  # on_ready writes status=connected just after the gateway handshake
-        db_times, db_statuses = db_connected_times([a.pk for a in accounts_now], process_start)
-        connection.close()
+        db_times, db_statuses = db_connected_times({a.pk: process_start for a in accounts_now}, 30.0)
         print(f"  {len(seen)}/{args.accounts} connected after {max(seen.values(), default=0):.1f} s", flush=True)
         connect_start = {"fake": stats_s(list(seen.values())), "db": stats_s(db_times), "connected": len(seen),
                          "statuses": dict(db_statuses)}
 
         meter = CpuMeter(children)
-        time.sleep(3.0)  # let the last GUILD/READY handling and the first reload settle
+        print("warming up: one DM per bot, every reply awaited ...", flush=True)
+        warmup_ids = warm_up(fake, bots[:args.accounts], args.rate, args.ttft_ms, children)
+        time.sleep(3.0)  # let the warm-up's last typing loops and deliveries settle
         rss_connected = round(rss_mib(run_discord.pid), 1)
         print(f"measuring run_discord idle for {args.idle:g} s ...", flush=True)
         idle_rss = RssSampler(run_discord.pid)
@@ -784,34 +874,29 @@ def main() -> int:
         ))
         loadavg_after = loadavg()
         load_threads = thread_count(run_discord.pid)
-        delivery = analyse(load, {b["id"] for b in bots})
+        delivery = analyse(load, run_times(load["sent"]), warmup_ids)
         delivery["channel_replies"] = dict(Counter(ChannelReply.objects.values_list("status", flat=True)))
         delivery["runs"] = dict(Counter(Run.objects.values_list("status", flat=True)))
         connection.close()
         print(f"  {delivery['replied']}/{delivery['messages']} replied, {delivery['duplicated']} duplicated", flush=True)
 
         print(f"creating {args.late_accounts} accounts while run_discord runs ...", flush=True)
-        late_since, late_accounts = {}, []
-        for i in range(args.accounts, total_bots):
-            late_accounts.append(create_account(bundles[i % args.tenants], bots[i], i))
-            late_since[bots[i]["id"]] = time.time()
+        # One at a time, spaced so that the creations fall at different points of the reload cycle.
+        spacing = settings.DISCORD_RELOAD_SECONDS / max(1, args.late_accounts) + 0.37
+        late_since, late_db_since = {}, {}
+        for n, i in enumerate(range(args.accounts, total_bots)):
+            if n:
+                time.sleep(spacing)
+            account = create_account(bundles[i % args.tenants], bots[i], i)
+            late_since[bots[i]["id"]] = late_db_since[account.pk] = time.time()
         connection.close()
         late_seen = {}
-        if late_accounts:
+        if late_since:
             first_created = min(late_since.values())
             raw = wait_connected(fake, list(late_since), first_created, children, 60.0)
             late_seen = {bot_id: seconds + first_created - late_since[bot_id] for bot_id, seconds in raw.items()}
-            time.sleep(1.0)
-        late_db = []
-        from channels_app.models import ChannelAccount
-
-        late_statuses = Counter()
-        for account, bot in zip(late_accounts, bots[args.accounts:]):
-            row = ChannelAccount.objects.get(pk=account.pk)
-            late_statuses[row.status] += 1
-            if row.status == "connected":
-                late_db.append(row.updated_at.timestamp() - late_since[bot["id"]])
-        connection.close()
+        late_db, late_statuses = db_connected_times(late_db_since, 30.0)
+        gateway_sessions = fake.http.get("/connections").raise_for_status().json()
         rss_end = round(rss_mib(run_discord.pid), 1)
 
         results = {
@@ -830,6 +915,11 @@ def main() -> int:
                 "start": connect_start,
                 "late": {"fake": stats_s(list(late_seen.values())), "db": stats_s(late_db),
                          "connected": len(late_seen), "statuses": dict(late_statuses)},
+                "gateway_at_end": {
+                    "connected": sum(c["connected"] for c in gateway_sessions.values()),
+                    "identifies": sum(c["identifies"] for c in gateway_sessions.values()),
+                    "resumes": sum(c["resumes"] for c in gateway_sessions.values()),
+                },
             },
             "model": {
                 "direct_idle_ttft_ms": stats_ms(idle_ttfts), "direct_idle_total_ms": stats_ms(idle_totals),

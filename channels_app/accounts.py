@@ -57,7 +57,7 @@ def _snowflakes(value, *, field: str, limit: int) -> list[str]:
     ids = [str(v) for v in value]
     bad = [v for v in ids if not _SNOWFLAKE.match(v)]
     if bad:
-        raise ChannelAccountInvalid(f"'{field}': {bad[0]!r} is not a Discord id (digits only).", field=field)
+        raise ChannelAccountInvalid(f"{bad[0]!r} is not a Discord id (digits only).", field=field)
     return list(dict.fromkeys(ids))
 
 
@@ -87,7 +87,7 @@ def discord_config_parse(data: dict) -> dict:
     guilds = {}
     for guild_id, settings in guilds_in.items():
         if not _SNOWFLAKE.match(str(guild_id)):
-            raise ChannelAccountInvalid(f"'guilds': {guild_id!r} is not a Discord guild id.", field="guilds")
+            raise ChannelAccountInvalid(f"{guild_id!r} is not a Discord guild id (digits only).", field="guilds")
         settings = settings or {}
         if not isinstance(settings, dict) or set(settings) - {"require_mention", "channels"}:
             raise ChannelAccountInvalid(
@@ -122,7 +122,7 @@ def webhook_config_parse(data: dict) -> dict:
         try:
             config["callback_url"] = WebhookTransport().parse_target({"url": data["callback_url"]})["url"]
         except TargetInvalid as exc:
-            raise ChannelAccountInvalid(f"'callback_url': {exc.message}", field="callback_url") from None
+            raise ChannelAccountInvalid(exc.message, field="callback_url") from None
     return config
 
 

@@ -18,6 +18,7 @@ what was missed.
 """
 
 import asyncio
+import json
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ PAIRING_REPLY = (
 # A login that failed for another reason than the token (Discord unreachable) is tried again after this.
 RETRY_SECONDS = 30.0
 TYPING_RENEW_SECONDS = 8.0
+# An approval prompt's input, as JSON, fits in one Discord message with room to spare.
+PROMPT_INPUT_LIMIT = 1500
+DEADLINE_LINE = "Unanswered, it is denied at "
 
 
 def discord_endpoints_configure() -> None:
@@ -141,15 +145,20 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button], template=r"bc:ap
             outcome = f"Already decided: {exc.approval.status}."
         except Approval.DoesNotExist:
             outcome = "This approval no longer exists."
-        await interaction.response.edit_message(content=f"{interaction.message.content}\n\n{outcome}", view=None)
+        prompt = interaction.message.content.split(f"\n{DEADLINE_LINE}")[0]
+        await interaction.response.edit_message(content=f"{prompt}\n{outcome}", view=None)
 
 
-def approval_prompt(payload: dict, agent_slug: str) -> tuple[str, discord.ui.View]:
-    shown = payload.get("subject") or payload.get("input")
-    text = (
-        f"Agent **{agent_slug}** asks to run `{payload['tool']}`:\n```\n{str(shown)[:1500]}\n```"
-        f"Unanswered, it is denied at {payload['expires_at'][:19].replace('T', ' ')} UTC."
-    )
+def approval_prompt(payload: dict, agent_slug: str) -> tuple[str, discord.ui.View | None]:
+    """The prompt an approver gets: the tool and the exact input the approval covers. An input too long
+    to show whole gets no buttons: an approval covers only what the approver saw."""
+    shown = json.dumps(payload.get("input"), indent=2, ensure_ascii=False)
+    head = f"Agent **{agent_slug}** asks to run `{payload['tool']}`"
+    if len(shown) > PROMPT_INPUT_LIMIT:
+        return (f"{head} with an input too long to show here ({len(shown)} characters). Decide approval "
+                f"`{payload['approval_id']}` in the admin or through the API."), None
+    text = (f"{head}:\n```json\n{shown}\n```\n{DEADLINE_LINE}"
+            f"{payload['expires_at'][:19].replace('T', ' ')} UTC.")
     view = discord.ui.View(timeout=None)
     for decision in ("allow", "deny"):
         view.add_item(ApprovalButton(payload["approval_id"], decision))
@@ -249,7 +258,7 @@ class AccountClient(discord.Client):
             text, buttons = approval_prompt(payload, agent_slug)
             try:
                 dm = await self.create_dm(discord.Object(int(user_id)))
-                await dm.send(text, view=buttons)
+                await (dm.send(text, view=buttons) if buttons else dm.send(text))
             except discord.HTTPException as exc:
                 logger.warning("discord account %s: could not ask approver %s: %s", self.view.account.pk, user_id, exc)
 

@@ -197,6 +197,7 @@ def test_tool_approvals_by_button(world, make_tenant):
     prompt = wait_until(lambda: next((m for m in world.sent_by(bot) if m.get("components")), None), timeout=30,
                         message="the approval prompt")
     assert prompt["channel_id"] != question["channel_id"], "the prompt goes to the approver, not the asker"
+    assert '`process`' in prompt["content"] and '"action": "list"' in prompt["content"], "the exact input is shown"
     buttons = [c for row in prompt["components"] for c in row["components"]]
     assert [b["label"] for b in buttons] == ["Approve", "Deny"]
     world.click(prompt["id"], buttons[0]["custom_id"], asker)  # not an approver: nothing happens
@@ -207,6 +208,7 @@ def test_tool_approvals_by_button(world, make_tenant):
     assert replies(world, question["channel_id"], 1) == ["Tool results: no background processes"]
     [edited] = [m for m in world.sent_by(bot) if m["id"] == prompt["id"]]
     assert f"Approved by <@{approver['id']}>" in edited["edits"][-1]["content"]
+    assert "Unanswered" not in edited["edits"][-1]["content"]
     assert not edited["edits"][-1]["components"], "the buttons are gone once decided"
 
 
