@@ -104,6 +104,11 @@ class ChannelAccountViewSet(TenantScopedMixin, viewsets.GenericViewSet):
 class _AccountChildMixin(TenantScopedMixin):
     """Views under /api/channels/{account_id}/: another tenant's account is a 404, also for a list."""
 
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # Before the body is read: a 400 for another tenant's account would tell that it exists.
+        self.account  # noqa: B018 - resolved for its 404
+
     @property
     def account(self) -> ChannelAccount:
         if not hasattr(self, "_account"):

@@ -8,6 +8,7 @@ import uuid
 import httpx
 import pytest
 
+from channels_app.models import ChannelAccount
 from sessions.models import AgentSession, Message, Run
 from tests.conftest import wait_until
 from tests.sessions.test_websocket import WS
@@ -32,18 +33,24 @@ def owner(live, make_tenant):
     assert api.patch(f"/agents/{slug}/", json={"approval": {"mode": "always", "allowlist": []}}).status_code == 200
     pending = api.post("/tools/invoke", json={"agent": slug, "tool": "exec", "input": {"command": "echo A"}})
     assert pending.status_code == 202, pending.text
+    channel = api.post("/channels/", json={"kind": "discord", "name": "a-bot", "agent": slug, "token": "a-secret-token",
+                                           "enabled": False})
+    assert channel.status_code == 201, channel.text
+    binding = api.post(f"/channels/{channel.json()['id']}/bindings/", json={"match": {"peer_id": "1"}, "agent": slug})
+    assert binding.status_code == 201, binding.text
     objects = {
         "agent": slug, "session": session["id"], "run": run["id"], "key": key["id"], "cron_job": job.json()["id"],
-        "approval": pending.json()["id"], "invocation": pending.json()["invocation"],
+        "approval": pending.json()["id"], "invocation": pending.json()["invocation"], "channel": channel.json()["id"],
+        "binding": binding.json()["id"],
     }
     yield bundle, objects
     api.close()
 
 
-# Which of A's objects fills a path parameter, by the collection the path belongs to.
+# Which of A's objects fill a path's parameters, in order, by the collection the path belongs to.
 PATH_OBJECTS = {
-    "agents": "agent", "sessions": "session", "runs": "run", "keys": "key", "cron": "cron_job",
-    "approvals": "approval", "tools": "invocation",
+    "agents": ["agent"], "sessions": ["session"], "runs": ["run"], "keys": ["key"], "cron": ["cron_job"],
+    "approvals": ["approval"], "tools": ["invocation"], "channels": ["channel", "binding"],
 }
 
 
@@ -51,7 +58,9 @@ def _concrete(path: str, objects: dict) -> str | None:
     collection = path.split("/")[2]
     if collection not in PATH_OBJECTS:
         pytest.fail(f"tests/test_isolation.py does not know which object goes into {path}: add it to PATH_OBJECTS")
-    return re.sub(r"\{[^}]+\}", str(objects[PATH_OBJECTS[collection]]), path, count=1)
+    for name in PATH_OBJECTS[collection]:
+        path = re.sub(r"\{[^}]+\}", str(objects[name]), path, count=1)
+    return path
 
 
 def test_rest_endpoints_never_show_another_tenants_objects(live, owner, tenant):
@@ -81,6 +90,7 @@ def test_rest_endpoints_never_show_another_tenants_objects(live, owner, tenant):
     session = AgentSession.objects.get(pk=objects["session"])
     assert session.status == "active" and session.messages.count() == 2
     assert Run.objects.get(pk=objects["run"]).status == "succeeded"
+    assert ChannelAccount.objects.get(pk=objects["channel"]).bindings.count() == 1
 
 
 def test_openai_endpoints_never_reach_another_tenants_agent_or_session(live, owner, tenant):
