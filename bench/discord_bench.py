@@ -946,6 +946,9 @@ def main() -> int:
         "run_discord_log_clean": results["logs"]["run-discord"]["count"] == 0,
     }
     print_report(results)
+    # Every message's timings stay with the logs; the committed figures are the summary.
+    per_message = {k: d.pop(k) for k in ("per_message_columns", "per_message_ms")}
+    (log_dir / "per-message.json").write_text(json.dumps(per_message) + "\n")
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {RESULTS_PATH.relative_to(ROOT)}   logs: {log_dir}   took {time.monotonic() - began:.0f} s")
