@@ -242,7 +242,7 @@ BEAMCLAW_CHANNELS = {
 # Discord's REST API and gateway; pointed elsewhere (a stand-in, a proxy) as ANTHROPIC_BASE_URL is for the model.
 DISCORD_API_BASE_URL = (os.environ.get("DISCORD_API_BASE_URL") or "https://discord.com/api/v10").rstrip("/")
 DISCORD_GATEWAY_URL = os.environ.get("DISCORD_GATEWAY_URL") or "wss://gateway.discord.gg/"
-# How often `run_discord` looks for accounts created, changed or disabled.
+# How often `run_discord` reloads the accounts besides the change notices it gets (a notice lost with Redis).
 DISCORD_RELOAD_SECONDS = env_float("BEAMCLAW_DISCORD_RELOAD_SECONDS", 5.0)
 # --- end channels --------------------------------------------------------------------------------
 

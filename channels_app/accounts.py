@@ -29,6 +29,8 @@ from sessions.models import AgentSession
 from tenants.models import Agent, Tenant
 
 DM_POLICIES = ("pairing", "allowlist", "open", "disabled")
+# Published (Redis pub/sub) when an account or binding changes: `run_discord` reloads at once.
+ACCOUNTS_CHANGED = "bc:channels:accounts-changed"
 PAIRING_TTL = timedelta(hours=1)
 PAIRING_ALPHABET = string.ascii_uppercase + string.digits
 PAIRING_CODE = re.compile(r"^[A-Z0-9]{8}$")

@@ -1,7 +1,7 @@
 """`run_discord`: every enabled Discord account of every tenant, hosted in one asyncio process.
 
-One discord.py `Client` per account. The supervisor reloads the accounts every
-DISCORD_RELOAD_SECONDS: a new or re-enabled account is started, a disabled or deleted one stopped, a new
+One discord.py `Client` per account. The supervisor reloads the accounts when a change is announced
+(channels_app/receivers.py) and every DISCORD_RELOAD_SECONDS: a new or re-enabled account is started, a disabled or deleted one stopped, a new
 token restarts its client, and other changes (DM policy, guilds, bindings, approvers) apply to the
 running client at once. A token Discord refuses marks that account `status=error` with the reason in
 `last_error`; it is tried again only when the account changes. Every other account goes on.
@@ -30,13 +30,14 @@ from django.conf import settings
 
 from beamclaw_project.asyncdb import db_call
 from beamclaw_project.errors import DomainError
+from beamclaw_project.infra.redis import async_redis
 from channels_app import accounts
 from channels_app.discord.gate import Inbound, gate
 from channels_app.inbound import PlatformMessage, platform_message_receive
 from channels_app.models import Binding, ChannelAccount
 from sessions.events import TERMINAL_EVENTS
 from sessions.run_stream import follow_run
-from tenants.models import Agent
+from tenants.models import Agent, Tenant
 from tools.approvals import APPROVAL_REQUESTED
 from tools.models import Approval
 from tools.services import ApprovalNotPending, approval_resolve
@@ -79,7 +80,7 @@ class AccountView:
 def _load_accounts() -> list[AccountView]:
     found = list(
         ChannelAccount.objects.select_related("tenant", "agent")
-        .filter(kind=ChannelAccount.Kind.DISCORD, enabled=True, tenant__status="active")
+        .filter(kind=ChannelAccount.Kind.DISCORD, enabled=True, tenant__status=Tenant.Status.ACTIVE)
         .prefetch_related("bindings")
     )
     agent_ids = {a.agent_id for a in found} | {b.agent_id for a in found for b in a.bindings.all()}
@@ -173,13 +174,23 @@ class AccountClient(discord.Client):
                          member_cache_flags=discord.MemberCacheFlags.none())
         self.view = view
         self.watched: set = set()
+        self.connected = False
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(ApprovalButton)
 
-    async def on_ready(self) -> None:
+    async def on_connect(self) -> None:
+        # READY: identified and receiving events. (on_ready waits for every guild's data besides, which
+        # handling a message does not need.)
         logger.info("discord account %s connected as %s", self.view.account.pk, self.user)
+        self.connected = True
         await _report(self.view, ChannelAccount.Status.CONNECTED)
+
+    async def on_disconnect(self) -> None:
+        self.connected = False  # discord.py reconnects on its own: on_connect or on_resumed says when it is back
+
+    async def on_resumed(self) -> None:
+        self.connected = True
 
     async def on_message(self, message: discord.Message) -> None:
         try:
@@ -191,9 +202,15 @@ class AccountClient(discord.Client):
     async def _handle(self, message: discord.Message) -> None:
         view, bot_id = self.view, str(self.user.id)
         reference = message.reference.resolved if message.reference else None
+        # A DM by the channel's type, not by a missing guild: a guild whose data has not arrived yet (just
+        # after connecting) has no Guild object, and its messages must not pass as DMs.
+        is_dm = isinstance(message.channel, discord.DMChannel)
+        guild_id = str(message.guild.id if message.guild else getattr(message.channel, "guild_id", None) or "")
+        if not is_dm and not guild_id:
+            return
         verdict = gate(Inbound(
             author_id=str(message.author.id), author_is_bot=message.author.bot, content=message.content,
-            guild_id=str(message.guild.id) if message.guild else None, channel_id=str(message.channel.id),
+            guild_id=None if is_dm else guild_id, channel_id=str(message.channel.id),
             parent_channel_id=str(getattr(message.channel, "parent_id", "") or "") or None,
             mentions_bot=any(str(u.id) == bot_id for u in message.mentions),
             replies_to_bot=isinstance(reference, discord.Message) and str(reference.author.id) == bot_id,
@@ -207,10 +224,9 @@ class AccountClient(discord.Client):
                 if pairing is not None:
                     await message.channel.send(PAIRING_REPLY.format(code=pairing.code))
             return
-        guild_id = str(message.guild.id) if message.guild else ""
         channel_id = str(message.channel.id)
-        agent = view.agents[accounts.route_agent(account=view.account, bindings=view.bindings, guild_id=guild_id,
-                                                 channel_id=channel_id, peer_id=sender)]
+        agent = view.agents[accounts.route_agent(account=view.account, bindings=view.bindings,
+                                                 guild_id="" if is_dm else guild_id, channel_id=channel_id, peer_id=sender)]
         result = await _receive(PlatformMessage(
             tenant=view.account.tenant, agent=agent, kind="discord",
             peer=f"dm:{sender}" if verdict.action == "dm" else f"channel:{channel_id}", sender=sender,
@@ -272,20 +288,59 @@ class Hosted:
     failed: bool = field(default=False)
 
 
+class _ChangeNotices:
+    """Redis notices of account and binding changes (channels_app/receivers.py), so a change applies at
+    once; the periodic reload covers a notice lost while Redis was away."""
+
+    def __init__(self):
+        self.pubsub = None
+
+    async def wait(self, stop: asyncio.Event, *, timeout: float) -> None:
+        """Until a change notice, `stop`, or `timeout` seconds."""
+        waiters = [asyncio.ensure_future(stop.wait())]
+        try:
+            if self.pubsub is None:
+                self.pubsub = async_redis().pubsub(ignore_subscribe_messages=True)
+                await self.pubsub.subscribe(accounts.ACCOUNTS_CHANGED)
+            waiters.append(asyncio.ensure_future(self.pubsub.get_message(timeout=timeout)))
+            # get_message's own timeout ends the wait: a read cancelled halfway would spoil the connection.
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in done:
+                waiter.result()  # a Redis error surfaces here
+            if stop.is_set():
+                return
+            while await self.pubsub.get_message(timeout=0.05):  # a burst of changes is one reload
+                pass
+        except Exception as exc:  # noqa: BLE001 - Redis away: the periodic reload goes on
+            logger.warning("run_discord: no change notices (%s); reloading every %.0f s", type(exc).__name__, timeout)
+            await self.close()
+            await asyncio.wait([waiters[0]], timeout=timeout)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def close(self) -> None:
+        if self.pubsub is not None:
+            pubsub, self.pubsub = self.pubsub, None
+            try:
+                await pubsub.aclose()
+            except Exception:  # noqa: BLE001 - a dead connection closes as it can
+                pass
+
+
 class Supervisor:
     def __init__(self):
         self.hosted: dict[int, Hosted] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
+        changes = _ChangeNotices()
         while not stop.is_set():
             try:
                 await self.reconcile(await _load_accounts())
             except Exception:  # noqa: BLE001 - Postgres away: keep the bots running, look again later
                 logger.exception("run_discord: could not load the accounts")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=settings.DISCORD_RELOAD_SECONDS)
-            except TimeoutError:
-                pass
+            await changes.wait(stop, timeout=settings.DISCORD_RELOAD_SECONDS)
+        await changes.close()
         await asyncio.gather(*(self.stop(pk) for pk in list(self.hosted)), return_exceptions=True)
 
     async def reconcile(self, views: list[AccountView]) -> None:
@@ -306,7 +361,7 @@ class Supervisor:
             else:
                 changed = hosted.view.account.revision != view.account.revision
                 hosted.view = hosted.client.view = view  # settings and bindings apply to the running bot
-                if changed and hosted.client.is_ready():
+                if changed and hosted.client.connected:
                     await _report(view, ChannelAccount.Status.CONNECTED)  # the new revision runs, without a reconnect
 
     def start(self, view: AccountView) -> None:

@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 import pytest
+from django.db.models import F
 
 from channels_app import accounts
 from channels_app.models import ChannelAccount, ChannelReply
@@ -261,3 +262,11 @@ def test_cron_delivers_to_a_discord_channel_and_to_a_users_dm(world, live, tenan
     assert [m["content"] for m in world.sent(channel)] == ["Echo: nightly digest"]
     [dm] = [m for m in world.sent_by(bot) if m["channel_id"] != channel]
     assert dm["content"] == "Echo: personal digest"
+
+
+def test_a_change_whose_notice_was_lost_is_picked_up_by_the_periodic_reload(world, tenant):
+    account, bot = connect(world, tenant, dm_policy="open")
+    # A bare UPDATE sends no signal, as if the notice had been lost while Redis was away.
+    ChannelAccount.objects.filter(pk=account.pk).update(enabled=False, revision=F("revision") + 1)
+    wait_until(lambda: not world.connection(bot).get("connected"), timeout=CONNECT_TIMEOUT,
+               message="the bot to leave at the next periodic reload (every 5 s)")
