@@ -96,6 +96,7 @@ def test_guild_messages_need_a_mention_in_a_configured_guild(world, tenant):
     world.say(person, "no mention here", channel_id=listed)
     world.say(person, f"<@{bot['id']}> wrong channel", channel_id=unlisted, mentions=[bot])
     world.say(person, f"<@{bot['id']}> wrong guild", channel_id=other_guild["channels"][0]["id"], mentions=[bot])
+    world.say({**user("another-bot"), "bot": True}, f"<@{bot['id']}> I am a bot", channel_id=listed, mentions=[bot])
     world.say(person, f"<@{bot['id']}> what is up", channel_id=listed, mentions=[bot])
     assert replies(world, listed, 1) == ["Echo: what is up"], "the mention is taken out of the prompt"
     bot_message = world.sent(listed)[0]
