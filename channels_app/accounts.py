@@ -169,6 +169,13 @@ def _name_check(name) -> str:
     return name.strip()
 
 
+def _status_initial(kind: str, enabled: bool) -> str:
+    """A Discord account is `new` until its bot reports; a webhook endpoint takes messages once it exists."""
+    if not enabled:
+        return ChannelAccount.Status.DISABLED
+    return ChannelAccount.Status.CONNECTED if kind == ChannelAccount.Kind.WEBHOOK else ChannelAccount.Status.NEW
+
+
 def channel_account_create(
     *, tenant: Tenant, kind: str, name: str, agent: Agent | str, secret: str | None = None,
     config: dict | None = None, enabled: bool = True,
@@ -181,7 +188,7 @@ def channel_account_create(
     account = ChannelAccount(
         tenant=tenant, kind=kind, name=_name_check(name), agent=_agent_of(tenant, agent),
         secret=_secret_check(kind, secret), config=CONFIG_PARSERS[kind](config or {}), enabled=enabled,
-        status=ChannelAccount.Status.NEW if enabled else ChannelAccount.Status.DISABLED,
+        status=_status_initial(kind, enabled),
     )
     try:
         with transaction.atomic():
@@ -207,12 +214,12 @@ def channel_account_update(*, account: ChannelAccount, **changes) -> ChannelAcco
         account.config, restart = CONFIG_PARSERS[account.kind]({**account.config, **(changes["config"] or {})}), True
     if "enabled" in changes and changes["enabled"] != account.enabled:
         account.enabled, restart = bool(changes["enabled"]), True
-        account.status = ChannelAccount.Status.NEW if account.enabled else ChannelAccount.Status.DISABLED
+        account.status = _status_initial(account.kind, account.enabled)
         account.last_error = ""
     if restart:
         account.revision = F("revision") + 1
         if account.enabled:
-            account.status, account.last_error = ChannelAccount.Status.NEW, ""
+            account.status, account.last_error = _status_initial(account.kind, True), ""
     try:
         with transaction.atomic():
             account.save()

@@ -76,6 +76,7 @@ def test_webhook_account_secret_is_shown_once(api):
     assert account["token_hint"] == f"…{secret[-4:]}"
     assert account["hook_url"] == f"{api.base_url.scheme}://{api.base_url.netloc.decode()}/hooks/{account['id']}"
     assert account["callback_url"] == "https://crm.example.com/beamclaw" and account["queue_mode"] == "followup"
+    assert account["status"] == "connected", "a webhook endpoint takes messages as soon as it exists"
     assert "dm_policy" not in account
     for response in (api.get(f"/{account['id']}/"), api.get("/"), api.patch(f"/{account['id']}/", json={"callback_url": None})):
         assert response.status_code == 200 and secret not in response.text and "secret" not in response.json()
