@@ -322,25 +322,21 @@ def pairing_request(*, account: ChannelAccount, sender_id: str, sender_name: str
     """A code for an unknown DM sender, or None when the sender already holds a valid one (the sender is
     told a code once per hour, not on every message)."""
     now = timezone.now()
-    with transaction.atomic():
-        pairing = Pairing.objects.select_for_update().filter(account=account, sender_id=sender_id).first()
-        if pairing is not None and (pairing.status == Pairing.Status.APPROVED or pairing.expires_at > now):
-            return None
-        for _ in range(5):  # 36^8 codes: a clash is all but impossible, but would be an IntegrityError
-            try:
-                with transaction.atomic():
-                    if pairing is None:
-                        pairing = Pairing(account=account, sender_id=sender_id)
-                    pairing.code, pairing.expires_at = _new_code(), now + PAIRING_TTL
-                    pairing.sender_name = sender_name[:200]
-                    pairing.save()
-                    return pairing
-            except IntegrityError:
-                if pairing.pk is None:
-                    pairing = Pairing.objects.select_for_update().filter(account=account, sender_id=sender_id).first()
-                    if pairing is not None:
-                        return None  # another process just issued this sender's code
-        raise RuntimeError("could not issue a unique pairing code")
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                pairing = Pairing.objects.select_for_update().filter(account=account, sender_id=sender_id).first()
+                if pairing is not None and (pairing.status == Pairing.Status.APPROVED or pairing.expires_at > now):
+                    return None
+                pairing = pairing or Pairing(account=account, sender_id=sender_id)
+                pairing.code, pairing.expires_at, pairing.sender_name = _new_code(), now + PAIRING_TTL, sender_name[:200]
+                pairing.save()
+                return pairing
+        except IntegrityError:
+            # This sender's row made by another process meanwhile (the next look finds it), or a code that
+            # is taken (one in 36^8): look again.
+            continue
+    raise RuntimeError("could not issue a unique pairing code")
 
 
 def pairings_pending(*, tenant: Tenant | None = None, account: ChannelAccount | None = None):
