@@ -7,7 +7,8 @@ A Discord account's `config` (all optional, defaults shown):
      "allow_from": [],                  # user ids whose DMs always reach the agent
      "guilds": {},                      # {"<guild id>": {"require_mention": true, "channels": [ids]?}}
      "approvers": [],                   # user ids shown tool approvals as buttons (default: allow_from)
-     "queue_mode": "collect"}           # how messages queue behind a reply in a conversation
+     "queue_mode": "collect",           # how messages queue behind a reply in a conversation
+     "stream": false}                   # preview the reply as it is written (one message, edited ≤ 1/s)
 
 `collect` is the default queue mode: in a busy channel, messages that arrive while the agent answers are
 answered together in one reply rather than one reply each. A webhook account's config is
@@ -73,8 +74,14 @@ def _queue_mode(value, kind: str) -> str:
     return value
 
 
+def _flag(value, *, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ChannelAccountInvalid(f"'{field}' must be true or false.", field=field)
+    return value
+
+
 def discord_config_parse(data: dict) -> dict:
-    unknown = sorted(set(data) - {"dm_policy", "allow_from", "guilds", "approvers", "queue_mode"})
+    unknown = sorted(set(data) - {"dm_policy", "allow_from", "guilds", "approvers", "queue_mode", "stream"})
     if unknown:
         raise ChannelAccountInvalid(f"Unknown Discord setting(s): {', '.join(unknown)}.", field=unknown[0])
     dm_policy = data.get("dm_policy") or "pairing"
@@ -109,6 +116,7 @@ def discord_config_parse(data: dict) -> dict:
         "guilds": guilds,
         "approvers": _snowflakes(data.get("approvers") or [], field="approvers", limit=MAX_ALLOW_FROM),
         "queue_mode": _queue_mode(data.get("queue_mode"), ChannelAccount.Kind.DISCORD),
+        "stream": _flag(False if data.get("stream") is None else data["stream"], field="stream"),
     }
 
 

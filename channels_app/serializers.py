@@ -13,7 +13,7 @@ from channels_app.accounts import DM_POLICIES
 from channels_app.models import Binding, ChannelAccount, Pairing
 from sessions.models import AgentSession
 
-DISCORD_KEYS = ("dm_policy", "allow_from", "guilds", "approvers")
+DISCORD_KEYS = ("dm_policy", "allow_from", "guilds", "approvers", "stream")
 WEBHOOK_KEYS = ("callback_url",)
 CONFIG_KEYS = (*DISCORD_KEYS, *WEBHOOK_KEYS, "queue_mode")
 
@@ -69,6 +69,11 @@ class ChannelAccountInputSerializer(serializers.Serializer):
                   '"channels": ["<channel id>"]}}; without channels, every channel of the guild.',
     )
     approvers = DiscordIdsField(required=False, allow_null=True, help_text="discord: user ids asked to approve tool calls (default: allow_from).")
+    stream = serializers.BooleanField(
+        required=False, allow_null=True,
+        help_text="discord: preview the reply as it is written, in one message edited at most once a second "
+                  "(deleted when the reply is posted). Default false.",
+    )
     callback_url = serializers.CharField(
         required=False, allow_null=True, allow_blank=True, max_length=2000,
         help_text="webhook: where replies are POSTed (signed with the secret); empty: no replies.",
@@ -122,6 +127,7 @@ class DiscordAccountSerializer(ChannelAccountSerializer):
     allow_from = serializers.ListField(child=serializers.CharField(), source="config.allow_from", read_only=True)
     guilds = GuildsField(source="config.guilds", read_only=True)
     approvers = serializers.ListField(child=serializers.CharField(), source="config.approvers", read_only=True)
+    stream = serializers.BooleanField(source="config.stream", read_only=True, default=False)
 
     class Meta(ChannelAccountSerializer.Meta):
         fields = [*ChannelAccountSerializer.Meta.fields[:-2], *DISCORD_KEYS, "created_at", "updated_at"]

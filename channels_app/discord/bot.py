@@ -35,7 +35,7 @@ from channels_app import accounts
 from channels_app.discord.gate import Inbound, gate
 from channels_app.inbound import PlatformMessage, platform_message_receive
 from channels_app.models import Binding, ChannelAccount
-from sessions.events import TERMINAL_EVENTS
+from sessions.events import TERMINAL_EVENTS, TEXT_DELTA
 from sessions.run_stream import follow_run
 from tenants.models import Agent, Tenant
 from tools.approvals import APPROVAL_REQUESTED
@@ -51,6 +51,7 @@ PAIRING_REPLY = (
 # A login that failed for another reason than the token (Discord unreachable) is tried again after this.
 RETRY_SECONDS = 30.0
 TYPING_RENEW_SECONDS = 8.0
+STREAM_EDIT_SECONDS = 1.0
 # An approval prompt's input, as JSON, fits in one Discord message with room to spare.
 PROMPT_INPUT_LIMIT = 1500
 DEADLINE_LINE = "Unanswered, it is denied at "
@@ -236,15 +237,19 @@ class AccountClient(discord.Client):
         ))
         if not result.duplicate and result.run.pk not in self.watched:
             self.watched.add(result.run.pk)
-            asyncio.create_task(self._watch(result.run.pk, message.channel, agent.slug))
+            asyncio.create_task(self._watch(result.run.pk, message, agent.slug))
 
-    async def _watch(self, run_id, channel, agent_slug: str) -> None:
-        """Typing while the run works; its approvals put to the approvers."""
-        typing = asyncio.create_task(self._keep_typing(channel))
+    async def _watch(self, run_id, message: discord.Message, agent_slug: str) -> None:
+        """Typing while the run works, the reply previewed as it is written (`stream`), its approvals put to
+        the approvers."""
+        typing = asyncio.create_task(self._keep_typing(message.channel))
+        preview = _Preview(message) if self.view.account.config.get("stream") else None
         try:
             async for event in follow_run(run_id):
                 if event is None:
                     continue
+                if event.event == TEXT_DELTA and preview is not None:
+                    preview.add(event.payload)
                 if event.event == APPROVAL_REQUESTED:
                     await self._ask_approvers(event.payload, agent_slug)
                 if event.event in TERMINAL_EVENTS:
@@ -253,6 +258,8 @@ class AccountClient(discord.Client):
             logger.exception("discord account %s: following run %s failed", self.view.account.pk, run_id)
         finally:
             typing.cancel()
+            if preview is not None:
+                await preview.close()
             self.watched.discard(run_id)
 
     async def _keep_typing(self, channel) -> None:
@@ -277,6 +284,58 @@ class AccountClient(discord.Client):
                 await (dm.send(text, view=buttons) if buttons else dm.send(text))
             except discord.HTTPException as exc:
                 logger.warning("discord account %s: could not ask approver %s: %s", self.view.account.pk, user_id, exc)
+
+
+class _Preview:
+    """The reply as it is being written, in one message edited at most once every STREAM_EDIT_SECONDS
+    (Discord's rate limits allow about that). It is a preview: when the run ends it is deleted, and the
+    reply itself is posted by the worker like any other (durable, retried, split at 2,000 characters), so
+    a bot process that stops mid-run costs a stale preview, never the answer."""
+
+    def __init__(self, reply_to: discord.Message):
+        self.reply_to = reply_to
+        self.step = None
+        self.text = ""
+        self.shown = ""
+        self.message: discord.Message | None = None
+        self.edited_at = -STREAM_EDIT_SECONDS
+        self.task: asyncio.Task | None = None
+        self.closed = False
+
+    def add(self, delta: dict) -> None:
+        if delta.get("step") != self.step:  # a new step (after tool calls) writes a new text
+            self.step, self.text = delta.get("step"), ""
+        self.text += delta.get("text", "")
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._show())
+
+    async def _show(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            await asyncio.sleep(max(0.0, self.edited_at + STREAM_EDIT_SECONDS - loop.time()))
+            text = self.text if len(self.text) < 1990 else self.text[:1990] + "…"
+            if self.closed or text == self.shown:
+                return
+            try:
+                if self.message is None:
+                    self.message = await self.reply_to.reply(f"{text} ▌", mention_author=False)
+                else:
+                    await self.message.edit(content=f"{text} ▌")
+            except discord.HTTPException as exc:
+                logger.info("discord preview of a reply stopped: %s", exc)
+                return
+            self.shown, self.edited_at = text, loop.time()
+
+    async def close(self) -> None:
+        # Not cancelled: a post cancelled in flight could leave a preview whose id we never learnt.
+        self.closed = True
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.message is not None:
+            try:
+                await self.message.delete()
+            except discord.HTTPException as exc:
+                logger.info("discord preview could not be deleted: %s", exc)
 
 
 @dataclass

@@ -5,6 +5,7 @@ shows that a new account is picked up without a restart (production reload inter
 
 import re
 import uuid
+from datetime import datetime
 
 import httpx
 import pytest
@@ -271,3 +272,19 @@ def test_a_change_whose_notice_was_lost_is_picked_up_by_the_periodic_reload(worl
     ChannelAccount.objects.filter(pk=account.pk).update(enabled=False, revision=F("revision") + 1)
     wait_until(lambda: not world.connection(bot).get("connected"), timeout=CONNECT_TIMEOUT,
                message="the bot to leave at the next periodic reload (every 5 s)")
+
+
+def test_a_streamed_reply_is_previewed_in_one_message_edited_at_most_once_a_second(world, tenant):
+    _, bot = connect(world, tenant, dm_policy="open", stream=True)
+    question = world.say(user(), "[[deltas=6]][[delay_ms=400]] one two three four five six", dm_bot=bot)
+    final = replies(world, question["channel_id"], 2)[-1]  # the preview first, then the reply itself
+    wait_until(lambda: world.sent(question["channel_id"])[0]["deleted"], timeout=15, message="the preview to go")
+    preview, reply = world.sent(question["channel_id"])
+    assert final == reply["content"] == "Echo: one two three four five six"
+    assert reply["message_reference"]["message_id"] == question["id"] and not reply["deleted"]
+    shown = [edit["content"] for edit in preview["edits"]]  # what each edit showed (the fake keeps no first text)
+    assert shown and all(text.endswith(" ▌") for text in shown), "written as it came, in one message"
+    assert all(len(a) < len(b) for a, b in zip(shown, shown[1:])), "each edit shows more of the reply"
+    stamps = [datetime.fromisoformat(preview["timestamp"])] + [
+        datetime.fromisoformat(edit["edited_timestamp"]) for edit in preview["edits"]]
+    assert all((b - a).total_seconds() >= 0.9 for a, b in zip(stamps, stamps[1:])), "at most one edit a second"
