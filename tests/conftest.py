@@ -17,7 +17,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -29,6 +29,10 @@ from psycopg import sql
 from tests.procs import Process, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# The one non-public address the workers of a test session may reach (the outbound address policy refuses
+# loopback otherwise): receivers playing webhooks and callback URLs listen here.
+WEBHOOK_HOST = "127.0.0.9"
+os.environ["BEAMCLAW_OUTBOUND_ALLOW_CIDRS"] = f"{WEBHOOK_HOST}/32"
 
 
 def wait_until(predicate, *, timeout: float, interval: float = 0.05, message: str = "condition"):
@@ -56,6 +60,26 @@ def http_server(handler, host: str = "127.0.0.1", port: int = 0):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def callback_receiver():
+    """A callback URL's server on WEBHOOK_HOST, answering 200: `hits` holds each request's headers, raw body
+    and parsed JSON body; `url` is where to point a channel."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.server.hits.append({"headers": dict(self.headers), "raw": raw, "body": json.loads(raw)})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with http_server(Handler, WEBHOOK_HOST) as server:
+        server.url = f"http://{WEBHOOK_HOST}:{server.server_address[1]}/callback"
+        yield server
 
 
 def _recreate_test_database():

@@ -3,19 +3,17 @@ agent (the fake model echoes "Echo: <text>"), and the reply is POSTed, signed th
 callback URL, a local receiver. Refusals: every failure to prove who is asking reads the same 401 and runs
 nothing; a replayed delivery starts nothing.
 
-The receiver listens on WEBHOOK_HOST, the one loopback address the worker of this test session may reach
-(BEAMCLAW_OUTBOUND_ALLOW_CIDRS, set before the processes start, as tests/cron/test_delivery.py explains;
-the same address and setting, so either module may start them). The test process checks the callback URL
-when the account is saved, so it is allowed there through the `settings` fixture.
+The receiver (tests/conftest.py's callback_receiver) listens on WEBHOOK_HOST, the one loopback address the
+workers of a test session may reach (BEAMCLAW_OUTBOUND_ALLOW_CIDRS, set in tests/conftest.py before any
+process starts). The test process checks the callback URL when the account is saved, so it is allowed
+there through the `settings` fixture.
 """
 
 import hashlib
 import hmac
 import json
-import os
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -25,10 +23,7 @@ from channels_app.inbound import PlatformMessage, channel_session_key, platform_
 from channels_app.models import ChannelAccount, ChannelReply
 from channels_app.webhook_inbound import MAX_BODY_BYTES, UNAUTHORIZED
 from sessions.models import AgentSession, Run, ToolCall
-from tests.conftest import http_server, wait_until
-
-WEBHOOK_HOST = "127.0.0.9"
-os.environ["BEAMCLAW_OUTBOUND_ALLOW_CIDRS"] = f"{WEBHOOK_HOST}/32"
+from tests.conftest import WEBHOOK_HOST, wait_until
 
 
 def sign(secret: str, timestamp: str, raw: bytes) -> str:
@@ -36,32 +31,13 @@ def sign(secret: str, timestamp: str, raw: bytes) -> str:
 
 
 @pytest.fixture
-def receiver():
-    """The callback URL's server: records each request's headers and raw body."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.server.hits.append({"headers": dict(self.headers), "raw": raw, "body": json.loads(raw)})
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    with http_server(Handler, WEBHOOK_HOST) as server:
-        server.url = f"http://{WEBHOOK_HOST}:{server.server_address[1]}/callback"
-        yield server
-
-
-@pytest.fixture
-def account_of(settings, receiver):
+def account_of(settings, callback_receiver):
     settings.BEAMCLAW_OUTBOUND = {"ALLOW_CIDRS": [f"{WEBHOOK_HOST}/32"]}
 
     def make(bundle, *, callback: bool = True, **fields) -> ChannelAccount:
         return channel_account_create(
             tenant=bundle.tenant, kind="webhook", name=f"hook-{uuid.uuid4().hex[:6]}", agent=bundle.agent,
-            config={"callback_url": receiver.url} if callback else {}, **fields,
+            config={"callback_url": callback_receiver.url} if callback else {}, **fields,
         )
 
     return make
@@ -80,12 +56,12 @@ def post(live, account_id, body, *, secret: str, timestamp: str | None = None, s
     return httpx.post(f"{live}/hooks/{account_id}", content=raw, headers=sent, timeout=20)
 
 
-def replies(receiver, count: int, timeout: float = 30) -> list[dict]:
-    return wait_until(lambda: receiver.hits if len(receiver.hits) >= count else None, timeout=timeout,
+def replies(callback_receiver, count: int, timeout: float = 30) -> list[dict]:
+    return wait_until(lambda: callback_receiver.hits if len(callback_receiver.hits) >= count else None, timeout=timeout,
                       message=f"{count} request(s) at the callback")
 
 
-def test_a_signed_message_runs_the_agent_and_its_signed_reply_reaches_the_callback(live, tenant, account_of, receiver):
+def test_a_signed_message_runs_the_agent_and_its_signed_reply_reaches_the_callback(live, tenant, account_of, callback_receiver):
     account = account_of(tenant)
     body = {"id": "d-1", "text": "hello over the hook", "peer": "dm:42", "sender": "user-7"}
     sent_at = time.time()
@@ -99,7 +75,7 @@ def test_a_signed_message_runs_the_agent_and_its_signed_reply_reaches_the_callba
     assert run.trigger == Run.Trigger.CHANNEL and run.params["queue_mode"] == "followup"
     assert run.params["channel"] == {"kind": "webhook", "peer": "dm:42", "sender": "user-7", "message_id": "d-1"}
 
-    [hit] = replies(receiver, 1)
+    [hit] = replies(callback_receiver, 1)
     assert hit["body"]["text"] == "Echo: hello over the hook"
     assert (hit["body"]["peer"], hit["body"]["in_reply_to"], hit["body"]["run_id"]) == ("dm:42", "d-1", started["run_id"])
     headers = hit["headers"]
@@ -119,7 +95,7 @@ def test_a_signed_message_runs_the_agent_and_its_signed_reply_reaches_the_callba
     assert Run.objects.filter(session=session).count() == 1
 
 
-def test_every_failure_to_prove_the_sender_reads_the_same_and_runs_nothing(live, tenant, make_tenant, account_of, receiver):
+def test_every_failure_to_prove_the_sender_reads_the_same_and_runs_nothing(live, tenant, make_tenant, account_of, callback_receiver):
     account = account_of(tenant)
     disabled = account_of(tenant, enabled=False)
     stranger = account_of(make_tenant())
@@ -144,7 +120,7 @@ def test_every_failure_to_prove_the_sender_reads_the_same_and_runs_nothing(live,
         assert response.status_code == 401, (why, response.text)
         assert response.json() == {"detail": UNAUTHORIZED, "code": "unauthorized"}, why
     assert not Run.objects.filter(tenant=tenant.tenant).exists(), "nothing ran"
-    assert receiver.hits == []
+    assert callback_receiver.hits == []
 
 
 def test_bodies_and_methods_it_does_not_take(live, tenant, account_of):
@@ -176,14 +152,14 @@ def test_bodies_and_methods_it_does_not_take(live, tenant, account_of):
     assert not Run.objects.filter(tenant=tenant.tenant).exists()
 
 
-def test_content_parts_and_the_default_peer(live, tenant, account_of, receiver):
+def test_content_parts_and_the_default_peer(live, tenant, account_of, callback_receiver):
     account = account_of(tenant)
     response = post(live, account.pk, {"id": 7, "content": [{"type": "text", "text": "parts"}]}, secret=account.secret)
     assert response.status_code == 202, response.text
     assert AgentSession.objects.get(pk=response.json()["session"]).key == "agent:assistant:webhook:default"
     by_sender = post(live, account.pk, {"id": "8", "text": "mine", "sender": "alice"}, secret=account.secret)
     assert AgentSession.objects.get(pk=by_sender.json()["session"]).key == "agent:assistant:webhook:alice"
-    assert sorted(hit["body"]["text"] for hit in replies(receiver, 2)) == ["Echo: mine", "Echo: parts"]
+    assert sorted(hit["body"]["text"] for hit in replies(callback_receiver, 2)) == ["Echo: mine", "Echo: parts"]
 
 
 def test_scoped_peers_stay_readable_and_message_ids_with_colons_never_collide(tenant):
@@ -204,14 +180,14 @@ def test_scoped_peers_stay_readable_and_message_ids_with_colons_never_collide(te
     assert receive("dm", "123:x").duplicate
 
 
-def test_the_message_tool_sends_through_a_channel_of_the_agents_tenant(live, tenant, make_tenant, account_of, receiver):
+def test_the_message_tool_sends_through_a_channel_of_the_agents_tenant(live, tenant, make_tenant, account_of, callback_receiver):
     account = account_of(tenant)
     stranger = account_of(make_tenant())
     call = {"channel": account.name, "to": "ops-room", "text": "deploy finished"}
     response = post(live, account.pk, {"id": "t-1", "text": f"[[tool=message:{json.dumps(call)}]] tell them"},
                     secret=account.secret)
     assert response.status_code == 202, response.text
-    hits = replies(receiver, 2)
+    hits = replies(callback_receiver, 2)
     sent, reply = hits[0]["body"], hits[1]["body"]
     tool_call = ToolCall.objects.get(run_id=response.json()["run_id"], name="message")
     assert (sent["text"], sent["to"], sent["kind"], sent["agent"]) == ("deploy finished", "ops-room", "message", "assistant")
@@ -225,4 +201,4 @@ def test_the_message_tool_sends_through_a_channel_of_the_agents_tenant(live, ten
         assert theirs.status_code == 200, theirs.text
         assert theirs.json()["ok"] is False and f"No enabled channel '{stranger.pk}'" in theirs.json()["error"]
         assert stranger.name not in theirs.json()["error"], "another tenant's channels are not listed"
-    assert len(receiver.hits) == 2
+    assert len(callback_receiver.hits) == 2

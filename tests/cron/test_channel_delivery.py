@@ -1,48 +1,29 @@
 """Delivering a job's final reply through a channel account (`deliver: {"kind": "channel", ...}`): here a
-webhook channel, whose callback is a local receiver on tests.cron.test_delivery's WEBHOOK_HOST (the one
+webhook channel, whose callback is tests/conftest.py's callback_receiver on WEBHOOK_HOST (the one
 non-public address the session's worker may reach; see there)."""
 
 import hashlib
 import hmac
-import json
 import uuid
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from channels_app.accounts import channel_account_create, channel_account_update
-from tests.conftest import http_server
+from tests.conftest import WEBHOOK_HOST
 from tests.cron.test_api import job_body
-from tests.cron.test_delivery import WEBHOOK_HOST, delivered
+from tests.cron.test_delivery import delivered
 
 
 @pytest.fixture
-def receiver():
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.server.hits.append({"headers": dict(self.headers), "raw": raw, "body": json.loads(raw)})
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    with http_server(Handler, WEBHOOK_HOST) as server:
-        server.url = f"http://{WEBHOOK_HOST}:{server.server_address[1]}/callback"
-        yield server
-
-
-@pytest.fixture
-def channel(api, settings, receiver):
+def channel(api, settings, callback_receiver):
     settings.BEAMCLAW_OUTBOUND = {"ALLOW_CIDRS": [f"{WEBHOOK_HOST}/32"]}
     return channel_account_create(
         tenant=api.tenant.tenant, kind="webhook", name=f"hook-{uuid.uuid4().hex[:6]}", agent=api.tenant.agent,
-        config={"callback_url": receiver.url},
+        config={"callback_url": callback_receiver.url},
     )
 
 
-def test_a_job_delivers_to_a_webhook_channel_signed_with_the_channels_secret(api, channel, receiver):
+def test_a_job_delivers_to_a_webhook_channel_signed_with_the_channels_secret(api, channel, callback_receiver):
     deliver = {"kind": "channel", "channel": channel.pk, "to": "ops-room"}
     job = api.post("/jobs/", json=job_body(prompt="nightly digest", session_target="isolated", deliver=deliver))
     assert job.status_code == 201, job.text
@@ -50,7 +31,7 @@ def test_a_job_delivers_to_a_webhook_channel_signed_with_the_channels_secret(api
     cron_run_id = api.post(f"/jobs/{job.json()['id']}/run/").json()["id"]
     outcome = delivered(cron_run_id)
     assert (outcome.delivery_status, outcome.delivery_attempts, outcome.delivery_error) == ("delivered", 1, "")
-    [hit] = receiver.hits
+    [hit] = callback_receiver.hits
     body = hit["body"]
     assert (body["text"], body["to"], body["job"], body["cron_run"]) == ("Echo: nightly digest", "ops-room", job.json()["id"], cron_run_id)
     assert hit["headers"]["X-BeamClaw-Delivery"] == f"cron-run-{cron_run_id}"
@@ -75,10 +56,10 @@ def test_only_the_jobs_tenants_channels_are_accepted(api, make_tenant, settings)
     assert no_to.status_code == 400 and "'to' must say where" in no_to.json()["deliver"][0]
 
 
-def test_a_disabled_channel_fails_the_delivery_at_once(api, channel, receiver):
+def test_a_disabled_channel_fails_the_delivery_at_once(api, channel, callback_receiver):
     job = api.post("/jobs/", json=job_body(session_target="isolated", deliver={"kind": "channel", "channel": channel.pk, "to": "x"})).json()
     channel_account_update(account=channel, enabled=False)
     outcome = delivered(api.post(f"/jobs/{job['id']}/run/").json()["id"])
     assert (outcome.delivery_status, outcome.delivery_attempts) == ("failed", 1)
     assert "disabled" in outcome.delivery_error
-    assert receiver.hits == []
+    assert callback_receiver.hits == []

@@ -1,7 +1,7 @@
 """Delivering a job's final reply to a webhook (a local HTTP server on a loopback address of its own).
 
 Webhooks to non-public addresses are refused unless the operator allows the range. The receiver here
-listens on WEBHOOK_HOST, and only that one address is allowed, through BEAMCLAW_OUTBOUND_ALLOW_CIDRS in the
+listens on WEBHOOK_HOST, and only that one address is allowed, through BEAMCLAW_OUTBOUND_ALLOW_CIDRS (set in tests/conftest.py) in the
 environment the worker and gateway of this test session start with (they copy os.environ when they
 start, which is after collection). Every other loopback address stays refused, as the web_fetch tests and
 tests/security/test_outbound_delivery.py check against the same processes.
@@ -10,19 +10,15 @@ tests/security/test_outbound_delivery.py check against the same processes.
 import hashlib
 import hmac
 import json
-import os
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from cron.delivery import DeliveryError, DeliveryTargetError, deliver_parse, webhook_send
 from cron.models import CronRun
-from tests.conftest import http_server, wait_until
+from tests.conftest import WEBHOOK_HOST, http_server, wait_until
 from tests.cron.conftest import WebhookServer, finished
 from tests.cron.test_api import job_body
-
-WEBHOOK_HOST = "127.0.0.9"
-os.environ["BEAMCLAW_OUTBOUND_ALLOW_CIDRS"] = f"{WEBHOOK_HOST}/32"
 
 
 @pytest.fixture

@@ -25,11 +25,10 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import start_daphne, wait_until
+from tests.conftest import WEBHOOK_HOST, start_daphne, wait_until
 from tests.procs import Process, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-WEBHOOK_HOST = "127.0.0.9"
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
 
 
