@@ -297,10 +297,9 @@ def route_agent(*, account: ChannelAccount, bindings: list[Binding], guild_id: s
     then the highest priority; else the account's agent. `bindings` is the account's, loaded once by the
     caller (the bot keeps them with the account)."""
     best = None
+    here = {"guild_id": guild_id, "channel_id": channel_id, "peer_id": peer_id}
     for binding in bindings:
-        wanted = binding.match
-        here = {"guild_id": guild_id, "channel_id": channel_id, "peer_id": peer_id}
-        if any(here[k] != v for k, v in wanted.items()):
+        if any(here[k] != v for k, v in binding.match.items()):
             continue
         rank = (bool(binding.peer_id), bool(binding.channel_id), bool(binding.guild_id), binding.priority, -binding.pk)
         if best is None or rank > best[0]:

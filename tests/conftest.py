@@ -121,11 +121,12 @@ def log_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def fake_llm(log_dir):
-    """The fake Anthropic Messages API server; yields its base URL."""
+@contextmanager
+def fake_server(name: str, module: str, log_dir: Path):
+    """A fake outside service from tests/fakes (`python -m <module> --port P`), once its /_fake/health
+    answers; yields its base URL."""
     port = free_port()
-    proc = Process("fake-llm", [sys.executable, "-m", "tests.fakes.anthropic_server", "--port", str(port)], dict(os.environ), log_dir).start()
+    proc = Process(name, [sys.executable, "-m", module, "--port", str(port)], dict(os.environ), log_dir).start()
     url = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -134,27 +135,25 @@ def fake_llm(log_dir):
         except httpx.HTTPError:
             return False
 
-    wait_until(healthy, timeout=20, message="the fake LLM server")
-    yield url
-    proc.stop()
+    wait_until(healthy, timeout=20, message=name)
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_llm(log_dir):
+    """The fake Anthropic Messages API server; yields its base URL."""
+    with fake_server("fake-llm", "tests.fakes.anthropic_server", log_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def fake_discord(log_dir):
     """The fake Discord (REST API and gateway, tests/fakes/discord_server.py); yields its base URL."""
-    port = free_port()
-    proc = Process("fake-discord", [sys.executable, "-m", "tests.fakes.discord_server", "--port", str(port)], dict(os.environ), log_dir).start()
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            return httpx.get(f"{url}/_fake/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(healthy, timeout=20, message="the fake Discord")
-    yield url
-    proc.stop()
+    with fake_server("fake-discord", "tests.fakes.discord_server", log_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
