@@ -83,8 +83,9 @@ def test_a_signed_message_runs_the_agent_and_its_signed_reply_reaches_the_callba
     timestamp = headers["X-BeamClaw-Timestamp"]
     assert abs(int(timestamp) - sent_at) < 60
     assert headers["X-BeamClaw-Signature"] == sign(account.secret, timestamp, hit["raw"]), "signed like the inbound side"
-    reply = ChannelReply.objects.get(run=run)
-    assert reply.status == "delivered"
+    # The callback answers before the worker records the delivery, so wait for the record.
+    reply = wait_until(lambda: ChannelReply.objects.filter(run=run, status="delivered").first(), timeout=30,
+                       message="the reply recorded as delivered")
     assert reply.target == {"account": account.pk, "peer": "dm:42", "in_reply_to": "d-1"}
     assert account.secret not in json.dumps(reply.target), "the secret stays with the account"
 
