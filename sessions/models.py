@@ -24,6 +24,12 @@ class AgentSession(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sessions")
     key = models.CharField(max_length=255, help_text="e.g. agent:<agent>:<name>")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    # A sub-agent's session: the parent's run that spawned it (aborting that run aborts this session's
+    # runs) and the label it was given.
+    spawned_by = models.ForeignKey(
+        "Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="spawned_sessions"
+    )
+    label = models.CharField(max_length=100, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     ephemeral = models.BooleanField(default=False, help_text="Made for one request; closed after it.")
     queue_mode = models.CharField(max_length=16, choices=QueueMode.choices, default=QueueMode.FOLLOWUP)
@@ -64,6 +70,7 @@ class Run(models.Model):
         WEBSOCKET = "websocket"
         CRON = "cron"
         CHANNEL = "channel"
+        SUBAGENT = "subagent"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="runs")
@@ -83,6 +90,9 @@ class Run(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A sub-agent's run: when its result was announced to the parent session (set in the transaction
+    # that submits the announcement, so it happens exactly once).
+    announced_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -193,3 +203,29 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint}:{self.key}"
+
+
+class Compaction(models.Model):
+    """A summary of a session's older turns: the model sees `summary` in place of every message before
+    `first_kept_seq` (the transcript keeps them all, for audit)."""
+
+    class Trigger(models.TextChoices):
+        AUTO = "auto"
+        MANUAL = "manual"
+
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="compactions")
+    first_kept_seq = models.PositiveIntegerField(help_text="The first message the model still sees whole.")
+    summary = models.TextField()
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.AUTO)
+    tokens_before = models.PositiveIntegerField(default=0, help_text="Estimated context tokens before.")
+    tokens_after = models.PositiveIntegerField(default=0, help_text="Estimated context tokens after.")
+    usage = models.JSONField(default=dict, blank=True, help_text="What the summarizing call cost.")
+    model = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "-first_kept_seq"]
+        indexes = [models.Index(fields=["session", "-first_kept_seq"])]
+
+    def __str__(self) -> str:
+        return f"{self.session.key} compacted before #{self.first_kept_seq}"

@@ -120,12 +120,25 @@ class Agent(models.Model):
     # here; the API, the admin and agent_create check it against the registry.
     provider = models.CharField(max_length=32, default="anthropic")
     model = models.CharField(max_length=128)
-    fallbacks = models.JSONField(default=list, blank=True, help_text="Models tried, in order, when the model is unavailable.")
+    fallbacks = models.JSONField(
+        default=list, blank=True,
+        help_text='Tried in order when the model is unavailable: model ids of the same provider, or '
+                  '{"provider": ..., "model": ...} for another provider.',
+    )
+    # Where the provider is reached and with which key, for providers that take them (the OpenAI-compatible
+    # one); empty means the deployment's (OPENAI_BASE_URL / OPENAI_API_KEY). The key is write-only.
+    base_url = models.CharField(max_length=500, blank=True, default="")
+    api_key = models.CharField(max_length=500, blank=True, default="")
     system_prompt = models.TextField(blank=True, default="You are a helpful assistant.")
     max_tokens = models.PositiveIntegerField(default=4096)
     tool_policy = models.JSONField(default=default_tool_policy, blank=True)
     approval = models.JSONField(default=default_approval, blank=True)
     skills_dirs = models.JSONField(default=list, blank=True)
+    # Which skills the agent uses: {"enabled": [names]} (only those; absent means every skill) and
+    # {"disabled": [names]} (never those).
+    skills = models.JSONField(default=dict, blank=True)
+    # When older turns are summarized (sessions/runs/compaction.py): {"threshold_tokens": N, ...}.
+    compaction = models.JSONField(default=dict, blank=True)
     sandbox = models.JSONField(default=default_sandbox, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

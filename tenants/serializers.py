@@ -1,8 +1,11 @@
 from rest_framework import serializers
 
 from sessions.providers import provider_names
+from sessions.providers.chain import fallbacks_clean
+from sessions.runs.compaction import compaction_config_clean
 from tenants.models import Agent, ApiKey, slug_validator
 from tenants.scopes import Scope
+from tools.skills import skills_config_clean
 
 APPROVAL_MODES = ("off", "on_miss", "always")
 
@@ -15,7 +18,18 @@ def _string_list(value, field: str) -> list[str]:
 
 class AgentSerializer(serializers.ModelSerializer):
     slug = serializers.CharField(max_length=63, validators=[slug_validator])
-    fallbacks = serializers.JSONField(required=False, help_text="Model ids tried in order when the model fails.")
+    fallbacks = serializers.JSONField(
+        required=False,
+        help_text='Tried in order when the model fails before answering: model ids of the agent\'s provider, or '
+                  '{"provider": ..., "model": ...}.',
+    )
+    api_key = serializers.CharField(
+        required=False, allow_blank=True, write_only=True, max_length=500,
+        help_text="The provider key for this agent (write-only); empty means the deployment's.",
+    )
+    api_key_hint = serializers.SerializerMethodField(help_text="The last 4 characters of the agent's own key, if set.")
+    skills = serializers.JSONField(required=False, help_text='{"enabled": [names]?, "disabled": [names]?}')
+    compaction = serializers.JSONField(required=False, help_text='{"threshold_tokens": N, "keep_recent_tokens": M}')
     tool_policy = serializers.JSONField(required=False, help_text='{"allow": [...], "deny": [...]}')
     approval = serializers.JSONField(required=False, help_text='{"mode": "off"|"on_miss"|"always", "allowlist": [...]}')
     skills_dirs = serializers.JSONField(required=False)
@@ -24,8 +38,9 @@ class AgentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Agent
         fields = (
-            "slug", "name", "provider", "model", "fallbacks", "system_prompt", "max_tokens",
-            "tool_policy", "approval", "skills_dirs", "sandbox", "created_at", "updated_at",
+            "slug", "name", "provider", "model", "fallbacks", "base_url", "api_key", "api_key_hint", "system_prompt",
+            "max_tokens", "tool_policy", "approval", "skills_dirs", "skills", "compaction", "sandbox",
+            "created_at", "updated_at",
         )
         read_only_fields = ("created_at", "updated_at")
         extra_kwargs = {"model": {"required": False}, "max_tokens": {"min_value": 1, "max_value": 200000}}
@@ -44,8 +59,17 @@ class AgentSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(f"Unknown provider '{value}'. Supported: {', '.join(provider_names())}.")
         return value
 
+    def get_api_key_hint(self, agent) -> str:
+        return f"…{agent.api_key[-4:]}" if agent.api_key else ""
+
     def validate_fallbacks(self, value):
-        return _string_list(value, "fallbacks")
+        return fallbacks_clean(value)
+
+    def validate_skills(self, value):
+        return skills_config_clean(value)
+
+    def validate_compaction(self, value):
+        return compaction_config_clean(value)
 
     def validate_skills_dirs(self, value):
         return _string_list(value, "skills_dirs")

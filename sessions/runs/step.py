@@ -20,10 +20,12 @@ from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import redis_client
 from sessions import events
 from sessions.models import Message, Run
-from sessions.providers import get_provider
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
+from sessions.providers.chain import complete
 from sessions.runs import tool_phase
 from sessions.runs.budget import record_tokens
+from sessions.runs.compaction import compaction_if_needed
+from sessions.runs.context import model_context
 from sessions.runs.kernel import (
     TOOLS_PHASE,
     AbortCheck,
@@ -35,6 +37,7 @@ from sessions.runs.kernel import (
     transcript_append,
 )
 from sessions.runs.lifecycle import run_end_locked
+from sessions.runs.prompt import system_prompt_for
 
 logger = logging.getLogger(__name__)
 
@@ -205,19 +208,19 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
         return False
 
     agent = run.session.agent
+    # Older turns are summarized first when the context nears the agent's budget (compaction.py).
+    compaction_if_needed(run=run, agent=agent)
     request = CompletionRequest(
         model=agent.model,
-        system=_system_prompt(agent.system_prompt, run.params.get("system")),
-        messages=provider_messages(run.session_id),
+        system=system_prompt_for(agent, run.params.get("system")),
+        messages=model_context(run.session_id),
         max_tokens=min(int(run.params.get("max_tokens") or agent.max_tokens), agent.max_tokens),
-        fallbacks=tuple(agent.fallbacks or ()),
         temperature=run.params.get("temperature"),
         top_p=run.params.get("top_p"),
         stop_sequences=tuple(run.params.get("stop") or ()),
         effort=run.params.get("effort"),
         tools=tool_phase.offered_tools(agent),
     )
-    provider_name = agent.provider
     # Streaming takes seconds; give the Postgres connection back to the pool meanwhile.
     close_old_connections()
 
@@ -227,8 +230,8 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
 
     tenant_slug = run.tenant.slug
     try:
-        completion = get_provider(provider_name).stream(
-            request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease))
+        completion = complete(
+            agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease))
         )
     except Aborted:
         if lease.lost():
@@ -246,27 +249,6 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
         _finish_failed(run_id, step, exc.message, code=exc.kind)
         return False
     return _finish_step(run_id, step, completion)
-
-
-def _system_prompt(agent_prompt: str, request_system: str | None) -> str:
-    return "\n\n".join(part for part in (agent_prompt, request_system) if part)
-
-
-def provider_messages(session_id) -> list[dict]:
-    """The transcript in the shape the Messages API accepts: roles alternate (consecutive turns of one
-    role, e.g. after a failed run, are merged) and the first turn is the user's."""
-    merged: list[dict] = []
-    transcript = Message.objects.filter(session_id=session_id, excluded_reason="").order_by("seq")
-    for role, content in transcript.values_list("role", "content"):
-        if not content:
-            continue
-        if merged and merged[-1]["role"] == role:
-            merged[-1]["content"] = merged[-1]["content"] + list(content)
-        else:
-            merged.append({"role": role, "content": list(content)})
-    if merged and merged[0]["role"] != Message.Role.USER:
-        merged.insert(0, {"role": "user", "content": [{"type": "text", "text": "(conversation start)"}]})
-    return merged
 
 
 def _finish_step(run_id, step: int, completion: Completion) -> bool:
