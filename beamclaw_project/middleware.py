@@ -96,7 +96,11 @@ class RejectNulMiddleware:
         problem, field = None, None
         if "\x00" in request.path_info or any("\x00" in k or "\x00" in v for k, vs in request.GET.lists() for v in vs):
             problem = "The URL contains a NUL character (%00), which is not allowed."
-        elif request.content_type == "application/json" or request.path_info.startswith(BODY_CHECKED_PREFIXES):
+        # A multipart body is a file upload (POST /api/skills/: a zip is binary, NULs included). Only views
+        # that accept multipart parse it (the others answer 415), and DRF's CharField refuses NUL in text fields.
+        elif request.content_type == "application/json" or (
+            request.path_info.startswith(BODY_CHECKED_PREFIXES) and request.content_type != "multipart/form-data"
+        ):
             try:
                 body = request.body
             except RequestDataTooBig:

@@ -187,6 +187,9 @@ BEAMCLAW = {
     "DEFAULT_MODEL": os.environ.get("BEAMCLAW_DEFAULT_MODEL", "claude-sonnet-4-5"),
     "DEFAULT_MAX_TOKENS": env_int("BEAMCLAW_DEFAULT_MAX_TOKENS", 8192),
     "STEP_CAP": env_int("BEAMCLAW_STEP_CAP", 25),
+    # Compaction defaults for agents that do not set their own (docs/compaction.md).
+    "COMPACTION_THRESHOLD_TOKENS": env_int("BEAMCLAW_COMPACTION_THRESHOLD_TOKENS", 150000),
+    "COMPACTION_KEEP_RECENT_TOKENS": env_int("BEAMCLAW_COMPACTION_KEEP_RECENT_TOKENS", 20000),
     # A running step holds a lease in Redis; a run whose lease lapsed was orphaned by a dead worker.
     "RUN_LEASE_SECONDS": env_float("BEAMCLAW_RUN_LEASE_SECONDS", 30.0),
     "HOUSEKEEPING_SECONDS": env_float("BEAMCLAW_HOUSEKEEPING_SECONDS", 5.0),
@@ -341,5 +344,16 @@ BEAMCLAW_TOOLS = {
     "MAX_INVOCATIONS_IN_FLIGHT_PER_TENANT": env_int("BEAMCLAW_MAX_INVOCATIONS_IN_FLIGHT_PER_TENANT", 16),
     # How long POST /api/tools/invoke waits for the tool's result before answering "still running".
     "INVOKE_WAIT_SECONDS": env_float("BEAMCLAW_INVOKE_WAIT_SECONDS", 60.0),
+    # Skills (docs/skills.md). The server folders an agent's `skills_dirs` may point into, colon-separated
+    # absolute paths; empty (the default) means no server folders at all: tenants upload their skills.
+    "SKILLS_ROOTS": [Path(p) for p in os.environ.get("BEAMCLAW_SKILLS_ROOTS", "").split(":") if p.strip()],
+    # Where each worker unpacks uploaded skills (one folder per content hash); safe to delete any time.
+    "SKILLS_CACHE_ROOT": Path(os.environ.get("BEAMCLAW_SKILLS_CACHE_ROOT") or BASE_DIR / ".run" / "skills"),
+    # What one upload may hold: the request body (zip or SKILL.md), files, bytes per file and in total.
+    "SKILL_UPLOAD_MAX_BYTES": env_int("BEAMCLAW_SKILL_UPLOAD_MAX_BYTES", 1_000_000),
+    "SKILL_MAX_FILES": env_int("BEAMCLAW_SKILL_MAX_FILES", 200),
+    "SKILL_MAX_FILE_BYTES": env_int("BEAMCLAW_SKILL_MAX_FILE_BYTES", 512_000),
+    "SKILL_MAX_TOTAL_BYTES": env_int("BEAMCLAW_SKILL_MAX_TOTAL_BYTES", 4_000_000),
+    "SKILLS_MAX_PER_TENANT": env_int("BEAMCLAW_SKILLS_MAX_PER_TENANT", 200),
 }
 # --- end of tools block -------------------------------------------------------------------------

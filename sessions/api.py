@@ -1,18 +1,29 @@
 """REST API for sessions, their messages and runs. Thin: validation here, work in services and the engine;
-their refusals (domain errors) become responses in beamclaw_project/api_errors.py."""
+their refusals (domain errors) become responses in beamclaw_project/api_errors.py.
+
+POST /api/sessions/{id}/compact/ answers with the compaction a worker made (the summarizing call runs on
+the tenant's queue, like every model call). The view waits for it with its database connection given
+back; Django's ASGI handler runs each request's sync view on a thread of its own (a per-request
+ThreadSensitiveContext), so the wait holds that one thread, not the server's other requests.
+"""
+
+import json
+import time
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import connection
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status, viewsets
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
+from beamclaw_project.infra.redis import redis_client
 from sessions.idempotency import idempotency_key_from, idempotent_run
-from sessions.models import AgentSession, Message, Run
-from sessions.runs import run_abort, run_submit
+from sessions.models import AgentSession, Compaction, Message, Run
+from sessions.runs import compaction_request, compaction_result_key, run_abort, run_submit
 from sessions.serializers import (
     MessageCreateSerializer,
     MessageSerializer,
@@ -32,6 +43,39 @@ SESSION_FILTERS = [
     OpenApiParameter("key", OpenApiTypes.STR, description="Exact session key"),
     OpenApiParameter("ephemeral", OpenApiTypes.BOOL),
 ]
+
+# How long POST …/compact/ waits for the worker's summary before answering 202 (it goes on without the
+# caller); a summary of a long transcript takes seconds, more while the tenant's queue is busy.
+COMPACT_WAIT_SECONDS = 120
+
+
+class CompactionSerializer(serializers.ModelSerializer):
+    session = serializers.UUIDField(source="session_id", read_only=True)
+
+    class Meta:
+        model = Compaction
+        fields = (
+            "id", "session", "first_kept_seq", "trigger", "tokens_before", "tokens_after", "usage", "model",
+            "summary", "created_at",
+        )
+        read_only_fields = fields
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField()
+
+
+def compaction_outcome_wait(request_id: str, *, wait: float = COMPACT_WAIT_SECONDS) -> dict | None:
+    """The worker's outcome of a compaction request (compaction.compaction_run_requested), or None after `wait`."""
+    key = compaction_result_key(request_id)
+    deadline = time.monotonic() + wait
+    while (remaining := deadline - time.monotonic()) > 0:
+        # Short blocking reads: the Redis client's socket timeout would end a long one.
+        popped = redis_client().blpop([key], timeout=min(2.0, max(remaining, 0.1)))
+        if popped is not None:
+            return json.loads(popped[1])
+    return None
 
 
 class SessionViewSet(
@@ -89,6 +133,45 @@ class SessionViewSet(
         archive = session_reset(session=session)
         session.refresh_from_db()
         return Response({"session": SessionSerializer(session).data, "archived_session": archive.pk})
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: CompactionSerializer,
+            202: OpenApiResponse(ErrorSerializer, description="Still summarizing after the wait; the compaction "
+                                 "shows in GET …/compactions/ when done."),
+            409: OpenApiResponse(ErrorSerializer, description="A run is active (wait or abort it), another "
+                                 "compaction is under way, or there is nothing to compact."),
+            429: OpenApiResponse(ErrorSerializer, description="The tenant's daily token budget is used up."),
+            502: OpenApiResponse(ErrorSerializer, description="The summarizing call failed; the session is unchanged."),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def compact(self, request, pk=None):
+        """Summarize the session's older turns now: the model sees the summary plus the recent turns from
+        then on; the transcript keeps every message."""
+        session = self.get_object()
+        request_id = compaction_request(session=session)
+        # The summary takes seconds: give the pooled database connection back while waiting for it.
+        connection.close()
+        outcome = compaction_outcome_wait(request_id)
+        if outcome is None:
+            return Response(
+                {"detail": f"The compaction is still running after {COMPACT_WAIT_SECONDS} s; it shows in "
+                           f"GET /api/sessions/{session.pk}/compactions/ when done.", "code": "compaction_pending"},
+                status=status.HTTP_202_ACCEPTED,
+            )
+        if outcome["status"] != 200:
+            return Response({"detail": outcome["message"], "code": outcome["code"]}, status=outcome["status"])
+        return Response(outcome["compaction"])
+
+    @extend_schema(responses=CompactionSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def compactions(self, request, pk=None):
+        """The session's compactions, latest first."""
+        session = self.get_object()
+        page = self.paginate_queryset(Compaction.objects.filter(session=session).order_by("-first_kept_seq"))
+        return self.get_paginated_response(CompactionSerializer(page, many=True).data)
 
     @extend_schema(
         methods=["GET"], responses=MessageSerializer(many=True),

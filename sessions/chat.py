@@ -17,6 +17,9 @@ from beamclaw_project.errors import InvalidInput
 from sessions.content import content_parse
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession, Message, Run
+from sessions.providers.base import SAMPLING_PARAMS
+from sessions.providers.chain import chain_providers
+from sessions.providers.registry import provider_sampling
 from sessions.runs import run_submit
 from sessions.services import SessionConflict, SessionKeyInvalid, session_get_or_create, session_key_normalize
 from tenants.models import Agent, Tenant
@@ -57,22 +60,26 @@ def _number(body: dict, name: str, low: float, high: float) -> float | None:
     return float(value)
 
 
-# OpenAI parameters the Messages API has no counterpart for. Clients often send their neutral value
-# (n=1, penalties 0) by default, which is accepted; anything else would silently change nothing, so it is
-# refused by name.
+# OpenAI parameters no provider here has a counterpart for: the gateway answers one choice and no log
+# probabilities. Clients often send their neutral value (n=1, logprobs false) by default, which is
+# accepted; anything else would silently change nothing, so it is refused by name.
 _NEUTRAL_ONLY = {
     "n": 1,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
     "logprobs": False,
     "top_logprobs": 0,
 }
-_UNSUPPORTED = ("logit_bias", "seed", "prediction", "audio", "modalities")
+_UNSUPPORTED = ("logit_bias", "prediction", "audio", "modalities")
+# Parameters only some providers take (Provider.sampling): checked against the agent's providers once the
+# agent is known (sampling_check_providers). Their neutral value is accepted anywhere and not passed on.
+_PROVIDER_NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0}
 REASONING_EFFORTS = ("low", "medium", "high")
+_SEED_RANGE = (-(2**63), 2**63 - 1)
 
 
 def _sampling_params(body: dict) -> dict:
-    """The OpenAI sampling parameters as the run engine passes them to the provider (see docs/gateway.md)."""
+    """The OpenAI sampling parameters as the run engine passes them to the provider (see docs/providers.md):
+    checked here for their shape; which of them the agent's provider takes is checked by
+    sampling_check_providers."""
     params: dict = {}
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
@@ -97,6 +104,15 @@ def _sampling_params(body: dict) -> dict:
         if effort not in REASONING_EFFORTS:
             raise ChatRequestError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}.", "reasoning_effort")
         params["effort"] = effort
+    seed = body.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
+            raise ChatRequestError("seed must be a 64-bit integer.", "seed")
+        params["seed"] = seed
+    for name, neutral in _PROVIDER_NEUTRAL.items():
+        value = _number(body, name, -2, 2)
+        if value is not None and value != neutral:
+            params[name] = value
     for name, neutral in _NEUTRAL_ONLY.items():
         value = body.get(name)
         if value is not None and (isinstance(value, bool) is not isinstance(neutral, bool) or value != neutral):
@@ -108,6 +124,32 @@ def _sampling_params(body: dict) -> dict:
         if body.get(name) is not None:
             raise ChatRequestError(f"{name} is not supported by this gateway; leave it out.", name)
     return params
+
+
+# The request parameter a run param came from, for naming it in a refusal.
+_PARAM_NAMES = {"effort": "reasoning_effort"}
+
+
+def sampling_check_providers(*, agent: Agent, params: dict) -> None:
+    """Refuse (400, naming it) a sampling parameter that a provider the agent may call cannot take: its own
+    or a fallback's. Refused up front rather than dropped, or failed on in the middle of a run."""
+    used = [name for name in SAMPLING_PARAMS if params.get(name) is not None]
+    if not used:
+        return
+    for index, provider in enumerate(chain_providers(agent)):
+        accepted = provider_sampling(provider)
+        if accepted is None:
+            continue  # an unregistered provider: the run fails saying which ones exist
+        for name in used:
+            if name not in accepted:
+                param = _PARAM_NAMES.get(name, name)
+                whose = (f"agent '{agent.slug}' runs on" if index == 0
+                         else f"agent '{agent.slug}' falls back to")
+                raise ChatRequestError(
+                    f"{param} is not supported by provider '{provider}', which {whose}; leave it out"
+                    + ("." if index == 0 else " or remove that fallback."),
+                    param,
+                )
 
 
 def parse_chat_request(body, *, session_header: str | None, queue_mode_header: str | None = None) -> ChatRequest:
@@ -210,6 +252,7 @@ class ChatStarted:
 def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest, idempotency_key: str | None = None) -> ChatStarted:
     """Create or find the session, then submit the last user message as a run. With an idempotency key,
     a repeat of the same request returns the first one's run (and completion id) instead."""
+    sampling_check_providers(agent=agent, params=request.params)
     if idempotency_key is None:
         return ChatStarted(run=_start(tenant, agent, request), completion_id=_completion_id(), created=int(time.time()))
     with transaction.atomic():

@@ -19,6 +19,7 @@ a client never shows a decided approval as pending.
 
 import asyncio
 import json
+import time
 import uuid
 from collections import OrderedDict
 
@@ -29,11 +30,12 @@ from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
 from beamclaw_project.errors import DomainError, InvalidInput
 from beamclaw_project.infra.outages import RETRY_AFTER_SECONDS, outage_of
+from beamclaw_project.infra.redis import async_redis
 from sessions import events, notify
 from sessions.content import content_parse
 from sessions.models import AgentSession, Message, Run
 from sessions.run_stream import follow_run
-from sessions.runs import run_abort, run_submit
+from sessions.runs import compaction_request, compaction_result_key, run_abort, run_submit
 from sessions.selectors import active_run_of, run_of, session_of
 from sessions.serializers import MessageSerializer, RunSerializer, SessionSerializer
 from sessions.services import session_create, session_reset
@@ -56,8 +58,10 @@ CLOSE_UNAVAILABLE = 4503
 EVENTS = [
     events.RUN_STARTED, events.TEXT_DELTA, events.TOOL_CALL, events.TOOL_RESULT,
     "approval.requested", "approval.resolved", events.RUN_COMPLETED, events.RUN_FAILED, events.RUN_ABORTED,
-    events.STREAM_INTERRUPTED,
+    events.STREAM_INTERRUPTED, events.COMPACTION,
 ]
+# How long `sessions.compact` waits for the worker's summary (as POST /api/sessions/{id}/compact/ does).
+COMPACT_WAIT_SECONDS = 120
 
 
 class RequestError(Exception):
@@ -160,6 +164,31 @@ def _sessions_reset(tenant, params) -> dict:
     archive = session_reset(session=session)
     session.refresh_from_db()
     return {"session": SessionSerializer(session).data, "archived_session": str(archive.pk)}
+
+
+@db_call
+def _sessions_compact_request(tenant, params) -> str:
+    return compaction_request(session=_session_of(tenant, _uuid_param(params, "session")))
+
+
+async def _compaction_outcome(request_id: str) -> dict:
+    """The worker's compaction, waited for without holding a thread (compaction.compaction_run_requested)."""
+    key = compaction_result_key(request_id)
+    deadline = time.monotonic() + COMPACT_WAIT_SECONDS
+    while (remaining := deadline - time.monotonic()) > 0:
+        # Short blocking reads: the Redis client's socket timeout would end a long one.
+        popped = await async_redis().blpop([key], timeout=min(2.0, max(remaining, 0.1)))
+        if popped is None:
+            continue
+        outcome = json.loads(popped[1])
+        if outcome["status"] != 200:
+            raise RequestError(outcome["code"], outcome["message"])
+        return outcome["compaction"]
+    raise RequestError(
+        "compaction_pending",
+        f"The compaction is still running after {COMPACT_WAIT_SECONDS} s; it shows in "
+        "GET /api/sessions/{id}/compactions/ when done.",
+    )
 
 
 @db_call
@@ -421,6 +450,12 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             self._tail(active)
         return {"session": str(session_id), "active_run": active}
 
+    async def _on_sessions_compact(self, params):
+        # Compacting changes what the model sees and spends tokens: a chat action, like sessions.reset.
+        self.principal.require("chat", "the WebSocket method 'sessions.compact'")
+        request_id = await _sessions_compact_request(self.principal.tenant, params)
+        return await _compaction_outcome(request_id)
+
     async def _on_chat_send(self, params):
         payload = await _chat_send(self.principal.tenant, params)
         await self._subscribe(payload["session"])
@@ -444,6 +479,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         "sessions.history": _on_sessions_history,
         "sessions.reset": _on_sessions_reset,
         "sessions.subscribe": _on_sessions_subscribe,
+        "sessions.compact": _on_sessions_compact,
         "chat.send": _on_chat_send,
         "chat.abort": _on_chat_abort,
         "approvals.list": _on_approvals_list,

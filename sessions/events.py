@@ -30,6 +30,8 @@ TOOL_RESULT = "tool.result"
 RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 RUN_ABORTED = "run.aborted"
+# Older turns of the run's session were summarized before a step (sessions/runs/compaction.py).
+COMPACTION = "compaction"
 # Not in the Redis stream: told by a reader whose stream was lost (sessions/run_stream.py).
 STREAM_INTERRUPTED = "stream.interrupted"
 TERMINAL_EVENTS = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_ABORTED})

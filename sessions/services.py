@@ -7,7 +7,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from beamclaw_project.errors import Conflict, InvalidInput
-from sessions.models import AgentSession, Message, Run
+from sessions.models import AgentSession, Compaction, Message, Run
 from tenants.models import Agent, Tenant
 
 
@@ -107,6 +107,8 @@ def session_reset(*, session: AgentSession) -> AgentSession:
     )
     Message.objects.filter(session=locked).update(session=archive)
     Run.objects.filter(session=locked).update(session=archive)
+    # A summary belongs to the transcript it summarizes: the fresh conversation starts without one.
+    Compaction.objects.filter(session=locked).update(session=archive)
     locked.next_seq = 1
     locked.input_tokens = locked.output_tokens = 0
     locked.status = AgentSession.Status.ACTIVE

@@ -8,6 +8,8 @@ from tenants.api_auth import TenantScopedMixin
 from tenants.models import Agent, ApiKey
 from tenants.serializers import AgentSerializer, ApiKeyCreateSerializer, ApiKeySerializer, IssuedApiKeySerializer
 from tenants.services import KeyEscalation, api_key_create, api_key_revoke
+from tools.serializers import AgentSkillSerializer
+from tools.skills import agent_skills
 
 
 class AgentViewSet(TenantScopedMixin, viewsets.ModelViewSet):
@@ -25,6 +27,14 @@ class AgentViewSet(TenantScopedMixin, viewsets.ModelViewSet):
         if "slug" in serializer.validated_data and serializer.validated_data["slug"] != serializer.instance.slug:
             raise ValidationError({"slug": "An agent's slug cannot change; create a new agent instead."})
         serializer.save()
+
+    @extend_schema(responses=AgentSkillSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def skills(self, request, slug=None):
+        """Every skill the agent could use (its skills_dirs, then the tenant's uploads), each `eligible` or
+        with the `reason` it is not."""
+        page = self.paginate_queryset(agent_skills(self.get_object()))
+        return self.get_paginated_response(AgentSkillSerializer(page, many=True).data)
 
 
 class ApiKeyViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

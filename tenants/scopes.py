@@ -32,6 +32,7 @@ CHAT_ROUTES = {
     ("session-list", "POST"),       # create a session
     ("session-reset", "POST"),      # a fresh conversation; the old transcript is archived
     ("session-messages", "POST"),   # send a message
+    ("session-compact", "POST"),    # summarize older turns now
     ("run-abort", "POST"),
     ("tool-invoke", "POST"),
 }
@@ -46,6 +47,7 @@ WEBSOCKET_METHOD_SCOPES = {
     "sessions.reset": Scope.CHAT,
     "chat.send": Scope.CHAT,
     "chat.abort": Scope.CHAT,
+    "sessions.compact": Scope.CHAT,
     "approvals.resolve": Scope.ADMIN,
 }
 

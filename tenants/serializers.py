@@ -1,11 +1,11 @@
 from rest_framework import serializers
 
 from sessions.providers import provider_names
-from sessions.providers.chain import fallbacks_clean
+from sessions.providers.chain import base_url_clean, fallbacks_clean
 from sessions.runs.compaction import compaction_config_clean
 from tenants.models import Agent, ApiKey, slug_validator
 from tenants.scopes import Scope
-from tools.skills import skills_config_clean
+from tools.skills import skills_config_clean, skills_dirs_clean
 
 APPROVAL_MODES = ("off", "on_miss", "always")
 
@@ -65,6 +65,9 @@ class AgentSerializer(serializers.ModelSerializer):
     def validate_fallbacks(self, value):
         return fallbacks_clean(value)
 
+    def validate_base_url(self, value):
+        return base_url_clean(value)
+
     def validate_skills(self, value):
         return skills_config_clean(value)
 
@@ -72,7 +75,8 @@ class AgentSerializer(serializers.ModelSerializer):
         return compaction_config_clean(value)
 
     def validate_skills_dirs(self, value):
-        return _string_list(value, "skills_dirs")
+        # Server folders only inside the operator's BEAMCLAW_SKILLS_ROOTS (docs/skills.md).
+        return skills_dirs_clean(value)
 
     def validate_tool_policy(self, value):
         if not isinstance(value, dict) or set(value) - {"allow", "deny"}:

@@ -2,7 +2,7 @@
 
 - Postgres: a database of its own (`beamclaw_test`), recreated and migrated at the start.
 - Redis: db 15, flushed at the start.
-- The fake Anthropic server (tests/fakes), a real Celery worker (`manage.py worker`) and a real Daphne.
+- The fake Anthropic and OpenAI-compatible servers (tests/fakes), a real Celery worker (`manage.py worker`) and a real Daphne.
 
 Tests do not run inside a rolled-back transaction: the worker and Daphne are other processes and must
 see committed rows. Each test makes its own tenant (unique slug), which is all the isolation needed.
@@ -122,12 +122,13 @@ def log_dir(tmp_path_factory) -> Path:
 
 
 @contextmanager
-def fake_server(name: str, module: str, log_dir: Path):
-    """A fake outside service from tests/fakes (`python -m <module> --port P`), once its /_fake/health
-    answers; yields its base URL."""
+def fake_server(name: str, module: str, log_dir: Path, host: str = "127.0.0.1"):
+    """A fake outside service from tests/fakes (`python -m <module> --host H --port P`), once its
+    /_fake/health answers; yields its base URL."""
     port = free_port()
-    proc = Process(name, [sys.executable, "-m", module, "--port", str(port)], dict(os.environ), log_dir).start()
-    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", module, "--host", host, "--port", str(port)]
+    proc = Process(name, argv, dict(os.environ), log_dir).start()
+    url = f"http://{host}:{port}"
 
     def healthy():
         try:
@@ -150,6 +151,25 @@ def fake_llm(log_dir):
 
 
 @pytest.fixture(scope="session")
+def fake_openai(log_dir):
+    """The fake OpenAI-compatible Chat Completions server (tests/fakes/openai_server.py), the workers'
+    OPENAI_BASE_URL; yields its base URL (without /v1). It listens on WEBHOOK_HOST, so an agent's own
+    base_url may point at it too (the address policy admits that address only)."""
+    with fake_server("fake-openai", "tests.fakes.openai_server", log_dir, host=WEBHOOK_HOST) as url:
+        yield url
+
+
+@pytest.fixture
+def openai_requests(fake_openai):
+    """Requests the fake OpenAI-compatible server received, newest last."""
+
+    def fetch(limit: int = 50) -> list[dict]:
+        return httpx.get(f"{fake_openai}/_fake/requests", params={"limit": limit}).json()
+
+    return fetch
+
+
+@pytest.fixture(scope="session")
 def fake_discord(log_dir):
     """The fake Discord (REST API and gateway, tests/fakes/discord_server.py); yields its base URL."""
     with fake_server("fake-discord", "tests.fakes.discord_server", log_dir) as url:
@@ -157,10 +177,11 @@ def fake_discord(log_dir):
 
 
 @pytest.fixture(scope="session")
-def service_env(fake_llm, fake_discord) -> dict:
+def service_env(fake_llm, fake_openai, fake_discord) -> dict:
     env = dict(os.environ)
     env.update(
         ANTHROPIC_BASE_URL=fake_llm, ANTHROPIC_API_KEY="test-key", PYTHONUNBUFFERED="1",
+        OPENAI_BASE_URL=f"{fake_openai}/v1", OPENAI_API_KEY="test-openai-key",
         DISCORD_API_BASE_URL=f"{fake_discord}/api/v10", DISCORD_GATEWAY_URL=f"{fake_discord.replace('http', 'ws', 1)}/gateway/",
     )
     return env

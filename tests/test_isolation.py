@@ -38,10 +38,12 @@ def owner(live, make_tenant):
     assert channel.status_code == 201, channel.text
     binding = api.post(f"/channels/{channel.json()['id']}/bindings/", json={"match": {"peer_id": "1"}, "agent": slug})
     assert binding.status_code == 201, binding.text
+    skill = api.post("/skills/", json={"skill_md": "---\nname: a-skill\ndescription: A's procedure.\n---\nA's steps\n"})
+    assert skill.status_code == 201, skill.text
     objects = {
         "agent": slug, "session": session["id"], "run": run["id"], "key": key["id"], "cron_job": job.json()["id"],
         "approval": pending.json()["id"], "invocation": pending.json()["invocation"], "channel": channel.json()["id"],
-        "binding": binding.json()["id"],
+        "binding": binding.json()["id"], "skill": skill.json()["id"],
     }
     yield bundle, objects
     api.close()
@@ -50,7 +52,7 @@ def owner(live, make_tenant):
 # Which of A's objects fill a path's parameters, in order, by the collection the path belongs to.
 PATH_OBJECTS = {
     "agents": ["agent"], "sessions": ["session"], "runs": ["run"], "keys": ["key"], "cron": ["cron_job"],
-    "approvals": ["approval"], "tools": ["invocation"], "channels": ["channel", "binding"],
+    "approvals": ["approval"], "tools": ["invocation"], "channels": ["channel", "binding"], "skills": ["skill"],
 }
 
 

@@ -1,7 +1,8 @@
 from django.contrib import admin, messages
 
-from tools.models import Approval, ToolInvocation
+from tools.models import Approval, Skill, ToolInvocation
 from tools.services import ApprovalNotPending, approval_resolve
+from tools.skills import skill_files
 
 
 def _resolve_selected(modeladmin, request, queryset, *, decision: str, always: bool = False) -> None:
@@ -62,4 +63,36 @@ class ToolInvocationAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in ToolInvocation._meta.fields]
 
     def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Skill)
+class SkillAdmin(admin.ModelAdmin):
+    """Uploaded skills, to look at and remove. Tenants upload them (POST /api/skills/), where every file is
+    checked; an operator's own skills belong in a folder under BEAMCLAW_SKILLS_ROOTS instead."""
+
+    list_display = ("name", "tenant", "description_preview", "file_count", "size", "updated_at")
+    list_filter = ("tenant",)
+    search_fields = ("name", "description", "tenant__slug", "id")
+    list_select_related = ("tenant",)
+    exclude = ("archive",)
+    readonly_fields = ("id", "tenant", "name", "description", "digest", "file_count", "size", "files", "skill_md",
+                       "created_at", "updated_at")
+
+    @admin.display(description="description")
+    def description_preview(self, obj):
+        return obj.description if len(obj.description) <= 120 else obj.description[:120] + "…"
+
+    @admin.display(description="files")
+    def files(self, obj):
+        return "\n".join(f"{item['path']} ({item['size']} bytes)" for item in skill_files(obj))
+
+    def get_queryset(self, request):
+        # A page of the list would otherwise load every skill's files; the change page loads its one skill's.
+        return super().get_queryset(request).defer("archive", "skill_md")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

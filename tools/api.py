@@ -1,4 +1,5 @@
-"""REST API for tools: POST /api/tools/invoke, invocations, and approvals. Thin: work in tools.services.
+"""REST API for tools: POST /api/tools/invoke, invocations, approvals, and uploaded skills. Thin: work in
+tools.services and tools.skills.
 
 POST /api/tools/invoke answers 200 with the tool's result once a worker ran it. DRF views run on the
 ASGI server's single sync thread, so the view must not sit there for seconds: it does the quick part
@@ -7,6 +8,8 @@ generator that waits for the worker's result in Redis.
 """
 
 import asyncio
+import base64
+import binascii
 import json
 import re
 import time
@@ -19,29 +22,34 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from beamclaw_project.asyncdb import db_call
 from beamclaw_project.infra.redis import async_redis
+from beamclaw_project.json_input import JSONParser
 from sessions.idempotency import idempotency_key_from
 from sessions.selectors import session_of
 from tenants.api_auth import TenantScopedMixin
 from tenants.selectors import agent_by_slug
-from tools.models import Approval, ToolInvocation
+from tools.models import Approval, Skill, ToolInvocation
 from tools.serializers import (
     ApprovalDecisionSerializer,
     ApprovalDenySerializer,
     ApprovalSerializer,
+    SkillDetailSerializer,
+    SkillSerializer,
+    SkillUploadSerializer,
     ToolInvocationSerializer,
     ToolInvokeInputSerializer,
     ToolResultSerializer,
 )
 from tools.services import approval_resolve, invocation_response, invocation_result_key, tool_invoke_once
+from tools.skills import skill_delete, skill_upload
 
 AGENT_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
 
 
 def _caller(request) -> str:
@@ -212,3 +220,72 @@ class ApprovalDenyApi(APIView):
         data = ApprovalDenySerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return _resolve(request, pk, decision="deny", always=False, reason=data.validated_data["reason"])
+
+
+class UploadTooLarge(APIException):
+    status_code = 413
+    default_code = "request_too_large"
+
+
+_UPLOAD_FIELDS = ("file", "skill_md", "zip_base64")
+
+
+class SkillListApi(TenantScopedMixin, generics.ListAPIView):
+    """The tenant's uploaded skills (GET), and uploading one (POST). An agent's whole set, its server
+    folders included, is GET /api/agents/{slug}/skills/."""
+
+    queryset = Skill.objects.defer("archive", "skill_md")
+    serializer_class = SkillSerializer
+    parser_classes = [JSONParser, MultiPartParser]
+
+    @extend_schema(
+        request={"multipart/form-data": SkillUploadSerializer, "application/json": SkillUploadSerializer},
+        responses={
+            201: SkillDetailSerializer,
+            200: OpenApiResponse(SkillDetailSerializer, description="A skill of that name was replaced (same id)."),
+            400: OpenApiResponse(description="Bad upload; the message names the field and, for a SKILL.md, the line."),
+            409: OpenApiResponse(description="The tenant has as many skills as it may."),
+            413: OpenApiResponse(description="The upload is larger than allowed."),
+        },
+    )
+    def post(self, request):
+        """Upload a skill: a .zip of its folder or a SKILL.md (multipart `file`), or JSON `skill_md` /
+        `zip_base64`. A skill of the same name is replaced."""
+        limit = settings.BEAMCLAW_TOOLS["SKILL_UPLOAD_MAX_BYTES"]
+        # Refused before the body is parsed: multipart parsing would spool any size to disk first.
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > limit * 4 // 3 + 64 * 1024:
+            raise UploadTooLarge(f"A skill upload may be at most {limit} bytes.")
+        data = SkillUploadSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        given = [name for name in _UPLOAD_FIELDS if data.validated_data.get(name) is not None]
+        if len(given) != 1:
+            raise ValidationError({"file": ["Send exactly one of: file (multipart), skill_md, zip_base64."]})
+        field = given[0]
+        if field == "file":
+            upload = data.validated_data["file"]
+            if upload.size > limit:
+                raise UploadTooLarge(f"A skill upload may be at most {limit} bytes.")
+            content = upload.read(limit + 1)
+        elif field == "skill_md":
+            content = data.validated_data["skill_md"].encode()
+        else:
+            try:
+                content = base64.b64decode(data.validated_data["zip_base64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise ValidationError({"zip_base64": ["Must be base64 (the bytes of a .zip)."]}) from None
+        skill, created = skill_upload(tenant=request.user.tenant, data=content, field=field)
+        return Response(SkillDetailSerializer(skill).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class SkillDetailApi(TenantScopedMixin, generics.RetrieveDestroyAPIView):
+    """An uploaded skill with its SKILL.md and its files; DELETE removes it from every agent of the tenant."""
+
+    queryset = Skill.objects.all()
+    serializer_class = SkillDetailSerializer
+
+    def perform_destroy(self, instance):
+        skill_delete(skill=instance)

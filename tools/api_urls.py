@@ -5,6 +5,8 @@ from tools.api import (
     ApprovalDenyApi,
     ApprovalDetailApi,
     ApprovalListApi,
+    SkillDetailApi,
+    SkillListApi,
     ToolInvocationDetailApi,
     ToolInvokeApi,
 )
@@ -16,4 +18,6 @@ urlpatterns = [
     path("approvals/<uuid:pk>/", ApprovalDetailApi.as_view(), name="approval-detail"),
     path("approvals/<uuid:pk>/approve/", ApprovalApproveApi.as_view(), name="approval-approve"),
     path("approvals/<uuid:pk>/deny/", ApprovalDenyApi.as_view(), name="approval-deny"),
+    path("skills/", SkillListApi.as_view(), name="skill-list"),
+    path("skills/<uuid:pk>/", SkillDetailApi.as_view(), name="skill-detail"),
 ]

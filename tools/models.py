@@ -83,3 +83,29 @@ class Approval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool}: {self.subject[:60]} ({self.status})"
+
+
+class Skill(models.Model):
+    """A skill a tenant uploaded (POST /api/skills/): its SKILL.md as text, for listings and prompts
+    without touching the files, and every file of the folder as one zip we wrote ourselves from checked
+    entries (tools/skills.py), unpacked per worker under its content hash when the files are needed."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="skills")
+    name = models.CharField(max_length=64)
+    description = models.TextField()
+    skill_md = models.TextField()
+    archive = models.BinaryField()
+    digest = models.CharField(max_length=64, help_text="sha256 of the folder's paths and contents.")
+    file_count = models.PositiveIntegerField()
+    size = models.PositiveIntegerField(help_text="Bytes of all files, unpacked.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        # One skill per name in a tenant: uploading the name again replaces it.
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="skill_unique_name_per_tenant")]
+
+    def __str__(self) -> str:
+        return self.name

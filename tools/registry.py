@@ -15,6 +15,7 @@ from tenants.models import Agent
 from tools.base import ToolSpec
 from tools.builtins.exec import EXEC_TOOL
 from tools.builtins.process import PROCESS_TOOL
+from tools.builtins.skill import SKILL_READ_TOOL
 from tools.builtins.web_fetch import WEB_FETCH_TOOL
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def group_members(group: str) -> tuple[str, ...]:
     return tuple(name for name, spec in _TOOLS.items() if spec.group == group)
 
 
-for _builtin in (EXEC_TOOL, PROCESS_TOOL, WEB_FETCH_TOOL):
+for _builtin in (EXEC_TOOL, PROCESS_TOOL, WEB_FETCH_TOOL, SKILL_READ_TOOL):
     register(_builtin)
 
 

@@ -17,7 +17,7 @@ Layers, outermost first:
 - bwrap: new user, pid, network, ipc, uts and cgroup namespaces, no nested user namespaces, a root
   filesystem made of read-only /usr, a handful of /etc files that hold no secrets, a fresh /proc and
   /dev, size-capped tmpfs on /tmp and /dev/shm, and the session's workspace as the only writable bind
-  (at /workspace). The project directory, /home, /root, /var and /run do not exist inside;
+  (at /workspace); the agent's skill folders are bound read-only at /skills/<name>. The project directory, /home, /root, /var and /run do not exist inside;
 - a clean environment: bwrap itself is started with PATH only (the sandbox's pid 1 is bwrap, so its
   /proc/1/environ is readable inside), and the command gets a fixed minimal environment plus the
   caller's variables minus a blocklist;
@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 SANDBOX_UID_INSIDE = 1000
 WORKSPACE = "/workspace"
+SKILLS_DIR = "/skills"
 _HOST_TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MIN_BWRAP_VERSION = (0, 8)  # --disable-userns and --size
 
@@ -483,6 +484,9 @@ class SandboxSpec:
     scope: str = "-"
     # Disk the workspace takes when the command starts (workspace_usage); None: measured here.
     workspace_used: int | None = None
+    # The agent's skills, (name, host folder): each is bound read-only at /skills/<name>
+    # (tools/skills.py skill_mounts; names are checked there, so none is '..' or holds a '/').
+    skills: tuple[tuple[str, Path], ...] = ()
 
 
 def _root_filesystem_args() -> list[str]:
@@ -595,6 +599,7 @@ def bwrap_options(spec: SandboxSpec, *, info_fd: int, block_fd: int | None, comm
         "--size", tmp_bytes, "--tmpfs", "/tmp",
         "--size", tmp_bytes, "--tmpfs", "/dev/shm",
         "--bind", str(spec.workspace), WORKSPACE,
+        *[arg for name, folder in spec.skills for arg in ("--ro-bind", str(folder), f"{SKILLS_DIR}/{name}")],
         # The command travels as a read-only file, not as `sh -c <command>`, for the same reason.
         "--perms", "0444", "--ro-bind-data", str(command_fd), COMMAND_FILE,
     ]

@@ -2,7 +2,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tools.models import Approval, ToolInvocation
+from tools.models import Approval, Skill, ToolInvocation
+from tools.skills import skill_files
 
 
 class ToolInvokeInputSerializer(serializers.Serializer):
@@ -91,3 +92,48 @@ class ToolInvocationSerializer(serializers.ModelSerializer):
     def get_approval(self, invocation) -> str | None:
         approval = getattr(invocation, "approval", None)
         return str(approval.pk) if approval is not None else None
+
+
+class SkillSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Skill
+        fields = ["id", "name", "description", "digest", "file_count", "size", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class SkillFileSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    size = serializers.IntegerField()
+
+
+class SkillDetailSerializer(SkillSerializer):
+    files = serializers.SerializerMethodField()
+
+    class Meta(SkillSerializer.Meta):
+        fields = [*SkillSerializer.Meta.fields, "skill_md", "files"]
+        read_only_fields = fields
+
+    @extend_schema_field(SkillFileSerializer(many=True))
+    def get_files(self, skill) -> list[dict]:
+        return skill_files(skill)
+
+
+class SkillUploadSerializer(serializers.Serializer):
+    """Exactly one of: `file` (multipart: a .zip of the skill's folder, or its SKILL.md), `skill_md` (the
+    text of a SKILL.md), `zip_base64` (a .zip, base64-encoded, for clients that only send JSON)."""
+
+    file = serializers.FileField(required=False, help_text="A .zip of the skill folder, or a SKILL.md.")
+    skill_md = serializers.CharField(required=False, trim_whitespace=False, max_length=256 * 1024)
+    zip_base64 = serializers.CharField(required=False, trim_whitespace=True, max_length=4 * 1024 * 1024)
+
+
+class AgentSkillSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField(source="entry.description")
+    source = serializers.CharField(
+        source="entry.source",
+        help_text='"uploaded", or skills_dirs[<index>] and the folder relative to it (never a server path).',
+    )
+    eligible = serializers.BooleanField(help_text="In the agent's prompt and readable with the skill tool.")
+    reason = serializers.CharField(help_text="Why not, when not eligible (e.g. `missing binary: ffmpeg`).")
+    always = serializers.BooleanField(help_text="Included whole in the system prompt.")

@@ -1,24 +1,22 @@
-"""Anthropic Messages API provider on the official SDK.
+"""Anthropic Messages API provider on the official SDK: one streamed attempt per call.
 
 The SDK's own retries are off: a retry is only safe before any text reached the user, which only the
-engine can know, so retry and fallback live here, around the stream.
+engine can know, so retries and fallbacks live in sessions/providers/chain.py, around the stream. An agent
+may bring its own key (`api_key`); the endpoint is always the deployment's (ANTHROPIC_BASE_URL): the SDK
+takes only its own HTTP client, which the outbound address policy does not provide, so a tenant's
+`base_url` could not be checked on every request and is refused instead.
 """
 
 import json
-import logging
 import os
-import random
-import time
 from functools import lru_cache
 from typing import Callable
 
 import anthropic
-from django.conf import settings
 
+from sessions.providers import endpoints
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
 from sessions.providers.registry import register_provider
-
-logger = logging.getLogger(__name__)
 
 _RETRYABLE_KINDS = {"overloaded", "rate_limited", "server_error", "connection", "timeout"}
 _KIND_BY_ERROR_TYPE = {
@@ -33,21 +31,20 @@ _KIND_BY_ERROR_TYPE = {
 }
 
 
-@lru_cache(maxsize=1)
-def _client() -> anthropic.Anthropic:
-    timeout = settings.BEAMCLAW["PROVIDER_TIMEOUT_SECONDS"]
-    return anthropic.Anthropic(
-        api_key=os.environ.get("ANTHROPIC_API_KEY"),
-        max_retries=0,
-        timeout=anthropic.Timeout(timeout, connect=10.0),
-    )
+@lru_cache(maxsize=endpoints.CLIENT_CACHE_SIZE)
+def _client(api_key: str) -> anthropic.Anthropic:
+    """One client per key (the SDK reads ANTHROPIC_BASE_URL itself)."""
+    timeout = anthropic.Timeout(endpoints.timeout_seconds(), connect=endpoints.CONNECT_TIMEOUT_SECONDS)
+    return anthropic.Anthropic(api_key=api_key, max_retries=0, timeout=timeout)
 
 
 def _base_url() -> str:
     return os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
 
 
-def _classify(exc: Exception, model: str) -> ProviderError:
+def _classify(exc: Exception, request: CompletionRequest) -> ProviderError:
+    model = request.model
+    key_hint = "the agent's api_key" if request.api_key else "a valid ANTHROPIC_API_KEY for the workers"
     if isinstance(exc, anthropic.APITimeoutError):
         return ProviderError(f"Anthropic API timed out: {exc}", kind="timeout", retryable=True)
     if isinstance(exc, anthropic.APIConnectionError):
@@ -67,7 +64,7 @@ def _classify(exc: Exception, model: str) -> ProviderError:
                 status, "server_error" if status >= 500 else "bad_request"
             )
         messages = {
-            "auth": f"Anthropic rejected the API key ({detail}). Set a valid ANTHROPIC_API_KEY for the workers.",
+            "auth": f"Anthropic rejected the API key ({detail}). Set {key_hint}.",
             "permission": f"The Anthropic API key may not use this resource ({detail}).",
             "not_found": f"Model '{model}' was not found by Anthropic ({detail}). Set the agent's model to a valid model id.",
             "rate_limited": f"Anthropic rate limit reached ({detail}).",
@@ -86,6 +83,8 @@ def _temperature(value: float | None) -> float | None:
 
 
 class AnthropicProvider:
+    sampling = frozenset({"max_tokens", "temperature", "top_p", "stop", "effort"})
+
     def stream(
         self,
         request: CompletionRequest,
@@ -93,73 +92,35 @@ class AnthropicProvider:
         on_text: Callable[[str], None],
         should_abort: Callable[[], bool],
     ) -> Completion:
-        if not os.environ.get("ANTHROPIC_API_KEY"):
+        if request.base_url:
             raise ProviderError(
-                "ANTHROPIC_API_KEY is not set for the workers. Export it and restart `python manage.py worker`.",
+                "The anthropic provider does not take a per-agent base_url (it always uses the deployment's "
+                "ANTHROPIC_BASE_URL). Clear the agent's base_url.",
+                kind="bad_request",
+            )
+        api_key = request.api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if not api_key:
+            raise ProviderError(
+                "ANTHROPIC_API_KEY is not set for the workers. Export it and restart `python manage.py worker`, "
+                "or set the agent's api_key.",
                 kind="auth",
             )
-        max_retries = settings.BEAMCLAW["PROVIDER_MAX_RETRIES"]
-        base_delay = settings.BEAMCLAW["PROVIDER_RETRY_BASE_SECONDS"]
-        models = (request.model, *request.fallbacks)
-        last_error: ProviderError | None = None
-        for model in models:
-            for attempt in range(max_retries + 1):
-                emitted = False
-
-                def emit(text: str) -> None:
-                    nonlocal emitted
-                    emitted = True
-                    on_text(text)
-
-                try:
-                    return self._stream_once(request, model, on_text=emit, should_abort=should_abort)
-                except Aborted:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - every SDK failure is classified below
-                    error = exc if isinstance(exc, ProviderError) else _classify(exc, model)
-                    if error.kind == "unknown":
-                        logger.error("provider call to %s failed unexpectedly", model, exc_info=exc)
-                    else:
-                        logger.warning("provider call to %s failed (%s): %s", model, error.kind, error.message)
-                    if emitted:
-                        raise ProviderError(
-                            f"{error.message} The reply broke off after it had started streaming.",
-                            kind=error.kind,
-                            status=error.status,
-                        ) from exc
-                    last_error = error
-                    if not error.retryable or attempt == max_retries:
-                        break
-                    delay = base_delay * (2**attempt) * (0.5 + random.random())
-                    logger.warning("provider %s (%s), retrying in %.2fs", error.kind, model, delay)
-                    self._sleep(delay, should_abort)
-            if last_error is not None and last_error.kind not in _RETRYABLE_KINDS | {"not_found"}:
-                break
-        assert last_error is not None
-        if len(models) > 1:
-            raise ProviderError(
-                f"{last_error.message} (tried models: {', '.join(models)})",
-                kind=last_error.kind,
-                status=last_error.status,
-            )
-        raise last_error
-
-    @staticmethod
-    def _sleep(delay: float, should_abort: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + delay
-        while (remaining := deadline - time.monotonic()) > 0:
-            if should_abort():
-                raise Aborted()
-            time.sleep(min(remaining, 0.1))
+        try:
+            return self._stream_once(request, _client(api_key), on_text=on_text, should_abort=should_abort)
+        except (Aborted, ProviderError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every SDK failure is classified
+            raise _classify(exc, request) from exc
 
     def _stream_once(
         self,
         request: CompletionRequest,
-        model: str,
+        client: anthropic.Anthropic,
         *,
         on_text: Callable[[str], None],
         should_abort: Callable[[], bool],
     ) -> Completion:
+        model = request.model
         kwargs = {"model": model, "max_tokens": request.max_tokens, "messages": request.messages, "stream": True}
         if request.system:
             kwargs["system"] = request.system
@@ -182,7 +143,7 @@ class AnthropicProvider:
         completion = Completion(content=blocks, stop_reason=None, model=model)
         # Raw events rather than the SDK's accumulating helper: it rebuilds a snapshot per event, which
         # costs more CPU than everything else here when hundreds of runs stream at once.
-        with _client().messages.create(**kwargs) as stream:
+        with client.messages.create(**kwargs) as stream:
             for event in stream:
                 kind = event.type
                 if kind == "content_block_delta":

@@ -11,15 +11,26 @@ to the same thing:
   tool loop reads `tool_use` from), and `Completion.stop_reason` is one of Anthropic's: "end_turn",
   "tool_use", "max_tokens", "stop_sequence" (None when the stream ended without one).
 - Sampling values arrive as the client sent them, validated but not mapped: `temperature` on OpenAI's
-  0..2 scale (the widest any edge accepts), `top_p` 0..1.
+  0..2 scale (the widest any edge accepts), `top_p` 0..1, penalties -2..2. A provider declares which of
+  SAMPLING_PARAMS it takes (`Provider.sampling`); the edge refuses the others with a 400 before a run
+  starts, so a provider never has to drop one silently or fail a run over it.
+- `base_url` / `api_key` are the agent's own endpoint and key (empty: the deployment's, from the worker's
+  environment). A tenant sets them, so a provider reaches a per-agent `base_url` only through the outbound
+  address policy (beamclaw_project/infra/address_policy.py) and never logs the key.
 
 A provider translates to and from its own API inside its module (sessions/providers/anthropic.py caps
-temperature to Anthropic's 0..1); nothing outside the module knows that API. Providers are found by name
-through sessions/providers/registry.py.
+temperature to Anthropic's 0..1, sessions/providers/openai.py maps blocks to Chat Completions messages);
+nothing outside the module knows that API. A provider's `stream` makes one attempt on `request.model`:
+retries and fallbacks (possibly to another provider) are sessions/providers/chain.py's. Providers are found
+by name through sessions/providers/registry.py.
 """
 
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
+
+# The sampling parameters an edge may pass (run params, as sessions/chat.py stores them); `stop` arrives as
+# CompletionRequest.stop_sequences and `max_tokens` is always sent (the agent's own cap at most).
+SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "effort", "seed", "presence_penalty", "frequency_penalty")
 
 
 class ProviderError(Exception):
@@ -62,18 +73,41 @@ class CompletionRequest:
     system: str
     messages: list[dict]
     max_tokens: int
-    fallbacks: tuple[str, ...] = ()
     temperature: float | None = None
     top_p: float | None = None
     stop_sequences: tuple[str, ...] = ()
     effort: str | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     tools: tuple[dict, ...] = ()
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+
+
+def request_sampling(params: dict) -> dict:
+    """CompletionRequest's sampling arguments from a run's params (as sessions/chat.py stores them)."""
+    return {
+        "temperature": params.get("temperature"),
+        "top_p": params.get("top_p"),
+        "stop_sequences": tuple(params.get("stop") or ()),
+        "effort": params.get("effort"),
+        "seed": params.get("seed"),
+        "presence_penalty": params.get("presence_penalty"),
+        "frequency_penalty": params.get("frequency_penalty"),
+    }
 
 
 class Provider(Protocol):
-    """One reply per `stream` call. `on_text` gets each piece of reply text as it arrives (the engine
-    publishes it at once, so it cannot be taken back: retry only before the first piece); `should_abort`
-    is polled between stream events, and `Aborted` raised once it is true. Failures are `ProviderError`s."""
+    """One reply per `stream` call, one attempt on `request.model`. `on_text` gets each piece of reply text
+    as it arrives (the engine publishes it at once, so it cannot be taken back: the chain retries only
+    before the first piece); `should_abort` is polled between stream events, and `Aborted` raised once it is
+    true. Failures are `ProviderError`s.
+
+    `sampling` names the SAMPLING_PARAMS the provider takes; a provider without the attribute (an older
+    plug-in) is taken to accept them all."""
+
+    sampling: frozenset[str]
 
     def stream(
         self,

@@ -9,9 +9,9 @@ built-ins never overwrite.
 from importlib import import_module
 from typing import Callable
 
-from sessions.providers.base import Provider, ProviderError
+from sessions.providers.base import SAMPLING_PARAMS, Provider, ProviderError
 
-_BUILTIN_MODULES = ("sessions.providers.anthropic",)
+_BUILTIN_MODULES = ("sessions.providers.anthropic", "sessions.providers.openai")
 _FACTORIES: dict[str, Callable[[], Provider]] = {}
 _loaded = False
 
@@ -38,6 +38,16 @@ def get_provider(name: str) -> Provider:
             kind="bad_request",
         )
     return factory()
+
+
+def provider_sampling(name: str) -> frozenset[str] | None:
+    """The sampling parameters provider `name` takes (Provider.sampling), or None if no such provider is
+    registered (its runs fail saying so)."""
+    try:
+        provider = get_provider(name)
+    except ProviderError:
+        return None
+    return frozenset(getattr(provider, "sampling", SAMPLING_PARAMS))
 
 
 def _load_modules() -> None:

@@ -10,17 +10,37 @@ every bit of state, Redis only the live event stream and the leases.
     tool_calls.py   tool results in the transcript; open calls of a run that ends
     housekeeping.py the reaper of steps whose worker died (tool calls: tool_phase.tool_calls_reap)
     budget.py       the tenant's daily token budget
+    compaction.py   summarizing older turns when the context nears the agent's budget (context.py: what
+                    the model sees)
     kernel.py       run lock, transcript append, step enqueue, abort flag, run lease
 
 Edges and services use only the names below. The model's tool calls run through the toolbox
 (tools/runner.py), with this engine registered as their owner (sessions/apps.py).
 """
 
+from sessions.runs.compaction import (
+    COMPACT_TASK,
+    CompactionBusy,
+    CompactionFailed,
+    NothingToCompact,
+    compaction_as_dict,
+    compaction_request,
+    compaction_result_key,
+    compaction_run_requested,
+)
 from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, run_abort, terminal_event_from_db
 from sessions.runs.step import run_step
 from sessions.runs.submit import SessionClosed, run_submit
 
 __all__ = [
+    "COMPACT_TASK",
+    "CompactionBusy",
+    "CompactionFailed",
+    "NothingToCompact",
+    "compaction_as_dict",
+    "compaction_request",
+    "compaction_result_key",
+    "compaction_run_requested",
     "RUN_FAILED_UNANSWERED",
     "SessionClosed",
     "run_abort",

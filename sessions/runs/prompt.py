@@ -1,5 +1,16 @@
-"""The system prompt of a step: the agent's own, then the request's extra instructions."""
+"""The system prompt of a step: the agent's own, then its skills (tools/skills.py), then the request's
+extra instructions.
+
+The skills part lists each eligible skill in one line (name and description) when the agent may read
+skills with the `skill` tool, and holds the `always` skills whole. It is rebuilt on every step, from
+the skill lists tools/skills.py keeps while their folders and uploads are unchanged.
+"""
+
+from tools.registry import allowed_tools
+from tools.skills import SKILL_TOOL, skills_prompt
 
 
 def system_prompt_for(agent, request_system: str | None) -> str:
-    return "\n\n".join(part for part in (agent.system_prompt, request_system) if part)
+    can_read = any(spec.name == SKILL_TOOL for spec in allowed_tools(agent))
+    skills = skills_prompt(agent, can_read=can_read)
+    return "\n\n".join(part for part in (agent.system_prompt, skills, request_system) if part)

@@ -20,7 +20,7 @@ from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import redis_client
 from sessions import events
 from sessions.models import Message, Run
-from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
+from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, request_sampling
 from sessions.providers.chain import complete
 from sessions.runs import tool_phase
 from sessions.runs.budget import record_tokens
@@ -215,10 +215,7 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
         system=system_prompt_for(agent, run.params.get("system")),
         messages=model_context(run.session_id),
         max_tokens=min(int(run.params.get("max_tokens") or agent.max_tokens), agent.max_tokens),
-        temperature=run.params.get("temperature"),
-        top_p=run.params.get("top_p"),
-        stop_sequences=tuple(run.params.get("stop") or ()),
-        effort=run.params.get("effort"),
+        **request_sampling(run.params),
         tools=tool_phase.offered_tools(agent),
     )
     # Streaming takes seconds; give the Postgres connection back to the pool meanwhile.

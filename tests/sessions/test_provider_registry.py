@@ -37,7 +37,7 @@ def test_an_agent_on_an_unknown_provider_fails_naming_the_supported_ones(gateway
         run = api.post(f"/sessions/{session_id}/messages/", json={"content": "anyone there?"}).json()["run"]
         finished = wait_for_run(api, run["id"])
     assert finished["status"] == "failed" and finished["error_code"] == "bad_request"
-    assert "Unknown provider 'nowhere'. Supported: anthropic, echo." in finished["error"]
+    assert "Unknown provider 'nowhere'. Supported: anthropic, echo, openai." in finished["error"]
     assert "BEAMCLAW_PLUGINS" in finished["error"]
 
 
@@ -56,5 +56,5 @@ def test_the_api_takes_only_registered_providers(gateway, make_tenant):
     with httpx.Client(base_url=f"{gateway}/api", headers=bundle.headers, timeout=30) as api:
         refused = api.post("/agents/", json={"slug": "elsewhere", "provider": "nowhere"})
         assert refused.status_code == 400
-        assert "Unknown provider 'nowhere'. Supported: anthropic." in refused.text
+        assert "Unknown provider 'nowhere'. Supported: anthropic, openai." in refused.text
         assert api.post("/agents/", json={"slug": "elsewhere", "provider": "anthropic"}).status_code == 201

@@ -26,6 +26,7 @@ from tools.sandbox import (
     workspace_prepare,
     workspace_usage,
 )
+from tools.skills import skill_mounts
 
 # Variables the caller may not set: they change how the shell, the dynamic loader or interpreters start
 # (an approved `git status` must stay `git status`), or they would override the sandbox's fixed values.
@@ -151,6 +152,7 @@ def run_exec(context: ToolContext, tool_input: dict) -> dict:
         tenant=context.tenant.slug,
         scope=context.scope,
         workspace_used=used,
+        skills=skill_mounts(context.agent),
     )
     started = time.monotonic()
     try:

@@ -1,0 +1,72 @@
+"""Where a provider call goes: the deployment's endpoint (trusted) or an agent's own `base_url` (not).
+
+The deployment's endpoints (ANTHROPIC_BASE_URL, OPENAI_BASE_URL) are the operator's and may be anything,
+a local Ollama included. An agent's `base_url` is set by a tenant, so it is an outbound target like a
+webhook URL: it goes through the one address policy (beamclaw_project/infra/address_policy.py), checked
+when it is saved (`base_url_clean`, a 400 naming `base_url`) and again on every request, through a client
+whose connections go to the checked address (DNS may have changed since it was saved). Loopback, private
+and metadata addresses are refused unless the operator allows their range (BEAMCLAW_OUTBOUND_ALLOW_CIDRS).
+
+Building an SDK client costs about 22 ms of CPU (measured for both SDKs; most of it is the TLS context),
+so clients are kept per (base_url, key), which also keeps their connections open for the next call.
+"""
+
+import httpx
+from django.conf import settings
+from rest_framework.exceptions import ValidationError
+
+from beamclaw_project.infra import address_policy
+from sessions.providers.base import ProviderError
+
+CLIENT_CACHE_SIZE = 256
+
+
+# A server that does not even accept the connection is given up on sooner than one that is thinking.
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def timeout_seconds() -> float:
+    """A step is bounded by the provider timeout (Celery cannot enforce limits in a thread pool)."""
+    return settings.BEAMCLAW["PROVIDER_TIMEOUT_SECONDS"]
+
+
+def checked_http_client() -> httpx.Client:
+    """An httpx client for an agent's own base_url: every request is checked by the address policy."""
+    return address_policy.client(timeout=httpx.Timeout(timeout_seconds(), connect=CONNECT_TIMEOUT_SECONDS))
+
+
+def endpoint_refused(exc: address_policy.OutboundError, base_url: str) -> ProviderError:
+    """The address policy stopped a request to an agent's base_url (or its host did not resolve)."""
+    if isinstance(exc, address_policy.TargetRefused):
+        return ProviderError(
+            f"The agent's base_url {base_url!r} may not be reached: {exc.message}. Point base_url at a public "
+            "server, or ask the operator to allow its range.",
+            kind="bad_request",
+        )
+    return ProviderError(
+        f"The agent's base_url {base_url!r} could not be reached: {exc.message}. Check the host name.",
+        kind="connection",
+        retryable=True,
+    )
+
+
+def base_url_clean(value) -> str:
+    """`Agent.base_url` as the API takes it: empty (the deployment's endpoint) or an http(s) URL whose host
+    the address policy allows. A host name is resolved now as well, so `localhost` or a name pointing at a
+    metadata address is refused at once; one that does not resolve yet is accepted (it is checked again on
+    every call)."""
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str):
+        raise ValidationError("Must be a URL string, or empty for the deployment's endpoint.")
+    value = value.strip()
+    try:
+        parsed, _, _ = address_policy.parse_url(value)
+        if parsed.userinfo:
+            raise address_policy.TargetRefused("put the key in api_key (write-only), not in the URL")
+        address_policy.check_url(value, resolve_timeout=3.0)
+    except address_policy.ResolveFailed:
+        pass
+    except address_policy.TargetRefused as exc:
+        raise ValidationError(f"base_url is refused: {exc.message}.") from None
+    return value
