@@ -187,6 +187,8 @@ BEAMCLAW = {
     "DEFAULT_MODEL": os.environ.get("BEAMCLAW_DEFAULT_MODEL", "claude-sonnet-4-5"),
     "DEFAULT_MAX_TOKENS": env_int("BEAMCLAW_DEFAULT_MAX_TOKENS", 8192),
     "STEP_CAP": env_int("BEAMCLAW_STEP_CAP", 25),
+    # Sub-agents of one session with a queued or active run (docs/subagents.md).
+    "SUBAGENTS_MAX_RUNNING": env_int("BEAMCLAW_SUBAGENTS_MAX_RUNNING", 5),
     # Compaction defaults for agents that do not set their own (docs/compaction.md).
     "COMPACTION_THRESHOLD_TOKENS": env_int("BEAMCLAW_COMPACTION_THRESHOLD_TOKENS", 150000),
     "COMPACTION_KEEP_RECENT_TOKENS": env_int("BEAMCLAW_COMPACTION_KEEP_RECENT_TOKENS", 20000),

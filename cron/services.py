@@ -6,9 +6,11 @@ and the one `PeriodicTasks` row every PeriodicTask write updates). Deleting a jo
 too, so its cascade over the runs cannot meet a settle that holds the job and waits for a run.
 
 No transaction that holds a cron lock starts an agent run. The engine locks the session and then the
-tenant row FOR UPDATE, while inserting a CronRun (or a session) holds a key-share lock on that tenant row
-until commit; both in one transaction deadlocked two firings of one tenant, and a firing against the
-engine. So an occurrence is claimed in one transaction and its run started after it commits (`_start`).
+tenant row, while inserting a CronRun (or a session) holds a key-share lock on that tenant row until
+commit; both in one transaction deadlocked two firings of one tenant, and a firing against the engine,
+when the engine's locks were FOR UPDATE (they are FOR NO KEY UPDATE now, sessions/runs/kernel.py). An
+occurrence is still claimed in one transaction and its run started after it commits (`_start`), which
+keeps cron's locks out of the engine's order.
 """
 
 import logging

@@ -100,6 +100,9 @@ class Run(models.Model):
             models.Index(fields=["session", "status", "created_at"]),
             models.Index(fields=["tenant", "status"]),
             models.Index(fields=["tenant", "created_at"]),
+            # The sub-agent sweep's query (sessions/subagents.py), every few seconds: only runs it may act on.
+            models.Index(fields=["finished_at"], condition=Q(trigger="subagent", announced_at__isnull=True),
+                         name="run_unannounced_subagent"),
         ]
 
     def __str__(self) -> str:

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from sessions.content import ContentInvalid, content_parse
@@ -27,16 +28,46 @@ class RunSerializer(serializers.ModelSerializer):
         return obj.usage
 
 
+class SessionListSerializer(serializers.ListSerializer):
+    """Sessions with their children's ids from one query for the whole page, not one per session."""
+
+    def to_representation(self, data):
+        sessions = list(data.all() if hasattr(data, "all") else data)
+        children: dict = {}
+        rows = AgentSession.objects.filter(parent_id__in=[s.pk for s in sessions]).order_by("created_at")
+        for parent_id, child_id in rows.values_list("parent_id", "pk"):
+            children.setdefault(parent_id, []).append(child_id)
+        for session in sessions:
+            session.children_ids = children.get(session.pk, [])
+        return super().to_representation(sessions)
+
+
 class SessionSerializer(serializers.ModelSerializer):
     agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    children = serializers.SerializerMethodField(help_text="Ids of the sub-agent sessions this session spawned, oldest first.")
+    spawned_by = serializers.UUIDField(
+        source="spawned_by_id", read_only=True, allow_null=True,
+        help_text="For a sub-agent: the parent's run that spawned it.",
+    )
 
     class Meta:
         model = AgentSession
+        list_serializer_class = SessionListSerializer
         fields = (
-            "id", "key", "agent", "status", "ephemeral", "queue_mode", "parent",
+            "id", "key", "agent", "status", "ephemeral", "queue_mode", "parent", "children", "label", "spawned_by",
             "input_tokens", "output_tokens", "created_at", "updated_at",
         )
-        read_only_fields = ("id", "key", "agent", "status", "ephemeral", "parent", "input_tokens", "output_tokens", "created_at", "updated_at")
+        read_only_fields = (
+            "id", "key", "agent", "status", "ephemeral", "parent", "label", "input_tokens", "output_tokens",
+            "created_at", "updated_at",
+        )
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_children(self, obj) -> list[str]:
+        ids = getattr(obj, "children_ids", None)
+        if ids is None:
+            ids = obj.children.order_by("created_at").values_list("pk", flat=True)
+        return [str(pk) for pk in ids]
 
 
 class SessionCreateSerializer(serializers.Serializer):

@@ -92,7 +92,7 @@ def session_get_or_create(*, tenant: Tenant, agent: Agent, key: str) -> AgentSes
 def session_reset(*, session: AgentSession) -> AgentSession:
     """Start the session over with an empty transcript. Nothing is lost: the old transcript and runs move
     to a closed archive session (`<key>#<timestamp>`, see session_archive_key), which is returned."""
-    locked = AgentSession.objects.select_for_update().get(pk=session.pk)
+    locked = AgentSession.objects.select_for_update(no_key=True).get(pk=session.pk)
     if Run.objects.filter(session=locked, status__in=(*Run.ACTIVE_STATUSES, Run.Status.QUEUED)).exists():
         raise SessionConflict("The session has a run in progress or waiting; abort it before resetting.")
     archive = AgentSession.objects.create(

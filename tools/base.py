@@ -98,6 +98,10 @@ class ToolSpec:
     # The worker node that must run a call (the one owning the background process it is about), or
     # None when any worker of the tenant's queue may.
     runs_on: Callable[[dict], str | None] = field(default=lambda tool_input: None)
+    # Whether the model is offered the tool in this session at all (e.g. no `skill` tool for an agent
+    # without skills, no `sessions_spawn` for a sub-agent): a tool it could not use costs prompt tokens
+    # on every step. The policy still decides what may run; this only trims what is offered.
+    offered: Callable[[Agent, AgentSession | None], bool] = field(default=lambda agent, session: True)
 
     def definition(self) -> dict:
         return {"name": self.name, "description": self.description, "input_schema": self.input_schema}

@@ -96,9 +96,9 @@ def allowed_tools(agent: Agent) -> list[ToolSpec]:
     return [tools[name] for name in names if name in permitted]
 
 
-def tool_definitions(agent: Agent) -> tuple[dict, ...]:
-    """What the model is offered (CompletionRequest.tools)."""
-    return tuple(spec.definition() for spec in allowed_tools(agent))
+def tool_definitions(agent: Agent, session=None) -> tuple[dict, ...]:
+    """What the model is offered (CompletionRequest.tools) in `session`: the allowed tools that are of use there."""
+    return tuple(spec.definition() for spec in allowed_tools(agent) if spec.offered(agent, session))
 
 
 def tool_for(agent: Agent, name: str) -> ToolSpec:

@@ -99,7 +99,8 @@ def _check_invocations_in_flight_locked(tenant: Tenant) -> None:
     cap, one tenant could occupy every worker thread and stall everyone's runs. The tenant row lock makes
     concurrent requests count each other."""
     cap = settings.BEAMCLAW_TOOLS["MAX_INVOCATIONS_IN_FLIGHT_PER_TENANT"]
-    Tenant.objects.select_for_update().filter(pk=tenant.pk).values_list("pk", flat=True).first()
+    # NO KEY: see sessions/runs/kernel.py.
+    Tenant.objects.select_for_update(no_key=True).filter(pk=tenant.pk).values_list("pk", flat=True).first()
     busy = ToolInvocation.objects.filter(
         tenant=tenant, status__in=(ToolInvocation.Status.PENDING, ToolInvocation.Status.RUNNING)
     ).count()

@@ -58,8 +58,6 @@ logger = logging.getLogger(__name__)
 
 COMPACT_TASK = "sessions.compact_session"
 
-DEFAULT_THRESHOLD_TOKENS = 150_000
-DEFAULT_KEEP_RECENT_TOKENS = 20_000
 THRESHOLD_RANGE = (1_000, 2_000_000)
 KEEP_RECENT_RANGE = (0, 1_000_000)
 CONFIG_KEYS = ("enabled", "threshold_tokens", "keep_recent_tokens")
@@ -125,8 +123,8 @@ class CompactionConfig:
 
 def _defaults() -> tuple[int, int]:
     return (
-        int(settings.BEAMCLAW.get("COMPACTION_THRESHOLD_TOKENS", DEFAULT_THRESHOLD_TOKENS)),
-        int(settings.BEAMCLAW.get("COMPACTION_KEEP_RECENT_TOKENS", DEFAULT_KEEP_RECENT_TOKENS)),
+        int(settings.BEAMCLAW["COMPACTION_THRESHOLD_TOKENS"]),
+        int(settings.BEAMCLAW["COMPACTION_KEEP_RECENT_TOKENS"]),
     )
 
 

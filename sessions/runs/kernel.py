@@ -39,14 +39,20 @@ ABORT_CHECK_INTERVAL = 0.2
 # --- locks and the transcript ----------------------------------------------------------------------
 
 
+# The engine's row locks are FOR NO KEY UPDATE: they exclude each other as FOR UPDATE would, but not the
+# key-share locks Postgres takes to check a foreign key when a row pointing at the locked one is written
+# (a tool invocation inserted under the tenant lock, naming a session another transaction holds, waited
+# for it while that one waited for the tenant: a deadlock).
+
+
 def run_lock(run_id) -> tuple[Run, AgentSession]:
     """Lock a run's session, then the run (inside the caller's transaction)."""
     session = session_lock(Run.objects.values_list("session_id", flat=True).get(pk=run_id))
-    return Run.objects.select_for_update().get(pk=run_id), session
+    return Run.objects.select_for_update(no_key=True).get(pk=run_id), session
 
 
 def session_lock(session_id) -> AgentSession:
-    return AgentSession.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=session_id)
+    return AgentSession.objects.select_for_update(of=("self",), no_key=True).select_related("tenant").get(pk=session_id)
 
 
 def transcript_append(session: AgentSession, **fields) -> Message:

@@ -40,7 +40,7 @@ def tenant_has_capacity_locked(tenant_id) -> bool:
             f"""
             SELECT t.max_concurrent_runs,
                    (SELECT count(*) FROM {Run._meta.db_table} r WHERE r.tenant_id = t.id AND r.status = ANY(%s))
-            FROM {Tenant._meta.db_table} t WHERE t.id = %s FOR UPDATE OF t
+            FROM {Tenant._meta.db_table} t WHERE t.id = %s FOR NO KEY UPDATE OF t
             """,
             [[str(status) for status in Run.ACTIVE_STATUSES], tenant_id],
         )
@@ -178,7 +178,7 @@ def run_abort(*, run: Run, reason: str = "aborted by request") -> Run:
     step's next stream event."""
     with transaction.atomic():
         session = session_lock(run.session_id)
-        locked = Run.objects.select_for_update().get(pk=run.pk)
+        locked = Run.objects.select_for_update(no_key=True).get(pk=run.pk)
         run_abort_locked(locked, reason, session)
     return locked
 

@@ -1,6 +1,6 @@
 """The tool phase of a run (DESIGN §5, steps 2-3): from a reply that asks for tools to the next step.
 
-- `offered_tools(agent)`: the tool definitions sent with every completion request;
+- `offered_tools(agent, session)`: the tool definitions sent with every completion request;
 - `step_tool_calls(...)`: inside the step's finishing transaction, when the reply asks for tools: one
   ToolCall row per tool_use block. Calls the policy refuses (or with invalid input) settle at once with
   an error result; calls needing approval wait (`awaiting_approval`, and so does the run); the rest go
@@ -37,8 +37,8 @@ from tools.models import Approval
 KIND = runner.KIND_MODEL_CALL
 
 
-def offered_tools(agent) -> tuple[dict, ...]:
-    return registry.tool_definitions(agent)
+def offered_tools(agent, session) -> tuple[dict, ...]:
+    return registry.tool_definitions(agent, session)
 
 
 def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion) -> bool:

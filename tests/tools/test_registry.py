@@ -28,8 +28,8 @@ def test_groups_and_globs():
     assert names({"allow": ["group:web"]}) == ["web_fetch"]
     assert names({"allow": ["group:runtime", "group:web"], "deny": ["group:runtime"]}) == ["web_fetch"]
     assert names({"allow": ["web_*"]}) == ["web_fetch"]
-    # Resolvable even though no sessions_* tool is installed yet: it simply adds nothing.
-    assert names({"allow": ["group:sessions"]}) == []
+    # The sessions app registers these from its AppConfig.ready(); the group follows whatever is registered.
+    assert names({"allow": ["group:sessions"]}) == ["sessions_spawn", "sessions_list", "sessions_history", "sessions_send"]
     assert names({"allow": ["no-such-tool"]}) == []
 
 
@@ -58,13 +58,14 @@ def test_tool_for_refuses_unknown_and_forbidden_tools():
 def test_apps_register_tools_and_policy_groups_follow(monkeypatch):
     """cron adds its tool from CronConfig.ready(), a plug-in the same way: the registry has no special cases."""
     monkeypatch.setattr(registry, "_TOOLS", registry.registered_tools())
-    assert names({}) == ["exec", "process", "web_fetch", "cron", "message"]
+    sessions = ["sessions_spawn", "sessions_list", "sessions_history", "sessions_send"]
+    assert names({}) == ["exec", "process", "web_fetch", "skill", *sessions, "cron", "message"]
     assert names({"allow": ["group:automation"]}) == ["cron"]
     note = ToolSpec(name="note", description="Take a note.", input_schema={"type": "object"}, group="group:automation",
                     run=lambda context, tool_input: {"ok": True, "output": "noted"})
     registry.register(note)
     assert names({"allow": ["group:automation"]}) == ["cron", "note"]
-    assert names({"deny": ["group:automation"]}) == ["exec", "process", "web_fetch", "message"]
+    assert names({"deny": ["group:automation"]}) == ["exec", "process", "web_fetch", "skill", *sessions, "message"]
     registry.register(replace(note, name="diary", group="group:journal"))
     assert names({"allow": ["group:journal"]}) == ["diary"], "a plug-in may bring a group of its own"
     with pytest.raises(ValueError, match="a group is named 'group:<name>'"):

@@ -7,7 +7,7 @@ path never leads out of the skill's folder.
 
 from beamclaw_project.errors import DomainError
 from tools.base import ToolContext, ToolSpec, error_result
-from tools.skills import SANDBOX_SKILLS, SKILL_FILE, SKILL_TOOL, skill_read
+from tools.skills import SANDBOX_SKILLS, SKILL_FILE, SKILL_TOOL, skill_read, usable_skills
 
 INPUT_SCHEMA = {
     "type": "object",
@@ -45,4 +45,5 @@ SKILL_READ_TOOL = ToolSpec(
     group="group:skills",
     run=run_skill,
     subject=lambda tool_input: str(tool_input.get("name", "")),
+    offered=lambda agent, session: bool(usable_skills(agent)),
 )
