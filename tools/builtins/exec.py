@@ -11,6 +11,7 @@ import re
 import time
 
 from django.conf import settings
+from django.db import close_old_connections
 
 from tools.base import ToolContext, ToolInputError, ToolSpec, error_result
 from tools.processes import PROCESSES
@@ -154,6 +155,8 @@ def run_exec(context: ToolContext, tool_input: dict) -> dict:
         workspace_used=used,
         skills=skill_mounts(context.agent),
     )
+    # Finding the skills took a database connection again; the command may run for minutes without one.
+    close_old_connections()
     started = time.monotonic()
     try:
         process = sandbox_run(spec, on_exit=PROCESSES.on_exit)
