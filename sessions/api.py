@@ -7,8 +7,6 @@ back; Django's ASGI handler runs each request's sync view on a thread of its own
 ThreadSensitiveContext), so the wait holds that one thread, not the server's other requests.
 """
 
-import json
-import time
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
@@ -20,11 +18,17 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from beamclaw_project.infra.redis import redis_client
 from sessions.idempotency import idempotency_key_from, idempotent_run
 from sessions.models import AgentSession, Compaction, Message, Run
-from sessions.runs import compaction_request, compaction_result_key, run_abort, run_submit
+from sessions.runs import (
+    compaction_outcome_wait,
+    compaction_pending_message,
+    compaction_request,
+    run_abort,
+    run_submit,
+)
 from sessions.serializers import (
+    CompactionSerializer,
     MessageCreateSerializer,
     MessageSerializer,
     RunAcceptedSerializer,
@@ -44,38 +48,10 @@ SESSION_FILTERS = [
     OpenApiParameter("ephemeral", OpenApiTypes.BOOL),
 ]
 
-# How long POST …/compact/ waits for the worker's summary before answering 202 (it goes on without the
-# caller); a summary of a long transcript takes seconds, more while the tenant's queue is busy.
-COMPACT_WAIT_SECONDS = 120
-
-
-class CompactionSerializer(serializers.ModelSerializer):
-    session = serializers.UUIDField(source="session_id", read_only=True)
-
-    class Meta:
-        model = Compaction
-        fields = (
-            "id", "session", "first_kept_seq", "trigger", "tokens_before", "tokens_after", "usage", "model",
-            "summary", "created_at",
-        )
-        read_only_fields = fields
-
-
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
 
-
-def compaction_outcome_wait(request_id: str, *, wait: float = COMPACT_WAIT_SECONDS) -> dict | None:
-    """The worker's outcome of a compaction request (compaction.compaction_run_requested), or None after `wait`."""
-    key = compaction_result_key(request_id)
-    deadline = time.monotonic() + wait
-    while (remaining := deadline - time.monotonic()) > 0:
-        # Short blocking reads: the Redis client's socket timeout would end a long one.
-        popped = redis_client().blpop([key], timeout=min(2.0, max(remaining, 0.1)))
-        if popped is not None:
-            return json.loads(popped[1])
-    return None
 
 
 class SessionViewSet(
@@ -156,11 +132,8 @@ class SessionViewSet(
         connection.close()
         outcome = compaction_outcome_wait(request_id)
         if outcome is None:
-            return Response(
-                {"detail": f"The compaction is still running after {COMPACT_WAIT_SECONDS} s; it shows in "
-                           f"GET /api/sessions/{session.pk}/compactions/ when done.", "code": "compaction_pending"},
-                status=status.HTTP_202_ACCEPTED,
-            )
+            return Response({"detail": compaction_pending_message(session.pk), "code": "compaction_pending"},
+                            status=status.HTTP_202_ACCEPTED)
         if outcome["status"] != 200:
             return Response({"detail": outcome["message"], "code": outcome["code"]}, status=outcome["status"])
         return Response(outcome["compaction"])

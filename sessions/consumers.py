@@ -19,7 +19,6 @@ a client never shows a decided approval as pending.
 
 import asyncio
 import json
-import time
 import uuid
 from collections import OrderedDict
 
@@ -30,12 +29,17 @@ from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
 from beamclaw_project.errors import DomainError, InvalidInput
 from beamclaw_project.infra.outages import RETRY_AFTER_SECONDS, outage_of
-from beamclaw_project.infra.redis import async_redis
 from sessions import events, notify
 from sessions.content import content_parse
 from sessions.models import AgentSession, Message, Run
 from sessions.run_stream import follow_run
-from sessions.runs import compaction_request, compaction_result_key, run_abort, run_submit
+from sessions.runs import (
+    compaction_outcome_await,
+    compaction_pending_message,
+    compaction_request,
+    run_abort,
+    run_submit,
+)
 from sessions.selectors import active_run_of, run_of, session_of
 from sessions.serializers import MessageSerializer, RunSerializer, SessionSerializer
 from sessions.services import session_create, session_reset
@@ -60,8 +64,6 @@ EVENTS = [
     "approval.requested", "approval.resolved", events.RUN_COMPLETED, events.RUN_FAILED, events.RUN_ABORTED,
     events.STREAM_INTERRUPTED, events.COMPACTION,
 ]
-# How long `sessions.compact` waits for the worker's summary (as POST /api/sessions/{id}/compact/ does).
-COMPACT_WAIT_SECONDS = 120
 
 
 class RequestError(Exception):
@@ -171,24 +173,13 @@ def _sessions_compact_request(tenant, params) -> str:
     return compaction_request(session=_session_of(tenant, _uuid_param(params, "session")))
 
 
-async def _compaction_outcome(request_id: str) -> dict:
-    """The worker's compaction, waited for without holding a thread (compaction.compaction_run_requested)."""
-    key = compaction_result_key(request_id)
-    deadline = time.monotonic() + COMPACT_WAIT_SECONDS
-    while (remaining := deadline - time.monotonic()) > 0:
-        # Short blocking reads: the Redis client's socket timeout would end a long one.
-        popped = await async_redis().blpop([key], timeout=min(2.0, max(remaining, 0.1)))
-        if popped is None:
-            continue
-        outcome = json.loads(popped[1])
-        if outcome["status"] != 200:
-            raise RequestError(outcome["code"], outcome["message"])
-        return outcome["compaction"]
-    raise RequestError(
-        "compaction_pending",
-        f"The compaction is still running after {COMPACT_WAIT_SECONDS} s; it shows in "
-        "GET /api/sessions/{id}/compactions/ when done.",
-    )
+async def _compaction_outcome(session_id, request_id: str) -> dict:
+    outcome = await compaction_outcome_await(request_id)
+    if outcome is None:
+        raise RequestError("compaction_pending", compaction_pending_message(session_id))
+    if outcome["status"] != 200:
+        raise RequestError(outcome["code"], outcome["message"])
+    return outcome["compaction"]
 
 
 @db_call
@@ -454,7 +445,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         # Compacting changes what the model sees and spends tokens: a chat action, like sessions.reset.
         self.principal.require("chat", "the WebSocket method 'sessions.compact'")
         request_id = await _sessions_compact_request(self.principal.tenant, params)
-        return await _compaction_outcome(request_id)
+        return await _compaction_outcome(params.get("session"), request_id)
 
     async def _on_chat_send(self, params):
         payload = await _chat_send(self.principal.tenant, params)

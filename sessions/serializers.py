@@ -2,7 +2,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from sessions.content import ContentInvalid, content_parse
-from sessions.models import AgentSession, Message, Run
+from sessions.models import AgentSession, Compaction, Message, Run
 from sessions.services import SESSION_KEY_MAX
 
 QUEUE_MODES = AgentSession.QueueMode.choices
@@ -112,3 +112,17 @@ class MessageCreateSerializer(serializers.Serializer):
 
 class RunAcceptedSerializer(serializers.Serializer):
     run = RunSerializer()
+
+
+class CompactionSerializer(serializers.ModelSerializer):
+    """The same fields as the worker reports for a compaction (sessions.runs.compaction.compaction_as_dict)."""
+
+    session = serializers.UUIDField(source="session_id", read_only=True)
+
+    class Meta:
+        model = Compaction
+        fields = (
+            "id", "session", "first_kept_seq", "trigger", "tokens_before", "tokens_after", "usage", "model",
+            "summary", "created_at",
+        )
+        read_only_fields = fields

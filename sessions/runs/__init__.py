@@ -20,12 +20,10 @@ Edges and services use only the names below. The model's tool calls run through 
 
 from sessions.runs.compaction import (
     COMPACT_TASK,
-    CompactionBusy,
-    CompactionFailed,
-    NothingToCompact,
-    compaction_as_dict,
+    compaction_outcome_await,
+    compaction_outcome_wait,
+    compaction_pending_message,
     compaction_request,
-    compaction_result_key,
     compaction_run_requested,
 )
 from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, run_abort, terminal_event_from_db
@@ -34,12 +32,10 @@ from sessions.runs.submit import SessionClosed, run_submit
 
 __all__ = [
     "COMPACT_TASK",
-    "CompactionBusy",
-    "CompactionFailed",
-    "NothingToCompact",
-    "compaction_as_dict",
+    "compaction_outcome_await",
+    "compaction_outcome_wait",
+    "compaction_pending_message",
     "compaction_request",
-    "compaction_result_key",
     "compaction_run_requested",
     "RUN_FAILED_UNANSWERED",
     "SessionClosed",

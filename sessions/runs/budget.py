@@ -1,7 +1,8 @@
 """The tenant's daily token budget: what runs spend, counted per UTC day.
 
 The counter lives in Redis (one INCRBY per model call); Postgres stays the source of truth: a missing
-day counter (Redis restarted) is rebuilt from the runs table.
+day counter (Redis restarted) is rebuilt from the runs table, plus the manual compactions (which have no
+run; an automatic one's tokens are its run's).
 """
 
 import math
@@ -12,7 +13,7 @@ from django.db.models import Sum
 
 from beamclaw_project.errors import LimitExceeded
 from beamclaw_project.infra.redis import redis_client
-from sessions.models import Run
+from sessions.models import Compaction, Run
 
 
 def _human(seconds: int) -> str:
@@ -39,6 +40,10 @@ def tokens_used_today(*, tenant_id) -> int:
         i=Sum("input_tokens"), o=Sum("output_tokens")
     )
     used = (totals["i"] or 0) + (totals["o"] or 0)
+    manual = Compaction.objects.filter(
+        session__tenant_id=tenant_id, trigger=Compaction.Trigger.MANUAL, created_at__gte=day
+    ).values_list("usage", flat=True)
+    used += sum(int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0) for usage in manual)
     # Another process may have counted meanwhile; keep whichever got there first.
     client.set(_day_key(tenant_id, day), used, ex=2 * 86400, nx=True)
     return int(client.get(_day_key(tenant_id, day)) or used)

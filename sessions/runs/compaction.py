@@ -45,7 +45,7 @@ from beamclaw_project.infra.draining import draining
 from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.queues import tenant_queue
-from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.redis import async_redis, redis_client
 from sessions import events
 from sessions.models import AgentSession, Compaction, Message, Run
 from sessions.providers.base import Aborted, CompletionRequest, ProviderError
@@ -460,6 +460,39 @@ def compaction_if_needed(*, run, agent) -> Compaction | None:
 
 def compaction_result_key(request_id: str) -> str:
     return f"bc:compaction:{request_id}:result"
+
+
+# How long a manual request (REST or WebSocket) waits for the worker's outcome before telling the caller
+# it is still running; a summary of a long transcript takes seconds, more while the tenant's queue is busy.
+COMPACT_WAIT_SECONDS = 120
+# Short blocking reads: the Redis client's socket timeout would end a long one.
+_WAIT_SLICE_SECONDS = 2.0
+
+
+def compaction_pending_message(session_id) -> str:
+    return (f"The compaction is still running after {COMPACT_WAIT_SECONDS} s; it shows in "
+            f"GET /api/sessions/{session_id}/compactions/ when done.")
+
+
+def compaction_outcome_wait(request_id: str) -> dict | None:
+    """The worker's outcome of a compaction request (compaction_run_requested), or None after
+    COMPACT_WAIT_SECONDS. For sync callers, which should give back their database connection first."""
+    deadline = time.monotonic() + COMPACT_WAIT_SECONDS
+    while (remaining := deadline - time.monotonic()) > 0:
+        popped = redis_client().blpop([compaction_result_key(request_id)], timeout=min(_WAIT_SLICE_SECONDS, max(remaining, 0.1)))
+        if popped is not None:
+            return json.loads(popped[1])
+    return None
+
+
+async def compaction_outcome_await(request_id: str) -> dict | None:
+    """compaction_outcome_wait without holding a thread, for the WebSocket."""
+    deadline = time.monotonic() + COMPACT_WAIT_SECONDS
+    while (remaining := deadline - time.monotonic()) > 0:
+        popped = await async_redis().blpop([compaction_result_key(request_id)], timeout=min(_WAIT_SLICE_SECONDS, max(remaining, 0.1)))
+        if popped is not None:
+            return json.loads(popped[1])
+    return None
 
 
 def compaction_request(*, session: AgentSession) -> str:
