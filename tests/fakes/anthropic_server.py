@@ -25,20 +25,20 @@ concurrent streams cheap.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import json
 import math
 import random
 import re
-import signal
 import string
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.serving import serve_main
 
 MAX_RECORDED_REQUESTS = 1000
 RECORDED_HEADERS = ("x-api-key", "authorization", "anthropic-version", "content-type")
@@ -227,12 +227,13 @@ def _scan_tool_value(text: str, start: int) -> tuple[str, int]:
     return text[start:pos], pos + 2
 
 
-def parse_directives(text: str) -> tuple[str, list[tuple[str, str | None]]]:
-    """Strip directives from text; return (remaining text, [(key, value-or-None)])."""
+def parse_directives(text: str, start: re.Pattern = _DIRECTIVE_START) -> tuple[str, list[tuple[str, str | None]]]:
+    """Strip directives from text; return (remaining text, [(key, value-or-None)]). `start` matches the
+    directives a fake knows (tests/fakes/openai_server.py knows a few of its own)."""
     directives: list[tuple[str, str | None]] = []
     kept: list[str] = []
     pos = 0
-    while (m := _DIRECTIVE_START.search(text, pos)) is not None:
+    while (m := start.search(text, pos)) is not None:
         key, sep = m.group(1), m.group(2)
         if sep == "]]":
             value, end = None, m.end()
@@ -610,30 +611,8 @@ def make_app() -> web.Application:
     return app
 
 
-async def _serve(host: str, port: int) -> None:
-    # access_log=None: per-request logging would dominate the cost of tiny requests.
-    runner = web.AppRunner(make_app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
-    await site.start()
-    print(f"LISTENING {runner.addresses[0][1]}", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Fake Anthropic Messages API server")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args()
-    asyncio.run(_serve(args.host, args.port))
+    serve_main(make_app, "Fake Anthropic Messages API server", backlog=2048)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,6 @@ Use ``make_app()`` to mount it in-process instead.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import copy
@@ -71,13 +70,14 @@ import datetime
 import json
 import re
 import secrets
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import WSMsgType, web
+
+from tests.fakes.serving import serve_main
 
 HEARTBEAT_ACK_DELAY_SECONDS = 0.05
 
@@ -1324,29 +1324,8 @@ def make_app() -> web.Application:
     return app
 
 
-async def _serve(host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    print(f"LISTENING {runner.addresses[0][1]}", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Fake Discord REST API and gateway")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args()
-    asyncio.run(_serve(args.host, args.port))
+    serve_main(make_app, "Fake Discord REST API and gateway")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,11 @@ Run with ``python -m tests.fakes.openai_server [--host H] [--port P]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import json
 import math
 import re
-import signal
 import time
 from typing import Any
 
@@ -37,10 +35,11 @@ from aiohttp import web
 
 from tests.fakes.anthropic_server import (
     _random_id,
-    _scan_tool_value,
     _Script,
     _split_text,
+    parse_directives,
 )
+from tests.fakes.serving import serve_main
 
 MAX_RECORDED_REQUESTS = 1000
 RECORDED_HEADERS = ("authorization", "content-type")
@@ -71,33 +70,6 @@ def _error(status: int, message: str | None = None, *, param: str | None = None,
     body = {"error": {"message": message or default_message, "type": error_type, "param": param,
                       "code": code or default_code}}
     return web.json_response(body, status=status, headers={"x-request-id": _random_id("req_")})
-
-
-def parse_directives(text: str) -> tuple[str, list[tuple[str, str | None]]]:
-    """Strip directives from text; return (remaining text, [(key, value-or-None)])."""
-    directives: list[tuple[str, str | None]] = []
-    kept: list[str] = []
-    pos = 0
-    while (m := _DIRECTIVE_START.search(text, pos)) is not None:
-        key, sep = m.group(1), m.group(2)
-        if sep == "]]":
-            value, end = None, m.end()
-        elif key in ("tool", "tool_loop"):
-            value, end = _scan_tool_value(text, m.end())
-        else:
-            close = text.find("]]", m.end())
-            if close < 0:
-                break
-            value, end = text[m.end():close], close + 2
-        directives.append((key, value))
-        kept.append(text[pos:m.start()])
-        while end < len(text) and text[end] in " \t":
-            end += 1
-        pos = end
-    if not directives:
-        return text, directives
-    kept.append(text[pos:])
-    return "".join(kept).strip(), directives
 
 
 def _text(content: Any) -> str:
@@ -248,13 +220,13 @@ class FakeOpenAIServer:
         looping = []
         for message in messages:
             if message["role"] == "user":
-                _, directives = parse_directives(_text(message.get("content")))
+                _, directives = parse_directives(_text(message.get("content")), _DIRECTIVE_START)
                 looping += [d for d in directives if d[0] == "tool_loop"]
         if trailing_tools:
             script = _Script.from_directives(looping)
             return script, "", trailing_tools, False
         last = next((m for m in reversed(messages) if m["role"] == "user"), None)
-        echo, directives = parse_directives(_text(last.get("content")) if last else "")
+        echo, directives = parse_directives(_text(last.get("content")) if last else "", _DIRECTIVE_START)
         usage_off = ("usage", "off") in directives
         script = _Script.from_directives([d for d in directives if d[0] != "usage"])
         if not script.tools:
@@ -343,28 +315,8 @@ def make_app() -> web.Application:
     return app
 
 
-async def _serve(host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
-    await site.start()
-    print(f"LISTENING {runner.addresses[0][1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible Chat Completions server")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args()
-    asyncio.run(_serve(args.host, args.port))
+    serve_main(make_app, "Fake OpenAI-compatible Chat Completions server", backlog=2048)
 
 
 if __name__ == "__main__":
