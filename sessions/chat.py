@@ -1,9 +1,16 @@
 """Turning an OpenAI chat-completions request into a run on an agent session.
 
-Sessions: with `user` (or the X-Session-Key header) the conversation is the persistent session
-`agent:<agent>:<name>`, whose transcript lives in Postgres, so only the request's last user message is
-new input (clients resend the whole history; the server already has it). Without one, the request's
-messages seed a fresh ephemeral session that is closed once its run ends.
+Sessions (the response's X-Session-History header says which case applied, docs/openai.md):
+- with `user` (or the X-Session-Key header) the conversation is the persistent session
+  `agent:<agent>:<name>`. When it is new (no transcript yet) the request's earlier messages seed it
+  (`seeded`); when it exists, its transcript in Postgres is authoritative and only the request's new input
+  is taken (`server`): the last user message and the results of the client's tool calls;
+- without one, or with `X-Session-Mode: stateless`, the request's messages seed a fresh ephemeral session
+  that is closed once its run ends (`request`); a stateless session's key starts with the persistent one,
+  for auditing;
+- a request that answers client tool calls (`role: "tool"` messages) of an ephemeral session's run that
+  is still waiting for them continues that session, so the results of the agent's own tools from that step
+  are not lost.
 """
 
 import json
@@ -13,18 +20,27 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from beamclaw_project.errors import InvalidInput
+from beamclaw_project.errors import InvalidInput, NotFound
+from sessions.client_tools import (
+    agent_tool_names,
+    client_tools_check_clash,
+    client_tools_parse,
+    tool_choice_parse,
+    tool_result_block,
+    tool_use_blocks,
+)
 from sessions.content import content_parse
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
-from sessions.models import AgentSession, Message, Run
+from sessions.models import AgentSession, Run, ToolCall
 from sessions.providers.base import SAMPLING_PARAMS
 from sessions.providers.chain import chain_providers
 from sessions.providers.registry import provider_sampling
-from sessions.runs import run_submit
+from sessions.runs import response_format_parse, run_submit, transcript_seed_if_empty
 from sessions.services import SessionConflict, SessionKeyInvalid, session_get_or_create, session_key_normalize
 from tenants.models import Agent, Tenant
 
-ROLES = {"system", "developer", "user", "assistant"}
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+SESSION_MODES = ("persistent", "stateless")
 
 
 class ChatRequestError(InvalidInput):
@@ -45,6 +61,26 @@ class ChatRequest:
     queue_mode: str | None = None
     include_usage: bool = False
     body: dict = field(default_factory=dict)  # as sent: what makes a repeated request the same request
+    # The results the client brings for tool calls it was handed (tool_call_id -> tool_result block), from
+    # the `tool` messages after the last assistant message. `turns` holds them too, as the last user turn.
+    tool_results: dict[str, dict] = field(default_factory=dict)
+    stateless: bool = False
+    # Continue the session of this run (the Responses API's previous_response_id).
+    continue_run_id: str | None = None
+    continue_param: str = "previous_response_id"
+    # Without a session name: keep the new session for later requests (the Responses API, where any
+    # response may be continued) rather than closing it after its run.
+    keep_session: bool = False
+
+    @property
+    def new_input(self) -> list[dict]:
+        """What the request adds to a persistent session: its last turn without the tool results (the
+        engine pairs those with the calls it is waiting for)."""
+        return [b for b in self.turns[-1][1] if b.get("type") != "tool_result"]
+
+    @property
+    def history(self) -> list[tuple[str, list[dict]]]:
+        return self.turns[:-1]
 
 
 def _text_of(blocks: list[dict]) -> str:
@@ -68,7 +104,24 @@ _NEUTRAL_ONLY = {
     "logprobs": False,
     "top_logprobs": 0,
 }
-_UNSUPPORTED = ("logit_bias", "prediction", "audio", "modalities")
+_UNSUPPORTED = {
+    "logit_bias": "leave it out",
+    "prediction": "leave it out",
+    "audio": "leave it out",
+    "modalities": "leave it out (text is the only output)",
+    "web_search_options": "give the agent the web_fetch tool instead",
+    "verbosity": "leave it out",
+    "functions": "use tools (the deprecated functions/function_call are not served)",
+    "function_call": "use tool_choice (the deprecated functions/function_call are not served)",
+}
+# Accepted without effect on the reply: hints for OpenAI's own service (stored completions, caching,
+# abuse monitoring). The gateway always keeps the transcript (`store`).
+_ACCEPTED_HINTS = ("store", "metadata", "service_tier", "safety_identifier", "prompt_cache_key")
+_KNOWN = {
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "stop", "seed", "presence_penalty", "frequency_penalty", "reasoning_effort", "n", "logprobs", "top_logprobs",
+    "tools", "tool_choice", "parallel_tool_calls", "response_format", "user", *_ACCEPTED_HINTS,
+}
 # Parameters only some providers take (Provider.sampling): checked against the agent's providers once the
 # agent is known (sampling_check_providers). Their neutral value is accepted anywhere and not passed on.
 _PROVIDER_NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0}
@@ -120,9 +173,13 @@ def _sampling_params(body: dict) -> dict:
                 f"{name}={json.dumps(value)[:40]} is not supported by this gateway; leave it out or send {json.dumps(neutral)}.",
                 name,
             )
-    for name in _UNSUPPORTED:
+    for name, advice in _UNSUPPORTED.items():
         if body.get(name) is not None:
-            raise ChatRequestError(f"{name} is not supported by this gateway; leave it out.", name)
+            raise ChatRequestError(f"{name} is not supported by this gateway; {advice}.", name)
+    unknown = sorted(name for name in body if name not in _KNOWN and name not in _UNSUPPORTED)
+    if unknown:
+        # OpenAI answers an unknown argument with a 400 too: dropping it would hide a client's mistake.
+        raise ChatRequestError(f"Unrecognized request argument supplied: {', '.join(unknown)}.", unknown[0])
     return params
 
 
@@ -152,7 +209,8 @@ def sampling_check_providers(*, agent: Agent, params: dict) -> None:
                 )
 
 
-def parse_chat_request(body, *, session_header: str | None, queue_mode_header: str | None = None) -> ChatRequest:
+def parse_chat_request(body, *, session_header: str | None, queue_mode_header: str | None = None,
+                       session_mode_header: str | None = None) -> ChatRequest:
     if not isinstance(body, dict):
         raise ChatRequestError("The request body must be a JSON object.")
     model = body.get("model")
@@ -167,26 +225,18 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
     if not isinstance(stream, bool):
         raise ChatRequestError("stream must be a boolean.", "stream")
 
-    system_parts: list[str] = []
-    turns: list[tuple[str, list[dict]]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise ChatRequestError(f"{where} must be an object with 'role' and 'content'.", where)
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise ChatRequestError(f"{where}.role must be one of {', '.join(sorted(ROLES))}.", f"{where}.role")
-        blocks = content_parse(message.get("content"), where=f"{where}.content", allow_empty=True)
-        if role in ("system", "developer"):
-            system_parts.append(_text_of(blocks))
-        else:
-            turns.append((role, blocks))
-    if not turns or turns[-1][0] != "user":
-        raise ChatRequestError("The last non-system message must have role 'user'.", "messages")
-    if not turns[-1][1]:
-        raise ChatRequestError("The last user message has no content.", "messages")
-
+    system_parts, turns, tool_results = _conversation(messages)
     params = _sampling_params(body)
+    response_format = response_format_parse(body.get("response_format"))
+    if response_format is not None:
+        params["response_format"] = response_format
+    client_tools = client_tools_parse(body.get("tools"))
+    if client_tools:
+        params["client_tools"] = client_tools
+    # A forced tool may be the client's or the agent's: checked once the agent is known (client_tools_check).
+    tool_choice = tool_choice_parse(body.get("tool_choice"), parallel=body.get("parallel_tool_calls"))
+    if tool_choice is not None:
+        params["tool_choice"] = tool_choice
     system = "\n\n".join(p for p in system_parts if p)
     if system:
         params["system"] = system
@@ -212,6 +262,8 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
         raise ChatRequestError(
             f"X-Queue-Mode must be one of {', '.join(AgentSession.QueueMode.values)}.", "X-Queue-Mode"
         )
+    if session_mode_header is not None and session_mode_header not in SESSION_MODES:
+        raise ChatRequestError(f"X-Session-Mode must be one of {', '.join(SESSION_MODES)}.", "X-Session-Mode")
 
     return ChatRequest(
         queue_mode=queue_mode_header,
@@ -223,23 +275,94 @@ def parse_chat_request(body, *, session_header: str | None, queue_mode_header: s
         params=params,
         include_usage=bool((stream_options or {}).get("include_usage")),
         body=body,
+        tool_results=tool_results,
+        stateless=session_mode_header == "stateless",
     )
 
 
-def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]]) -> AgentSession:
+def _conversation(messages: list) -> tuple[list[str], list[tuple[str, list[dict]]], dict[str, dict]]:
+    """The request's messages as (system texts, alternating turns of Messages API blocks, the results of the
+    last assistant message's tool calls). An assistant message's `tool_calls` become tool_use blocks and
+    each `tool` message a tool_result block at the start of the next user turn; every call must be answered
+    before the conversation goes on, as OpenAI requires."""
+    system_parts: list[str] = []
+    turns: list[tuple[str, list[dict]]] = []
+    asked: dict[str, str] = {}  # the open calls of the last assistant message: id -> where it was made
+    answered: dict[str, dict] = {}
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise ChatRequestError(f"{where} must be an object with 'role' and 'content'.", where)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise ChatRequestError(f"{where}.role must be one of {', '.join(sorted(ROLES))}.", f"{where}.role")
+        blocks = content_parse(message.get("content"), where=f"{where}.content", allow_empty=True)
+        if role in ("system", "developer"):
+            system_parts.append(_text_of(blocks))
+            continue
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            result = tool_result_block(call_id, blocks, where=f"{where}.tool_call_id")
+            if call_id not in asked:
+                raise ChatRequestError(
+                    f"{where}.tool_call_id {call_id!r} answers no tool call of the assistant message before it"
+                    + (" (or answers it twice)." if call_id in answered else "."), f"{where}.tool_call_id",
+                )
+            del asked[call_id]
+            answered[call_id] = result
+            _turn_add(turns, "user", [result])
+            continue
+        if asked:
+            call_id, made_at = next(iter(asked.items()))
+            raise ChatRequestError(
+                f"{made_at} (id {call_id!r}) has no `tool` message answering it before {where}; send each call's "
+                "result as a tool message right after the assistant message.", "messages",
+            )
+        if role == "assistant":
+            calls = message.get("tool_calls")
+            if calls:
+                tool_uses = tool_use_blocks(calls, where=f"{where}.tool_calls")
+                blocks = blocks + tool_uses
+                asked = {block["id"]: f"{where}.tool_calls[{n}]" for n, block in enumerate(tool_uses)}
+            answered = {}
+        _turn_add(turns, role, blocks)
+    if not turns or turns[-1][0] != "user":
+        raise ChatRequestError("The last non-system message must have role 'user' or 'tool'.", "messages")
+    if asked:
+        call_id, made_at = next(iter(asked.items()))
+        raise ChatRequestError(f"{made_at} (id {call_id!r}) has no `tool` message answering it.", "messages")
+    if not turns[-1][1]:
+        raise ChatRequestError("The last user message has no content.", "messages")
+    return system_parts, turns, answered
+
+
+def _turn_add(turns: list[tuple[str, list[dict]]], role: str, blocks: list[dict]) -> None:
+    """Consecutive messages of one role make one turn (a tool message's result and the user's next words)."""
+    if turns and turns[-1][0] == role:
+        turns[-1] = (role, turns[-1][1] + blocks)
+    else:
+        turns.append((role, blocks))
+
+
+def _new_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]], *,
+                 key_prefix: str | None = None, ephemeral: bool = True) -> AgentSession:
+    """A session of the request's own messages: ephemeral (closed after its run) unless it is kept."""
+    name = "api" if ephemeral else "conv"
     session = AgentSession.objects.create(
         tenant=tenant,
         agent=agent,
-        key=f"agent:{agent.slug}:api-{secrets.token_hex(8)}",
-        ephemeral=True,
-        next_seq=len(history) + 1,
+        key=f"{key_prefix or f'agent:{agent.slug}'}:{name}-{secrets.token_hex(8)}",
+        ephemeral=ephemeral,
     )
     if history:
-        Message.objects.bulk_create(
-            Message(session=session, seq=i, role=role, content=blocks)
-            for i, (role, blocks) in enumerate(history, start=1)
-        )
+        transcript_seed_if_empty(session_id=session.pk, turns=history)
     return session
+
+
+# X-Session-History: where the conversation the model sees came from (docs/openai.md).
+HISTORY_SEEDED = "seeded"  # a new persistent session, started from the request's earlier messages
+HISTORY_SERVER = "server"  # an existing session: its stored transcript; the request's earlier messages unused
+HISTORY_REQUEST = "request"  # an ephemeral session made of the request's messages
 
 
 @dataclass
@@ -247,23 +370,48 @@ class ChatStarted:
     run: Run
     completion_id: str
     created: int
+    history: str = HISTORY_REQUEST
+    session_key: str = ""
+
+    def __post_init__(self):
+        # Read here, in the request's database thread: an async edge may not load it later.
+        self.session_key = self.run.session.key
 
 
-def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest, idempotency_key: str | None = None) -> ChatStarted:
-    """Create or find the session, then submit the last user message as a run. With an idempotency key,
+def client_tools_check(*, agent: Agent, params: dict, param: str = "tools") -> None:
+    """What needs the agent: no client tool named like one of its own, and a forced tool that exists."""
+    client_tools = params.get("client_tools", ())
+    client_tools_check_clash(agent, client_tools, param=param)
+    choice = params.get("tool_choice") or {}
+    names = agent_tool_names(agent) | {tool["name"] for tool in client_tools}
+    if choice.get("type") == "tool" and choice["name"] not in names:
+        raise ChatRequestError(
+            f"tool_choice names the function {choice['name']!r}, which is not among the tools offered "
+            f"({', '.join(sorted(names)) or 'none'}).", "tool_choice",
+        )
+    if choice.get("type") == "any" and not names:
+        raise ChatRequestError("tool_choice is 'required' but no tools are offered.", "tool_choice")
+
+
+def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest, idempotency_key: str | None = None,
+               endpoint: str = "chat.completions") -> ChatStarted:
+    """Create or find the session, then submit the request's new input as a run. With an idempotency key,
     a repeat of the same request returns the first one's run (and completion id) instead."""
     sampling_check_providers(agent=agent, params=request.params)
+    client_tools_check(agent=agent, params=request.params)
     if idempotency_key is None:
-        return ChatStarted(run=_start(tenant, agent, request), completion_id=_completion_id(), created=int(time.time()))
+        return _start(tenant, agent, request)
     with transaction.atomic():
         claim = idempotency_claim(
-            tenant_id=tenant.pk, endpoint="chat.completions", key=idempotency_key,
+            tenant_id=tenant.pk, endpoint=endpoint, key=idempotency_key,
             fingerprint=request_fingerprint(request.body, request.session_name, request.queue_mode),
         )
         if claim.replay:
             return ChatStarted(run=claim.record.run, **claim.record.response)
-        started = ChatStarted(run=_start(tenant, agent, request), completion_id=_completion_id(), created=int(time.time()))
-        idempotency_record(claim, run=started.run, response={"completion_id": started.completion_id, "created": started.created})
+        started = _start(tenant, agent, request)
+        idempotency_record(claim, run=started.run, response={
+            "completion_id": started.completion_id, "created": started.created, "history": started.history,
+        })
         return started
 
 
@@ -271,23 +419,68 @@ def _completion_id() -> str:
     return f"chatcmpl-{secrets.token_hex(12)}"
 
 
-def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> Run:
-    if request.session_name:
+def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> ChatStarted:
+    session = _session_continued(tenant, agent, request)
+    if session is not None:
+        history = HISTORY_SERVER
+        run = _submit(session, request, content=request.new_input, tool_results=request.tool_results)
+    elif request.session_name and not request.stateless:
         try:
             session = session_get_or_create(tenant=tenant, agent=agent, key=request.session_name)
         except (SessionKeyInvalid, SessionConflict) as exc:
             raise ChatRequestError(str(exc), "user")
-        return _submit(session, request)
-    # One transaction, so one commit (a WAL flush) on the way to the first token.
-    with transaction.atomic():
-        return _submit(_ephemeral_session(tenant, agent, request.turns[:-1]), request)
+        with transaction.atomic():
+            if transcript_seed_if_empty(session_id=session.pk, turns=request.history):
+                history = HISTORY_SEEDED
+                run = _submit(session, request, content=request.turns[-1][1])
+            else:
+                history = HISTORY_SERVER
+                run = _submit(session, request, content=request.new_input, tool_results=request.tool_results)
+    else:
+        history = HISTORY_REQUEST
+        key_prefix = None
+        if request.session_name:
+            key_prefix = session_key_normalize(agent=agent, key=request.session_name) + ":stateless"
+        # One transaction, so one commit (a WAL flush) on the way to the first token.
+        with transaction.atomic():
+            session = _new_session(tenant, agent, request.history, key_prefix=key_prefix,
+                                   ephemeral=not request.keep_session)
+            run = _submit(session, request, content=request.turns[-1][1])
+    return ChatStarted(run=run, completion_id=_completion_id(), created=int(time.time()), history=history)
 
 
-def _submit(session: AgentSession, request: ChatRequest) -> Run:
+def _session_continued(tenant: Tenant, agent: Agent, request: ChatRequest) -> AgentSession | None:
+    """The session a request continues without naming it: the one of `continue_run_id` (Responses API), or
+    the ephemeral session whose run handed out the tool calls the request answers."""
+    if request.continue_run_id is not None:
+        run = Run.objects.select_related("session").filter(tenant=tenant, pk=request.continue_run_id).first()
+        if run is None:
+            raise NotFound(f"{request.continue_param} {request.continue_run_id!r} was not found.",
+                           field=request.continue_param)
+        session = run.session
+    elif request.tool_results and not request.session_name:
+        call = (ToolCall.objects.select_related("run__session")
+                .filter(run__tenant=tenant, status=ToolCall.Status.AWAITING_CLIENT,
+                        tool_use_id__in=list(request.tool_results)).first())
+        if call is None:
+            return None  # not ours, or answered already: the request's own history stands
+        session = call.run.session
+    else:
+        return None
+    if session.agent_id != agent.pk:
+        raise ChatRequestError(
+            f"That conversation is with agent '{session.agent.slug}', not '{agent.slug}'; send model "
+            f"'{session.agent.slug}'.", "model",
+        )
+    return session
+
+
+def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict], tool_results=None) -> Run:
     return run_submit(
         session=session,
-        content=request.turns[-1][1],
+        content=content,
         trigger=Run.Trigger.OPENAI,
         params=request.params,
         mode=request.queue_mode,
+        tool_results=tool_results or None,
     )

@@ -161,6 +161,9 @@ class ToolCall(models.Model):
         PENDING = "pending"
         AWAITING_APPROVAL = "awaiting_approval"
         RUNNING = "running"
+        # A call of one of the client's own tools: handed to the client when the run ended, settled by the
+        # result the client's next request brings (sessions/runs/client_calls.py).
+        AWAITING_CLIENT = "awaiting_client"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         DENIED = "denied"
@@ -180,6 +183,9 @@ class ToolCall(models.Model):
     class Meta:
         ordering = ["run", "step", "id"]
         constraints = [models.UniqueConstraint(fields=["run", "tool_use_id"], name="toolcall_unique_use_id")]
+        # A request answering client calls finds them by id (sessions/chat.py): only the waiting ones.
+        indexes = [models.Index(fields=["tool_use_id"], condition=Q(status="awaiting_client"),
+                                name="toolcall_awaiting_client")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.status})"

@@ -1,5 +1,8 @@
 """OpenAI-compatible edge: GET /v1/models, POST /v1/chat/completions (stream true and false).
 
+What a request may say and how each field is honoured: docs/openai.md. The response's X-Session-History
+header says where the conversation came from (sessions/chat.py), X-Session-Key which session holds it.
+
 Plain async Django views rather than DRF: the streaming path must not tie up a thread per client, and
 the error shape is OpenAI's, not DRF's. The services' refusals (beamclaw_project/errors.py) take that shape
 in one place, `domain_error_response`.
@@ -18,6 +21,7 @@ from beamclaw_project.errors import DomainError, InvalidInput, LimitExceeded
 from beamclaw_project.infra.draining import drain_expired
 from sessions import events
 from sessions.chat import chat_start, parse_chat_request
+from sessions.client_tools import openai_tool_calls
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
 from sessions.run_stream import follow_run
 from sessions.runs import SessionClosed
@@ -153,6 +157,7 @@ def _parse_chat(request):
             body,
             session_header=request.headers.get("X-Session-Key"),
             queue_mode_header=request.headers.get("X-Queue-Mode"),
+            session_mode_header=request.headers.get("X-Session-Mode"),
         ), None
     except DomainError as exc:
         return None, domain_error_response(exc)
@@ -197,19 +202,33 @@ async def chat_completions(request):
         return outcome
     run, completion_id, created = outcome.run, outcome.completion_id, outcome.created
     if chat.stream:
+        # In JSON mode the reply is checked (and maybe repaired) before the client may see it: it comes
+        # whole, from the terminal event, instead of as the model writes it.
         response = StreamingHttpResponse(
-            _stream_chunks(run.pk, completion_id, created, chat.model, chat.include_usage),
+            _stream_chunks(run.pk, completion_id, created, chat.model, chat.include_usage,
+                           hold_text="response_format" in chat.params),
             content_type="text/event-stream",
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
-        response["X-Run-Id"] = str(run.pk)
-        response["X-Session-Id"] = str(run.session_id)
-        return response
-    return await _complete(run.pk, run.session_id, completion_id, created, chat.model)
+    else:
+        response = await _complete(run.pk, completion_id, created, chat.model)
+    response["X-Run-Id"] = str(run.pk)
+    response["X-Session-Id"] = str(run.session_id)
+    response["X-Session-Key"] = outcome.session_key
+    response["X-Session-History"] = outcome.history
+    return response
 
 
-async def _complete(run_id, session_id, completion_id: str, created: int, model: str):
+def _reply_message(payload: dict) -> dict:
+    """The assistant message of a finished run, with the calls it hands to the client as `tool_calls`."""
+    calls = payload.get("tool_calls")
+    if not calls:
+        return {"role": "assistant", "content": payload.get("text", "")}
+    return {"role": "assistant", "content": payload.get("text") or None, "tool_calls": openai_tool_calls(calls)}
+
+
+async def _complete(run_id, completion_id: str, created: int, model: str):
     try:
         async for event in follow_run(run_id):
             if drain_expired():
@@ -228,8 +247,7 @@ async def _complete(run_id, session_id, completion_id: str, created: int, model:
                 )
             if event.event == events.RUN_ABORTED:
                 return openai_error(409, f"The run was aborted: {payload.get('error')}", type="run_aborted", code="aborted")
-            usage = payload.get("usage", {})
-            response = JsonResponse(
+            return JsonResponse(
                 {
                     "id": completion_id,
                     "object": "chat.completion",
@@ -238,16 +256,13 @@ async def _complete(run_id, session_id, completion_id: str, created: int, model:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": payload.get("text", "")},
+                            "message": _reply_message(payload),
                             "finish_reason": FINISH_REASONS.get(payload.get("stop_reason"), "stop"),
                         }
                     ],
-                    "usage": _usage(usage),
+                    "usage": _usage(payload.get("usage", {})),
                 }
             )
-            response["X-Run-Id"] = str(run_id)
-            response["X-Session-Id"] = str(session_id)
-            return response
     except TimeoutError as exc:
         return openai_error(504, f"{exc}; the run continues, see its status in the admin.", type="timeout", code="timeout")
 
@@ -258,7 +273,20 @@ def _usage(usage: dict) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _stream_chunks(run_id, completion_id: str, created: int, model: str, include_usage: bool):
+def _tool_call_deltas(calls: list[dict]) -> list[dict]:
+    """The client's tool calls as OpenAI streams them: per call, its index, id and name first, then its
+    arguments (in one fragment: the run hands calls out whole, once the step's own tools have run)."""
+    deltas = []
+    for index, call in enumerate(openai_tool_calls(calls)):
+        function = call["function"]
+        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                       "function": {"name": function["name"], "arguments": ""}}]})
+        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": function["arguments"]}}]})
+    return deltas
+
+
+async def _stream_chunks(run_id, completion_id: str, created: int, model: str, include_usage: bool,
+                         hold_text: bool = False):
     def chunk(delta: dict, finish_reason=None) -> dict:
         return {
             "id": completion_id,
@@ -279,9 +307,14 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
             if event is None:
                 yield b": keep-alive\n\n"
             elif event.event == events.TEXT_DELTA:
-                yield _sse(chunk({"content": event.payload["text"]}))
+                if not hold_text:
+                    yield _sse(chunk({"content": event.payload["text"]}))
             elif event.event == events.RUN_COMPLETED:
                 payload = event.payload
+                if hold_text and payload.get("text"):
+                    yield _sse(chunk({"content": payload["text"]}))
+                for delta in _tool_call_deltas(payload.get("tool_calls") or []):
+                    yield _sse(chunk(delta))
                 yield _sse(chunk({}, FINISH_REASONS.get(payload.get("stop_reason"), "stop")))
                 if include_usage:
                     yield _sse({**chunk({}), "choices": [], "usage": _usage(payload.get("usage", {}))})

@@ -137,6 +137,8 @@ class AnthropicProvider:
             kwargs["extra_body"] = sampling
         if request.tools:
             kwargs["tools"] = list(request.tools)
+            if request.tool_choice:
+                kwargs["tool_choice"] = dict(request.tool_choice)
 
         blocks: list[dict] = []
         partial_json: dict[int, list[str]] = {}

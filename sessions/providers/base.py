@@ -6,7 +6,9 @@ to the same thing:
 - `CompletionRequest.messages` is the transcript as Messages API turns, `{"role": "user"|"assistant",
   "content": [block, ...]}`, roles alternating and the first turn the user's; blocks are Messages API
   content blocks (`text`, `image`, `tool_use`, `tool_result`, ...). `system` is plain text, `tools` are
-  Messages API tool definitions (`name`, `description`, `input_schema`).
+  Messages API tool definitions (`name`, `description`, `input_schema`), and `tool_choice` is the Messages
+  API's too (`{"type": "auto"|"any"|"tool"|"none", "name"?, "disable_parallel_tool_use"?}`; None: the
+  provider's default, auto).
 - `Completion.content` is the reply in the same blocks (what is stored in the transcript and what the
   tool loop reads `tool_use` from), and `Completion.stop_reason` is one of Anthropic's: "end_turn",
   "tool_use", "max_tokens", "stop_sequence" (None when the stream ended without one).
@@ -81,6 +83,7 @@ class CompletionRequest:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     tools: tuple[dict, ...] = ()
+    tool_choice: dict | None = None
     base_url: str = ""
     api_key: str = field(default="", repr=False)
 

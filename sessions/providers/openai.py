@@ -169,6 +169,22 @@ def _request_kwargs(request: CompletionRequest, base_url: str) -> dict:
         kwargs["reasoning_effort"] = request.effort
     if request.tools:
         kwargs["tools"] = chat_tools(request.tools)
+        kwargs.update(_tool_choice(request.tool_choice))
+    return kwargs
+
+
+def _tool_choice(choice: dict | None) -> dict:
+    """The Messages API's tool_choice as Chat Completions' tool_choice and parallel_tool_calls."""
+    if not choice:
+        return {}
+    kind = choice.get("type")
+    kwargs: dict = {}
+    if kind == "tool":
+        kwargs["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    elif kind in ("any", "none", "auto"):
+        kwargs["tool_choice"] = {"any": "required"}.get(kind, kind)
+    if choice.get("disable_parallel_tool_use"):
+        kwargs["parallel_tool_calls"] = False
     return kwargs
 
 

@@ -8,8 +8,10 @@ every bit of state, Redis only the live event stream and the leases.
     step.py         one step: ask the provider, stream, then end the run or go to the tool phase
     tool_phase.py   a reply's tool calls, from the tool_use blocks to the next step
     tool_calls.py   tool results in the transcript; open calls of a run that ends
+    client_calls.py calls of the client's own tools: handed out as the run ends, answered by its next turn
     housekeeping.py the reaper of steps whose worker died (tool calls: tool_phase.tool_calls_reap)
     budget.py       the tenant's daily token budget
+    json_mode.py    response_format: the reply held to JSON (a schema), one repair, then a clear error
     compaction.py   summarizing older turns when the context nears the agent's budget (context.py: what
                     the model sees)
     kernel.py       run lock, transcript append, step enqueue, abort flag, run lease
@@ -26,9 +28,10 @@ from sessions.runs.compaction import (
     compaction_request,
     compaction_run_requested,
 )
+from sessions.runs.json_mode import response_format_parse
 from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, run_abort, terminal_event_from_db
 from sessions.runs.step import run_step
-from sessions.runs.submit import SessionClosed, run_submit
+from sessions.runs.submit import SessionClosed, run_submit, transcript_seed_if_empty
 
 __all__ = [
     "COMPACT_TASK",
@@ -39,8 +42,10 @@ __all__ = [
     "compaction_run_requested",
     "RUN_FAILED_UNANSWERED",
     "SessionClosed",
+    "response_format_parse",
     "run_abort",
     "run_step",
     "run_submit",
     "terminal_event_from_db",
+    "transcript_seed_if_empty",
 ]

@@ -13,6 +13,7 @@ from django.utils import timezone
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import notify_session
+from sessions.runs.client_calls import client_calls_of, client_results_take_locked
 from sessions.runs.kernel import abort_flag_set, run_mark_queued, session_lock, step_enqueue, transcript_append
 from sessions.runs.tool_calls import open_calls_settle_locked
 from sessions.signals import run_finished
@@ -76,7 +77,9 @@ def run_start_locked(session: AgentSession, run: Run) -> Run:
         run.save()
     else:
         run.save(update_fields=["status", "started_at", "step"])
-    transcript_append(session, role=Message.Role.USER, content=run.input, run=run)
+    # Results for tool calls the client was handed go first, as the Messages API wants (client_calls.py).
+    content = [*client_results_take_locked(session, run), *run.input]
+    transcript_append(session, role=Message.Role.USER, content=content, run=run)
     tenant_slug = session.tenant.slug
     run_id = run.pk
     # Marked before commit: from the moment the run is visibly `running`, the reaper must not take it
@@ -167,7 +170,8 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
         tenant_fill_slots(tenant_id=tenant_id)
 
     transaction.on_commit(announce)
-    if session.ephemeral:
+    if session.ephemeral and not (payload or {}).get("tool_calls"):
+        # (A run that handed tool calls to the client leaves its session open for the client's results.)
         session.status = AgentSession.Status.CLOSED
         session.save(update_fields=["status", "updated_at"])
     session_advance_locked(session)
@@ -209,4 +213,7 @@ def terminal_event_from_db(run: Run) -> events.RunEvent | None:
                 text=reply.text,
                 step=reply.step,
             )
+            client_calls = client_calls_of(run, reply.step)
+            if client_calls:
+                payload.update(tool_calls=client_calls, stop_reason="tool_use")
     return events.RunEvent(seq=0, event=TERMINAL_EVENT[run.status], payload=payload)

@@ -216,7 +216,8 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
         messages=model_context(run.session_id),
         max_tokens=min(int(run.params.get("max_tokens") or agent.max_tokens), agent.max_tokens),
         **request_sampling(run.params),
-        tools=tool_phase.offered_tools(agent, run.session),
+        tools=tool_phase.offered_tools(agent, run.session, run.params),
+        tool_choice=tool_phase.tool_choice_for(run.params, step),
     )
     # Streaming takes seconds; give the Postgres connection back to the pool meanwhile.
     close_old_connections()

@@ -3,8 +3,9 @@
 from django.db import transaction
 
 from beamclaw_project.errors import Conflict
-from sessions.models import AgentSession, Run
+from sessions.models import AgentSession, Message, Run
 from sessions.runs.budget import check_token_budget
+from sessions.runs.client_calls import client_results_check_locked
 from sessions.runs.kernel import session_lock
 from sessions.runs.lifecycle import (
     run_abort_locked,
@@ -26,6 +27,7 @@ def run_submit(
     trigger: str,
     params: dict | None = None,
     mode: str | None = None,
+    tool_results: dict[str, dict] | None = None,
 ) -> Run:
     """Take a user turn for a session and return the run that will answer it.
 
@@ -33,14 +35,21 @@ def run_submit(
     overrides it): `followup` queues a run; `collect` folds it into the run already waiting, if any;
     `steer` queues a run that the active run absorbs at its next step boundary (else it runs next);
     `interrupt` aborts the active run and anything waiting, then runs this message.
+    `tool_results` (tool_call_id -> tool_result block) answer the calls the session's last run handed to the
+    client; they must answer exactly those (client_calls.py), and start the run's user message.
     Raises LimitExceeded when the tenant's daily token budget is used up, SessionClosed for a closed session.
     """
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode
     with transaction.atomic():
         locked = session_lock(session.pk)
+        if tool_results and locked.ephemeral and locked.status == AgentSession.Status.CLOSED:
+            raise SessionClosed(f"Session {locked.key} is closed: its tool calls were answered already.")
         if locked.status == AgentSession.Status.CLOSED:
             raise SessionClosed(f"Session {locked.key} is closed.")
+        if tool_results:
+            client_results_check_locked(locked, tool_results)
+            params = {**(params or {}), "tool_results": tool_results}
         # Workers change a session's runs only under the session lock held here, so this read is current.
         pending = list(
             Run.objects.filter(session=locked, status__in=(Run.Status.QUEUED, *Run.ACTIVE_STATUSES)).order_by("created_at")
@@ -78,3 +87,19 @@ def run_submit(
             if started is not None and started.pk == run.pk:
                 return started
     return run
+
+
+def transcript_seed_if_empty(*, session_id, turns: list[tuple[str, list[dict]]]) -> bool:
+    """Start an empty transcript with `turns` (role, blocks) — a client's history for a new session. Returns
+    whether the transcript was empty (and so is now `turns`); an existing transcript is left alone."""
+    with transaction.atomic():
+        locked = session_lock(session_id)
+        if locked.next_seq != 1:
+            return False
+        if turns:
+            Message.objects.bulk_create(
+                Message(session=locked, seq=seq, role=role, content=blocks) for seq, (role, blocks) in enumerate(turns, 1)
+            )
+            locked.next_seq = len(turns) + 1
+            locked.save(update_fields=["next_seq", "updated_at"])
+    return True

@@ -16,14 +16,14 @@ from tools.base import error_result
 from tools.models import Approval
 
 SETTLED = (ToolCall.Status.SUCCEEDED, ToolCall.Status.FAILED, ToolCall.Status.DENIED)
+# Open calls the engine drives; a call awaiting the client is open too, but ends the run (client_calls.py).
 UNSETTLED = (ToolCall.Status.PENDING, ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.RUNNING)
 
 
-def results_append(session: AgentSession, calls: list[ToolCall], step: int, *, also: list[dict] = ()) -> None:
-    """One user message with every call's tool_result, in tool_use order, then `also` (content that
-    joins the run at this step boundary). Caller holds the session lock."""
+def result_blocks(calls: list[ToolCall]) -> list[dict]:
+    """Every call's tool_result block, in the order given (tool_use order)."""
     tools = registry.registered_tools()
-    results = [
+    return [
         {
             "type": "tool_result",
             "tool_use_id": call.tool_use_id,
@@ -32,7 +32,12 @@ def results_append(session: AgentSession, calls: list[ToolCall], step: int, *, a
         }
         for call in calls
     ]
-    transcript_append(session, role=Message.Role.USER, content=[*results, *also], step=step)
+
+
+def results_append(session: AgentSession, calls: list[ToolCall], step: int, *, also: list[dict] = ()) -> None:
+    """One user message with every call's tool_result, in tool_use order, then `also` (content that
+    joins the run at this step boundary). Caller holds the session lock."""
+    transcript_append(session, role=Message.Role.USER, content=[*result_blocks(calls), *also], step=step)
 
 
 def open_calls_settle_locked(run: Run, session: AgentSession, status: str) -> None:
@@ -43,6 +48,10 @@ def open_calls_settle_locked(run: Run, session: AgentSession, status: str) -> No
     calls = list(run.tool_calls.select_for_update().filter(step=run.step).order_by("id"))
     if not calls:
         return
+    if status == Run.Status.SUCCEEDED and all(
+        call.status in (*SETTLED, ToolCall.Status.AWAITING_CLIENT) for call in calls
+    ):
+        return  # the run ends to hand calls to the client: the step's results wait for its (client_calls.py)
     now = timezone.now()
     settled_now = []
     for call in calls:

@@ -27,9 +27,13 @@ from django.utils import timezone
 from beamclaw_project.infra.log_context import log_context_bind
 from sessions import events
 from sessions.models import AgentSession, Message, Run, ToolCall
+from sessions.runs.client_calls import client_tool_names
 from sessions.runs.kernel import abort_flag_reason, run_lock, run_mark_tools_phase, step_enqueue
-from sessions.runs.lifecycle import steering_take_locked
+from sessions.runs.lifecycle import run_end_locked, steering_take_locked
 from sessions.runs.tool_calls import SETTLED, UNSETTLED, call_payload, result_payload, results_append
+
+# Calls the engine has nothing more to do with in this step: settled, or waiting for the client.
+ENGINE_DONE = (*SETTLED, ToolCall.Status.AWAITING_CLIENT)
 from tools import approvals, registry, runner
 from tools.base import CallRef, ToolContext, ToolInputError, ToolSpec, error_result, validate_call
 from tools.models import Approval
@@ -37,8 +41,22 @@ from tools.models import Approval
 KIND = runner.KIND_MODEL_CALL
 
 
-def offered_tools(agent, session) -> tuple[dict, ...]:
-    return registry.tool_definitions(agent, session)
+def offered_tools(agent, session, params: dict) -> tuple[dict, ...]:
+    """The agent's own tools (run here), then the client's (`params["client_tools"]`, from an OpenAI
+    request's `tools`: calls to them end the run and go back to the client). The edge refused name clashes."""
+    return (*registry.tool_definitions(agent, session), *params.get("client_tools", ()))
+
+
+def tool_choice_for(params: dict, step: int) -> dict | None:
+    """The request's tool_choice for this step. A forced choice (`any`, or one named tool) holds for the
+    run's first step only: after the forced call the model must be free to answer, or it would call tools
+    until the step cap. `none` holds for every step."""
+    choice = params.get("tool_choice")
+    if not choice:
+        return None
+    if choice.get("type") in ("any", "tool") and step > 0:
+        choice = {key: value for key, value in choice.items() if key != "name"} | {"type": "auto"}
+    return choice
 
 
 def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion) -> bool:
@@ -48,6 +66,7 @@ def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion) -
     if completion.stop_reason != "tool_use" or not blocks:
         return False
     agent = session.agent
+    client_names = client_tool_names(run.params)
     allowed = {spec.name: spec for spec in registry.allowed_tools(agent)}
     known = registry.registered_tools()
     cap = settings.BEAMCLAW_TOOLS["MAX_TOOL_CALLS_PER_STEP"]
@@ -62,6 +81,11 @@ def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion) -
         refusal, status = None, ToolCall.Status.FAILED
         if index >= cap:
             refusal = f"too many tool calls in one reply (limit {cap}); this one was not run"
+        elif name in client_names:
+            call.status = ToolCall.Status.AWAITING_CLIENT  # the client runs it, after the run ends
+            call.save()
+            calls.append(call)
+            continue
         elif name not in allowed:
             status = ToolCall.Status.DENIED
             refusal = (f"tool {name!r} is not available to this agent" if name in known
@@ -102,7 +126,7 @@ def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion) -
                 _enqueue(call, tenant_slug)
 
     transaction.on_commit(announce_and_enqueue)
-    if all(call.status in SETTLED for call in calls):
+    if all(call.status in ENGINE_DONE for call in calls):
         _step_advance_locked(run, session, step)
     return True
 
@@ -136,7 +160,7 @@ def _step_advance_locked(run: Run, session: AgentSession, step: int) -> None:
     if run.is_terminal or run.step != step:
         return
     calls = list(run.tool_calls.filter(step=step).order_by("id"))
-    open_calls = [c for c in calls if c.status not in SETTLED]
+    open_calls = [c for c in calls if c.status not in ENGINE_DONE]
     if open_calls:
         awaiting = any(c.status == ToolCall.Status.AWAITING_APPROVAL for c in open_calls)
         status = Run.Status.AWAITING_APPROVAL if awaiting else Run.Status.RUNNING
@@ -144,12 +168,32 @@ def _step_advance_locked(run: Run, session: AgentSession, step: int) -> None:
             run.status = status
             run.save(update_fields=["status"])
         return
+    client_calls = [c for c in calls if c.status == ToolCall.Status.AWAITING_CLIENT]
+    if client_calls:
+        _hand_to_client_locked(run, session, step, client_calls)
+        return
     results_append(session, calls, step, also=steering_take_locked(session, run))
     run.step = step + 1
     run.status = Run.Status.RUNNING
     run.save(update_fields=["step", "status"])
     run_id, next_step, slug = run.pk, run.step, session.tenant.slug
     transaction.on_commit(lambda: step_enqueue(run_id, next_step, slug))
+
+
+def _hand_to_client_locked(run: Run, session: AgentSession, step: int, client_calls: list[ToolCall]) -> None:
+    """Everything the engine runs in this step has settled: end the run with the client's calls in its
+    terminal event (client_calls.py). Caller holds the session and run locks."""
+    reply = Message.objects.filter(run=run, step=step, role=Message.Role.ASSISTANT).first()
+    payload = {
+        "run_id": str(run.pk),
+        "message": {"seq": reply.seq, "role": reply.role, "content": reply.content} if reply else None,
+        "text": reply.text if reply else "",
+        "stop_reason": "tool_use",
+        "tool_calls": [{"id": c.tool_use_id, "name": c.name, "input": c.input} for c in client_calls],
+        "model": session.agent.model,
+        "usage": run.usage,
+    }
+    run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload)
 
 
 class _RunCalls:

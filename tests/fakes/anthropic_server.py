@@ -14,6 +14,15 @@ message, not just the last: while it is anywhere in the conversation the
 fake answers each turn, tool results included, with that tool call again.
 It models a runaway agent, for testing step caps.
 
+``[[replies=FIRST||SECOND||...]]`` scripts a multi-turn exchange: found in
+the latest user message that has it, the fake answers with the Nth reply
+when N-1 assistant turns follow that message (the last one thereafter),
+unless the last user message scripts something else. It models a model that
+answers a follow-up (a repair request, say) differently.
+
+Image blocks are echoed as ``[image: <media type>, <N> bytes]`` (or
+``[image: <url>]``), so a test sees what reached the model.
+
 Run standalone with ``python -m tests.fakes.anthropic_server [--host H] [--port P]``;
 it prints ``LISTENING <port>`` once ready and exits cleanly on SIGTERM/SIGINT.
 Use ``make_app()`` to mount it in-process instead.
@@ -26,6 +35,7 @@ concurrent streams cheap.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import math
@@ -87,6 +97,7 @@ DIRECTIVE_KEYS = (
     "tool",
     "tool_loop",
     "text_before_tool",
+    "replies",
 )
 # Only known keys are treated as directives, so ordinary "[[wiki links]]" in a
 # prompt are echoed untouched.
@@ -279,6 +290,7 @@ class _Script:
     midstream: tuple[str, int] | None = None  # (error type, text deltas before the error)
     tools: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     text_before_tool: str | None = None
+    replies: list[str] | None = None
 
     @classmethod
     def from_directives(cls, directives: list[tuple[str, str | None]]) -> _Script:
@@ -320,6 +332,8 @@ class _Script:
                 script.tools.append((name, tool_input))
             elif key == "text_before_tool":
                 script.text_before_tool = value
+            elif key == "replies":
+                script.replies = value.split("||")
         return script
 
 
@@ -343,7 +357,38 @@ def _parse_last_user_message(
     ):
         tool_results = [_blocks_text(b.get("content")) for b in content]
     text, directives = parse_directives(_blocks_text(content))
-    return text, tool_results, _Script.from_directives(directives)
+    images = _images_described(content)
+    return " ".join(p for p in (text, images) if p), tool_results, _Script.from_directives(directives)
+
+
+def _images_described(content: Any) -> str:
+    if not isinstance(content, list):
+        return ""
+    described = []
+    for block in content:
+        if not isinstance(block, dict) or block.get("type") != "image":
+            continue
+        source = block.get("source") or {}
+        if source.get("type") == "base64":
+            size = len(base64.b64decode(source.get("data") or "", validate=False))
+            described.append(f"[image: {source.get('media_type')}, {size} bytes]")
+        else:
+            described.append(f"[image: {source.get('url')}]")
+    return " ".join(described)
+
+
+def _scripted_reply(messages: list[dict[str, Any]]) -> str | None:
+    """The reply ``[[replies=...]]`` scripts for this point of the conversation (see the module doc)."""
+    answered = 0
+    for message in reversed(messages):
+        if message["role"] == "assistant":
+            answered += 1
+            continue
+        _, directives = parse_directives(_blocks_text(message["content"]))
+        replies = _Script.from_directives([d for d in directives if d[0] == "replies"]).replies
+        if replies:
+            return replies[min(answered, len(replies) - 1)]
+    return None
 
 
 def _looping_tools(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -441,6 +486,8 @@ class FakeAnthropicServer:
             echo_text, tool_results, script = _parse_last_user_message(body["messages"])
             if not script.tools:
                 script.tools = _looping_tools(body["messages"])
+            if not script.tools and script.reply is None:
+                script.reply = _scripted_reply(body["messages"])
         except ValueError as exc:  # includes DirectiveError and bad tool JSON
             return _error_response(400, request_id, f"invalid test directive: {exc}")
 
