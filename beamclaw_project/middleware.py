@@ -7,6 +7,7 @@ need no sessions, CSRF, messages or clickjacking headers, and are called directl
 """
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.urls import Resolver404, resolve
@@ -75,6 +76,66 @@ class OutageMiddleware:
     def process_exception(self, request, exception):
         store = outage_of(exception)
         return outage_response(request, store) if store is not None else None
+
+
+class RequestBodyLimitMiddleware:
+    """Every request body is held to a limit before any view reads it, and a larger one is a 413 that says
+    the limit, in both error shapes.
+
+    The routes that take a message (MESSAGE_ROUTES) accept BEAMCLAW["MESSAGE_BODY_MAX_BYTES"] (20 MiB),
+    since inline images (base64 in the JSON) are large; every other body REQUEST_BODY_MAX_BYTES (2 MiB).
+    Django alone cannot say this per route, and it would not be enough: DRF reads the request stream
+    itself, past DATA_UPLOAD_MAX_MEMORY_SIZE, once `request.body` has refused it. A body without a
+    Content-Length (chunked) is measured. Multipart bodies are uploads: their views check their size
+    (docs/skills.md), and Django spools their files to disk."""
+
+    # URL names of the routes that take a message (POST only).
+    MESSAGE_ROUTES = frozenset({"openai-chat-completions", "openai-responses", "session-messages"})
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        if request.content_type != "multipart/form-data":
+            conf = settings.BEAMCLAW
+            size = _body_size(request)
+            if size > conf["REQUEST_BODY_MAX_BYTES"]:
+                message_route = self._takes_a_message(request)
+                limit = conf["MESSAGE_BODY_MAX_BYTES"] if message_route else conf["REQUEST_BODY_MAX_BYTES"]
+                if size > limit:
+                    return _too_large(request, limit, message_route)
+        return await self.get_response(request)
+
+    def _takes_a_message(self, request) -> bool:
+        if request.method != "POST":
+            return False
+        try:
+            return resolve(request.path_info).url_name in self.MESSAGE_ROUTES
+        except Resolver404:
+            return False
+
+
+def _body_size(request) -> int:
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if declared.isdigit():
+        return int(declared)
+    try:
+        return len(request.body)
+    except RequestDataTooBig:
+        return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1
+
+
+def _too_large(request, limit: int, takes_a_message: bool) -> JsonResponse:
+    shown = f"{limit // 2**20} MiB ({limit} bytes)" if limit % 2**20 == 0 else f"{limit} bytes"
+    message = f"The request body is larger than {shown}, the most {request.method} {request.path} accepts."
+    if takes_a_message:
+        message += " Link large images by URL instead: the gateway fetches them (docs/images.md)."
+    error = {"message": message, "type": "invalid_request_error", "code": "request_too_large", "param": None}
+    return JsonResponse({"detail": message, "code": "request_too_large", "error": error}, status=413)
 
 
 class RejectNulMiddleware:

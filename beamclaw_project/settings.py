@@ -56,6 +56,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "beamclaw_project.middleware.OutageMiddleware",
+    "beamclaw_project.middleware.RequestBodyLimitMiddleware",
     "beamclaw_project.middleware.RejectNulMiddleware",
     "beamclaw_project.middleware.ApiFastPathMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -111,8 +112,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-# Request bodies above this size are refused with 413 by the API views.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Request body limits: BEAMCLAW["MESSAGE_BODY_MAX_BYTES"] and ["REQUEST_BODY_MAX_BYTES"] below, enforced
+# by beamclaw_project.middleware.RequestBodyLimitMiddleware; Django's DATA_UPLOAD_MAX_MEMORY_SIZE follows them.
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -209,7 +210,21 @@ BEAMCLAW = {
     # After SIGTERM, how long `web` lets open OpenAI streams run to their end before it tells the rest to
     # come back later and exits (docs/operations.md). Below Docker Compose's default 10 s stop grace.
     "WEB_DRAIN_SECONDS": env_float("BEAMCLAW_WEB_DRAIN_SECONDS", 8.0),
+    # --- images in messages (sessions/content.py, sessions/images.py; docs/images.md) ---
+    # Decoded bytes of one image. Anthropic refuses an image whose base64 is over 5 MiB: 3.75 MiB of image.
+    "IMAGE_MAX_BYTES": env_int("BEAMCLAW_IMAGE_MAX_BYTES", 3_932_160),
+    "IMAGE_MAX_PER_MESSAGE": env_int("BEAMCLAW_IMAGE_MAX_PER_MESSAGE", 8),
+    # Images linked by URL, fetched by the gateway under the outbound address policy (BEAMCLAW_OUTBOUND).
+    "IMAGE_URLS_MAX_PER_REQUEST": env_int("BEAMCLAW_IMAGE_URLS_MAX_PER_REQUEST", 16),
+    "IMAGE_FETCH_TIMEOUT_SECONDS": env_float("BEAMCLAW_IMAGE_FETCH_TIMEOUT_SECONDS", 15.0),
+    "IMAGE_FETCH_MAX_REDIRECTS": env_int("BEAMCLAW_IMAGE_FETCH_MAX_REDIRECTS", 3),
+    # Request bodies, refused with 413 above these: the routes that take a message (POST /v1/chat/completions,
+    # /v1/responses, /api/sessions/{id}/messages/), whose inline images need the room, and every other request.
+    "MESSAGE_BODY_MAX_BYTES": env_int("BEAMCLAW_MESSAGE_BODY_MAX_BYTES", 20 * 1024 * 1024),
+    "REQUEST_BODY_MAX_BYTES": env_int("BEAMCLAW_REQUEST_BODY_MAX_BYTES", 2 * 1024 * 1024),
 }
+# Django's own ceiling on a body read into memory: the largest that any route takes.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(BEAMCLAW["MESSAGE_BODY_MAX_BYTES"], BEAMCLAW["REQUEST_BODY_MAX_BYTES"])
 
 # --- cron (see docs/cron.md) ---------------------------------------------------------------------
 BEAMCLAW_CRON = {

@@ -18,7 +18,9 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
+from sessions.content import ContentInvalid
 from sessions.idempotency import idempotency_key_from, idempotent_run
+from sessions.images import images_fetch
 from sessions.models import AgentSession, Compaction, Message, Run
 from sessions.runs import (
     compaction_outcome_wait,
@@ -157,13 +159,18 @@ class SessionViewSet(
         if request.method == "POST":
             data = MessageCreateSerializer(data=request.data)
             data.is_valid(raise_exception=True)
+            key = idempotency_key_from(request.headers)
+            # Images linked by URL are fetched now, outside the transaction below (sessions/images.py).
+            try:
+                content = images_fetch(data.validated_data["content"])
+            except ContentInvalid as exc:
+                raise ValidationError({"content": [exc.message]}) from None
             # With an Idempotency-Key, a repeat of the same request gets the first one's run.
             run = idempotent_run(
-                tenant_id=session.tenant_id, endpoint="session.messages", key=idempotency_key_from(request.headers),
+                tenant_id=session.tenant_id, endpoint="session.messages", key=key,
                 request_parts=(str(session.pk), request.data),
                 start=lambda: run_submit(
-                    session=session, content=data.validated_data["content"], trigger=Run.Trigger.API,
-                    mode=data.validated_data.get("mode"),
+                    session=session, content=content, trigger=Run.Trigger.API, mode=data.validated_data.get("mode"),
                 ),
             )
             return Response({"run": RunSerializer(run).data}, status=status.HTTP_202_ACCEPTED)

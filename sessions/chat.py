@@ -31,6 +31,7 @@ from sessions.client_tools import (
 )
 from sessions.content import content_parse
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
+from sessions.images import turns_images_fetch
 from sessions.models import AgentSession, Run, ToolCall
 from sessions.providers.base import SAMPLING_PARAMS
 from sessions.providers.chain import chain_providers
@@ -399,6 +400,8 @@ def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest, idempotenc
     a repeat of the same request returns the first one's run (and completion id) instead."""
     sampling_check_providers(agent=agent, params=request.params)
     client_tools_check(agent=agent, params=request.params)
+    # Images linked by URL are fetched now: on this thread, before any transaction (sessions/images.py).
+    request.turns = turns_images_fetch(request.turns)
     if idempotency_key is None:
         return _start(tenant, agent, request)
     with transaction.atomic():

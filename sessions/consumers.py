@@ -31,6 +31,7 @@ from beamclaw_project.errors import DomainError, InvalidInput
 from beamclaw_project.infra.outages import RETRY_AFTER_SECONDS, outage_of
 from sessions import events, notify
 from sessions.content import content_parse
+from sessions.images import images_fetch
 from sessions.models import AgentSession, Message, Run
 from sessions.run_stream import follow_run
 from sessions.runs import (
@@ -191,7 +192,7 @@ def _active_run_id(tenant, session_id) -> str | None:
 @db_call
 def _chat_send(tenant, params) -> dict:
     session = _session_of(tenant, _uuid_param(params, "session"))
-    content = content_parse(params.get("message"), where="params.message")
+    content = images_fetch(content_parse(params.get("message"), where="params.message"))
     mode = params.get("mode")
     if mode is not None and mode not in AgentSession.QueueMode.values:
         raise RequestError("invalid_params", f"params.mode must be one of {', '.join(AgentSession.QueueMode.values)}.")

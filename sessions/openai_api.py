@@ -147,7 +147,8 @@ def _parse_chat(request):
     try:
         body = json_input.loads(request.body)
     except RequestDataTooBig:
-        return None, openai_error(413, "Request body is larger than 2 MB.", code="request_too_large")
+        # (RequestBodyLimitMiddleware answers first; this is for a limit lowered below it.)
+        return None, openai_error(413, "The request body is too large.", code="request_too_large")
     except json_input.JSONTooDeep as exc:
         return None, openai_error(400, f"The request body is refused: {exc}", code="json_too_deep")
     except (ValueError, UnicodeDecodeError) as exc:

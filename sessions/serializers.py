@@ -106,7 +106,11 @@ class ContentField(serializers.JSONField):
 
 
 class MessageCreateSerializer(serializers.Serializer):
-    content = ContentField(help_text="A string, or a list of content parts: text, image (Anthropic) or image_url (OpenAI).")
+    content = ContentField(help_text=(
+        "A string, or a list of content parts: text, image (Anthropic) or image_url (OpenAI). Images are PNG, JPEG, "
+        "GIF or WebP, inline (base64) or by http(s) URL, which the gateway fetches before accepting the message "
+        "(docs/images.md)."
+    ))
     mode = serializers.ChoiceField(choices=QUEUE_MODES, required=False, help_text="Overrides the session's queue mode.")
 
 

@@ -14,6 +14,7 @@ from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import notify_session
 from sessions.runs.client_calls import client_calls_of, client_results_take_locked
+from sessions.runs.json_mode import reply_result_text
 from sessions.runs.kernel import abort_flag_set, run_mark_queued, session_lock, step_enqueue, transcript_append
 from sessions.runs.tool_calls import open_calls_settle_locked
 from sessions.signals import run_finished
@@ -210,7 +211,7 @@ def terminal_event_from_db(run: Run) -> events.RunEvent | None:
         if reply is not None:
             payload.update(
                 message={"seq": reply.seq, "role": reply.role, "content": reply.content},
-                text=reply.text,
+                text=reply_result_text(run.params.get("response_format"), reply.content),
                 step=reply.step,
             )
             client_calls = client_calls_of(run, reply.step)

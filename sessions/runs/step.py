@@ -1,5 +1,6 @@
 """Executing one step of a run (the `sessions.run_step` task): ask the provider, stream the reply, then
-either end the run or hand its tool calls to the tool phase.
+either end the run or hand its tool calls to the tool phase. In JSON mode (json_mode.py) the reply
+that would end the run is checked first: a reply that fails gets one repair step, then fails the run.
 
 A step runs under the run's lease. The reply is written once per step (unique per run and step), so a
 redelivered task cannot duplicate it; a step whose worker died is found by the reaper (housekeeping.py)
@@ -26,6 +27,7 @@ from sessions.runs import tool_phase
 from sessions.runs.budget import record_tokens
 from sessions.runs.compaction import compaction_if_needed
 from sessions.runs.context import model_context
+from sessions.runs.json_mode import INVALID_JSON, REPAIR_PARAM, ReplyCheck, failure_message, repair_prompt, reply_check
 from sessions.runs.kernel import (
     TOOLS_PHASE,
     AbortCheck,
@@ -196,7 +198,7 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
         return False
     log_context_bind(tenant=run.tenant.slug, session=run.session_id)
     # The step's reply exists: its tool calls are in flight (the reaper re-sent the step); drive them.
-    if tool_phase.step_resume(run, step):
+    if tool_phase.step_resume(run, step, lease):
         return True
     if abort_flag_reason(run_id) is not None:
         _finish_aborted(run_id, step, partial_text="")
@@ -212,7 +214,7 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
     compaction_if_needed(run=run, agent=agent)
     request = CompletionRequest(
         model=agent.model,
-        system=system_prompt_for(agent, run.params.get("system")),
+        system=system_prompt_for(agent, run.params.get("system"), run.params.get("response_format")),
         messages=model_context(run.session_id),
         max_tokens=min(int(run.params.get("max_tokens") or agent.max_tokens), agent.max_tokens),
         **request_sampling(run.params),
@@ -246,11 +248,13 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
             raise callbacks.error from exc
         _finish_failed(run_id, step, exc.message, code=exc.kind)
         return False
-    return _finish_step(run_id, step, completion)
+    # Checked before the transaction: a schema check of a long reply need not hold the run's locks.
+    json_check = reply_check(run.params.get("response_format"), completion)
+    return _finish_step(run_id, step, completion, lease, json_check)
 
 
-def _finish_step(run_id, step: int, completion: Completion) -> bool:
-    """Write the reply, then end the run or start its tool calls (True)."""
+def _finish_step(run_id, step: int, completion: Completion, lease: Lease, json_check: ReplyCheck | None) -> bool:
+    """Write the reply, then end the run, start its tool calls (True), or (JSON mode) ask for a repair."""
     with transaction.atomic():
         run, session = run_lock(run_id)
         if run.status != Run.Status.RUNNING or run.step != step:
@@ -266,18 +270,48 @@ def _finish_step(run_id, step: int, completion: Completion) -> bool:
         _add_usage(run, session, completion.input_tokens, completion.output_tokens)
         tokens = completion.input_tokens + completion.output_tokens
         transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
-        if tool_phase.step_tool_calls(run=run, session=session, step=step, completion=completion):
+        if tool_phase.step_tool_calls(run=run, session=session, step=step, completion=completion, lease=lease):
             return True  # the run continues once the tool calls settle
+        if json_check is not None and not json_check.valid:
+            _json_invalid_locked(run, session, step, json_check, lease)
+            return False
         payload = {
             "run_id": str(run.pk),
             "message": {"seq": message.seq, "role": message.role, "content": message.content},
-            "text": completion.text,
+            # In JSON mode the clean JSON (no fence); the transcript keeps the reply as written.
+            "text": json_check.text if json_check is not None else completion.text,
             "stop_reason": completion.stop_reason,
             "model": completion.model,
             "usage": run.usage,
         }
         run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload)
     return False
+
+
+def _json_invalid_locked(run: Run, session, step: int, check: ReplyCheck, lease: Lease) -> None:
+    """The final reply failed the run's JSON format (caller holds the session and run locks and has written
+    the reply). The first time, ask for a repair: a user message that says what was wrong, and the next
+    step. The repair is recorded in the run's params in this transaction, so a step delivered again cannot
+    repair twice; after it, the run fails."""
+    response_format = run.params["response_format"]
+    if REPAIR_PARAM in run.params:
+        run.error_code = INVALID_JSON
+        run_end_locked(run, Run.Status.FAILED, error=failure_message(response_format, check), session=session)
+        return
+    # Without `run`: Message allows one user message per run (its input), as for tool results. Messages
+    # sent in steer mode do not join here (this turn asks the model for one thing only): they wait for a
+    # later step boundary, or run once this run ends.
+    transcript_append(
+        session, role=Message.Role.USER, content=[{"type": "text", "text": repair_prompt(response_format, check)}],
+        step=step,
+    )
+    run.params = {**run.params, REPAIR_PARAM: step}
+    run.step = step + 1
+    run.save(update_fields=["params", "step", "input_tokens", "output_tokens"])
+    run_id, next_step, slug = run.pk, run.step, session.tenant.slug
+    # The lease goes from this worker to the queued step in one swap, then the step is sent: with the lease
+    # still ours, a worker quick to pick the step up would find it taken and drop it.
+    transaction.on_commit(lambda: step_hand_back(lease, run_id, next_step, slug))
 
 
 def _finish_failed(run_id, step: int, error: str, code: str = "") -> None:

@@ -28,7 +28,7 @@ from beamclaw_project.infra.log_context import log_context_bind
 from sessions import events
 from sessions.models import AgentSession, Message, Run, ToolCall
 from sessions.runs.client_calls import client_tool_names
-from sessions.runs.kernel import abort_flag_reason, run_lock, run_mark_tools_phase, step_enqueue
+from sessions.runs.kernel import abort_flag_reason, run_lock, run_mark_tools_phase, step_enqueue, step_hand_back
 from sessions.runs.lifecycle import run_end_locked, steering_take_locked
 from sessions.runs.tool_calls import SETTLED, UNSETTLED, call_payload, result_payload, results_append
 
@@ -59,9 +59,10 @@ def tool_choice_for(params: dict, step: int) -> dict | None:
     return choice
 
 
-def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion) -> bool:
+def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion, lease=None) -> bool:
     """Start the tool calls of a reply. Caller holds the Run and session row locks and has written the
-    assistant message. Returns False when the reply asks for no tools (the run ends as usual)."""
+    assistant message, under the step's `lease`. Returns False when the reply asks for no tools (the run
+    ends as usual)."""
     blocks = [b for b in completion.content if b.get("type") == "tool_use"]
     if completion.stop_reason != "tool_use" or not blocks:
         return False
@@ -127,11 +128,11 @@ def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion) -
 
     transaction.on_commit(announce_and_enqueue)
     if all(call.status in ENGINE_DONE for call in calls):
-        _step_advance_locked(run, session, step)
+        _step_advance_locked(run, session, step, lease=lease)
     return True
 
 
-def step_resume(run: Run, step: int) -> bool:
+def step_resume(run: Run, step: int, lease=None) -> bool:
     """True when this step's reply already exists: its tool calls are driven and the model is not
     called again. Idempotent: a call is enqueued only if nothing holds its lease."""
     if not Message.objects.filter(run=run, step=step, role=Message.Role.ASSISTANT).exists():
@@ -141,7 +142,7 @@ def step_resume(run: Run, step: int) -> bool:
     runner.calls_recover(KIND, [_open_call(call, run.tenant.slug) for call in open_calls])
     with transaction.atomic():
         locked, session = run_lock(run.pk)
-        _step_advance_locked(locked, session, step)
+        _step_advance_locked(locked, session, step, lease=lease)
     return True
 
 
@@ -154,9 +155,10 @@ def _open_call(call: ToolCall, tenant_slug: str) -> runner.OpenCall:
                            input=call.input, tenant_slug=tenant_slug)
 
 
-def _step_advance_locked(run: Run, session: AgentSession, step: int) -> None:
+def _step_advance_locked(run: Run, session: AgentSession, step: int, lease=None) -> None:
     """Caller holds the session and run locks. Keep the run's status in line with its open calls; once
-    all are settled, append the tool results (with any steering messages) and enqueue the next step."""
+    all are settled, append the tool results (with any steering messages) and enqueue the next step.
+    `lease`: the step's, when its own worker settles every call at once (all refused, say)."""
     if run.is_terminal or run.step != step:
         return
     calls = list(run.tool_calls.filter(step=step).order_by("id"))
@@ -177,7 +179,12 @@ def _step_advance_locked(run: Run, session: AgentSession, step: int) -> None:
     run.status = Run.Status.RUNNING
     run.save(update_fields=["step", "status"])
     run_id, next_step, slug = run.pk, run.step, session.tenant.slug
-    transaction.on_commit(lambda: step_enqueue(run_id, next_step, slug))
+    if lease is not None:
+        # The lease goes from the step's worker to the queued step in one swap, then the step is sent:
+        # while the lease is still the worker's, a worker quick to pick the step up would drop it.
+        transaction.on_commit(lambda: step_hand_back(lease, run_id, next_step, slug))
+    else:
+        transaction.on_commit(lambda: step_enqueue(run_id, next_step, slug))
 
 
 def _hand_to_client_locked(run: Run, session: AgentSession, step: int, client_calls: list[ToolCall]) -> None:

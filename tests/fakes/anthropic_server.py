@@ -648,7 +648,8 @@ class FakeAnthropicServer:
 
 def make_app() -> web.Application:
     server = FakeAnthropicServer()
-    app = web.Application()
+    # Anthropic takes requests of up to 32 MB (images).
+    app = web.Application(client_max_size=32 * 1024 * 1024)
     app.router.add_post("/v1/messages", server.messages)
     app.router.add_get("/_fake/requests", server.list_requests)
     app.router.add_post("/_fake/reset", server.reset)

@@ -85,9 +85,9 @@ def test_malformed_requests_are_400_naming_the_field(live, tenant, body, mention
     assert_openai_error(post(live, tenant.headers, body), 400, mentions=mentions)
 
 
-def test_body_over_2mb_is_413(live, tenant):
-    huge = {"model": "assistant", "messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024 + 10)}]}
-    assert_openai_error(post(live, tenant.headers, huge), 413, mentions="2 MB")
+def test_body_over_the_message_limit_is_413(live, tenant):
+    huge = {"model": "assistant", "messages": [{"role": "user", "content": "x" * (20 * 1024 * 1024 + 10)}]}
+    assert_openai_error(post(live, tenant.headers, huge), 413, mentions="20 MiB")
 
 
 @pytest.mark.parametrize(
