@@ -81,7 +81,7 @@ require_GET = _only("GET")
 require_POST = _only("POST")
 
 
-def _provider_error_status(code: str) -> int:
+def provider_error_status(code: str) -> int:
     # Overload and rate limits are worth retrying for the client; anything else upstream is a bad gateway.
     return 503 if code in ("overloaded", "rate_limited") else 502
 
@@ -99,7 +99,7 @@ def _list_agents(tenant) -> list[dict]:
 _find_agent = db_call(agent_by_slug)
 
 
-def _auth_error_response(exc: AuthError) -> JsonResponse:
+def auth_error_response(exc: AuthError) -> JsonResponse:
     error_type = _ERROR_TYPES.get(exc.status, "invalid_request_error")
     response = openai_error(exc.status, exc.message, type=error_type, code=exc.code)
     if exc.retry_after:
@@ -111,7 +111,7 @@ async def _auth_or_error(request):
     try:
         return await _authenticate(request), None
     except AuthError as exc:
-        return None, _auth_error_response(exc)
+        return None, auth_error_response(exc)
 
 
 def _model_object(agent: dict, owner: str) -> dict:
@@ -196,7 +196,7 @@ async def chat_completions(request):
     try:
         outcome = await _authenticate_and_start(request.headers.get("Authorization"), chat, idempotency_key)
     except AuthError as exc:
-        return _auth_error_response(exc)
+        return auth_error_response(exc)
     if body_error is not None:
         return body_error
     if isinstance(outcome, JsonResponse):
@@ -233,7 +233,7 @@ async def _complete(run_id, completion_id: str, created: int, model: str):
     try:
         async for event in follow_run(run_id):
             if drain_expired():
-                response = openai_error(503, _restarting_message(run_id), type="server_restarting", code="server_restarting")
+                response = openai_error(503, restarting_message(run_id), type="server_restarting", code="server_restarting")
                 response["Retry-After"] = "1"
                 response["X-Run-Id"] = str(run_id)
                 return response
@@ -242,7 +242,7 @@ async def _complete(run_id, completion_id: str, created: int, model: str):
             payload = event.payload
             if event.event == events.RUN_FAILED:
                 return openai_error(
-                    _provider_error_status(payload.get("code", "")),
+                    provider_error_status(payload.get("code", "")),
                     payload.get("error") or "The run failed.",
                     type="upstream_error", code=payload.get("code") or "run_failed",
                 )
@@ -302,7 +302,7 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
         async for event in follow_run(run_id):
             if drain_expired():
                 # This web process is shutting down and the run outlived the drain (daphne_hardening.py).
-                message = _restarting_message(run_id)
+                message = restarting_message(run_id)
                 yield _sse({"error": {"message": message, "type": "server_restarting", "code": "server_restarting"}})
                 break
             if event is None:
@@ -331,7 +331,7 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
     yield b"data: [DONE]\n\n"
 
 
-def _restarting_message(run_id) -> str:
+def restarting_message(run_id) -> str:
     return (
         f"The server is restarting; the run goes on. Its result: GET /api/runs/{run_id}/ (or /api/runs/{run_id}/events/ "
         "to follow it)."
