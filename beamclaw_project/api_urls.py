@@ -4,9 +4,11 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from beamclaw_project.api_errors import endpoint_not_found
+from sessions.asyncapi import asyncapi_view
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="api-schema"),
+    path("asyncapi.json", asyncapi_view, name="api-asyncapi"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema", authentication_classes=[], permission_classes=[]), name="api-docs"),
     path("", include("tenants.api_urls")),
     path("", include("sessions.api_urls")),

@@ -156,6 +156,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "sessions.schema.add_run_events_path",
+        "sessions.openai_schema.add_openai_paths",
     ],
 }
 

@@ -69,9 +69,6 @@ class ChatRequest:
     # Continue the session of this run (the Responses API's previous_response_id).
     continue_run_id: str | None = None
     continue_param: str = "previous_response_id"
-    # Without a session name: keep the new session for later requests (the Responses API, where any
-    # response may be continued) rather than closing it after its run.
-    keep_session: bool = False
 
     @property
     def new_input(self) -> list[dict]:
@@ -88,7 +85,7 @@ def _text_of(blocks: list[dict]) -> str:
     return "\n".join(b["text"] for b in blocks if b.get("type") == "text")
 
 
-def _number(body: dict, name: str, low: float, high: float) -> float | None:
+def number_param(body: dict, name: str, low: float, high: float) -> float | None:
     value = body.get(name)
     if value is None:
         return None
@@ -140,11 +137,11 @@ def _sampling_params(body: dict) -> dict:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ChatRequestError("max_tokens must be a positive integer.", "max_tokens")
         params["max_tokens"] = max_tokens
-    temperature = _number(body, "temperature", 0, 2)
+    temperature = number_param(body, "temperature", 0, 2)
     if temperature is not None:
         # Passed on OpenAI's 0..2 scale: each provider maps it to its own range (sessions/providers/base.py).
         params["temperature"] = temperature
-    top_p = _number(body, "top_p", 0, 1)
+    top_p = number_param(body, "top_p", 0, 1)
     if top_p is not None:
         params["top_p"] = top_p
     stop = body.get("stop")
@@ -164,7 +161,7 @@ def _sampling_params(body: dict) -> dict:
             raise ChatRequestError("seed must be a 64-bit integer.", "seed")
         params["seed"] = seed
     for name, neutral in _PROVIDER_NEUTRAL.items():
-        value = _number(body, name, -2, 2)
+        value = number_param(body, name, -2, 2)
         if value is not None and value != neutral:
             params[name] = value
     for name, neutral in _NEUTRAL_ONLY.items():
@@ -311,7 +308,7 @@ def _conversation(messages: list) -> tuple[list[str], list[tuple[str, list[dict]
                 )
             del asked[call_id]
             answered[call_id] = result
-            _turn_add(turns, "user", [result])
+            turn_add(turns, "user", [result])
             continue
         if asked:
             call_id, made_at = next(iter(asked.items()))
@@ -326,7 +323,7 @@ def _conversation(messages: list) -> tuple[list[str], list[tuple[str, list[dict]
                 blocks = blocks + tool_uses
                 asked = {block["id"]: f"{where}.tool_calls[{n}]" for n, block in enumerate(tool_uses)}
             answered = {}
-        _turn_add(turns, role, blocks)
+        turn_add(turns, role, blocks)
     if not turns or turns[-1][0] != "user":
         raise ChatRequestError("The last non-system message must have role 'user' or 'tool'.", "messages")
     if asked:
@@ -337,7 +334,7 @@ def _conversation(messages: list) -> tuple[list[str], list[tuple[str, list[dict]
     return system_parts, turns, answered
 
 
-def _turn_add(turns: list[tuple[str, list[dict]]], role: str, blocks: list[dict]) -> None:
+def turn_add(turns: list[tuple[str, list[dict]]], role: str, blocks: list[dict]) -> None:
     """Consecutive messages of one role make one turn (a tool message's result and the user's next words)."""
     if turns and turns[-1][0] == role:
         turns[-1] = (role, turns[-1][1] + blocks)
@@ -401,7 +398,11 @@ def chat_start(*, tenant: Tenant, agent: Agent, request: ChatRequest, idempotenc
     sampling_check_providers(agent=agent, params=request.params)
     client_tools_check(agent=agent, params=request.params)
     # Images linked by URL are fetched now: on this thread, before any transaction (sessions/images.py).
-    request.turns = turns_images_fetch(request.turns)
+    # Of a conversation the server already holds, only the new turn is used, so only its images.
+    if _history_used(tenant, agent, request):
+        request.turns = turns_images_fetch(request.turns)
+    else:
+        request.turns = [*request.turns[:-1], turns_images_fetch(request.turns[-1:])[0]]
     if idempotency_key is None:
         return _start(tenant, agent, request)
     with transaction.atomic():
@@ -447,9 +448,23 @@ def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> ChatStarted:
         # One transaction, so one commit (a WAL flush) on the way to the first token.
         with transaction.atomic():
             session = _new_session(tenant, agent, request.history, key_prefix=key_prefix,
-                                   ephemeral=not request.keep_session)
+                                   ephemeral=True)
             run = _submit(session, request, content=request.turns[-1][1])
     return ChatStarted(run=run, completion_id=_completion_id(), created=int(time.time()), history=history)
+
+
+def _history_used(tenant: Tenant, agent: Agent, request: ChatRequest) -> bool:
+    """Whether the request's earlier turns may go into a transcript (a new session's), as _start decides."""
+    if request.continue_run_id is not None:
+        return False
+    if request.tool_results and not request.session_name and ToolCall.objects.filter(
+        run__tenant=tenant, status=ToolCall.Status.AWAITING_CLIENT, tool_use_id__in=list(request.tool_results)
+    ).exists():
+        return False
+    if request.session_name and not request.stateless and len(request.turns) > 1:
+        key = session_key_normalize(agent=agent, key=request.session_name)
+        return not AgentSession.objects.filter(tenant=tenant, key=key, next_seq__gt=1).exists()
+    return True
 
 
 def _session_continued(tenant: Tenant, agent: Agent, request: ChatRequest) -> AgentSession | None:

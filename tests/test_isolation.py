@@ -43,7 +43,7 @@ def owner(live, make_tenant):
     objects = {
         "agent": slug, "session": session["id"], "run": run["id"], "key": key["id"], "cron_job": job.json()["id"],
         "approval": pending.json()["id"], "invocation": pending.json()["invocation"], "channel": channel.json()["id"],
-        "binding": binding.json()["id"], "skill": skill.json()["id"],
+        "binding": binding.json()["id"], "skill": skill.json()["id"], "response": f"resp_{uuid.UUID(run['id']).hex}",
     }
     yield bundle, objects
     api.close()
@@ -53,6 +53,7 @@ def owner(live, make_tenant):
 PATH_OBJECTS = {
     "agents": ["agent"], "sessions": ["session"], "runs": ["run"], "keys": ["key"], "cron": ["cron_job"],
     "approvals": ["approval"], "tools": ["invocation"], "channels": ["channel", "binding"], "skills": ["skill"],
+    "models": ["agent"], "responses": ["response"],
 }
 
 

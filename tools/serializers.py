@@ -58,11 +58,12 @@ class ApprovalSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    @extend_schema_field(OpenApiTypes.UUID)
+    @extend_schema_field({"type": "string", "format": "uuid", "nullable": True})
     def get_run(self, approval) -> str | None:
         return str(approval.tool_call.run_id) if approval.tool_call_id else None
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
+    @extend_schema_field({"type": "object", "additionalProperties": {}, "nullable": True,
+                          "description": "The call's result once it ran (or was denied); null while it waits or runs."})
     def get_result(self, approval) -> dict | None:
         """The call's result once it ran (or was denied); null while it waits or runs."""
         call = approval.tool_call if approval.tool_call_id else approval.invocation
