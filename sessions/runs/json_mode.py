@@ -25,8 +25,9 @@ import json
 import re
 from dataclasses import dataclass
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.exceptions import SchemaError
 from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
@@ -132,6 +133,10 @@ def _schema_check(schema, *, where: str, param: str) -> None:
         raise _refused(f"{where} is not a valid JSON Schema: $ref {json.dumps(ref)[:200]} does not resolve within "
                        "the schema (only references into the schema itself, such as \"#/$defs/Item\", are followed).",
                        param)
+    try:
+        jsonschema_rs.validator_for(schema)  # what checks the replies (see _problem)
+    except ValueError as exc:
+        raise _refused(f"{where} cannot be used to check replies: {_shorten(str(exc))}", param) from None
 
 
 def _validator_class(schema: dict):
@@ -256,15 +261,16 @@ def _problem(response_format: dict, text: str, truncated: bool) -> str | None:
         if not isinstance(value, dict):
             return f"was JSON but {_json_kind(value)}, not an object"
         return None
-    schema = response_format["schema"]
-    validator = (_validator_class(schema) or Draft202012Validator)(schema)
+    # The reply is checked by a validator whose regular expressions run in linear time: a tenant writes the
+    # schema's `pattern`s and, through its prompt, the reply, and Python's `re` backtracks without limit.
     try:
-        error = best_match(validator.iter_errors(value))
-    except RecursionError:
-        return "was JSON nested too deeply to check against the schema"
+        error = next(iter(jsonschema_rs.validator_for(response_format["schema"]).iter_errors(value)), None)
+    except (ValueError, RecursionError) as exc:
+        return f"could not be checked against the schema: {_shorten(str(exc))}"
     if error is None:
         return None
-    return f'did not match the JSON Schema "{response_format["name"]}": at {error.json_path}, {_shorten(error.message)}'
+    path = "$" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.instance_path)
+    return f'did not match the JSON Schema "{response_format["name"]}": at {path}, {_shorten(error.message)}'
 
 
 def repair_prompt(response_format: dict, check: ReplyCheck) -> str:

@@ -12,7 +12,8 @@ import pytest
 
 from beamclaw_project.errors import InvalidInput
 from sessions.models import AgentSession, Message, Run
-from sessions.runs.json_mode import REPAIR_PARAM, reply_result_text, response_format_parse
+from sessions.providers.base import Completion
+from sessions.runs.json_mode import REPAIR_PARAM, reply_check, reply_result_text, response_format_parse
 
 PERSON = {
     "type": "object",
@@ -109,7 +110,7 @@ def test_reply_that_breaks_the_schema_is_repaired_with_the_path_at_fault(live, t
     assert json.loads(reply.choices[0].message.content) == ADA
     repair = model_requests(fake_requests, marker)[1]["messages"][2]["content"][0]["text"]
     assert repair.startswith('Your reply did not match the JSON Schema "person": at $.age, ')
-    assert "'thirty-six' is not of type 'integer'" in repair
+    assert '"thirty-six" is not of type "integer"' in repair
 
 
 def test_repair_streamed_sends_only_the_valid_json(live, tenant, fake_requests):
@@ -251,3 +252,16 @@ def test_parse_caps_the_schemas_size_and_depth():
     for _ in range(40):
         deep = {"type": "object", "properties": {"inner": deep}}
     assert "nests deeper than" in refusal({"type": "json_schema", "json_schema": {"name": "deep", "schema": deep}})
+
+
+def test_a_pattern_that_backtracks_forever_in_python_is_checked_at_once():
+    """A tenant writes both the schema and, through its prompt, the reply: a pattern with nested
+    quantifiers must not let it hold a worker (Python's `re` would take ages on this reply)."""
+    response_format = response_format_parse({"type": "json_schema", "json_schema": {"name": "evil", "schema": {
+        "type": "object", "properties": {"x": {"type": "string", "pattern": "^(a+)+$"}},
+        "patternProperties": {"^(b+)+$": {"type": "integer"}}, "additionalProperties": False,
+    }}})
+    reply = json.dumps({"x": "a" * 60 + "!", "b" * 60 + "!": 1})
+    check = reply_check(response_format, Completion(content=[{"type": "text", "text": reply}], stop_reason="end_turn",
+                                                    model="m"))
+    assert not check.valid and "does not match" in check.problem
