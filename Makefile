@@ -31,9 +31,11 @@ lint: install
 	@$(VENV)/bin/ruff check --quiet .
 	@out=$$($(VENV)/bin/lint-imports --no-cache 2>&1) || { echo "$$out"; exit 1; }
 
+# Two test processes, each with a stack of its own (tests/settings_env.py): most of a test's time is spent
+# waiting for workers and servers, so two share this machine's cores well. A test file stays in one process.
 test: install services lint
 	@scripts/ensure_sandbox_tools.sh
-	@$(PY) -m pytest
+	@$(PY) -m pytest -n 2 --dist loadfile
 
 bench: db
 	@$(PY) bench/gateway_bench.py

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -161,7 +162,9 @@ def fake_openai(log_dir):
 
 @pytest.fixture
 def openai_requests(fake_openai):
-    """Requests the fake OpenAI-compatible server received, newest last."""
+    """Requests the fake OpenAI-compatible server received, newest last (after earlier runs settled, as
+    for fake_requests)."""
+    _earlier_runs_settle()
 
     def fetch(limit: int = 50) -> list[dict]:
         return httpx.get(f"{fake_openai}/_fake/requests", params={"limit": limit}).json()
@@ -356,9 +359,25 @@ def admin_client():
     return client
 
 
+def _earlier_runs_settle(timeout: float = 10) -> None:
+    """Wait until no run is queued or running; after `timeout`, go on with a warning (a run may wait for a
+    deferred tool call for hours)."""
+    from sessions.models import Run
+
+    deadline = time.monotonic() + timeout
+    while busy := list(Run.objects.filter(status__in=(Run.Status.QUEUED, Run.Status.RUNNING))[:3]):
+        if time.monotonic() > deadline:
+            warnings.warn(f"runs of earlier tests still going: {busy}", stacklevel=2)
+            return
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def fake_requests(fake_llm):
-    """Requests the fake LLM received, newest last."""
+    """Requests the fake LLM received, newest last. Tests read "the last request" from it, so the runs an
+    earlier test left going (a queued follow-up, a sub-agent's announcement) are let finish first: their
+    model calls would otherwise land among this test's."""
+    _earlier_runs_settle()
 
     def fetch(limit: int = 50) -> list[dict]:
         return httpx.get(f"{fake_llm}/_fake/requests", params={"limit": limit}).json()

@@ -5,6 +5,16 @@ import os
 
 os.environ["DATABASE_URL"] = os.environ.get("TEST_DATABASE_URL", "postgres:///beamclaw_test")
 os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+# `make test` runs the suite in parallel processes (pytest-xdist, `-n`): each has a stack of its own (Daphne,
+# workers, fakes), so each gets its own database and Redis db too: gw0 keeps the ones above, gw1 the
+# database with `_gw1` appended and the Redis db below, and so on.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+if _worker != "gw0":
+    _index = int(_worker.removeprefix("gw"))
+    os.environ["DATABASE_URL"] += f"_{_worker}"
+    _redis_base, _, _db = os.environ["REDIS_URL"].rpartition("/")
+    os.environ["REDIS_URL"] = f"{_redis_base}/{int(_db or 0) - _index}"
 os.environ.pop("CELERY_BROKER_URL", None)
 # Every timing setting (leases, housekeeping, retries, timeouts) keeps its production default: a
 # shortened one hides real stalls. Only the crash-recovery tests shorten the lease, for the workers they

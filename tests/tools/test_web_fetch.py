@@ -64,9 +64,11 @@ def test_public_addresses_pass():
         ("http://10.0.0.1/", "refused to fetch"),
         ("http://169.254.169.254/latest/meta-data/", "refused to fetch"),
         ("http://0.0.0.0/", "refused to fetch"),
-        (f"http://localhost:{WEB_PORT + 1}/", "resolves to 127.0.0.1"),  # a name resolving to loopback
-        (f"http://LocalHost:{WEB_PORT + 1}/", "resolves to 127.0.0.1"),
-        (f"http://127.0.0.1:{WEB_PORT}/text", "refused to fetch"),  # the allowlist names a host, not its addresses
+        # (The port differs per process: ids that do not name it, so parallel test processes agree.)
+        pytest.param(f"http://localhost:{WEB_PORT + 1}/", "resolves to 127.0.0.1", id="localhost"),  # a name resolving to loopback
+        pytest.param(f"http://LocalHost:{WEB_PORT + 1}/", "resolves to 127.0.0.1", id="LocalHost"),
+        # the allowlist names a host, not its addresses
+        pytest.param(f"http://127.0.0.1:{WEB_PORT}/text", "refused to fetch", id="allowed-port-by-address"),
     ],
 )
 def test_non_public_targets_are_refused_before_connecting(url, why, web_server):
