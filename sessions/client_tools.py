@@ -110,9 +110,9 @@ def client_tools_check_clash(agent, client_tools: list[dict], *, param: str = "t
     for i, tool in enumerate(client_tools):
         if tool["name"] in own:
             raise ClientToolsInvalid(
-                f"{param}[{i}] is named '{tool['name']}', like one of agent '{agent.slug}''s own tools; rename the "
-                f"client tool (the agent's tools run on the server: {', '.join(sorted(own))}).",
-                field=param,
+                f"{param}[{i}] is named '{tool['name']}', like one of the tools of agent '{agent.slug}'; rename the "
+                f"client tool (the agent's own tools run on the server: {', '.join(sorted(own))}).",
+                field=f"{param}[{i}]",
             )
 
 

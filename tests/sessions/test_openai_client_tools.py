@@ -137,7 +137,7 @@ def test_tool_results_for_nothing_waiting_are_refused(live, tenant):
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "exec"}}]}, "tools", "like one of agent"),
+        ({"tools": [{"type": "function", "function": {"name": "exec"}}]}, "tools[0]", "like one of the tools of agent"),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type", "not supported"),
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "not among"),
         ({"tool_choice": "sometimes"}, "tool_choice", "must be"),
