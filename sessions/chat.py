@@ -342,15 +342,14 @@ def turn_add(turns: list[tuple[str, list[dict]]], role: str, blocks: list[dict])
         turns.append((role, blocks))
 
 
-def _new_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]], *,
-                 key_prefix: str | None = None, ephemeral: bool = True) -> AgentSession:
-    """A session of the request's own messages: ephemeral (closed after its run) unless it is kept."""
-    name = "api" if ephemeral else "conv"
+def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]], *,
+                       key_prefix: str | None = None) -> AgentSession:
+    """A session of the request's own messages, closed after its run (unless it hands out tool calls)."""
     session = AgentSession.objects.create(
         tenant=tenant,
         agent=agent,
-        key=f"{key_prefix or f'agent:{agent.slug}'}:{name}-{secrets.token_hex(8)}",
-        ephemeral=ephemeral,
+        key=f"{key_prefix or f'agent:{agent.slug}'}:api-{secrets.token_hex(8)}",
+        ephemeral=True,
     )
     if history:
         transcript_seed_if_empty(session_id=session.pk, turns=history)
@@ -447,8 +446,7 @@ def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> ChatStarted:
             key_prefix = session_key_normalize(agent=agent, key=request.session_name) + ":stateless"
         # One transaction, so one commit (a WAL flush) on the way to the first token.
         with transaction.atomic():
-            session = _new_session(tenant, agent, request.history, key_prefix=key_prefix,
-                                   ephemeral=True)
+            session = _ephemeral_session(tenant, agent, request.history, key_prefix=key_prefix)
             run = _submit(session, request, content=request.turns[-1][1])
     return ChatStarted(run=run, completion_id=_completion_id(), created=int(time.time()), history=history)
 

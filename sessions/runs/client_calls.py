@@ -39,7 +39,7 @@ def client_calls_of(run: Run, step: int) -> list[dict]:
 
 
 def _waiting(session: AgentSession) -> list[ToolCall]:
-    return list(ToolCall.objects.select_for_update(no_key=True)
+    return list(ToolCall.objects.select_for_update(no_key=True, of=("self",))
                 .filter(run__session=session, status=ToolCall.Status.AWAITING_CLIENT).order_by("id"))
 
 
