@@ -20,7 +20,9 @@ FAST_PATH_PREFIXES = ("/v1/", "/health", "/api/runs/")
 BODY_CHECKED_PREFIXES = ("/v1/", "/api/")
 
 
-class ApiFastPathMiddleware:
+class _AsyncMiddleware:
+    """A middleware that runs on the event loop only, so a request passes it without a thread hop."""
+
     sync_capable = False
     async_capable = True
 
@@ -28,6 +30,8 @@ class ApiFastPathMiddleware:
         self.get_response = get_response
         markcoroutinefunction(self)
 
+
+class ApiFastPathMiddleware(_AsyncMiddleware):
     async def __call__(self, request):
         if request.path_info.startswith(FAST_PATH_PREFIXES):
             try:
@@ -59,16 +63,9 @@ def outage_response(request, store: str) -> JsonResponse:
     return response
 
 
-class OutageMiddleware:
+class OutageMiddleware(_AsyncMiddleware):
     """A view that fails because Redis or PostgreSQL is unreachable answers 503 with Retry-After rather
     than 500: the client did nothing wrong and may simply try again (infra/outages.py)."""
-
-    sync_capable = False
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        markcoroutinefunction(self)
 
     async def __call__(self, request):
         return await self.get_response(request)
@@ -78,7 +75,7 @@ class OutageMiddleware:
         return outage_response(request, store) if store is not None else None
 
 
-class RequestBodyLimitMiddleware:
+class RequestBodyLimitMiddleware(_AsyncMiddleware):
     """Every request body is held to a limit before any view reads it, and a larger one is a 413 that says
     the limit, in both error shapes.
 
@@ -91,13 +88,6 @@ class RequestBodyLimitMiddleware:
 
     # URL names of the routes that take a message (POST only).
     MESSAGE_ROUTES = frozenset({"openai-chat-completions", "openai-responses", "session-messages"})
-
-    sync_capable = False
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        markcoroutinefunction(self)
 
     async def __call__(self, request):
         if request.content_type != "multipart/form-data":
@@ -138,20 +128,13 @@ def _too_large(request, limit: int, takes_a_message: bool) -> JsonResponse:
     return JsonResponse({"detail": message, "code": "request_too_large", "error": error}, status=413)
 
 
-class RejectNulMiddleware:
+class RejectNulMiddleware(_AsyncMiddleware):
     """Postgres cannot store NUL characters (in text or JSON), so a request carrying one in its query string
     or JSON body would fail deep inside with a 500. Refuse it at the door with a 400 that says why.
 
     Which bodies: every body under /v1/ and /api/ whatever its Content-Type (the OpenAI endpoint parses
     any body as JSON, as OpenAI's does, so a JSON body sent as text/plain, form-encoded or with no type
     reaches the database just the same), and any JSON body elsewhere."""
-
-    sync_capable = False
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        markcoroutinefunction(self)
 
     async def __call__(self, request):
         problem, field = None, None

@@ -9,7 +9,7 @@ in one place, `domain_error_response`.
 """
 
 import json
-from functools import wraps
+from functools import partial, wraps
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
@@ -142,10 +142,10 @@ def _sse(data) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _parse_chat(request):
-    """(ChatRequest, None) or (None, error response)."""
+def json_body(request):
+    """(the request's JSON body, None) or (None, the error response)."""
     try:
-        body = json_input.loads(request.body)
+        return json_input.loads(request.body), None
     except RequestDataTooBig:
         # (RequestBodyLimitMiddleware answers first; this is for a limit lowered below it.)
         return None, openai_error(413, "The request body is too large.", code="request_too_large")
@@ -153,6 +153,13 @@ def _parse_chat(request):
         return None, openai_error(400, f"The request body is refused: {exc}", code="json_too_deep")
     except (ValueError, UnicodeDecodeError) as exc:
         return None, openai_error(400, f"The request body is not valid JSON: {exc}", code="invalid_json")
+
+
+def _parse_chat(request):
+    """(ChatRequest, None) or (None, error response)."""
+    body, error = json_body(request)
+    if error is not None:
+        return None, error
     try:
         return parse_chat_request(
             body,
@@ -165,40 +172,50 @@ def _parse_chat(request):
 
 
 @db_call
-def _authenticate_and_start(authorization: str | None, chat, idempotency_key: str | None):
-    """Everything a chat request needs from the database in one thread hop: the key, the agent, the run.
-    Returns the ChatStarted, or the error response; raises AuthError."""
+def _authenticate_and_start(authorization: str | None, model: str | None, start, idempotency_key: str | None):
+    """Everything a request needs from the database in one thread hop: the key, the agent, the run
+    (`start(tenant=, agent=, idempotency_key=)`, None when the request is refused anyway). Returns what
+    `start` returns, or the error response; raises AuthError."""
     principal = authenticate_key(bearer_token(authorization), scope="chat", what="the OpenAI-compatible API")
-    if chat is None:
+    if start is None:
         return None
-    agent = agent_by_slug(tenant=principal.tenant, slug=chat.model)
+    agent = agent_by_slug(tenant=principal.tenant, slug=model)
     if agent is None:
         return openai_error(
-            404, f"The model '{chat.model}' does not exist: use the slug of one of your agents (GET /v1/models).",
+            404, f"The model '{model}' does not exist: use the slug of one of your agents (GET /v1/models).",
             code="model_not_found", param="model",
         )
     try:
-        return chat_start(tenant=principal.tenant, agent=agent, request=chat, idempotency_key=idempotency_key)
+        return start(tenant=principal.tenant, agent=agent, idempotency_key=idempotency_key)
     except DomainError as exc:
         return domain_error_response(exc)
+
+
+async def run_start_or_error(request, *, model: str | None, start, body_error):
+    """Start a parsed request's run (chat_start's ChatStarted), or the error response to answer instead.
+    The body is parsed first, but refusals come in the order a client fixes things: credentials, then the
+    body (and Idempotency-Key), then what starting the run says."""
+    idempotency_key = None
+    try:
+        idempotency_key = idempotency_key_from(request.headers)
+    except IdempotencyKeyInvalid as exc:
+        body_error = body_error or domain_error_response(exc)
+    try:
+        outcome = await _authenticate_and_start(
+            request.headers.get("Authorization"), model, None if body_error else start, idempotency_key
+        )
+    except AuthError as exc:
+        return auth_error_response(exc)
+    return body_error or outcome
 
 
 @csrf_exempt
 @require_POST
 async def chat_completions(request):
-    # Parse first, but report in the order a client fixes things: credentials, then the body.
     chat, body_error = _parse_chat(request)
-    idempotency_key = None
-    try:
-        idempotency_key = idempotency_key_from(request.headers)
-    except IdempotencyKeyInvalid as exc:
-        chat, body_error = None, body_error or domain_error_response(exc)
-    try:
-        outcome = await _authenticate_and_start(request.headers.get("Authorization"), chat, idempotency_key)
-    except AuthError as exc:
-        return auth_error_response(exc)
-    if body_error is not None:
-        return body_error
+    outcome = await run_start_or_error(
+        request, model=chat and chat.model, start=chat and partial(chat_start, request=chat), body_error=body_error,
+    )
     if isinstance(outcome, JsonResponse):
         return outcome
     run, completion_id, created = outcome.run, outcome.completion_id, outcome.created

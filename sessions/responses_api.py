@@ -14,30 +14,29 @@ How a request is read (ids, conversations, refusals): sessions/responses.py. Her
 import json
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
-from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from beamclaw_project import json_input
 from beamclaw_project.asyncdb import db_call
 from beamclaw_project.errors import DomainError
 from beamclaw_project.infra.draining import drain_expired
 from sessions import events
-from sessions.idempotency import IdempotencyKeyInvalid, idempotency_key_from
 from sessions.models import Run
 from sessions.openai_api import (
     auth_error_response,
     domain_error_response,
+    json_body,
     openai_error,
     provider_error_status,
     require_GET,
     require_POST,
     restarting_message,
+    run_start_or_error,
 )
 from sessions.responses import (
     ECHO_PARAM,
-    ResponsesRequest,
     function_call_item_id,
     message_item_id,
     parse_responses_request,
@@ -48,22 +47,15 @@ from sessions.responses import (
 from sessions.run_stream import follow_run
 from sessions.runs import terminal_event_from_db
 from tenants.auth import AuthError, authenticate_key, bearer_token
-from tenants.selectors import agent_by_slug
 
 # --- starting --------------------------------------------------------------------------------------------
 
 
 def _parse(request):
     """(ResponsesRequest, None) or (None, error response)."""
-    try:
-        body = json_input.loads(request.body)
-    except RequestDataTooBig:
-        # (RequestBodyLimitMiddleware answers first; this is for a limit lowered below it.)
-        return None, openai_error(413, "The request body is too large.", code="request_too_large")
-    except json_input.JSONTooDeep as exc:
-        return None, openai_error(400, f"The request body is refused: {exc}", code="json_too_deep")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, openai_error(400, f"The request body is not valid JSON: {exc}", code="invalid_json")
+    body, error = json_body(request)
+    if error is not None:
+        return None, error
     try:
         return parse_responses_request(
             body,
@@ -74,46 +66,14 @@ def _parse(request):
         return None, domain_error_response(exc)
 
 
-def _authenticate(authorization: str | None):
-    return authenticate_key(bearer_token(authorization), scope="chat", what="the OpenAI-compatible API")
-
-
-@db_call
-def _authenticate_and_start(authorization: str | None, parsed: ResponsesRequest | None, idempotency_key: str | None):
-    """Everything a request needs from the database in one thread hop: the key, the agent, the conversation,
-    the run. Returns the ChatStarted, or the error response; raises AuthError."""
-    principal = _authenticate(authorization)
-    if parsed is None:
-        return None
-    chat = parsed.chat
-    agent = agent_by_slug(tenant=principal.tenant, slug=chat.model)
-    if agent is None:
-        return openai_error(
-            404, f"The model '{chat.model}' does not exist: use the slug of one of your agents (GET /v1/models).",
-            code="model_not_found", param="model",
-        )
-    try:
-        return responses_start(tenant=principal.tenant, agent=agent, parsed=parsed, idempotency_key=idempotency_key)
-    except DomainError as exc:
-        return domain_error_response(exc)
-
-
 @csrf_exempt
 @require_POST
 async def create_response(request):
-    # Parse first, but report in the order a client fixes things: credentials, then the body.
     parsed, body_error = _parse(request)
-    idempotency_key = None
-    try:
-        idempotency_key = idempotency_key_from(request.headers)
-    except IdempotencyKeyInvalid as exc:
-        parsed, body_error = None, body_error or domain_error_response(exc)
-    try:
-        outcome = await _authenticate_and_start(request.headers.get("Authorization"), parsed, idempotency_key)
-    except AuthError as exc:
-        return auth_error_response(exc)
-    if body_error is not None:
-        return body_error
+    outcome = await run_start_or_error(
+        request, model=parsed and parsed.chat.model, start=parsed and partial(responses_start, parsed=parsed),
+        body_error=body_error,
+    )
     if isinstance(outcome, JsonResponse):
         return outcome
     run = outcome.run
@@ -414,7 +374,7 @@ _LIVE_STATUSES = {Run.Status.QUEUED: "queued", Run.Status.RUNNING: "in_progress"
 def _stored_response(authorization: str | None, value: str):
     """The Response of run `value` of the key's tenant, rebuilt from Postgres; None if there is none.
     Raises AuthError."""
-    principal = _authenticate(authorization)
+    principal = authenticate_key(bearer_token(authorization), scope="chat", what="the OpenAI-compatible API")
     run_id = run_id_of(value)
     run = (Run.objects.filter(tenant=principal.tenant, pk=run_id).select_related("session__agent").first()
            if run_id else None)

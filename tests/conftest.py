@@ -324,6 +324,14 @@ class TenantBundle:
         return {"Authorization": f"Bearer {self.api_key}"}
 
 
+def openai_client(live: str, bundle, *, timeout: float = 30):
+    """The official `openai` client on the gateway's /v1, with a tenant's key and no retries (a test sees the
+    first answer)."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{live}/v1", api_key=bundle.api_key, max_retries=0, timeout=timeout)
+
+
 @pytest.fixture
 def make_tenant():
     from tenants.services import tenant_create

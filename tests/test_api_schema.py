@@ -19,7 +19,7 @@ from beamclaw_project import urls
 from sessions import chat, events, openai_schema, responses
 from sessions.asyncapi import openapi_to_json_schema
 from sessions.consumers import EVENTS, GatewayConsumer
-from tests.conftest import sse_events
+from tests.conftest import openai_client, sse_events
 from tests.sessions.test_websocket import WS
 from tools import approvals
 
@@ -76,10 +76,6 @@ def asyncapi(live) -> Schemas:
     return Schemas(response.json())
 
 
-def client_for(live: str, bundle) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live}/v1", api_key=bundle.api_key, max_retries=0, timeout=60)
-
-
 # --- OpenAPI: /v1 ------------------------------------------------------------------------------------
 
 
@@ -126,7 +122,7 @@ def test_request_schemas_take_exactly_the_parameters_the_parsers_know():
 
 
 def test_a_client_tool_round_trip_matches_the_schema(live, tenant, openapi):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant, timeout=60)
     first_body = {
         "model": "assistant",
         "messages": [

@@ -26,6 +26,8 @@ def _beat(name: str, service_env, log_dir, tmp_path) -> Process:
     return Process(name, argv, service_env, log_dir).start()
 
 
+# Crash recovery of the cron sweeper is this test's subject, so its own sweeper worker (and only that one)
+# runs the sweep on a shortened tick, to see beat killed and replaced within a few occurrences.
 SWEEPER_TIMINGS = {
     "BEAMCLAW_HOUSEKEEPING_SECONDS": "0.5", "BEAMCLAW_CRON_SWEEP_SECONDS": "1", "BEAMCLAW_CRON_SWEEP_SLACK_SECONDS": "1",
 }

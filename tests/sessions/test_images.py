@@ -17,7 +17,7 @@ from django.db import transaction
 from sessions.content import ContentInvalid, content_parse
 from sessions.images import USER_AGENT, images_fetch, turns_images_fetch
 from sessions.models import AgentSession, Message
-from tests.conftest import WEBHOOK_HOST, http_server
+from tests.conftest import WEBHOOK_HOST, http_server, openai_client
 from tests.sessions.test_content import base64_block, data_url, image_part, jpeg, png
 from tests.sessions.test_rest_api import wait_for_run
 from tests.sessions.test_websocket import WS
@@ -54,19 +54,15 @@ def site():
         yield server
 
 
-def client_for(live: str, bundle) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live}/v1", api_key=bundle.api_key, max_retries=0, timeout=60)
-
-
 def ask(live, bundle, *parts, user: str | None = None):
-    return client_for(live, bundle).chat.completions.create(
+    return openai_client(live, bundle, timeout=60).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": list(parts)}], **({"user": user} if user else {}),
     )
 
 
 def refusal(live, bundle, messages) -> dict:
     with pytest.raises(openai.BadRequestError) as refused:
-        client_for(live, bundle).chat.completions.create(model="assistant", messages=messages)
+        openai_client(live, bundle, timeout=60).chat.completions.create(model="assistant", messages=messages)
     return refused.value.body
 
 

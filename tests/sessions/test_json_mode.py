@@ -14,6 +14,7 @@ from beamclaw_project.errors import InvalidInput
 from sessions.models import AgentSession, Message, Run
 from sessions.providers.base import Completion
 from sessions.runs.json_mode import REPAIR_PARAM, reply_check, reply_result_text, response_format_parse
+from tests.conftest import openai_client
 
 PERSON = {
     "type": "object",
@@ -25,14 +26,10 @@ PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schem
 ADA = {"name": "Ada", "age": 36}
 
 
-def client_for(live: str, bundle) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live}/v1", api_key=bundle.api_key, max_retries=0, timeout=30)
-
-
 def ask(live, bundle, text: str, response_format: dict, **options):
     """Ask in JSON mode; returns (the reply's content, a marker that finds the model's requests)."""
     marker = f"json-{uuid.uuid4().hex[:8]}"
-    reply = client_for(live, bundle).chat.completions.create(
+    reply = openai_client(live, bundle).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": f"{marker} {text}"}],
         response_format=response_format, **options,
     )
@@ -63,7 +60,7 @@ def test_schema_reply_valid_at_once_and_the_model_saw_the_schema(live, tenant, f
 
 def test_instruction_follows_the_requests_own_system_text(live, tenant, fake_requests):
     marker = f"json-{uuid.uuid4().hex[:8]}"
-    client_for(live, tenant).chat.completions.create(
+    openai_client(live, tenant).chat.completions.create(
         model="assistant", response_format={"type": "json_object"},
         messages=[{"role": "system", "content": "You list fruit."},
                   {"role": "user", "content": f'{marker} [[reply={{"fruit": ["apple"]}}]]'}],
@@ -115,7 +112,7 @@ def test_reply_that_breaks_the_schema_is_repaired_with_the_path_at_fault(live, t
 
 def test_repair_streamed_sends_only_the_valid_json(live, tenant, fake_requests):
     marker = f"json-{uuid.uuid4().hex[:8]}"
-    stream = client_for(live, tenant).chat.completions.create(
+    stream = openai_client(live, tenant).chat.completions.create(
         model="assistant", stream=True, response_format=PERSON_FORMAT,
         messages=[{"role": "user", "content": f"{marker} [[replies=not json at all||{json.dumps(ADA)}]]"}],
     )
@@ -150,7 +147,7 @@ def test_invalid_twice_fails_with_invalid_json(live, tenant, fake_requests):
 
 
 def test_invalid_twice_streamed_ends_in_an_error(live, tenant):
-    stream = client_for(live, tenant).chat.completions.create(
+    stream = openai_client(live, tenant).chat.completions.create(
         model="assistant", stream=True, response_format={"type": "json_object"},
         messages=[{"role": "user", "content": "[[replies=nope||still nope]]"}],
     )

@@ -5,24 +5,21 @@ import openai
 import pytest
 
 from sessions.models import AgentSession, Message, Run
-
-
-def client_for(live: str, bundle) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live}/v1", api_key=bundle.api_key, max_retries=0, timeout=30)
+from tests.conftest import openai_client
 
 
 def test_models_lists_only_the_tenants_agents(live, make_tenant):
     mine, other = make_tenant(), make_tenant()
-    models = client_for(live, mine).models.list()
+    models = openai_client(live, mine).models.list()
     assert [m.id for m in models.data] == ["assistant"]
     assert models.data[0].owned_by == mine.tenant.slug
-    assert client_for(live, mine).models.retrieve("assistant").id == "assistant"
+    assert openai_client(live, mine).models.retrieve("assistant").id == "assistant"
     with pytest.raises(openai.NotFoundError):
-        client_for(live, other).models.retrieve("nope")
+        openai_client(live, other).models.retrieve("nope")
 
 
 def test_non_streaming_completion_with_openai_client(live, tenant):
-    reply = client_for(live, tenant).chat.completions.create(
+    reply = openai_client(live, tenant).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": "hello gateway"}]
     )
     assert reply.choices[0].message.content == "Echo: hello gateway"
@@ -40,7 +37,7 @@ def test_non_streaming_completion_with_openai_client(live, tenant):
 
 
 def test_streaming_completion_with_openai_client(live, tenant):
-    stream = client_for(live, tenant).chat.completions.create(
+    stream = openai_client(live, tenant).chat.completions.create(
         model="assistant",
         messages=[{"role": "user", "content": "one two three four [[delay_ms=5]]"}],
         stream=True,
@@ -70,7 +67,7 @@ def test_stream_wire_format_ends_with_done(live, tenant):
 
 
 def test_user_field_keeps_a_persistent_session(live, tenant, fake_requests):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant)
     first = client.chat.completions.create(model="assistant", user="alice", messages=[{"role": "user", "content": "first"}])
     second = client.chat.completions.create(model="assistant", user="alice", messages=[{"role": "user", "content": "second"}])
     assert first.choices[0].message.content == "Echo: first"
@@ -99,7 +96,7 @@ def test_session_key_header_selects_the_session(live, tenant):
 
 def test_ephemeral_request_history_and_system_prompt_reach_the_model(live, make_tenant, fake_requests):
     bundle = make_tenant(system_prompt="You are the test agent.", max_tokens=1000)
-    client_for(live, bundle).chat.completions.create(
+    openai_client(live, bundle).chat.completions.create(
         model="assistant",
         max_tokens=50,
         messages=[

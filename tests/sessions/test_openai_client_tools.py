@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from sessions.models import AgentSession, Message, ToolCall
+from tests.conftest import openai_client
 
 WEATHER = {
     "type": "function",
@@ -20,12 +21,8 @@ WEATHER = {
 }
 
 
-def client_for(live: str, bundle) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live}/v1", api_key=bundle.api_key, max_retries=0, timeout=60)
-
-
 def test_client_tool_round_trip_without_a_session(live, tenant, fake_requests):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant, timeout=60)
     messages = [{"role": "user", "content": 'Weather in Paris? [[tool=get_weather:{"city":"Paris"}]]'}]
     first = client.chat.completions.create(model="assistant", messages=messages, tools=[WEATHER])
 
@@ -70,7 +67,7 @@ def test_streamed_tool_calls_arrive_as_openai_deltas(live, tenant):
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
 
     # The openai package assembles the same stream into one call.
-    stream = client_for(live, tenant).chat.completions.create(
+    stream = openai_client(live, tenant, timeout=60).chat.completions.create(
         model="assistant", stream=True, tools=[WEATHER],
         messages=[{"role": "user", "content": 'Go [[tool=get_weather:{"city":"Rome"}]]'}],
     )
@@ -84,7 +81,7 @@ def test_streamed_tool_calls_arrive_as_openai_deltas(live, tenant):
 
 def test_mixed_server_and_client_tools_in_one_reply(live, make_tenant, fake_requests):
     bundle = make_tenant(tool_policy={"allow": ["exec"], "deny": []})
-    client = client_for(live, bundle)
+    client = openai_client(live, bundle, timeout=60)
     prompt = 'Both [[tool=exec:{"command":"echo server-side"}]] [[tool=get_weather:{"city":"Lima"}]]'
     first = client.chat.completions.create(model="assistant", user="mixer", tools=[WEATHER],
                                            messages=[{"role": "user", "content": prompt}])
@@ -111,7 +108,7 @@ def test_mixed_server_and_client_tools_in_one_reply(live, make_tenant, fake_requ
 
 
 def test_a_new_message_instead_of_results_closes_the_calls(live, tenant, fake_requests):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant, timeout=60)
     client.chat.completions.create(model="assistant", user="drop", tools=[WEATHER],
                                    messages=[{"role": "user", "content": 'x [[tool=get_weather:{"city":"A"}]]'}])
     reply = client.chat.completions.create(model="assistant", user="drop",
@@ -123,7 +120,7 @@ def test_a_new_message_instead_of_results_closes_the_calls(live, tenant, fake_re
 
 
 def test_tool_results_for_nothing_waiting_are_refused(live, tenant):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant, timeout=60)
     client.chat.completions.create(model="assistant", user="r", messages=[{"role": "user", "content": "hi"}])
     history = [{"role": "user", "content": "hi"},
                {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
@@ -163,7 +160,7 @@ def test_parameters_the_agent_cannot_honour_are_refused_by_name(live, make_tenan
 
 
 def test_user_history_seeds_a_new_session_and_the_server_keeps_it(live, tenant, fake_requests):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant, timeout=60)
     history = [
         {"role": "system", "content": "Answer in French."},
         {"role": "user", "content": "earlier question"},
@@ -189,7 +186,7 @@ def test_user_history_seeds_a_new_session_and_the_server_keeps_it(live, tenant, 
 
 
 def test_stateless_mode_uses_the_request_history_under_an_auditable_key(live, tenant, fake_requests):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant, timeout=60)
     for turn in ("one", "two"):
         raw = client.chat.completions.with_raw_response.create(
             model="assistant", user="bob", extra_headers={"X-Session-Mode": "stateless"},

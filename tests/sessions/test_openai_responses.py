@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from sessions.models import AgentSession, Run
-from tests.conftest import sse_events
+from tests.conftest import openai_client, sse_events
 from tests.sessions.test_content import data_url, png
 
 WEATHER_TOOL = {
@@ -20,16 +20,12 @@ WEATHER_TOOL = {
 }
 
 
-def client_for(live: str, bundle) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live}/v1", api_key=bundle.api_key, max_retries=0, timeout=30)
-
-
 def post(live, bundle, body: dict, **headers) -> httpx.Response:
     return httpx.post(f"{live}/v1/responses", json=body, headers={**bundle.headers, **headers}, timeout=30)
 
 
 def test_text_reply_and_retrieve(live, tenant):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant)
     response = client.responses.create(model="assistant", input="hello responses", metadata={"ticket": "42"})
     assert response.object == "response"
     assert response.status == "completed"
@@ -52,7 +48,7 @@ def test_text_reply_and_retrieve(live, tenant):
 
 
 def test_streaming_with_the_openai_client(live, tenant):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant)
     with client.responses.stream(model="assistant", input="one two three [[delay_ms=5]]") as stream:
         deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
         final = stream.get_final_response()
@@ -95,7 +91,7 @@ def test_raw_event_stream_order_and_sequence_numbers(live, tenant):
 
 
 def test_previous_response_id_continues_the_conversation(live, tenant, fake_requests):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant)
     first = client.responses.create(model="assistant", input="my name is Ada")
     second = client.responses.create(model="assistant", input="what is my name?", previous_response_id=first.id)
     assert second.output_text == "Echo: what is my name?"
@@ -145,7 +141,7 @@ def test_a_retry_under_the_same_idempotency_key_is_the_same_response(live, tenan
 
 
 def test_full_history_in_input_seeds_a_new_conversation(live, tenant, fake_requests):
-    reply = client_for(live, tenant).responses.create(
+    reply = openai_client(live, tenant).responses.create(
         model="assistant",
         input=[
             {"role": "user", "content": "earlier question"},
@@ -162,7 +158,7 @@ def test_full_history_in_input_seeds_a_new_conversation(live, tenant, fake_reque
 
 def test_instructions_and_developer_messages_reach_the_system_prompt(live, make_tenant, fake_requests):
     bundle = make_tenant(system_prompt="You are the test agent.")
-    client_for(live, bundle).responses.create(
+    openai_client(live, bundle).responses.create(
         model="assistant",
         instructions="Answer briefly.",
         input=[{"role": "developer", "content": "Use metric units."}, {"role": "user", "content": "hi"}],
@@ -177,7 +173,7 @@ def test_instructions_and_developer_messages_reach_the_system_prompt(live, make_
 
 def test_an_image_reaches_the_model(live, tenant):
     image = png(2, 2)
-    reply = client_for(live, tenant).responses.create(
+    reply = openai_client(live, tenant).responses.create(
         model="assistant",
         input=[{"role": "user", "content": [
             {"type": "input_text", "text": "what is this?"},
@@ -188,7 +184,7 @@ def test_an_image_reaches_the_model(live, tenant):
 
 
 def test_client_function_tool_round_trip(live, tenant, fake_requests):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant)
     first = client.responses.create(
         model="assistant", tools=[WEATHER_TOOL], input='weather? [[tool=get_weather:{"city":"Paris"}]]',
     )
@@ -249,7 +245,7 @@ def test_text_of_every_step_streams_into_one_message(live, make_tenant):
 
 
 def test_whole_history_with_function_calls_and_no_previous_response(live, tenant, fake_requests):
-    client = client_for(live, tenant)
+    client = openai_client(live, tenant)
     question = {"role": "user", "content": 'weather? [[tool=get_weather:{"city":"Rome"}]]'}
     first = client.responses.create(model="assistant", tools=[WEATHER_TOOL], input=[question], store=False)
     [call] = first.output
@@ -301,12 +297,12 @@ def test_bad_input_is_a_400_naming_the_parameter(live, tenant, changes, param):
 
 def test_another_tenants_response_is_not_found(live, make_tenant):
     mine, other = make_tenant(), make_tenant()
-    theirs = client_for(live, other).responses.create(model="assistant", input="private")
+    theirs = openai_client(live, other).responses.create(model="assistant", input="private")
     with pytest.raises(openai.NotFoundError) as caught:
-        client_for(live, mine).responses.create(model="assistant", input="hi", previous_response_id=theirs.id)
+        openai_client(live, mine).responses.create(model="assistant", input="hi", previous_response_id=theirs.id)
     assert caught.value.body["param"] == "previous_response_id"
     with pytest.raises(openai.NotFoundError):
-        client_for(live, mine).responses.retrieve(theirs.id)
+        openai_client(live, mine).responses.retrieve(theirs.id)
     for unknown in ("resp_nope", "resp_" + "0" * 32):
         assert httpx.get(f"{live}/v1/responses/{unknown}", headers=mine.headers, timeout=10).status_code == 404
     response = post(live, mine, {"model": "assistant", "input": "hi", "previous_response_id": "resp_nope"})
@@ -317,7 +313,7 @@ def test_another_tenants_response_is_not_found(live, make_tenant):
 def test_credentials_come_first_and_delete_is_refused(live, tenant):
     response = httpx.post(f"{live}/v1/responses", json={"model": "assistant"}, timeout=10)
     assert response.status_code == 401 and response.json()["error"]["code"]
-    reply = client_for(live, tenant).responses.create(model="assistant", input="keep me")
+    reply = openai_client(live, tenant).responses.create(model="assistant", input="keep me")
     response = httpx.delete(f"{live}/v1/responses/{reply.id}", headers=tenant.headers, timeout=10)
     assert response.status_code == 405 and response.headers["Allow"] == "GET"
-    assert client_for(live, tenant).responses.retrieve(reply.id).output_text == "Echo: keep me"
+    assert openai_client(live, tenant).responses.retrieve(reply.id).output_text == "Echo: keep me"
