@@ -8,8 +8,7 @@ import httpx
 import pytest
 
 from sessions.models import AgentSession, Message, Run, ToolCall
-from tests.conftest import WEBHOOK_HOST
-from tests.sessions.test_openai_api import client_for
+from tests.conftest import WEBHOOK_HOST, openai_client
 from tests.sessions.test_rest_api import wait_for_run
 
 requires_bwrap = pytest.mark.skipif(
@@ -36,7 +35,7 @@ def openai_agent(make_tenant, **fields):
 
 def test_a_chat_streams_through_the_openai_provider(live, make_tenant, openai_requests, fake_requests):
     bundle = openai_agent(make_tenant, system_prompt="You are terse.")
-    stream = client_for(live, bundle).chat.completions.create(
+    stream = openai_client(live, bundle).chat.completions.create(
         model="assistant", stream=True, stream_options={"include_usage": True},
         messages=[{"role": "system", "content": "Answer in English."}, {"role": "user", "content": "hello openai one"}],
     )

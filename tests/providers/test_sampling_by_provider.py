@@ -5,12 +5,12 @@ import openai
 import pytest
 
 from sessions.models import Run
+from tests.conftest import openai_client
 from tests.providers.test_openai_provider import sent_with
-from tests.sessions.test_openai_api import client_for
 
 
 def chat(live, bundle, text, **params):
-    return client_for(live, bundle).chat.completions.create(
+    return openai_client(live, bundle).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": text}], **params
     )
 

@@ -4,7 +4,7 @@ parameters with no counterpart are refused by name instead of being dropped sile
 import openai
 import pytest
 
-from tests.sessions.test_openai_api import client_for
+from tests.conftest import openai_client
 
 
 def _last_model_request(fake_requests, marker: str) -> dict:
@@ -14,7 +14,7 @@ def _last_model_request(fake_requests, marker: str) -> dict:
 
 
 def test_temperature_top_p_stop_and_effort_reach_the_model(live, tenant, fake_requests):
-    reply = client_for(live, tenant).chat.completions.create(
+    reply = openai_client(live, tenant).chat.completions.create(
         model="assistant",
         messages=[{"role": "user", "content": "sampling-one"}],
         temperature=0.3,
@@ -31,7 +31,7 @@ def test_temperature_top_p_stop_and_effort_reach_the_model(live, tenant, fake_re
 
 
 def test_openai_temperature_above_one_is_anthropics_maximum(live, tenant, fake_requests):
-    stream = client_for(live, tenant).chat.completions.create(
+    stream = openai_client(live, tenant).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": "sampling-two"}], temperature=1.7, stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Echo: sampling-two"
@@ -39,7 +39,7 @@ def test_openai_temperature_above_one_is_anthropics_maximum(live, tenant, fake_r
 
 
 def test_neutral_defaults_that_clients_send_are_accepted(live, tenant):
-    reply = client_for(live, tenant).chat.completions.create(
+    reply = openai_client(live, tenant).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": "defaults"}],
         n=1, presence_penalty=0, frequency_penalty=0, logprobs=False,
     )
@@ -62,7 +62,7 @@ def test_neutral_defaults_that_clients_send_are_accepted(live, tenant):
 )
 def test_unsupported_sampling_parameter_is_400_naming_it(live, tenant, extra, name):
     with pytest.raises(openai.BadRequestError) as raised:
-        client_for(live, tenant).chat.completions.create(
+        openai_client(live, tenant).chat.completions.create(
             model="assistant", messages=[{"role": "user", "content": "nope"}], **extra
         )
     error = raised.value.body

@@ -8,8 +8,8 @@ import sys
 import httpx
 
 from sessions.models import AgentSession, Run
+from tests.conftest import openai_client
 from tests.fakes.echo_provider import halves
-from tests.sessions.test_openai_api import client_for
 from tests.sessions.test_rest_api import wait_for_run
 
 PLUGINS = ["tests.fakes.echo_provider"]
@@ -17,7 +17,7 @@ PLUGINS = ["tests.fakes.echo_provider"]
 
 def test_an_agent_runs_on_a_plugged_in_provider(gateway, plugin_worker, make_tenant, fake_requests):
     bundle = make_tenant(provider="echo")
-    stream = client_for(gateway, bundle).chat.completions.create(
+    stream = openai_client(gateway, bundle).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": "plugged in provider"}], stream=True
     )
     chunks = [c for c in stream if c.choices]
