@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "tools",
     "cron",
     "channels_app",
+    # The operators' web dashboard at `/` (beamclaw_project/dashboard/; docs/dashboard.md).
+    "beamclaw_project.dashboard",
     # Last: loads BEAMCLAW_PLUGINS once every app above is ready (beamclaw_project/apps.py).
     "beamclaw_project.apps.BeamclawConfig",
 ]
@@ -303,6 +305,16 @@ LOGGING = {
         "django.channels.server": {"level": "WARNING"},
     },
 }
+
+# --- metrics and logs (docs/metrics.md) ----------------------------------------------------------
+BEAMCLAW_METRICS = {}
+# --- end metrics and logs ------------------------------------------------------------------------
+
+# --- dashboard (docs/dashboard.md) ---------------------------------------------------------------
+LOGIN_URL = "dashboard:login"
+LOGIN_REDIRECT_URL = "dashboard:runs"
+BEAMCLAW_DASHBOARD = {}
+# --- end dashboard -------------------------------------------------------------------------------
 
 # --- Tools (tools/; see docs/tools.md) -----------------------------------------------------------
 # `process` calls must reach the worker that owns the background process: each worker also consumes

@@ -3,6 +3,7 @@ from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from beamclaw_project.health import health
+from beamclaw_project.metrics import metrics
 from channels_app.hooks import webhook_receive
 from sessions import openai_api, responses_api
 
@@ -20,6 +21,7 @@ async def openai_not_found(request, rest=""):
 
 urlpatterns = [
     path("health", health, name="health"),
+    path("metrics", metrics, name="metrics"),
     path("v1/models", openai_api.list_models, name="openai-models"),
     path("v1/models/<str:model_id>", openai_api.retrieve_model, name="openai-model"),
     path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
@@ -29,4 +31,5 @@ urlpatterns = [
     path("api/", include("beamclaw_project.api_urls")),
     path("hooks/<int:account_id>", webhook_receive, name="channel-webhook"),
     path("admin/", admin.site.urls),
+    path("", include("beamclaw_project.dashboard.urls")),
 ]

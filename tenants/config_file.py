@@ -1,0 +1,1 @@
+"""beamclaw.yaml: declarative configuration (filled in by the config work)."""
