@@ -5,15 +5,8 @@ from sessions.providers.chain import base_url_clean, fallbacks_clean
 from sessions.runs.compaction import compaction_config_clean
 from tenants.models import Agent, ApiKey, slug_validator
 from tenants.scopes import Scope
+from tenants.services import approval_clean, sandbox_clean, tool_policy_clean
 from tools.skills import skills_config_clean, skills_dirs_clean
-
-APPROVAL_MODES = ("off", "on_miss", "always")
-
-
-def _string_list(value, field: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise serializers.ValidationError({field: "Must be a list of non-empty strings."})
-    return value
 
 
 class AgentSerializer(serializers.ModelSerializer):
@@ -79,28 +72,13 @@ class AgentSerializer(serializers.ModelSerializer):
         return skills_dirs_clean(value)
 
     def validate_tool_policy(self, value):
-        if not isinstance(value, dict) or set(value) - {"allow", "deny"}:
-            raise serializers.ValidationError('Must be an object with optional "allow" and "deny" lists.')
-        return {key: _string_list(value.get(key, []), f"tool_policy.{key}") for key in ("allow", "deny")}
+        return tool_policy_clean(value)
 
     def validate_approval(self, value):
-        if not isinstance(value, dict) or set(value) - {"mode", "allowlist", "timeout_seconds"}:
-            raise serializers.ValidationError('Must be an object with "mode" and optional "allowlist".')
-        mode = value.get("mode", "off")
-        if mode not in APPROVAL_MODES:
-            raise serializers.ValidationError(f"mode must be one of {', '.join(APPROVAL_MODES)}.")
-        cleaned = {"mode": mode, "allowlist": _string_list(value.get("allowlist", []), "approval.allowlist")}
-        if "timeout_seconds" in value:
-            timeout = value["timeout_seconds"]
-            if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 86400:
-                raise serializers.ValidationError("timeout_seconds must be an integer between 1 and 86400.")
-            cleaned["timeout_seconds"] = timeout
-        return cleaned
+        return approval_clean(value)
 
     def validate_sandbox(self, value):
-        if not isinstance(value, dict) or set(value) - {"network"} or not isinstance(value.get("network", False), bool):
-            raise serializers.ValidationError('Must be an object like {"network": false}.')
-        return {"network": value.get("network", False)}
+        return sandbox_clean(value)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

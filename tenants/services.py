@@ -4,10 +4,52 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from rest_framework.exceptions import ValidationError as ApiValidationError
 
 from sessions.providers import provider_names
 from tenants.models import Agent, ApiKey, Tenant
 from tenants.queues import announce_queue
+
+# The checks of an agent's structured fields, shared by the agent API (tenants/serializers.py) and
+# beamclaw.yaml (tenants/config_file.py); they raise the API's ValidationError.
+APPROVAL_MODES = ("off", "on_miss", "always")
+
+
+def tool_policy_clean(value) -> dict:
+    """`Agent.tool_policy`: {"allow": [...], "deny": [...]}, tool names or patterns."""
+    if not isinstance(value, dict) or set(value) - {"allow", "deny"}:
+        raise ApiValidationError('Must be an object with optional "allow" and "deny" lists.')
+    return {key: _string_list(value.get(key, []), f"tool_policy.{key}") for key in ("allow", "deny")}
+
+
+def approval_clean(value) -> dict:
+    """`Agent.approval`: {"mode": off|on_miss|always, "allowlist": [...], "timeout_seconds"?: 1-86400}."""
+    if not isinstance(value, dict) or set(value) - {"mode", "allowlist", "timeout_seconds"}:
+        raise ApiValidationError('Must be an object with "mode" and optional "allowlist".')
+    mode = value.get("mode", "off")
+    if mode not in APPROVAL_MODES:
+        raise ApiValidationError(f"mode must be one of {', '.join(APPROVAL_MODES)}.")
+    cleaned = {"mode": mode, "allowlist": _string_list(value.get("allowlist", []), "approval.allowlist")}
+    if "timeout_seconds" in value:
+        timeout = value["timeout_seconds"]
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 86400:
+            raise ApiValidationError("timeout_seconds must be an integer between 1 and 86400.")
+        cleaned["timeout_seconds"] = timeout
+    return cleaned
+
+
+def sandbox_clean(value) -> dict:
+    """`Agent.sandbox`: {"network": bool}."""
+    if not isinstance(value, dict) or set(value) - {"network"} or not isinstance(value.get("network", False), bool):
+        raise ApiValidationError('Must be an object like {"network": false}.')
+    return {"network": value.get("network", False)}
+
+
+def _string_list(value, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ApiValidationError(f"{name} must be a list of non-empty strings.")
+    return value
+
 
 
 @dataclass(frozen=True)
