@@ -1,11 +1,29 @@
+"""Cron jobs and their runs in the Django admin: the one place an operator edits a schedule.
+
+A job's PeriodicTask (cron/beat.py) is derived from the job on every save; edited on its own it would drift
+from the job until the next save overwrote it, so django-celery-beat's admin is taken out (docs/admin.md).
+
+A run's status says whether the agent run succeeded; whether its reply reached the job's `deliver` target
+is a second outcome (cron/services.py records it on the CronRun). Both are shown side by side, in the job
+list (for the last run) and in the history, so a failed delivery never hides behind `succeeded`.
+"""
+
+import django_celery_beat.admin  # noqa: F401  registers beat's models, so they can be unregistered below
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
+from django.utils.html import format_html
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
 from cron.delivery import DeliveryTargetError, deliver_parse
 from cron.models import CronJob, CronRun
 from cron.schedule import ScheduleError, duration_format, schedule_parse
 from cron.services import CronJobInvalid, cron_job_create, cron_job_run_now, cron_job_set_enabled, cron_job_update
+from tenants.models import Agent
+
+for beat_model in (PeriodicTask, IntervalSchedule, CrontabSchedule, SolarSchedule, ClockedSchedule):
+    admin.site.unregister(beat_model)
 
 SCHEDULE_FIELDS = ("kind", "at", "every", "anchor", "expr", "tz")
 
@@ -26,6 +44,9 @@ class CronJobForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.every_seconds:
             self.initial["every"] = duration_format(self.instance.every_seconds)
+        if self.instance.pk is not None and "agent" in self.fields:
+            # A job runs one of its tenant's agents: only those are offered.
+            self.fields["agent"].queryset = Agent.objects.filter(tenant=self.instance.tenant_id)
         self.parsed_schedule = None
 
     def clean(self):
@@ -50,10 +71,19 @@ class CronJobForm(forms.ModelForm):
         return data
 
 
+def delivery_html(status: str, error: str):
+    """A delivery's outcome as the list shows it: nothing when none was asked for, a failure in red with why."""
+    if status in ("", CronRun.Delivery.NOT_REQUESTED):
+        return "-"
+    if status == CronRun.Delivery.FAILED:
+        return format_html('<span style="color: var(--error-fg)">delivery failed</span>{}', f": {error}" if error else "")
+    return "delivered" if status == CronRun.Delivery.DELIVERED else "delivery pending"
+
+
 class CronRunInline(admin.TabularInline):
     model = CronRun
     extra = 0
-    fields = ("scheduled_for", "trigger", "status", "started_at", "finished_at", "error", "run", "delivery_status")
+    fields = ("scheduled_for", "trigger", "status", "delivery", "started_at", "finished_at", "error", "run")
     readonly_fields = fields
     can_delete = False
     show_change_link = True
@@ -63,13 +93,17 @@ class CronRunInline(admin.TabularInline):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("run")
 
+    @admin.display(description="delivery")
+    def delivery(self, obj):
+        return delivery_html(obj.delivery_status, obj.delivery_error)
+
 
 @admin.register(CronJob)
 class CronJobAdmin(admin.ModelAdmin):
     form = CronJobForm
-    list_display = ("name", "agent", "kind", "schedule_text", "session_target", "enabled", "next_run_at",
-                    "last_status", "consecutive_errors")
-    list_filter = ("enabled", "kind", "session_target", "last_status", "tenant")
+    # Few and narrow columns: the last run's outcome must be visible on a laptop without scrolling sideways.
+    list_display = ("name", "agent", "schedule_text", "enabled", "next_run_at", "last_run", "consecutive_errors")
+    list_filter = ("tenant", "enabled", "kind", "session_target", "last_status")
     search_fields = ("name", "agent__slug", "tenant__slug", "expr")
     list_select_related = ("agent__tenant",)
     readonly_fields = ("next_run_at", "last_run_at", "last_status", "consecutive_errors", "disabled_reason",
@@ -77,10 +111,27 @@ class CronJobAdmin(admin.ModelAdmin):
     actions = ["enable_jobs", "disable_jobs", "run_now"]
     inlines = [CronRunInline]
 
+    def get_queryset(self, request):
+        last_run = CronRun.objects.filter(job=OuterRef("pk")).order_by("-scheduled_for", "-id")
+        return super().get_queryset(request).annotate(
+            last_delivery_status=Subquery(last_run.values("delivery_status")[:1]),
+            last_delivery_error=Subquery(last_run.values("delivery_error")[:1]),
+        )
+
+    @admin.display(description="last run")
+    def last_run(self, obj):
+        delivery = delivery_html(obj.last_delivery_status or "", (obj.last_delivery_error or "")[:120])
+        if not obj.last_status:
+            return "-"
+        return obj.last_status if delivery == "-" else format_html("{}<br>{}", obj.last_status, delivery)
+
     @admin.display(description="schedule")
     def schedule_text(self, obj):
-        schedule = obj.schedule.as_dict()
-        return " ".join(str(v) for k, v in schedule.items() if k != "kind")
+        if obj.kind == CronJob.Kind.EVERY:
+            return f"every {duration_format(obj.every_seconds)}"  # the anchor is on the job's page
+        if obj.kind == CronJob.Kind.AT:
+            return f"at {obj.at:%Y-%m-%d %H:%M:%S %Z}"
+        return f"{obj.expr} {obj.tz}"
 
     def save_model(self, request, obj, form, change):
         fields = {
@@ -127,11 +178,15 @@ class CronJobAdmin(admin.ModelAdmin):
 
 @admin.register(CronRun)
 class CronRunAdmin(admin.ModelAdmin):
-    list_display = ("job", "scheduled_for", "trigger", "status", "started_at", "finished_at", "delivery_status")
-    list_filter = ("status", "trigger", "delivery_status", "tenant")
+    list_display = ("job", "scheduled_for", "trigger", "status", "delivery", "started_at", "finished_at")
+    list_filter = ("tenant", "status", "delivery_status", "trigger")
     search_fields = ("job__name", "job__agent__slug", "error")
     list_select_related = ("job__agent__tenant",)
     readonly_fields = [f.name for f in CronRun._meta.fields]
+
+    @admin.display(description="delivery")
+    def delivery(self, obj):
+        return delivery_html(obj.delivery_status, obj.delivery_error)
 
     def has_add_permission(self, request):
         return False

@@ -17,6 +17,11 @@ else
 fi
 API_KEY=$(python -c 'import json;print(json.load(open(".run/demo.json"))["api_key"])')
 AGENT=$(python -c 'import json;print(json.load(open(".run/demo.json"))["agent"])')
+# Without a key the demo agent talks to the bundled fake (below), and its model is named for it ("fake-echo");
+# with a key it gets the real default back. An operator's own choice of model is left alone either way.
+if [ -z "${ANTHROPIC_API_KEY:-}" ]; then MODEL_BACKEND=fake; else MODEL_BACKEND=anthropic; fi
+MODEL=$(python manage.py create_tenant demo --agent "$AGENT" --model-backend "$MODEL_BACKEND" \
+  | python -c 'import json,sys;print(json.load(sys.stdin)["model"])')
 ADMIN_PASSWORD=$(python manage.py ensure_admin_user --username admin --password-file .run/admin-password)
 # Flower can revoke tasks and shut workers down: it always asks for a password, made once and kept
 # (unless FLOWER_BASIC_AUTH=user:password is already set).
@@ -47,7 +52,7 @@ BeamClaw is starting.
   Health:                      http://127.0.0.1:${PORT}/health
   Django admin:                http://127.0.0.1:${PORT}/admin/   (user: admin, password: ${ADMIN_PASSWORD})
   Flower:                      http://127.0.0.1:${FLOWER_PORT}/   (${FLOWER_LOGIN})
-  Tenant: demo   Agent (model): ${AGENT}   Model backend: ${LLM_NOTE}
+  Tenant: demo   Agent: ${AGENT}   Model: ${MODEL}   Model backend: ${LLM_NOTE}
   API key: ${API_KEY}
 
 Try it:

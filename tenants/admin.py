@@ -17,11 +17,20 @@ class AgentForm(forms.ModelForm):
         fields = "__all__"
 
 
+class AgentInlineForm(AgentForm):
+    # Narrow boxes: four columns fit beside the admin's menu on a laptop screen.
+    class Meta(AgentForm.Meta):
+        widgets = {name: forms.TextInput(attrs={"size": 18}) for name in ("slug", "name", "model")}
+
+
 class AgentInline(admin.TabularInline):
+    """The tenant's agents at a glance; the rest of an agent (prompt, tools, approvals, sandbox) is on its own
+    page, one click away."""
+
     model = Agent
-    form = AgentForm
+    form = AgentInlineForm
     extra = 0
-    fields = ("slug", "name", "provider", "model", "max_tokens")
+    fields = ("slug", "name", "provider", "model")
     show_change_link = True
 
 
