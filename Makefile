@@ -35,6 +35,7 @@ lint: install
 # waiting for workers and servers, so two share this machine's cores well. A test file stays in one process.
 test: install services lint
 	@scripts/ensure_sandbox_tools.sh
+	@scripts/ensure_browser.sh
 	@$(PY) -m pytest -n 2 --dist loadfile
 
 bench: db

@@ -24,13 +24,26 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "beamclaw_project.settings")
 # Static files (the admin's CSS and JS) are served by the app itself, so one Daphne is a whole deployment.
 django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
+from django.conf import settings  # noqa: E402  (needs Django set up)
 
+from beamclaw_project.infra.log_context import daphne_access_log_to_logging  # noqa: E402
+
+if "daphne.server" in sys.modules and settings.LOG_FORMAT == "json":
+    daphne_access_log_to_logging()  # Daphne's access log as JSON lines too (docs/metrics.md)
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import re_path  # noqa: E402
+
+from beamclaw_project.dashboard.consumers import DashboardConsumer  # noqa: E402
 from sessions.routing import websocket_urlpatterns  # noqa: E402
+
+# The dashboard's socket is authenticated by the session cookie (the gateway's /ws/ by an API key).
+dashboard_socket = AuthMiddlewareStack(DashboardConsumer.as_asgi())
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": URLRouter(websocket_urlpatterns),
+        "websocket": URLRouter([re_path(r"^ws/dashboard/?$", dashboard_socket), *websocket_urlpatterns]),
     }
 )

@@ -1,6 +1,7 @@
 """Settings, read from the environment only (12-factor), with defaults that work on a laptop."""
 
 import ipaddress
+import logging
 import os
 from pathlib import Path
 
@@ -293,27 +294,68 @@ BEAMCLAW_OUTBOUND = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    # `ids` names the tenant, session and run a line is about (beamclaw_project/infra/log_context.py).
+    # The tenant, session and run a line is about, from the log context (beamclaw_project/infra/log_context.py).
     "filters": {"ids": {"()": "beamclaw_project.infra.log_context.LogContextFilter"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s%(ids)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["ids"]}},
+    "formatters": {
+        # One JSON object per line (docs/metrics.md), the default: what log collectors parse.
+        "json": {"()": "beamclaw_project.infra.log_context.JsonFormatter"},
+        # For a person at a terminal: LOG_FORMAT=plain.
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(ids)s %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": (os.environ.get("LOG_FORMAT") or "json").strip().lower(),
+            "filters": ["ids"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},  # the anthropic SDK's client: one INFO line per model request
         "daphne": {"level": "WARNING"},
+        # Daphne's access log, where it goes through logging (JSON lines: infra/log_context.py).
+        "daphne.access": {"level": "INFO"},
         "django.channels.server": {"level": "WARNING"},
     },
 }
 
 # --- metrics and logs (docs/metrics.md) ----------------------------------------------------------
-BEAMCLAW_METRICS = {}
+LOG_FORMAT = LOGGING["handlers"]["console"]["formatter"]
+if LOG_FORMAT not in LOGGING["formatters"]:
+    raise ImproperlyConfigured(
+        f"LOG_FORMAT={os.environ.get('LOG_FORMAT')!r} is not a log format: use json (one JSON object per line, "
+        "the default) or plain (for reading at a terminal)."
+    )
+# Python's warnings (a library's deprecation, Celery's about running as root) become log lines in that format.
+logging.captureWarnings(True)
+# Every process writes its metric samples to files here and `GET /metrics` adds them up (prometheus_client's
+# multiprocess mode). Set before any metric exists: beamclaw_project/infra/metrics.py chooses the mode on import.
+# The processes of one host must share it, and it should start empty with them (docs/metrics.md).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(BASE_DIR / ".run" / "metrics"))
+try:
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+except OSError as exc:
+    raise ImproperlyConfigured(
+        f"PROMETHEUS_MULTIPROC_DIR={os.environ['PROMETHEUS_MULTIPROC_DIR']!r} cannot be created ({exc}): point it at "
+        "a writable directory that every BeamClaw process of this host shares."
+    ) from None
+BEAMCLAW_METRICS = {
+    # The bearer token `GET /metrics` asks for. Unset: only clients on this machine may scrape, and only
+    # directly (a request a proxy forwarded is refused), since anyone reaching a proxy would be "local".
+    "TOKEN": os.environ.get("BEAMCLAW_METRICS_TOKEN", ""),
+}
 # --- end metrics and logs ------------------------------------------------------------------------
 
 # --- dashboard (docs/dashboard.md) ---------------------------------------------------------------
 LOGIN_URL = "dashboard:login"
 LOGIN_REDIRECT_URL = "dashboard:runs"
-BEAMCLAW_DASHBOARD = {}
+BEAMCLAW_DASHBOARD = {
+    # How often an open runs page re-reads the live runs (one indexed query per page per poll).
+    "LIVE_POLL_SECONDS": env_float("BEAMCLAW_DASHBOARD_LIVE_POLL_SECONDS", 1.0),
+    # Runs one dashboard page may follow at once over its socket (each is one Redis stream reader).
+    "MAX_FOLLOWED_RUNS": 20,
+}
 # --- end dashboard -------------------------------------------------------------------------------
 
 # --- Tools (tools/; see docs/tools.md) -----------------------------------------------------------

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from beamclaw_project.errors import InvalidInput
+from beamclaw_project.infra.metrics import channel_message_record
 from channels_app.models import ChannelReply
 from channels_app.transport import transport_for
 from sessions.content import content_parse
@@ -130,4 +131,5 @@ def platform_message_receive(*, message: PlatformMessage) -> InboundResult:
             },
         )
         idempotency_record(claim, run=run)
+    channel_message_record(kind=message.kind, direction="in")
     return InboundResult(session=session, run=run, duplicate=False)

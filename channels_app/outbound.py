@@ -8,6 +8,7 @@ takes; the transport reads the account's credentials itself at send time, so the
 target that someone can read back.
 """
 
+from beamclaw_project.infra.metrics import channel_message_record
 from channels_app.models import ChannelAccount
 from channels_app.transport import DeliveryReceipt, OutboundMessage, PermanentDeliveryError, UnknownTransport, transport_for
 
@@ -31,7 +32,9 @@ def channel_message_send(*, account: ChannelAccount, to: str, text: str, deliver
         transport = transport_for(account.kind)
     except UnknownTransport as exc:
         raise PermanentDeliveryError(str(exc)) from None
-    return transport.send(OutboundMessage(
+    receipt = transport.send(OutboundMessage(
         delivery_id=delivery_id, target={"account": account.pk, "to": to.strip()}, text=text, data=dict(data or {}),
         timeout_seconds=timeout_seconds,
     ))
+    channel_message_record(kind=account.kind, direction="out")
+    return receipt

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from beamclaw_project.infra.deliveries import deliveries_unleased, delivery_send
 from beamclaw_project.infra.log_context import log_context_bind
+from beamclaw_project.infra.metrics import channel_message_record
 from beamclaw_project.infra.queues import SYSTEM_QUEUE
 from channels_app.models import ChannelReply
 from channels_app.transport import DeliveryError, OutboundMessage, PermanentDeliveryError, UnknownTransport, transport_for
@@ -99,6 +100,7 @@ def channel_reply_deliver(*, reply_id: int) -> None:
     updates = {"attempts": reply.attempts + 1, "error": error.message if error else ""}
     if error is None:
         updates.update(status=ChannelReply.Status.DELIVERED, delivered_at=timezone.now(), remote_id=receipt.remote_id)
+        channel_message_record(kind=reply.kind, direction="out")
     elif not retry:
         updates.update(status=ChannelReply.Status.FAILED)
     ChannelReply.objects.filter(pk=reply.pk, status=ChannelReply.Status.PENDING).update(**updates)

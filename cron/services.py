@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from beamclaw_project.errors import Conflict, InvalidInput, LimitExceeded, NotFound
 from beamclaw_project.infra.deliveries import deliveries_unleased, delivery_send
+from beamclaw_project.infra.metrics import cron_lag_observe
 from beamclaw_project.infra.queues import SYSTEM_QUEUE, tenant_queue
 from cron import schedule as sched
 from cron.beat import beat_needs_realign, beat_remove, beat_sync
@@ -272,6 +273,7 @@ def cron_job_fire(*, job_id: int, woken_by: str) -> CronRun | None:
         elif realign:
             beat_sync(job=job, realign=True)
     if not cron_run.is_terminal:
+        cron_lag_observe(tenant=job.tenant.slug, seconds=(now - scheduled_for).total_seconds())
         cron_run = _start(job, cron_run)
     logger.info("cron job %s: occurrence %s claimed (%s, %s)", job_id, scheduled_for.isoformat(), woken_by, cron_run.status)
     return cron_run

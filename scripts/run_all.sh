@@ -45,19 +45,30 @@ if [ -z "${ANTHROPIC_API_KEY:-}" ]; then
   LLM_NOTE="the bundled FAKE model (it echoes; set ANTHROPIC_API_KEY to talk to Claude)"
 fi
 
+if [ -n "${BEAMCLAW_METRICS_TOKEN:-}" ]; then
+  METRICS_NOTE="bearer token from BEAMCLAW_METRICS_TOKEN"
+else
+  METRICS_NOTE="from this machine only; set BEAMCLAW_METRICS_TOKEN to scrape from elsewhere"
+fi
 cat <<INFO
 
 BeamClaw is starting.
+  Dashboard:                   http://127.0.0.1:${PORT}/   (user: admin, password: ${ADMIN_PASSWORD})
   Gateway (OpenAI-compatible): http://127.0.0.1:${PORT}/v1
   Health:                      http://127.0.0.1:${PORT}/health
-  Django admin:                http://127.0.0.1:${PORT}/admin/   (user: admin, password: ${ADMIN_PASSWORD})
+  Metrics (Prometheus):        http://127.0.0.1:${PORT}/metrics   (${METRICS_NOTE})
+  Django admin:                http://127.0.0.1:${PORT}/admin/   (same user)
   Flower:                      http://127.0.0.1:${FLOWER_PORT}/   (${FLOWER_LOGIN})
   Tenant: demo   Agent: ${AGENT}   Model: ${MODEL}   Model backend: ${LLM_NOTE}
   API key: ${API_KEY}
 
 Try it:
+  .venv/bin/python manage.py chat --tenant demo --agent ${AGENT}     # a terminal chat
   curl http://127.0.0.1:${PORT}/v1/chat/completions -H "Authorization: Bearer ${API_KEY}" \\
        -H 'Content-Type: application/json' -d '{"model": "${AGENT}", "messages": [{"role": "user", "content": "Hello"}]}'
 
 INFO
+# Metric files of the last run's processes (docs/metrics.md): counters start from zero with the processes.
+METRICS_DIR="${PROMETHEUS_MULTIPROC_DIR:-.run/metrics}"
+mkdir -p "$METRICS_DIR" && find "$METRICS_DIR" -maxdepth 1 -name '*.db' -delete
 exec honcho -f .run/Procfile -d . start

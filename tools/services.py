@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from beamclaw_project.errors import Conflict, LimitExceeded
 from beamclaw_project.infra.log_context import log_context_bind
+from beamclaw_project.infra.metrics import tool_call_record
 from beamclaw_project.infra.redis import redis_client
 from sessions.idempotency import idempotency_claim, idempotency_record, request_fingerprint
 from sessions.models import AgentSession
@@ -124,6 +125,7 @@ def invocation_response(invocation: ToolInvocation) -> dict:
 
 def _publish_result(invocation: ToolInvocation) -> None:
     """Hand the result to a waiting POST /api/tools/invoke (it BLPOPs this key)."""
+    tool_call_record(tool=invocation.tool, status=invocation.status, known_tools=registry.registered_tools())
     key = invocation_result_key(invocation.pk)
     pipe = redis_client().pipeline(transaction=False)
     pipe.rpush(key, json.dumps(invocation_response(invocation)))

@@ -43,6 +43,7 @@ from rest_framework.exceptions import ValidationError
 from beamclaw_project.errors import Conflict, DomainError
 from beamclaw_project.infra.draining import draining
 from beamclaw_project.infra.leases import Lease
+from beamclaw_project.infra.metrics import tokens_record
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.queues import tenant_queue
 from beamclaw_project.infra.redis import async_redis, redis_client
@@ -374,8 +375,9 @@ def _tokens_spent_locked(session: AgentSession, run: Run | None, usage: dict) ->
         Run.objects.filter(pk=run.pk).update(
             input_tokens=F("input_tokens") + input_tokens, output_tokens=F("output_tokens") + output_tokens
         )
-    tenant_id = session.tenant_id
+    tenant_id, slug = session.tenant_id, session.tenant.slug
     transaction.on_commit(lambda: record_tokens(tenant_id=tenant_id, tokens=input_tokens + output_tokens))
+    transaction.on_commit(lambda: tokens_record(tenant=slug, input_tokens=input_tokens, output_tokens=output_tokens))
 
 
 def _record(*, session_id, plan: CompactionPlan, summary: str, trigger: str, run: Run | None, model: str,

@@ -10,6 +10,8 @@ import logging
 from django.db import connection, transaction
 from django.utils import timezone
 
+from beamclaw_project.infra.log_context import log_context_bind
+from beamclaw_project.infra.metrics import run_finished_record, run_started_record
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import notify_session
@@ -88,6 +90,11 @@ def run_start_locked(session: AgentSession, run: Run) -> Run:
     run_mark_queued(run_id)
 
     def announce_and_enqueue():
+        # One log line and one count per run start and end (docs/metrics.md); whatever this process logs
+        # next in this context is about this run too.
+        log_context_bind(tenant=tenant_slug, session=session.pk, run=run_id)
+        logger.info("run started (%s)", run.trigger)
+        run_started_record(tenant=tenant_slug)
         events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session.pk)})
         notify_session(session.pk, run_id)
         step_enqueue(run_id, 0, tenant_slug)
@@ -161,9 +168,13 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     event_payload = payload or {"run_id": str(run.pk), "error": error, "code": run.error_code, "usage": run.usage}
     run_id = run.pk
     tenant_id = run.tenant_id
+    tenant_slug = session.tenant.slug
     trigger = run.trigger
 
     def announce():
+        log_context_bind(tenant=tenant_slug, session=session.pk, run=run_id)
+        logger.info("run %s%s", status, f": {error}" if error else "")
+        run_finished_record(tenant=tenant_slug, status=status)
         events.publish(run_id, TERMINAL_EVENT[status], event_payload)
         for receiver, result in run_finished.send_robust(sender=Run, run_id=run_id, status=status, trigger=trigger):
             if isinstance(result, Exception):

@@ -10,13 +10,17 @@ one whose worker is shutting down goes back to the queue at its next stream even
 """
 
 import logging
+import time
+from datetime import datetime
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
+from django.utils import timezone
 
 from beamclaw_project.infra.draining import draining
 from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.log_context import log_context_bind
+from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import redis_client
 from sessions import events
@@ -48,21 +52,27 @@ MAX_STEP_FAILURES = 3
 
 class _DeltaPublisher:
     """Publishes text deltas, skipping the first `skip` characters (already streamed by a crashed attempt),
-    and none once the lease is lost (the worker that took the step over streams them)."""
+    and none once the lease is lost (the worker that took the step over streams them). The first text of a
+    run's first step is its first token (metrics); an attempt that resumes a stream is past it."""
 
-    def __init__(self, run_id, step: int, skip: int, lease: Lease):
+    def __init__(self, run_id, step: int, skip: int, lease: Lease, *, tenant: str, run_started_at: datetime | None):
         self.run_id = run_id
         self.step = step
         self.skip = skip
         self.lease = lease
         self.seen = 0
         self.parts: list[str] = []
+        self.tenant = tenant
+        self.first_token_from = run_started_at if step == 0 and skip == 0 else None
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
     def __call__(self, text: str) -> None:
+        if self.first_token_from is not None:
+            first_token_observe(tenant=self.tenant, seconds=(timezone.now() - self.first_token_from).total_seconds())
+            self.first_token_from = None
         self.parts.append(text)
         start = self.seen
         self.seen += len(text)
@@ -210,6 +220,7 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
         return False
 
     agent = run.session.agent
+    began = time.monotonic()
     # Older turns are summarized first when the context nears the agent's budget (compaction.py).
     compaction_if_needed(run=run, agent=agent)
     request = CompletionRequest(
@@ -224,11 +235,12 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
     # Streaming takes seconds; give the Postgres connection back to the pool meanwhile.
     close_old_connections()
 
+    tenant_slug = run.tenant.slug
     already_streamed = events.published_text(run_id, step) if attempt > 1 else ""
-    publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed), lease=lease)
+    publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed), lease=lease, tenant=tenant_slug,
+                                    run_started_at=run.started_at)
     callbacks = _CallbackFailures()
 
-    tenant_slug = run.tenant.slug
     try:
         completion = complete(
             agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease))
@@ -248,6 +260,8 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
             raise callbacks.error from exc
         _finish_failed(run_id, step, exc.message, code=exc.kind)
         return False
+    finally:
+        step_duration_observe(tenant=tenant_slug, seconds=time.monotonic() - began)
     # Checked before the transaction: a schema check of a long reply need not hold the run's locks.
     json_check = reply_check(run.params.get("response_format"), completion)
     return _finish_step(run_id, step, completion, lease, json_check)
@@ -270,6 +284,8 @@ def _finish_step(run_id, step: int, completion: Completion, lease: Lease, json_c
         _add_usage(run, session, completion.input_tokens, completion.output_tokens)
         tokens = completion.input_tokens + completion.output_tokens
         transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
+        spent = {"input_tokens": completion.input_tokens, "output_tokens": completion.output_tokens}
+        transaction.on_commit(lambda: tokens_record(tenant=session.tenant.slug, **spent))
         if tool_phase.step_tool_calls(run=run, session=session, step=step, completion=completion, lease=lease):
             return True  # the run continues once the tool calls settle
         if json_check is not None and not json_check.valid:

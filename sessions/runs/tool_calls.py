@@ -8,6 +8,7 @@ input). The ToolCall rows tie the results to the run.
 from django.db import transaction
 from django.utils import timezone
 
+from beamclaw_project.infra.metrics import tool_call_record
 from sessions import events
 from sessions.models import AgentSession, Message, Run, ToolCall
 from sessions.runs.kernel import transcript_append
@@ -72,7 +73,7 @@ def open_calls_settle_locked(run: Run, session: AgentSession, status: str) -> No
 
     def announce():
         for call in settled_now:
-            events.publish(run_id, events.TOOL_RESULT, result_payload(call))
+            result_announce(run_id, call)
 
     transaction.on_commit(announce)
 
@@ -86,6 +87,12 @@ def call_payload(call: ToolCall) -> dict:
         "step": call.step,
         "status": call.status,
     }
+
+
+def result_announce(run_id, call: ToolCall) -> None:
+    """After the commit that settled a call: its tool.result event, and its count in the metrics."""
+    tool_call_record(tool=call.name, status=call.status, known_tools=registry.registered_tools())
+    events.publish(run_id, events.TOOL_RESULT, result_payload(call))
 
 
 def result_payload(call: ToolCall) -> dict:

@@ -30,7 +30,7 @@ from sessions.models import AgentSession, Message, Run, ToolCall
 from sessions.runs.client_calls import client_tool_names
 from sessions.runs.kernel import abort_flag_reason, run_lock, run_mark_tools_phase, step_enqueue, step_hand_back
 from sessions.runs.lifecycle import run_end_locked, steering_take_locked
-from sessions.runs.tool_calls import SETTLED, UNSETTLED, call_payload, result_payload, results_append
+from sessions.runs.tool_calls import SETTLED, UNSETTLED, call_payload, result_announce, results_append
 
 # Calls the engine has nothing more to do with in this step: settled, or waiting for the client.
 ENGINE_DONE = (*SETTLED, ToolCall.Status.AWAITING_CLIENT)
@@ -122,7 +122,7 @@ def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion, l
         for call in calls:
             events.publish(run_id, events.TOOL_CALL, call_payload(call))
             if call.status in SETTLED:
-                events.publish(run_id, events.TOOL_RESULT, result_payload(call))
+                result_announce(run_id, call)
             elif call.status == ToolCall.Status.PENDING:
                 _enqueue(call, tenant_slug)
 
@@ -236,7 +236,7 @@ class _RunCalls:
             call.output = result
             call.finished_at = timezone.now()
             call.save(update_fields=["status", "output", "finished_at"])
-            transaction.on_commit(lambda: events.publish(run_id, events.TOOL_RESULT, result_payload(call)))
+            transaction.on_commit(lambda: result_announce(run_id, call))
             _step_advance_locked(run, session, call.step)
 
     def approval_lock(self, approval: Approval):
@@ -267,7 +267,7 @@ class _RunCalls:
             call.output = error_result(message, denied=True)
             call.finished_at = timezone.now()
             call.save(update_fields=["status", "decided_by", "output", "finished_at"])
-            transaction.on_commit(lambda: events.publish(run.pk, events.TOOL_RESULT, result_payload(call)))
+            transaction.on_commit(lambda: result_announce(run.pk, call))
         _step_advance_locked(run, session, call.step)
 
 

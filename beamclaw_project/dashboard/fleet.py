@@ -1,0 +1,27 @@
+"""The fleet page: live workers, queue depths, and each tenant's runs in progress and pending approvals.
+
+It refreshes itself: the panel asks for itself again every few seconds (htmx), and the view answers such
+a request with the panel alone, swapped in place, so the page does not flicker or lose its scroll.
+"""
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from beamclaw_project.dashboard.access import staff_required
+from beamclaw_project.dashboard.usage import tenants_or_not_found
+from sessions.usage import fleet_status_get
+
+REFRESH_SECONDS = 5
+
+
+@staff_required
+def fleet(request: HttpRequest) -> HttpResponse:
+    everyone, chosen, not_found = tenants_or_not_found(request)
+    if not_found:
+        return not_found
+    context = {
+        "status": fleet_status_get(tenants=chosen), "tenants": everyone,
+        "selected": request.GET.get("tenant", "").strip(), "refresh_seconds": REFRESH_SECONDS,
+    }
+    template = "dashboard/fleet_panel.html" if request.headers.get("HX-Request") else "dashboard/fleet.html"
+    return render(request, template, context)
