@@ -3,6 +3,7 @@ real worker, Redis, PostgreSQL; the fake model and the fake Discord for the outs
 stores that are down or a database that is missing or not migrated."""
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -57,8 +58,9 @@ def test_the_live_stack_is_healthy(live, service_env, discord_bot):
     for what in ("PostgreSQL", "Redis", "migrations", "workers", "beat", "model key", "Discord tokens"):
         assert line(lines, what).startswith("ok"), line(lines, what)
     assert "accepts ANTHROPIC_API_KEY" in line(lines, "model key")
-    assert "1 of 1 bot tokens accepted" in line(lines, "Discord tokens")
-    assert line(lines, "workers").startswith("ok   workers: 1 live: ")
+    # Earlier tests of this process may have left bots and workers of their own: counted, but all healthy.
+    assert re.search(r"\b(\d+) of \1 bot tokens accepted", line(lines, "Discord tokens")), line(lines, "Discord tokens")
+    assert re.match(r"ok   workers: \d+ live: ", line(lines, "workers")), line(lines, "workers")
     assert lines[-1].startswith(f"{len(failed)} failed")
 
 

@@ -251,7 +251,15 @@ def test_export_refuses_an_unknown_tenant():
         run("export_config", "--tenant", "no-such-tenant")
 
 
-def test_the_example_file_applies_cleanly(secrets_env, tmp_path):
+@pytest.fixture
+def example_tenant_removed():
+    """The example names its tenant `acme`: gone afterwards, so later tests (doctor's check of every bot token)
+    do not meet its made-up Discord token."""
+    yield
+    Tenant.objects.filter(slug="acme").delete()
+
+
+def test_the_example_file_applies_cleanly(secrets_env, tmp_path, example_tenant_removed):
     for name in ("ACME_DISCORD_TOKEN", "ACME_WEBHOOK_SECRET", "ACME_REPORT_SECRET"):
         secrets_env.setenv(name, f"{name.lower()}-value")
     example = ROOT / "docs" / "beamclaw.example.yaml"
