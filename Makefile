@@ -15,7 +15,7 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-services:
+services: install
 	@scripts/ensure_services.sh
 
 db: install services

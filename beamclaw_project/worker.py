@@ -6,6 +6,10 @@ them (infra/broker.py), (2) consumes the queues of tenants created since it star
 creation time usually got there first; this covers workers that were down), and (3) runs the chores
 the apps registered (infra/housekeeping.py: reapers for runs and tool calls of dead workers, approval
 timeouts, idempotency keys, background processes of ended sessions).
+
+A worker serves one pool of tenants (`worker --tenants/--exclude-tenants`, tenants/queues.py). Both ways
+a new tenant's queue reaches a running worker, the creation broadcast (`tenant_queue_add`, below) and the
+reconciliation in (2), ask the pool first, so a pool never grows beyond what it was started with.
 """
 
 import logging
@@ -14,6 +18,7 @@ import threading
 import time
 
 from celery import bootsteps, signals
+from celery.worker.control import control_command, ok
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -22,9 +27,29 @@ from beamclaw_project.infra.draining import drain_begin
 from beamclaw_project.infra.heartbeats import INCARNATION, heartbeat_ttl_seconds, heartbeat_write, node_incarnations
 from beamclaw_project.infra.housekeeping import run_chores
 from beamclaw_project.infra.outages import outage_of
-from tenants.queues import active_tenant_queues
+from beamclaw_project.infra.queues import tenant_queue
+from tenants.queues import EVERY_TENANT, TENANT_QUEUE_ADD, TenantPool, active_tenant_queues
 
 logger = logging.getLogger(__name__)
+
+_pool: TenantPool = EVERY_TENANT  # set once by the worker command, before the worker starts
+
+
+def worker_pool_set(*, pool: TenantPool) -> None:
+    global _pool
+    _pool = pool
+
+
+@control_command(name=TENANT_QUEUE_ADD, args=[("slug", str)], signature="<slug>")
+def tenant_queue_add(state, slug: str, **kwargs):
+    """Consume a new tenant's queue, when this worker's pool admits the tenant (tenants.queues.announce_queue)."""
+    if not _pool.admits(slug):
+        return ok(f"tenant {slug} is not in this worker's pool")
+    queue = tenant_queue(slug)
+    logger.info("consuming new tenant queue %s", queue)
+    # As Celery's own add_consumer: the consumer's connection belongs to its event loop.
+    state.consumer.call_soon(state.consumer.add_task_queue, queue)
+    return ok(f"consuming {queue}")
 
 
 class Housekeeping(bootsteps.StartStopStep):
@@ -72,7 +97,7 @@ class Housekeeping(bootsteps.StartStopStep):
         heartbeat_write(hostname, interval_seconds=interval)
         self._orphans_restore(consumer, interval)
         consuming = {q.name for q in consumer.task_consumer.queues}
-        for queue in active_tenant_queues():
+        for queue in active_tenant_queues(pool=_pool):
             if queue not in consuming:
                 logger.info("consuming new tenant queue %s", queue)
                 # add_task_queue touches the consumer's connection, which belongs to the event loop.
