@@ -9,12 +9,34 @@ from unchanged; so the flag alone answers the question in O(1).
 
 Use it with `celery -A beamclaw_project beat -S cron.scheduler:CronScheduler`; it is a drop-in
 replacement (same tables, same admin).
+
+It also writes beat's heartbeat (infra/heartbeats.py) every few seconds from its tick, which runs at least
+every `max_interval` (5 s) while beat lives, so `manage.py doctor` can say whether beat runs.
 """
+
+import logging
+import time
 
 from django_celery_beat.schedulers import DatabaseScheduler
 
+from beamclaw_project.infra.heartbeats import BEAT_TTL_SECONDS, beat_heartbeat_write
+
+logger = logging.getLogger(__name__)
+
 
 class CronScheduler(DatabaseScheduler):
+    _heartbeat_due = 0.0
+
+    def tick(self, *args, **kwargs):
+        now = time.monotonic()
+        if now >= self._heartbeat_due:
+            self._heartbeat_due = now + BEAT_TTL_SECONDS / 3
+            try:
+                beat_heartbeat_write()
+            except Exception as exc:  # noqa: BLE001 - a Redis blip must not stop beat's schedule
+                logger.warning("beat heartbeat not written: %s", exc)
+        return super().tick(*args, **kwargs)
+
     def schedules_equal(self, old_schedules, new_schedules):
         if self._heap_invalidated:
             self._heap_invalidated = False

@@ -13,9 +13,12 @@ import pytest
 from django.conf import settings
 from psycopg import sql
 
+from beamclaw_project.infra.heartbeats import BEAT_KEY
+from beamclaw_project.infra.redis import redis_client
 from channels_app import accounts
 from tests.channels.discord_world import FakeDiscord
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
+from tests.procs import Process
 
 # A hang guard, not a measurement: every check has a timeout of a few seconds.
 DOCTOR_TIMEOUT_SECONDS = 60
@@ -55,13 +58,29 @@ def test_the_live_stack_is_healthy(live, service_env, discord_bot):
     failed = [text for text in lines if text.startswith("FAIL")]
     assert all(text.startswith(("FAIL exec sandbox:", "FAIL workspace filesystem:")) for text in failed), failed
     assert code == (1 if failed else 0), "\n".join(lines)
-    for what in ("PostgreSQL", "Redis", "migrations", "workers", "beat", "model key", "Discord tokens"):
+    for what in ("PostgreSQL", "Redis", "migrations", "workers", "model key", "Discord tokens"):
         assert line(lines, what).startswith("ok"), line(lines, what)
+    # The suite's stack runs no beat: fine while no cron job is enabled, a WARN (with its fix) once one is.
+    assert line(lines, "beat").startswith(("ok   beat: not running", "WARN beat: not running")), line(lines, "beat")
     assert "accepts ANTHROPIC_API_KEY" in line(lines, "model key")
     # Earlier tests of this process may have left bots and workers of their own: counted, but all healthy.
     assert re.search(r"\b(\d+) of \1 bot tokens accepted", line(lines, "Discord tokens")), line(lines, "Discord tokens")
     assert re.match(r"ok   workers: \d+ live: ", line(lines, "workers")), line(lines, "workers")
     assert lines[-1].startswith(f"{len(failed)} failed")
+
+
+def test_beat_is_seen_running_by_its_heartbeat(live, service_env, log_dir, tmp_path):
+    name = f"doctor-beat-{uuid.uuid4().hex[:4]}"
+    argv = [sys.executable, "-m", "celery", "-A", "beamclaw_project", "--quiet", "beat", "-S", "cron.scheduler:CronScheduler",
+            "--schedule", str(tmp_path / "schedule"), "--pidfile", str(tmp_path / "pid")]
+    beat = Process(name, argv, service_env, log_dir).start()
+    try:
+        wait_until(lambda: redis_client().exists(BEAT_KEY), timeout=60, message="beat's first heartbeat")
+        code, lines = doctor(service_env)
+    finally:
+        beat.stop()
+        redis_client().delete(BEAT_KEY)  # its heartbeat would outlive it by up to BEAT_TTL_SECONDS
+    assert line(lines, "beat").startswith("ok   beat: running ("), line(lines, "beat")
 
 
 def test_a_refused_model_key_and_bot_token_fail_with_their_fix(live, service_env, tenant):

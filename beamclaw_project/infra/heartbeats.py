@@ -7,12 +7,17 @@ The value is the process's incarnation, new each time a process starts: a worker
 node name (a container restarted in place) is told apart from the one that died, whose broker messages
 are given back without waiting for that name's heartbeat to lapse (infra/broker.py)."""
 
+import os
+import socket
 import uuid
 
 from beamclaw_project.infra.redis import async_redis, redis_client
 
 KEY_PREFIX = "bc:worker:"
 INCARNATION = uuid.uuid4().hex[:16]
+# Beat's own heartbeat (cron/scheduler.py), read by `manage.py doctor`: it names the host and process.
+BEAT_KEY = "bc:beat"
+BEAT_TTL_SECONDS = 30
 
 
 def heartbeat_key(node: str) -> str:
@@ -39,3 +44,7 @@ def node_incarnations(nodes: list[str]) -> list[str | None]:
 
 async def live_nodes() -> list[str]:
     return [key.decode()[len(KEY_PREFIX):] async for key in async_redis().scan_iter(f"{KEY_PREFIX}*")]
+
+
+def beat_heartbeat_write() -> None:
+    redis_client().set(BEAT_KEY, f"{socket.gethostname()} pid {os.getpid()}", ex=BEAT_TTL_SECONDS)
