@@ -374,7 +374,8 @@ def cron_sweep(*, now: datetime | None = None) -> dict:
         "pk", "started_at", "job__timeout_seconds", "run__status", "run__finished_at"
     )[:1000]
     for pk, started_at, timeout_seconds, run_status, run_finished_at in running:
-        if run_status in Run.TERMINAL_STATUSES and run_finished_at < now - slack:
+        # A terminal run without an end time (ended by hand, or by code older than the field) is long over.
+        if run_status in Run.TERMINAL_STATUSES and (run_finished_at is None or run_finished_at < now - slack):
             settled += cron_run_settle(cron_run_id=pk) is not None
         elif now - started_at > timedelta(seconds=timeout_seconds):
             run = _end_stuck(pk)

@@ -29,7 +29,8 @@ def filled(make_tenant):
     """One of everything the admin lists, in one tenant."""
     bundle = make_tenant(approval={"mode": "always", "allowlist": []})
     session = session_for(bundle)
-    run = Run.objects.create(tenant=bundle.tenant, session=session, status="succeeded", input=[{"type": "text", "text": "hi"}])
+    run = Run.objects.create(tenant=bundle.tenant, session=session, status="succeeded", finished_at=timezone.now(),
+                             input=[{"type": "text", "text": "hi"}])
     Message.objects.create(session=session, seq=1, role="user", run=run, content=[{"type": "text", "text": "hi"}])
     Message.objects.create(session=session, seq=2, role="assistant", run=run, step=0,
                            content=[{"type": "tool_use", "id": "toolu_x", "name": "process", "input": {"action": "list"}}])
@@ -39,7 +40,8 @@ def filled(make_tenant):
     skill_upload(tenant=bundle.tenant, data=zip_of({"SKILL.md": skill_md("audit", "Audits.")}))
     job = cron_job_create(tenant=bundle.tenant, agent=bundle.agent, name="hourly", prompt="tick",
                           schedule=schedule_parse({"kind": "cron", "expr": "0 * * * *"}, now=timezone.now()))
-    CronRun.objects.create(job=job, tenant=bundle.tenant, scheduled_for=timezone.now(), trigger="beat", run=run)
+    CronRun.objects.create(job=job, tenant=bundle.tenant, scheduled_for=timezone.now(), trigger="beat", run=run,
+                           status="succeeded", finished_at=timezone.now())
     account = channel_account_create(tenant=bundle.tenant, kind="discord", name="bot", agent=bundle.agent,
                                      secret="MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.render-bot-token-tailXyZ9",
                                      config={"dm_policy": "pairing"}, enabled=False)

@@ -205,3 +205,13 @@ def test_the_sweeper_is_started_by_the_workers_housekeeping_not_by_beat():
     sweep = {chore.name: chore for chore in chores()}["cron_sweep"]
     assert sweep.every_seconds == settings.BEAMCLAW_CRON["SWEEP_SECONDS"]
     assert "cron-sweep" not in getattr(settings, "CELERY_BEAT_SCHEDULE", {})
+
+
+def test_a_lost_ending_of_a_run_without_an_end_time_is_settled_and_does_not_stop_the_sweep(worker, tenant):
+    # A run ended by hand or by older code may lack `finished_at`; one such row used to stop every sweep.
+    job = make_job(tenant)
+    cron_run = finished(cron_job_run_now(job=job).pk)
+    CronRun.objects.filter(pk=cron_run.pk).update(status="running", finished_at=None)
+    Run.objects.filter(pk=cron_run.run_id).update(finished_at=None)
+    cron_sweep()
+    assert CronRun.objects.get(pk=cron_run.pk).status == "succeeded"
