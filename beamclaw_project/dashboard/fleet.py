@@ -7,8 +7,8 @@ a request with the panel alone, swapped in place, so the page does not flicker o
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from beamclaw_project.dashboard.access import staff_required
-from beamclaw_project.dashboard.usage import tenants_or_not_found
+from beamclaw_project.dashboard import selectors
+from beamclaw_project.dashboard.access import staff_required, tenant_filter
 from sessions.usage import fleet_status_get
 
 REFRESH_SECONDS = 5
@@ -16,12 +16,11 @@ REFRESH_SECONDS = 5
 
 @staff_required
 def fleet(request: HttpRequest) -> HttpResponse:
-    everyone, chosen, not_found = tenants_or_not_found(request)
-    if not_found:
-        return not_found
+    tenant = tenant_filter(request)
+    everyone = selectors.tenants_all()
     context = {
-        "status": fleet_status_get(tenants=chosen), "tenants": everyone,
-        "selected": request.GET.get("tenant", "").strip(), "refresh_seconds": REFRESH_SECONDS,
+        "status": fleet_status_get(tenants=[tenant] if tenant else everyone), "tenants": everyone, "tenant": tenant,
+        "refresh_seconds": REFRESH_SECONDS,
     }
     template = "dashboard/fleet_panel.html" if request.headers.get("HX-Request") else "dashboard/fleet.html"
     return render(request, template, context)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from beamclaw_project.dashboard.access import staff_required
+from beamclaw_project.dashboard import selectors
+from beamclaw_project.dashboard.access import staff_required, tenant_filter
 from sessions.usage import USAGE_DAYS, USAGE_MINUTES, TenantUsage, tenant_usage_list
-from tenants.models import Tenant
 
 PLOT_HEIGHT = 120
 TOP = 4  # room above the tallest bar
@@ -110,30 +110,15 @@ def usage_charts(usage: TenantUsage) -> list[Chart]:
     return [tokens, runs, failures]
 
 
-def tenants_or_not_found(request: HttpRequest) -> tuple[list[Tenant], list[Tenant], HttpResponse | None]:
-    """Every tenant, the ones `?tenant=<slug>` selects (all of them without it), and a 404 page to answer
-    instead when the slug names no tenant."""
-    everyone = list(Tenant.objects.order_by("slug"))
-    slug = request.GET.get("tenant", "").strip()
-    if not slug:
-        return everyone, everyone, None
-    chosen = [tenant for tenant in everyone if tenant.slug == slug]
-    if chosen:
-        return everyone, chosen, None
-    page = render(request, "dashboard/usage_unknown_tenant.html", {"slug": slug, "tenants": everyone}, status=404)
-    return everyone, [], page
-
-
 @staff_required
 def usage(request: HttpRequest) -> HttpResponse:
-    everyone, chosen, not_found = tenants_or_not_found(request)
-    if not_found:
-        return not_found
-    figures = tenant_usage_list(tenants=chosen)
+    tenant = tenant_filter(request)
+    everyone = selectors.tenants_all()
+    figures = tenant_usage_list(tenants=[tenant] if tenant else everyone)
     # The minute window lies inside the day window, so a tenant with no run in the days has none at all.
     busy = [(figure, usage_charts(figure)) for figure in figures if figure.runs]
     idle = [figure.tenant for figure in figures if not figure.runs]
     return render(request, "dashboard/usage.html", {
-        "tenants": everyone, "selected": request.GET.get("tenant", "").strip(), "busy": busy, "idle": idle,
+        "tenants": everyone, "tenant": tenant, "busy": busy, "idle": idle,
         "days": USAGE_DAYS,
     })

@@ -16,7 +16,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from beamclaw_project.dashboard import present, selectors
-from beamclaw_project.dashboard.access import staff_required
+from beamclaw_project.dashboard.access import staff_required, tenant_filter
 from beamclaw_project.errors import Conflict, DomainError, InvalidInput
 from beamclaw_project.infra.outages import outage_of
 from cron.services import cron_job_run_now, cron_job_set_enabled
@@ -33,17 +33,6 @@ DECISIONS = {"allow": ("allow", False), "always": ("allow", True), "deny": ("den
 def actor(request) -> str:
     """How the dashboard signs what a user did (approval decisions, abort reasons)."""
     return f"dashboard:{request.user.get_username()}"
-
-
-def _tenant_filter(request):
-    """The `tenant` query parameter as a Tenant (None: every tenant); an unknown slug is a 404."""
-    slug = request.GET.get("tenant", "").strip()
-    if not slug:
-        return None
-    tenant = selectors.tenant_by_slug(slug=slug)
-    if tenant is None:
-        raise Http404(f"No tenant '{slug}'. Pick one from the tenant filter, or clear it to see every tenant.")
-    return tenant
 
 
 def _wants_json(request) -> bool:
@@ -77,7 +66,7 @@ def _get_or_404(found, what: str, ident):
 @require_GET
 @staff_required
 def runs_page(request):
-    tenant = _tenant_filter(request)
+    tenant = tenant_filter(request)
     return render(request, "dashboard/runs.html", {
         "tenants": selectors.tenants_all(),
         "tenant": tenant,
@@ -149,7 +138,7 @@ def _page_number(request) -> int:
 @require_GET
 @staff_required
 def sessions_page(request):
-    tenant = _tenant_filter(request)
+    tenant = tenant_filter(request)
     page = _page_number(request)
     search = request.GET.get("q", "").strip()
     include_ephemeral = request.GET.get("ephemeral") == "1"
@@ -222,7 +211,7 @@ def session_send(request, session_id):
 @require_GET
 @staff_required
 def approvals_page(request):
-    tenant = _tenant_filter(request)
+    tenant = tenant_filter(request)
     context = {
         "tenants": selectors.tenants_all(),
         "tenant": tenant,
@@ -259,7 +248,7 @@ def approval_decide(request, approval_id):
 @require_GET
 @staff_required
 def cron_page(request):
-    tenant = _tenant_filter(request)
+    tenant = tenant_filter(request)
     jobs = selectors.cron_jobs(tenant=tenant)
     return render(request, "dashboard/cron.html", {
         "tenants": selectors.tenants_all(),
