@@ -46,10 +46,15 @@ def tenant_queue_add(state, slug: str, **kwargs):
     if not _pool.admits(slug):
         return ok(f"tenant {slug} is not in this worker's pool")
     queue = tenant_queue(slug)
-    logger.info("consuming new tenant queue %s", queue)
-    # As Celery's own add_consumer: the consumer's connection belongs to its event loop.
-    state.consumer.call_soon(state.consumer.add_task_queue, queue)
+    if queue not in {q.name for q in state.consumer.task_consumer.queues}:
+        _queue_consume(state.consumer, queue)
     return ok(f"consuming {queue}")
+
+
+def _queue_consume(consumer, queue: str) -> None:
+    logger.info("consuming new tenant queue %s", queue)
+    # add_task_queue touches the consumer's connection, which belongs to the event loop.
+    consumer.call_soon(consumer.add_task_queue, queue)
 
 
 class Housekeeping(bootsteps.StartStopStep):
@@ -99,9 +104,7 @@ class Housekeeping(bootsteps.StartStopStep):
         consuming = {q.name for q in consumer.task_consumer.queues}
         for queue in active_tenant_queues(pool=_pool):
             if queue not in consuming:
-                logger.info("consuming new tenant queue %s", queue)
-                # add_task_queue touches the consumer's connection, which belongs to the event loop.
-                consumer.call_soon(consumer.add_task_queue, queue)
+                _queue_consume(consumer, queue)
         run_chores(node=hostname)
 
     @staticmethod
