@@ -224,6 +224,9 @@ class AccountClient(discord.Client):
                 pairing = await _pairing_request(view.account, sender, message.author.name)
                 if pairing is not None:
                     await message.channel.send(PAIRING_REPLY.format(code=pairing.code))
+                # Why a DM got no answer, for the operator (and the tests, which wait for it).
+                logger.info("discord account %s: DM %s from %s waits for pairing (%s)", view.account.pk, message.id,
+                            sender, "code sent" if pairing is not None else "code already sent")
             return
         channel_id = str(message.channel.id)
         agent = view.agents[accounts.route_agent(account=view.account, bindings=view.bindings,

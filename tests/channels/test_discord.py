@@ -51,13 +51,16 @@ def replies(world: FakeDiscord, channel_id: str, count: int) -> list[str]:
     return [m["content"] for m in world.wait_sent(channel_id, count)]
 
 
-def test_pairing_end_to_end(world, tenant):
+def test_pairing_end_to_end(world, tenant, run_discord):
     account, bot = connect(world, tenant)  # dm_policy defaults to pairing
     stranger = user("stranger")
     first = world.say(stranger, "hello bot", dm_bot=bot)
     [code_message] = replies(world, first["channel_id"], 1)
     code = re.search(r"\*\*([A-Z0-9]{8})\*\*", code_message).group(1)
-    world.say(stranger, "are you there?", dm_bot=bot)  # the same code is not sent again, nothing runs
+    again = world.say(stranger, "are you there?", dm_bot=bot)  # the same code is not sent again, nothing runs
+    # Handled before the approval below, or it would (rightly) run once approved.
+    wait_until(lambda: f"DM {again['id']} from {stranger['id']} waits for pairing (code already sent)"
+               in run_discord.log_path.read_text(), timeout=30, message="the bot to turn the second DM away")
 
     pending = list(accounts.pairings_pending(account=account))
     assert [(p.sender_id, p.code) for p in pending] == [(stranger["id"], code)]
