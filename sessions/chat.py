@@ -36,7 +36,7 @@ from sessions.models import AgentSession, Run, ToolCall
 from sessions.providers.base import SAMPLING_PARAMS
 from sessions.providers.chain import chain_providers
 from sessions.providers.registry import provider_sampling
-from sessions.runs import response_format_parse, run_submit, transcript_seed_if_empty
+from sessions.runs import response_format_parse, run_submit, transcript_seed, transcript_seed_if_empty
 from sessions.services import SessionConflict, SessionKeyInvalid, session_get_or_create, session_key_normalize
 from tenants.models import Agent, Tenant
 
@@ -351,8 +351,7 @@ def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, li
         key=f"{key_prefix or f'agent:{agent.slug}'}:api-{secrets.token_hex(8)}",
         ephemeral=True,
     )
-    if history:
-        transcript_seed_if_empty(session_id=session.pk, turns=history)
+    transcript_seed(session, history)
     return session
 
 
@@ -447,7 +446,7 @@ def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> ChatStarted:
         # One transaction, so one commit (a WAL flush) on the way to the first token.
         with transaction.atomic():
             session = _ephemeral_session(tenant, agent, request.history, key_prefix=key_prefix)
-            run = _submit(session, request, content=request.turns[-1][1])
+            run = _submit(session, request, content=request.turns[-1][1], session_is_new=True)
     return ChatStarted(run=run, completion_id=_completion_id(), created=int(time.time()), history=history)
 
 
@@ -491,7 +490,8 @@ def _session_continued(tenant: Tenant, agent: Agent, request: ChatRequest) -> Ag
     return session
 
 
-def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict], tool_results=None) -> Run:
+def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict], tool_results=None,
+            session_is_new: bool = False) -> Run:
     return run_submit(
         session=session,
         content=content,
@@ -499,4 +499,5 @@ def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict],
         params=request.params,
         mode=request.queue_mode,
         tool_results=tool_results or None,
+        session_is_new=session_is_new,
     )

@@ -441,8 +441,22 @@ def _switched_off(name: str, config: dict) -> str | None:
     return None
 
 
+# Set on an agent row once its skills are worked out: a step loads its agent afresh and needs the skills
+# twice (the system prompt, and whether to offer the `skill` tool), each time a query and a folder scan.
+_MEMO_ATTRIBUTE = "_agent_skills"
+
+
 def agent_skills(agent) -> list[AgentSkill]:
-    """Every skill the agent could have, in source order, each eligible or with the reason it is not."""
+    """Every skill the agent could have, in source order, each eligible or with the reason it is not.
+    Worked out once per loaded agent row (load the agent again to see skills changed since)."""
+    memo = getattr(agent, _MEMO_ATTRIBUTE, None)
+    if memo is None:
+        memo = _agent_skills(agent)
+        setattr(agent, _MEMO_ATTRIBUTE, memo)
+    return memo
+
+
+def _agent_skills(agent) -> list[AgentSkill]:
     config = agent.skills if isinstance(agent.skills, dict) else {}
     entries = [entry for index, value in enumerate(agent.skills_dirs or []) for entry in _dir_entries(index, value)]
     entries += _upload_entries(agent.tenant_id)

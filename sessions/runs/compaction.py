@@ -52,7 +52,7 @@ from sessions.models import AgentSession, Compaction, Message, Run
 from sessions.providers.base import Aborted, CompletionRequest, ProviderError
 from sessions.providers.chain import complete
 from sessions.runs.budget import check_token_budget, record_tokens
-from sessions.runs.context import latest_compaction, summary_turn, turns_merge
+from sessions.runs.context import TranscriptView, latest_compaction, summary_turn, transcript_view, turns_merge
 from sessions.runs.kernel import AbortCheck, session_lock
 
 logger = logging.getLogger(__name__)
@@ -207,21 +207,20 @@ def _reported_context(usage: dict) -> int:
     ))
 
 
-def context_tokens_estimate(*, session_id, system: str = "") -> int:
-    """About how many tokens the session's next model call will take (see the module docstring)."""
-    compaction = latest_compaction(session_id)
-    visible = Message.objects.filter(session_id=session_id, excluded_reason="")
-    if compaction is not None:
-        visible = visible.filter(seq__gte=compaction.first_kept_seq)
-    counted = visible.filter(role=Message.Role.ASSISTANT).exclude(usage={})
-    if compaction is not None:
-        # A reply from before the compaction was counted with the older turns in its context.
-        counted = counted.filter(created_at__gt=compaction.created_at)
-    last = counted.order_by("-seq").values_list("seq", "usage").first()
-    if last is not None and _reported_context(last[1]) > 0:
-        since = visible.filter(seq__gt=last[0]).values_list("content", flat=True)
-        return _reported_context(last[1]) + sum(content_tokens(c) for c in since)
-    tokens = _text_tokens(system) + sum(content_tokens(c) for c in visible.values_list("content", flat=True))
+def context_tokens_estimate(*, session_id, system: str = "", view: TranscriptView | None = None) -> int:
+    """About how many tokens the session's next model call will take (see the module docstring); from
+    `view` when the caller has read it already."""
+    view = view or transcript_view(session_id)
+    compaction = view.compaction
+    # A reply from before the compaction was counted with the older turns in its context.
+    counted = [
+        m for m in view.messages
+        if m.role == Message.Role.ASSISTANT and m.usage and (compaction is None or m.created_at > compaction.created_at)
+    ]
+    last = counted[-1] if counted else None
+    if last is not None and _reported_context(last.usage) > 0:
+        return _reported_context(last.usage) + sum(content_tokens(m.content) for m in view.messages if m.seq > last.seq)
+    tokens = _text_tokens(system) + sum(content_tokens(m.content) for m in view.messages)
     if compaction is not None:
         tokens += content_tokens(summary_turn(compaction.summary)["content"])
     return tokens
@@ -423,14 +422,14 @@ def _pause_key(session_id) -> str:
     return f"bc:session:{session_id}:compaction-paused"
 
 
-def compaction_if_needed(*, run, agent) -> Compaction | None:
-    """Before a step: compact the run's session when its context is over the agent's threshold. Never
-    raises for the compaction's own failures (see the module docstring); an outage of Redis or Postgres
-    goes up, so the step pauses as it does for any outage."""
+def compaction_if_needed(*, run, agent, view: TranscriptView) -> Compaction | None:
+    """Before a step: compact the run's session when its context (`view`, read for the step) is over the
+    agent's threshold. Never raises for the compaction's own failures (see the module docstring); an outage
+    of Redis or Postgres goes up, so the step pauses as it does for any outage."""
     config = compaction_config(agent)
     if not config.enabled:
         return None
-    tokens = context_tokens_estimate(session_id=run.session_id, system=agent.system_prompt)
+    tokens = context_tokens_estimate(session_id=run.session_id, system=agent.system_prompt, view=view)
     if tokens <= config.threshold_tokens or redis_client().exists(_pause_key(run.session_id)):
         return None
     abort_check = AbortCheck(run.pk)

@@ -8,6 +8,9 @@ the user turn that follows it, are merged) and the first turn is the user's.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
 
 from sessions.models import Compaction, Message
 
@@ -42,12 +45,37 @@ def turns_merge(rows: Iterable[tuple[str, list]], *, first: list[dict] = ()) -> 
     return merged
 
 
-def model_context(session_id) -> list[dict]:
-    """The turns the model gets for this session: the latest compaction's summary, then every message
-    from its `first_kept_seq` on (all messages when there is none), in the shape the Messages API accepts."""
+class VisibleMessage(NamedTuple):
+    seq: int
+    role: str
+    content: list
+    usage: dict
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TranscriptView:
+    """What the model sees of a session, read once per step: the latest compaction and the messages from its
+    cut on (all of them when there is none). The context estimate (compaction.py) and the request's turns
+    both come from it, so a step reads the transcript once rather than once for each."""
+
+    compaction: Compaction | None
+    messages: list[VisibleMessage]
+
+    def turns(self) -> list[dict]:
+        """The turns the model gets, in the shape the Messages API accepts: the compaction's summary, then
+        the messages."""
+        rows = ((m.role, m.content) for m in self.messages)
+        if self.compaction is None:
+            return turns_merge(rows)
+        return turns_merge(rows, first=[summary_turn(self.compaction.summary)])
+
+
+def transcript_view(session_id) -> TranscriptView:
     compaction = latest_compaction(session_id)
-    transcript = Message.objects.filter(session_id=session_id, excluded_reason="").order_by("seq")
-    if compaction is None:
-        return turns_merge(transcript.values_list("role", "content"))
-    transcript = transcript.filter(seq__gte=compaction.first_kept_seq)
-    return turns_merge(transcript.values_list("role", "content"), first=[summary_turn(compaction.summary)])
+    visible = Message.objects.filter(session_id=session_id, excluded_reason="").order_by("seq")
+    if compaction is not None:
+        visible = visible.filter(seq__gte=compaction.first_kept_seq)
+    rows = visible.values_list("seq", "role", "content", "usage", "created_at")
+    return TranscriptView(compaction=compaction, messages=[VisibleMessage(*row) for row in rows])
+

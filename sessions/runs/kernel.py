@@ -45,9 +45,12 @@ ABORT_CHECK_INTERVAL = 0.2
 # for it while that one waited for the tenant: a deadlock).
 
 
-def run_lock(run_id) -> tuple[Run, AgentSession]:
-    """Lock a run's session, then the run (inside the caller's transaction)."""
-    session = session_lock(Run.objects.values_list("session_id", flat=True).get(pk=run_id))
+def run_lock(run_id, session_id=None) -> tuple[Run, AgentSession]:
+    """Lock a run's session, then the run (inside the caller's transaction). A caller that has read the run
+    passes its `session_id` (which never changes) and saves a query."""
+    if session_id is None:
+        session_id = Run.objects.values_list("session_id", flat=True).get(pk=run_id)
+    session = session_lock(session_id)
     return Run.objects.select_for_update(no_key=True).get(pk=run_id), session
 
 
@@ -55,11 +58,12 @@ def session_lock(session_id) -> AgentSession:
     return AgentSession.objects.select_for_update(of=("self",), no_key=True).select_related("tenant").get(pk=session_id)
 
 
-def transcript_append(session: AgentSession, **fields) -> Message:
-    """Append a message; the caller holds the session row lock."""
+def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] = (), **fields) -> Message:
+    """Append a message; the caller holds the session row lock. `session_fields`: other fields of the
+    session the caller changed, saved in the same UPDATE."""
     seq = session.next_seq
     session.next_seq = seq + 1
-    session.save(update_fields=["next_seq", "updated_at"])
+    session.save(update_fields=["next_seq", "updated_at", *session_fields])
     return Message.objects.create(session=session, seq=seq, **fields)
 
 

@@ -70,9 +70,9 @@ def session_advance(*, session_id) -> Run | None:
         return session_advance_locked(session_lock(session_id))
 
 
-def run_start_locked(session: AgentSession, run: Run) -> Run:
+def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = False) -> Run:
     """Put the run's user message in the transcript, mark it running and (after commit) enqueue step 0.
-    Saves the run, whether it is new or was waiting."""
+    Saves the run, whether it is new or was waiting. `session_is_new`: see run_submit."""
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.step = 0
@@ -81,7 +81,7 @@ def run_start_locked(session: AgentSession, run: Run) -> Run:
     else:
         run.save(update_fields=["status", "started_at", "step"])
     # Results for tool calls the client was handed go first, as the Messages API wants (client_calls.py).
-    content = [*client_results_take_locked(session, run), *run.input]
+    content = [*([] if session_is_new else client_results_take_locked(session, run)), *run.input]
     transcript_append(session, role=Message.Role.USER, content=content, run=run)
     tenant_slug = session.tenant.slug
     run_id = run.pk

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from beamclaw_project.infra.draining import draining
@@ -30,7 +31,7 @@ from sessions.providers.chain import complete
 from sessions.runs import tool_phase
 from sessions.runs.budget import record_tokens
 from sessions.runs.compaction import compaction_if_needed
-from sessions.runs.context import model_context
+from sessions.runs.context import transcript_view
 from sessions.runs.json_mode import INVALID_JSON, REPAIR_PARAM, ReplyCheck, failure_message, repair_prompt, reply_check
 from sessions.runs.kernel import (
     TOOLS_PHASE,
@@ -203,12 +204,18 @@ def _count(run_id, step: int, what: str) -> int:
 
 def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
     """Run the step; True when it left the run in its tool phase."""
-    run = Run.objects.select_related("session__agent", "tenant").filter(pk=run_id).first()
+    # Whether the step's reply exists comes with the run, in the same query.
+    reply_written = Exists(Message.objects.filter(run=OuterRef("pk"), step=step, role=Message.Role.ASSISTANT))
+    run = (
+        Run.objects.select_related("session__agent", "tenant").annotate(reply_written=reply_written)
+        .filter(pk=run_id).first()
+    )
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
         return False
     log_context_bind(tenant=run.tenant.slug, session=run.session_id)
     # The step's reply exists: its tool calls are in flight (the reaper re-sent the step); drive them.
-    if tool_phase.step_resume(run, step, lease):
+    if run.reply_written:
+        tool_phase.step_resume(run, step, lease)
         return True
     if abort_flag_reason(run_id) is not None:
         _finish_aborted(run_id, step, partial_text="")
@@ -221,12 +228,14 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
 
     agent = run.session.agent
     began = time.monotonic()
+    view = transcript_view(run.session_id)
     # Older turns are summarized first when the context nears the agent's budget (compaction.py).
-    compaction_if_needed(run=run, agent=agent)
+    if compaction_if_needed(run=run, agent=agent, view=view) is not None:
+        view = transcript_view(run.session_id)
     request = CompletionRequest(
         model=agent.model,
         system=system_prompt_for(agent, run.params.get("system"), run.params.get("response_format")),
-        messages=model_context(run.session_id),
+        messages=view.turns(),
         max_tokens=min(int(run.params.get("max_tokens") or agent.max_tokens), agent.max_tokens),
         **request_sampling(run.params),
         tools=tool_phase.offered_tools(agent, run.session, run.params),
@@ -264,24 +273,25 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
         step_duration_observe(tenant=tenant_slug, seconds=time.monotonic() - began)
     # Checked before the transaction: a schema check of a long reply need not hold the run's locks.
     json_check = reply_check(run.params.get("response_format"), completion)
-    return _finish_step(run_id, step, completion, lease, json_check)
+    return _finish_step(run_id, run.session_id, step, completion, lease, json_check)
 
 
-def _finish_step(run_id, step: int, completion: Completion, lease: Lease, json_check: ReplyCheck | None) -> bool:
+def _finish_step(run_id, session_id, step: int, completion: Completion, lease: Lease, json_check: ReplyCheck | None) -> bool:
     """Write the reply, then end the run, start its tool calls (True), or (JSON mode) ask for a repair."""
     with transaction.atomic():
-        run, session = run_lock(run_id)
+        run, session = run_lock(run_id, session_id)
         if run.status != Run.Status.RUNNING or run.step != step:
             return False
+        _add_usage(run, session, completion.input_tokens, completion.output_tokens)
         message = transcript_append(
             session,
+            session_fields=("input_tokens", "output_tokens"),
             role=Message.Role.ASSISTANT,
             content=completion.content,
             run=run,
             step=step,
             usage=completion.usage,
         )
-        _add_usage(run, session, completion.input_tokens, completion.output_tokens)
         tokens = completion.input_tokens + completion.output_tokens
         transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
         spent = {"input_tokens": completion.input_tokens, "output_tokens": completion.output_tokens}
@@ -357,8 +367,8 @@ def _finish_aborted(run_id, step: int, partial_text: str) -> None:
 
 
 def _add_usage(run: Run, session, input_tokens: int, output_tokens: int) -> None:
+    """Count a reply's tokens on the run and the session; the caller saves both."""
     run.input_tokens += input_tokens
     run.output_tokens += output_tokens
     session.input_tokens += input_tokens
     session.output_tokens += output_tokens
-    session.save(update_fields=["input_tokens", "output_tokens", "updated_at"])

@@ -28,6 +28,7 @@ def run_submit(
     params: dict | None = None,
     mode: str | None = None,
     tool_results: dict[str, dict] | None = None,
+    session_is_new: bool = False,
 ) -> Run:
     """Take a user turn for a session and return the run that will answer it.
 
@@ -38,11 +39,13 @@ def run_submit(
     `tool_results` (tool_call_id -> tool_result block) answer the calls the session's last run handed to the
     client; they must answer exactly those (client_calls.py), and start the run's user message.
     Raises LimitExceeded when the tenant's daily token budget is used up, SessionClosed for a closed session.
+    `session_is_new`: the caller created the session in its transaction, still open, so nobody else sees it
+    yet: it needs no lock and has no runs and no calls waiting for results (three queries saved).
     """
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode
     with transaction.atomic():
-        locked = session_lock(session.pk)
+        locked = session if session_is_new else session_lock(session.pk)
         if tool_results and locked.ephemeral and locked.status == AgentSession.Status.CLOSED:
             raise SessionClosed(f"Session {locked.key} is closed: its tool calls were answered already.")
         if locked.status == AgentSession.Status.CLOSED:
@@ -51,7 +54,7 @@ def run_submit(
             client_results_check_locked(locked, tool_results)
             params = {**(params or {}), "tool_results": tool_results}
         # Workers change a session's runs only under the session lock held here, so this read is current.
-        pending = list(
+        pending = [] if session_is_new else list(
             Run.objects.filter(session=locked, status__in=(Run.Status.QUEUED, *Run.ACTIVE_STATUSES)).order_by("created_at")
         )
         active = next((r for r in pending if r.status in Run.ACTIVE_STATUSES), None)
@@ -79,7 +82,7 @@ def run_submit(
             params={**(params or {}), "queue_mode": mode},
         )
         if active is None and not queued and tenant_has_capacity_locked(locked.tenant_id):
-            run_start_locked(locked, run)  # the common case: straight to running, one insert
+            run_start_locked(locked, run, session_is_new=session_is_new)  # the common case: straight to running
             return run
         run.save()
         if active is None:
@@ -96,10 +99,16 @@ def transcript_seed_if_empty(*, session_id, turns: list[tuple[str, list[dict]]])
         locked = session_lock(session_id)
         if locked.next_seq != 1:
             return False
-        if turns:
-            Message.objects.bulk_create(
-                Message(session=locked, seq=seq, role=role, content=blocks) for seq, (role, blocks) in enumerate(turns, 1)
-            )
-            locked.next_seq = len(turns) + 1
-            locked.save(update_fields=["next_seq", "updated_at"])
+        transcript_seed(locked, turns)
     return True
+
+
+def transcript_seed(session: AgentSession, turns: list[tuple[str, list[dict]]]) -> None:
+    """Write `turns` (role, blocks) as the start of the session's empty transcript. The caller holds the
+    session's lock, or created it in its still-open transaction."""
+    if turns:
+        Message.objects.bulk_create(
+            Message(session=session, seq=seq, role=role, content=blocks) for seq, (role, blocks) in enumerate(turns, 1)
+        )
+        session.next_seq = len(turns) + 1
+        session.save(update_fields=["next_seq", "updated_at"])

@@ -5,9 +5,8 @@
   ToolCall row per tool_use block. Calls the policy refuses (or with invalid input) settle at once with
   an error result; calls needing approval wait (`awaiting_approval`, and so does the run); the rest go
   to the tool runner (tools/runner.py), which runs them as tasks, in parallel;
-- `step_resume(run, step)`: at the start of a step: if the step's reply already exists (the reaper
-  re-enqueued a step whose tools are in flight), drive the unsettled calls instead of asking the model
-  again;
+- `step_resume(run, step)`: at the start of a step whose reply already exists (the reaper re-enqueued
+  a step whose tools are in flight): drive the unsettled calls instead of asking the model again;
 - `RUN_CALLS`: the run engine as the owner of these calls for the runner (claim, record a result,
   react to an approval decision).
 
@@ -132,18 +131,15 @@ def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion, l
     return True
 
 
-def step_resume(run: Run, step: int, lease=None) -> bool:
-    """True when this step's reply already exists: its tool calls are driven and the model is not
-    called again. Idempotent: a call is enqueued only if nothing holds its lease."""
-    if not Message.objects.filter(run=run, step=step, role=Message.Role.ASSISTANT).exists():
-        return False
+def step_resume(run: Run, step: int, lease=None) -> None:
+    """For a step whose reply already exists (the caller checked): its tool calls are driven and the model
+    is not called again. Idempotent: a call is enqueued only if nothing holds its lease."""
     run_mark_tools_phase([run.pk])
     open_calls = run.tool_calls.filter(step=step, status__in=(ToolCall.Status.PENDING, ToolCall.Status.RUNNING))
     runner.calls_recover(KIND, [_open_call(call, run.tenant.slug) for call in open_calls])
     with transaction.atomic():
         locked, session = run_lock(run.pk)
         _step_advance_locked(locked, session, step, lease=lease)
-    return True
 
 
 def _enqueue(call: ToolCall, tenant_slug: str) -> None:
