@@ -28,6 +28,11 @@ internals shows up as a failing test rather than as a silent regression.
    EventSource resumes elsewhere with Last-Event-ID), and lets other responses (OpenAI streams) finish
    for up to BEAMCLAW["WEB_DRAIN_SECONDS"]. Responses still open then end themselves with a "server
    restarting" message (sessions/openai_api.py); whatever is left a moment later is cancelled as before.
+6. The listen backlog. Daphne listens with Twisted's default backlog of 50: a burst of clients opening
+   connections at once (a few hundred SDK clients starting together, a load balancer re-opening its
+   pool) overflows the kernel's accept queue faster than the event loop accepts, and the overflow is
+   dropped (5 of 300 simultaneous opens were lost). TCP endpoints now ask for LISTEN_BACKLOG (the kernel
+   caps it at net.core.somaxconn), unless the endpoint description names a backlog itself.
 """
 
 import json
@@ -37,6 +42,7 @@ from http import HTTPStatus
 
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
+from daphne import server as daphne_server
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from twisted.internet import defer
@@ -171,8 +177,17 @@ CLOSE_SERVICE_RESTART = 1012
 _DRAIN_POLL_SECONDS = 0.2
 # After the drain time, how long responses get to say the server is restarting (a few ticks of theirs).
 _LAST_WORDS_SECONDS = 3 * DRAIN_TICK_SECONDS
+LISTEN_BACKLOG = 4096
+_server_from_string = daphne_server.serverFromString
 _listen_success = Server.listen_success
 _kill_all_applications = Server.kill_all_applications
+
+
+def _server_from_string_with_backlog(reactor, description: str):
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        description = f"{description}:backlog={LISTEN_BACKLOG}"
+    return _server_from_string(reactor, description)
 
 
 def _listen_success_keeping_port(self: Server, port):
@@ -244,3 +259,4 @@ def apply() -> None:
     WebSocketFactory.__init__ = _factory_init_closing_cleanly
     Server.listen_success = _listen_success_keeping_port
     Server.kill_all_applications = _drain_then_kill
+    daphne_server.serverFromString = _server_from_string_with_backlog
