@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import run_finished_record, run_started_record
+from beamclaw_project.infra.redis import redis_client
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import notify_session
@@ -52,6 +53,21 @@ def tenant_has_capacity_locked(tenant_id) -> bool:
     return active < limit
 
 
+# Set while runs of a tenant wait for room under its max_concurrent_runs: only then does a run's end look
+# for other sessions' runs to start (tenant_fill_slots), a query that costs more than the rest of ending a
+# run. A hint lost (Redis restarted, or set just after a run's end looked) only delays such a run until
+# the reaper starts it (housekeeping.py).
+CAPACITY_WAIT_HINT_SECONDS = 600
+
+
+def _capacity_wait_key(tenant_id) -> str:
+    return f"bc:tenant:{tenant_id}:capacity-wait"
+
+
+def _capacity_wait_note(tenant_id) -> None:
+    redis_client().set(_capacity_wait_key(tenant_id), "1", ex=CAPACITY_WAIT_HINT_SECONDS)
+
+
 def session_advance_locked(session: AgentSession) -> Run | None:
     """Start the session's oldest queued run if none is active and the tenant has room for it.
     Caller holds the session row lock."""
@@ -61,6 +77,7 @@ def session_advance_locked(session: AgentSession) -> Run | None:
     if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
         return None
     if not tenant_has_capacity_locked(session.tenant_id):
+        _capacity_wait_note(session.tenant_id)
         return None
     return run_start_locked(session, pending[0])
 
@@ -122,6 +139,7 @@ def tenant_fill_slots(*, tenant_id) -> int:
             # No room left (or the session got busy meanwhile): the next run end tries again.
             with transaction.atomic():
                 if not tenant_has_capacity_locked(tenant_id):
+                    _capacity_wait_note(tenant_id)  # runs still wait
                     break
             continue
         started += 1
@@ -179,7 +197,8 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
         for receiver, result in run_finished.send_robust(sender=Run, run_id=run_id, status=status, trigger=trigger):
             if isinstance(result, Exception):
                 logger.error("run_finished receiver %s failed for run %s: %r", receiver, run_id, result)
-        tenant_fill_slots(tenant_id=tenant_id)
+        if redis_client().exists(_capacity_wait_key(tenant_id)):
+            tenant_fill_slots(tenant_id=tenant_id)
 
     transaction.on_commit(announce)
     if session.ephemeral and not (payload or {}).get("tool_calls"):

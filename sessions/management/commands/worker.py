@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from beamclaw_project.celery import app
 from beamclaw_project.infra.queues import SYSTEM_QUEUE
 from beamclaw_project.worker import Housekeeping, worker_pool_set
+from sessions.providers.registry import provider_names
 from tenants.queues import active_tenant_queues, tenant_pool_build
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class Command(BaseCommand):
             # Celery would fall back to its default queue, the system queue this worker was told to leave.
             raise CommandError(f"Nothing to consume: no active tenant in this pool ({pool.describe()}).")
         worker_pool_set(pool=pool)
+        # The model SDKs take most of a second to import: now, rather than in the first run's step.
+        provider_names()
         app.steps["consumer"].add(Housekeeping)
         argv = [
             "worker",

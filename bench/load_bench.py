@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""Throughput and fixed costs of the gateway against the fake Anthropic server (see bench/README.md).
+
+Uses gateway_bench.py's stack (its database, Redis db 14, one worker, one Daphne) and measures, each next to
+the same work sent straight to the fake server:
+
+1. CPU per simple run: 200 sequential streaming chat completions (c=1); CPU milliseconds per run of Daphne,
+   the worker, Redis and the Postgres backends, from /proc.
+2. Runs per second: 600 plain (non-streaming) chat completions from 32 concurrent clients, closed loop.
+3. Connection opens: 300 clients connect to Daphne at the same moment and each sends GET /health; a client
+   whose connection is not answered within 3 s counts as lost (the kernel retries a dropped SYN after 1 s
+   and then 3 s, so an overflowing accept queue shows as losses).
+
+Writes bench/results/load.json. Usage: .venv/bin/python bench/load_bench.py [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anthropic
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gateway_bench as gb  # noqa: E402
+
+RESULTS_PATH = gb.ROOT / "bench" / "results" / "load.json"
+CPU_RUNS = 200
+THROUGHPUT_RUNS = 600
+THROUGHPUT_CLIENTS = 32
+BURST_CONNECTIONS = 300
+BURST_TIMEOUT_SECONDS = 3.0
+PROMPT = "Hello from the BeamClaw load benchmark. [[deltas=20]][[delay_ms=0]]"
+REPLY = "Echo: Hello from the BeamClaw load benchmark."
+
+
+async def closed_loop(call, total: int, clients: int) -> tuple[list, float]:
+    """`total` calls from `clients` lanes, each sending its next as soon as its previous one answered."""
+    results: list = []
+    remaining = iter(range(total))
+
+    async def lane():
+        for _ in remaining:
+            results.append(await call())
+
+    started = time.perf_counter()
+    async with asyncio.timeout(gb.BATCH_TIMEOUT_SECONDS * 2):
+        await asyncio.gather(*(lane() for _ in range(clients)))
+    return results, time.perf_counter() - started
+
+
+class Paths:
+    """One plain (non-streaming) request on each path; True when the reply came back whole."""
+
+    def __init__(self, services: gb.Services, api_key: str, agent: str):
+        self.http = httpx.AsyncClient(timeout=gb.REQUEST_TIMEOUT, limits=httpx.Limits(max_connections=200))
+        self.sdk = anthropic.AsyncAnthropic(base_url=services.fake_url, api_key="bench-key", max_retries=0)
+        self.url = f"{services.gateway_url}/v1/chat/completions"
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.body = {"model": agent, "messages": [{"role": "user", "content": PROMPT}]}
+
+    async def gateway(self) -> bool:
+        response = await self.http.post(self.url, json=self.body, headers=self.headers)
+        return response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == REPLY
+
+    async def direct(self) -> bool:
+        message = await self.sdk.messages.create(
+            model=gb.DIRECT_MODEL, max_tokens=gb.DIRECT_MAX_TOKENS, messages=[{"role": "user", "content": PROMPT}]
+        )
+        return message.content[0].text == REPLY
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.sdk.close()
+
+
+async def measure_cpu_per_run(services, paths: Paths, gateway: gb.GatewayClient, meter: gb.CpuMeter) -> dict:
+    await closed_loop(paths.direct, 20, 1)
+    await gb.run_batch(gateway.stream, [PROMPT] * 20, 1)  # warm-up
+    before = meter.snapshot()
+    results = await gb.run_batch(gateway.stream, [PROMPT] * CPU_RUNS, 1)
+    used = gb.CpuMeter.used(before, meter.snapshot())
+    per_run = {name: round(seconds * 1000 / CPU_RUNS, 2) for name, seconds in used.items()}
+    per_run["web + worker"] = round(per_run["daphne"] + per_run["worker"], 2)
+    return {"runs": CPU_RUNS, "failed": sum(not r.is_exact(REPLY, 20) for r in results), "ms_per_run": per_run}
+
+
+async def measure_throughput(paths: Paths, meter: gb.CpuMeter) -> dict:
+    out = {}
+    for name, call in (("direct", paths.direct), ("gateway", paths.gateway)):
+        await closed_loop(call, THROUGHPUT_CLIENTS * 2, THROUGHPUT_CLIENTS)  # warm-up
+        before = meter.snapshot()
+        results, wall = await closed_loop(call, THROUGHPUT_RUNS, THROUGHPUT_CLIENTS)
+        used = gb.CpuMeter.used(before, meter.snapshot())
+        out[name] = {
+            "runs_per_second": round(THROUGHPUT_RUNS / wall, 1),
+            "failed": results.count(False),
+            "other_cores": round(used["other"] / wall, 2),
+        }
+    return out
+
+
+async def _open_and_ask(host: str, port: int, go: asyncio.Event) -> bool:
+    await go.wait()
+    try:
+        async with asyncio.timeout(BURST_TIMEOUT_SECONDS):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            status = await reader.readline()
+        writer.close()
+        return status.startswith(b"HTTP/1.1 ")
+    except (OSError, TimeoutError):
+        return False
+
+
+async def measure_connection_burst(services) -> dict:
+    url = urlsplit(services.gateway_url)
+    go = asyncio.Event()
+    clients = [asyncio.create_task(_open_and_ask(url.hostname, url.port, go)) for _ in range(BURST_CONNECTIONS)]
+    await asyncio.sleep(0.1)
+    go.set()
+    answered = await asyncio.gather(*clients)
+    return {"connections": BURST_CONNECTIONS, "lost": answered.count(False)}
+
+
+async def measure(services: gb.Services, agent: str, api_key: str) -> dict:
+    paths = Paths(services, api_key, agent)
+    gateway = gb.GatewayClient(services.gateway_url, api_key, agent)
+    meter = gb.CpuMeter(services)
+    try:
+        print("measuring CPU per run ...", flush=True)
+        cpu = await measure_cpu_per_run(services, paths, gateway, meter)
+        print("measuring runs per second ...", flush=True)
+        throughput = await measure_throughput(paths, meter)
+        print("measuring a burst of connection opens ...", flush=True)
+        burst = await measure_connection_burst(services)
+    finally:
+        await paths.close()
+        await gateway.close()
+        meter.close()
+    return {"cpu_per_run": cpu, "throughput": throughput, "connection_burst": burst}
+
+
+def print_report(results: dict) -> None:
+    cpu = results["cpu_per_run"]
+    print(f"\n1. CPU per simple run ({cpu['runs']} sequential streaming runs, {cpu['failed']} failed), ms per run")
+    print(gb.format_table(list(cpu["ms_per_run"]), [[f"{v:.1f}" for v in cpu["ms_per_run"].values()]]))
+    t = results["throughput"]
+    print(f"\n2. Runs per second, {THROUGHPUT_RUNS} plain chat completions from {THROUGHPUT_CLIENTS} clients")
+    print(gb.format_table(["path", "runs/s", "failed", "other cores"],
+                          [[p, f"{t[p]['runs_per_second']:.1f}", t[p]["failed"], t[p]["other_cores"]] for p in t]))
+    b = results["connection_burst"]
+    print(f"\n3. {b['connections']} connections opened at once: {b['lost']} lost (no answer within {BURST_TIMEOUT_SECONDS:g} s)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", action="store_true", help="py-spy profiles of Daphne and the worker")
+    args = parser.parse_args()
+    began = time.monotonic()
+    log_dir = Path(tempfile.mkdtemp(prefix="beamclaw-load-bench-"))
+    print(f"logs: {log_dir}", flush=True)
+    env = gb.base_env()
+    agent, api_key = gb.prepare_state(env)
+    children: list = []
+    profiler = None
+    try:
+        services = gb.start_services(env, log_dir, children, gb.WORKER_CONCURRENCY)
+        if args.profile:
+            profiler = gb.Profiler(services, log_dir)
+        results = asyncio.run(measure(services, agent, api_key))
+    finally:
+        if profiler is not None:
+            for path in profiler.stop():
+                print(f"profile: {path}")
+        gb.stop_all(children)
+    print_report(results)
+    RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults: {RESULTS_PATH.relative_to(gb.ROOT)}   took {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    gb.run(main)
