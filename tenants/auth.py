@@ -62,11 +62,8 @@ def authenticate_key(raw_key: str | None, *, scope: str | None = None, what: str
     the scope and `what` needs it)."""
     if not raw_key:
         raise AuthError("Missing API key: send it as 'Authorization: Bearer bc_...'.")
-    key = (
-        ApiKey.objects.select_related("tenant")
-        .filter(key_hash=ApiKey.hash_key(raw_key))
-        .first()
-    )
+    # key_hash is unique: no ORDER BY.
+    key = next(iter(ApiKey.objects.select_related("tenant").filter(key_hash=ApiKey.hash_key(raw_key)).order_by()[:1]), None)
     if key is None:
         raise AuthError("Invalid API key.")
     if key.revoked_at is not None:

@@ -5,7 +5,7 @@ import math
 import time
 
 from beamclaw_project.errors import LimitExceeded
-from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.redis import counter_incr
 
 
 def check_rate_limit(*, api_key) -> None:
@@ -16,10 +16,7 @@ def check_rate_limit(*, api_key) -> None:
     now = time.time()
     window = int(now // 60)
     key = f"bc:rate:{api_key.pk}:{window}"
-    pipe = redis_client().pipeline(transaction=False)
-    pipe.incr(key)
-    pipe.expire(key, 61)
-    count, _ = pipe.execute()
+    count = counter_incr(key, ttl_seconds=61)
     if count > limit:
         retry_after = max(1, math.ceil((window + 1) * 60 - now))
         raise LimitExceeded(

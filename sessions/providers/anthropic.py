@@ -10,7 +10,7 @@ takes only its own HTTP client, which the outbound address policy does not provi
 import json
 import os
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Iterator
 
 import anthropic
 
@@ -143,41 +143,73 @@ class AnthropicProvider:
         blocks: list[dict] = []
         partial_json: dict[int, list[str]] = {}
         completion = Completion(content=blocks, stop_reason=None, model=model)
-        # Raw events rather than the SDK's accumulating helper: it rebuilds a snapshot per event, which
-        # costs more CPU than everything else here when hundreds of runs stream at once.
-        with client.messages.create(**kwargs) as stream:
-            for event in stream:
-                kind = event.type
+        # The stream's events as plain JSON rather than the SDK's models: building a pydantic model per
+        # event, and snapshots in its accumulating helper, cost more CPU than everything else here when
+        # hundreds of runs stream at once. The SDK still sends the request and raises for error statuses.
+        with client.messages.with_streaming_response.create(**kwargs) as response:
+            for event in _sse_events(response):
+                kind = event["type"]
                 if kind == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta":
-                        blocks[event.index]["text"] += delta.text
-                        on_text(delta.text)
-                    elif delta.type == "input_json_delta":
-                        partial_json.setdefault(event.index, []).append(delta.partial_json)
+                    delta = event["delta"]
+                    if delta["type"] == "text_delta":
+                        blocks[event["index"]]["text"] += delta["text"]
+                        on_text(delta["text"])
+                    elif delta["type"] == "input_json_delta":
+                        partial_json.setdefault(event["index"], []).append(delta["partial_json"])
                 elif kind == "content_block_start":
-                    block = event.content_block.model_dump(exclude_none=True)
+                    block = _without_nulls(event["content_block"])
                     if block["type"] == "text":
                         block["text"] = ""
                     blocks.append(block)
                 elif kind == "content_block_stop":
-                    pieces = partial_json.pop(event.index, None)
+                    pieces = partial_json.pop(event["index"], None)
                     if pieces is not None:
-                        blocks[event.index]["input"] = json.loads("".join(pieces) or "{}")
+                        blocks[event["index"]]["input"] = json.loads("".join(pieces) or "{}")
                 elif kind == "message_start":
-                    usage = event.message.usage
-                    completion.input_tokens = usage.input_tokens or 0
-                    completion.output_tokens = usage.output_tokens or 0
+                    usage = event["message"].get("usage") or {}
+                    completion.input_tokens = usage.get("input_tokens") or 0
+                    completion.output_tokens = usage.get("output_tokens") or 0
                     for name in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-                        if getattr(usage, name, None):
-                            completion.extra_usage[name] = getattr(usage, name)
+                        if usage.get(name):
+                            completion.extra_usage[name] = usage[name]
                 elif kind == "message_delta":
-                    completion.stop_reason = event.delta.stop_reason
-                    if event.usage and event.usage.output_tokens is not None:
-                        completion.output_tokens = event.usage.output_tokens
+                    completion.stop_reason = event["delta"].get("stop_reason")
+                    output_tokens = (event.get("usage") or {}).get("output_tokens")
+                    if output_tokens is not None:
+                        completion.output_tokens = output_tokens
                 if should_abort():
                     raise Aborted()
         return completion
+
+
+def _sse_events(response) -> Iterator[dict]:
+    """The data of each server-sent event (one JSON object per event, as the Messages API sends them),
+    pings skipped; an `error` event raises APIStatusError, as the SDK's own stream does."""
+    name, data = None, []
+    for line in response.iter_lines():
+        if line:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+            continue
+        if data and name != "ping":
+            body = json.loads("\n".join(data))
+            if name == "error":
+                raise anthropic.APIStatusError(f"{body}", response=response.http_response, body=body)
+            yield body
+        name, data = None, []
+
+
+def _without_nulls(value):
+    """What the SDK's model_dump(exclude_none=True) gave for a content block."""
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
 
 
 register_provider("anthropic", AnthropicProvider, builtin=True)

@@ -23,7 +23,7 @@ from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
-from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.redis import counter_incr
 from sessions import events
 from sessions.models import Message, Run
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, request_sampling
@@ -195,11 +195,7 @@ def _let_go(lease: Lease, waits_for_tools: bool) -> None:
 def _count(run_id, step: int, what: str) -> int:
     """Count this step's attempts (a later one skips text already streamed) or its failures (the run
     fails after MAX_STEP_FAILURES; an outage is not a failure)."""
-    key = f"bc:run:{run_id}:step:{step}:{what}"
-    pipe = redis_client().pipeline(transaction=False)
-    pipe.incr(key)
-    pipe.expire(key, settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
-    return int(pipe.execute()[0])
+    return counter_incr(f"bc:run:{run_id}:step:{step}:{what}", ttl_seconds=settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
 
 
 def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
