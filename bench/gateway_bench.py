@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT))  # run as a script, only bench/ is on the path
 from tests.procs import Process, free_port, wait_ready  # noqa: E402
 
 RESULTS_PATH = ROOT / "bench" / "results" / "latest.json"
+# The checkout whose gateway is measured: this one, or another (an older commit's worktree, to compare with).
+CODE_ROOT = Path(os.environ.get("BEAMCLAW_BENCH_CODE") or ROOT).resolve()
 
 DATABASE_NAME = "beamclaw_bench"
 DATABASE_URL = f"postgres:///{DATABASE_NAME}"
@@ -114,7 +116,7 @@ def base_env() -> dict:
 
 def manage(env: dict, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "manage.py", *args], cwd=CODE_ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
@@ -175,12 +177,12 @@ def start_services(env: dict, log_dir: Path, started: list[Process], worker_conc
     worker_argv = [
         sys.executable, "manage.py", "worker", "-c", str(worker_concurrency), "-n", "bench@%h", "-l", "WARNING",
     ]
-    started.append(Process("worker", worker_argv, service_env, log_dir).start())
+    started.append(Process("worker", worker_argv, service_env, log_dir, cwd=CODE_ROOT).start())
     port = free_port()
     daphne_argv = [
         sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "beamclaw_project.asgi:application",
     ]
-    started.append(Process("daphne", daphne_argv, service_env, log_dir).start())
+    started.append(Process("daphne", daphne_argv, service_env, log_dir, cwd=CODE_ROOT).start())
     gateway_url = f"http://127.0.0.1:{port}"
 
     def worker_ready() -> bool:

@@ -4,14 +4,17 @@
 Uses gateway_bench.py's stack (its database, Redis db 14, one worker, one Daphne) and measures, each next to
 the same work sent straight to the fake server:
 
-1. CPU per simple run: 200 sequential streaming chat completions (c=1); CPU milliseconds per run of Daphne,
-   the worker, Redis and the Postgres backends, from /proc.
+1. Added time to first token and CPU per simple run: 200 sequential streaming chat completions (c=1), and
+   the same 200 straight to the fake server with the anthropic SDK; p50 TTFT of both, and CPU milliseconds
+   per run of Daphne, the worker, Redis and the Postgres backends, from /proc.
 2. Runs per second: 600 plain (non-streaming) chat completions from 32 concurrent clients, closed loop.
-3. Connection opens: 300 clients connect to Daphne at the same moment and each sends GET /health; a client
-   whose connection is not answered within 3 s counts as lost (the kernel retries a dropped SYN after 1 s
-   and then 3 s, so an overflowing accept queue shows as losses).
+3. Connection opens: 300 clients connect to Daphne at the same moment and each sends GET /v1/models without a
+   key (answered 401 without touching the database); a client not answered within 3 s counts as lost (the
+   kernel retries a dropped SYN after 1 s and then 3 s, so an overflowing accept queue shows as losses).
 
-Writes bench/results/load.json. Usage: .venv/bin/python bench/load_bench.py [--profile]
+Writes bench/results/load.json (or --json PATH). `--code DIR` measures the gateway of another checkout (an
+older commit's `git worktree`, say) with this script: bench/compare.py uses it.
+Usage: .venv/bin/python bench/load_bench.py [--profile] [--code DIR] [--json PATH]
 """
 
 from __future__ import annotations
@@ -81,15 +84,23 @@ class Paths:
         await self.sdk.close()
 
 
-async def measure_cpu_per_run(services, paths: Paths, gateway: gb.GatewayClient, meter: gb.CpuMeter) -> dict:
-    await closed_loop(paths.direct, 20, 1)
-    await gb.run_batch(gateway.stream, [PROMPT] * 20, 1)  # warm-up
+async def measure_cpu_per_run(services, gateway: gb.GatewayClient, direct: gb.DirectClient, meter: gb.CpuMeter) -> dict:
+    prompt = gb.LATENCY_PROMPT  # 20 deltas, the first after 20 ms, then 2 ms apart
+    await gb.run_batch(direct.stream, [prompt] * 20, 1)  # warm-up
+    direct_results = await gb.run_batch(direct.stream, [prompt] * CPU_RUNS, 1)
+    await gb.run_batch(gateway.stream, [prompt] * 20, 1)
     before = meter.snapshot()
-    results = await gb.run_batch(gateway.stream, [PROMPT] * CPU_RUNS, 1)
+    results = await gb.run_batch(gateway.stream, [prompt] * CPU_RUNS, 1)
     used = gb.CpuMeter.used(before, meter.snapshot())
     per_run = {name: round(seconds * 1000 / CPU_RUNS, 2) for name, seconds in used.items()}
     per_run["web + worker"] = round(per_run["daphne"] + per_run["worker"], 2)
-    return {"runs": CPU_RUNS, "failed": sum(not r.is_exact(REPLY, 20) for r in results), "ms_per_run": per_run}
+    ttft = gb.compare(direct_results, results, "ttft")
+    return {
+        "runs": CPU_RUNS,
+        "failed": sum(not r.is_exact(gb.LATENCY_REPLY, gb.LATENCY_DELTAS) for r in results),
+        "ms_per_run": per_run,
+        "ttft_ms": {"direct_p50": ttft["direct"]["p50"], "gateway_p50": ttft["gateway"]["p50"], "added_p50": ttft["added"]["p50"]},
+    }
 
 
 async def measure_throughput(paths: Paths, meter: gb.CpuMeter) -> dict:
@@ -112,7 +123,7 @@ async def _open_and_ask(host: str, port: int, go: asyncio.Event) -> bool:
     try:
         async with asyncio.timeout(BURST_TIMEOUT_SECONDS):
             reader, writer = await asyncio.open_connection(host, port)
-            writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            writer.write(f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             await writer.drain()
             status = await reader.readline()
         writer.close()
@@ -134,10 +145,11 @@ async def measure_connection_burst(services) -> dict:
 async def measure(services: gb.Services, agent: str, api_key: str) -> dict:
     paths = Paths(services, api_key, agent)
     gateway = gb.GatewayClient(services.gateway_url, api_key, agent)
+    direct = gb.DirectClient(services.fake_url)
     meter = gb.CpuMeter(services)
     try:
-        print("measuring CPU per run ...", flush=True)
-        cpu = await measure_cpu_per_run(services, paths, gateway, meter)
+        print("measuring TTFT and CPU per run at c=1 ...", flush=True)
+        cpu = await measure_cpu_per_run(services, gateway, direct, meter)
         print("measuring runs per second ...", flush=True)
         throughput = await measure_throughput(paths, meter)
         print("measuring a burst of connection opens ...", flush=True)
@@ -145,13 +157,17 @@ async def measure(services: gb.Services, agent: str, api_key: str) -> dict:
     finally:
         await paths.close()
         await gateway.close()
+        await direct.close()
         meter.close()
     return {"cpu_per_run": cpu, "throughput": throughput, "connection_burst": burst}
 
 
 def print_report(results: dict) -> None:
     cpu = results["cpu_per_run"]
-    print(f"\n1. CPU per simple run ({cpu['runs']} sequential streaming runs, {cpu['failed']} failed), ms per run")
+    ttft = cpu["ttft_ms"]
+    print(f"\n1. TTFT p50 at c=1: direct {ttft['direct_p50']:.1f} ms, gateway {ttft['gateway_p50']:.1f} ms, "
+          f"added {ttft['added_p50']:+.1f} ms")
+    print(f"   CPU per simple run ({cpu['runs']} sequential streaming runs, {cpu['failed']} failed), ms per run")
     print(gb.format_table(list(cpu["ms_per_run"]), [[f"{v:.1f}" for v in cpu["ms_per_run"].values()]]))
     t = results["throughput"]
     print(f"\n2. Runs per second, {THROUGHPUT_RUNS} plain chat completions from {THROUGHPUT_CLIENTS} clients")
@@ -164,7 +180,11 @@ def print_report(results: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="store_true", help="py-spy profiles of Daphne and the worker")
+    parser.add_argument("--code", type=Path, help="measure the gateway of this checkout (default: this one)")
+    parser.add_argument("--json", type=Path, default=RESULTS_PATH, help="where to write the results")
     args = parser.parse_args()
+    if args.code:
+        gb.CODE_ROOT = args.code.resolve()
     began = time.monotonic()
     log_dir = Path(tempfile.mkdtemp(prefix="beamclaw-load-bench-"))
     print(f"logs: {log_dir}", flush=True)
@@ -183,8 +203,9 @@ def main() -> int:
                 print(f"profile: {path}")
         gb.stop_all(children)
     print_report(results)
-    RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nresults: {RESULTS_PATH.relative_to(gb.ROOT)}   took {time.monotonic() - began:.0f} s")
+    results["code"] = str(gb.CODE_ROOT)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults: {args.json}   took {time.monotonic() - began:.0f} s")
     return 0
 
 
