@@ -38,5 +38,6 @@ test: install services lint
 	@scripts/ensure_browser.sh
 	@$(PY) -m pytest -n 2 --dist loadfile
 
+# The performance targets, this checkout against the last commit before the performance work (bench/README.md).
 bench: db
-	@$(PY) bench/gateway_bench.py
+	@$(PY) bench/compare.py

@@ -147,60 +147,79 @@ class AnthropicProvider:
         # event, and snapshots in its accumulating helper, cost more CPU than everything else here when
         # hundreds of runs stream at once. The SDK still sends the request and raises for error statuses.
         with client.messages.with_streaming_response.create(**kwargs) as response:
-            for event in _sse_events(response):
-                kind = event["type"]
-                if kind == "content_block_delta":
-                    delta = event["delta"]
-                    if delta["type"] == "text_delta":
-                        blocks[event["index"]]["text"] += delta["text"]
-                        on_text(delta["text"])
-                    elif delta["type"] == "input_json_delta":
-                        partial_json.setdefault(event["index"], []).append(delta["partial_json"])
-                elif kind == "content_block_start":
-                    block = _without_nulls(event["content_block"])
-                    if block["type"] == "text":
-                        block["text"] = ""
-                    blocks.append(block)
-                elif kind == "content_block_stop":
-                    pieces = partial_json.pop(event["index"], None)
-                    if pieces is not None:
-                        blocks[event["index"]]["input"] = json.loads("".join(pieces) or "{}")
-                elif kind == "message_start":
-                    usage = event["message"].get("usage") or {}
-                    completion.input_tokens = usage.get("input_tokens") or 0
-                    completion.output_tokens = usage.get("output_tokens") or 0
-                    for name in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-                        if usage.get(name):
-                            completion.extra_usage[name] = usage[name]
-                elif kind == "message_delta":
-                    completion.stop_reason = event["delta"].get("stop_reason")
-                    output_tokens = (event.get("usage") or {}).get("output_tokens")
-                    if output_tokens is not None:
-                        completion.output_tokens = output_tokens
+            for batch in _sse_batches(response):
+                # Text deltas that arrived in one network read go on as one: the model wrote them while
+                # this worker was busy, so joining them delays nothing, and each costs a Redis append here
+                # and a read and a chunk at every client.
+                text: list[str] = []
+                for event in batch:
+                    kind = event["type"]
+                    if kind == "content_block_delta" and event["delta"]["type"] == "text_delta":
+                        blocks[event["index"]]["text"] += event["delta"]["text"]
+                        text.append(event["delta"]["text"])
+                        continue
+                    if text:
+                        on_text("".join(text))
+                        text = []
+                    if kind == "content_block_delta":
+                        if event["delta"]["type"] == "input_json_delta":
+                            partial_json.setdefault(event["index"], []).append(event["delta"]["partial_json"])
+                    elif kind == "content_block_start":
+                        block = _without_nulls(event["content_block"])
+                        if block["type"] == "text":
+                            block["text"] = ""
+                        blocks.append(block)
+                    elif kind == "content_block_stop":
+                        pieces = partial_json.pop(event["index"], None)
+                        if pieces is not None:
+                            blocks[event["index"]]["input"] = json.loads("".join(pieces) or "{}")
+                    elif kind == "message_start":
+                        usage = event["message"].get("usage") or {}
+                        completion.input_tokens = usage.get("input_tokens") or 0
+                        completion.output_tokens = usage.get("output_tokens") or 0
+                        for name in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+                            if usage.get(name):
+                                completion.extra_usage[name] = usage[name]
+                    elif kind == "message_delta":
+                        completion.stop_reason = event["delta"].get("stop_reason")
+                        output_tokens = (event.get("usage") or {}).get("output_tokens")
+                        if output_tokens is not None:
+                            completion.output_tokens = output_tokens
+                if text:
+                    on_text("".join(text))
                 if should_abort():
                     raise Aborted()
         return completion
 
 
-def _sse_events(response) -> Iterator[dict]:
-    """The data of each server-sent event (one JSON object per event, as the Messages API sends them),
-    pings skipped; an `error` event raises APIStatusError, as the SDK's own stream does."""
+def _sse_batches(response) -> Iterator[list[dict]]:
+    """The stream's server-sent events, as the JSON object each carries, in batches: the events completed by
+    one network read. Pings are skipped; an `error` event raises APIStatusError, as the SDK's own stream does."""
+    buffer = b""
+    for chunk in response.iter_bytes():
+        # Events end with a blank line; the Messages API ends lines with \n, the SSE format allows \r\n.
+        buffer = (buffer + chunk).replace(b"\r\n", b"\n")
+        *complete, buffer = buffer.split(b"\n\n")
+        batch = [event for block in complete if (event := _sse_event(block, response)) is not None]
+        if batch:
+            yield batch
+
+
+def _sse_event(block: bytes, response) -> dict | None:
     name, data = None, []
-    for line in response.iter_lines():
-        if line:
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "event":
-                name = value
-            elif field == "data":
-                data.append(value)
-            continue
-        if data and name != "ping":
-            body = json.loads("\n".join(data))
-            if name == "error":
-                raise anthropic.APIStatusError(f"{body}", response=response.http_response, body=body)
-            yield body
-        name, data = None, []
+    for line in block.decode().split("\n"):
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+    if not data or name == "ping":
+        return None
+    body = json.loads("\n".join(data))
+    if name == "error":
+        raise anthropic.APIStatusError(f"{body}", response=response.http_response, body=body)
+    return body
 
 
 def _without_nulls(value):

@@ -34,7 +34,9 @@ def _exactly_once(run_id: str, prompt: str) -> bool:
 
 def test_sigterm_hands_running_steps_to_another_worker(gateway, tenant, fleet):
     old = fleet("deploy-old")
-    replies = [StreamedReply(gateway, tenant.headers, f"rolling deploy {n} one two three", model="assistant").start() for n in range(3)]
+    # Streams long enough (about 9 s) to be still running once the new worker has started, on a busy machine too.
+    replies = [StreamedReply(gateway, tenant.headers, f"rolling deploy {n} one two three", model="assistant",
+                             directives="[[deltas=60]] [[delay_ms=150]]").start() for n in range(3)]
     wait_until(lambda: all(r.chunks >= 4 for r in replies), timeout=60, message="the old worker to be streaming")
     new = fleet("deploy-new")
 

@@ -1,4 +1,5 @@
 import logging
+import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -58,8 +59,9 @@ class Command(BaseCommand):
             # Celery would fall back to its default queue, the system queue this worker was told to leave.
             raise CommandError(f"Nothing to consume: no active tenant in this pool ({pool.describe()}).")
         worker_pool_set(pool=pool)
-        # The model SDKs take most of a second to import: now, rather than in the first run's step.
-        provider_names()
+        # The model SDKs take most of a second to import: on the side while the worker starts, rather than
+        # in the first run's step (and without delaying the worker's readiness).
+        threading.Thread(target=provider_names, name="import-providers", daemon=True).start()
         app.steps["consumer"].add(Housekeeping)
         argv = [
             "worker",

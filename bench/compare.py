@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""`make bench`: the performance targets, this checkout against a baseline commit, measured side by side.
+
+The baseline is checked out in a temporary `git worktree` (default: BASELINE_REF, the last commit before the
+performance work; `--baseline REF` for another). bench/load_bench.py then measures the baseline's gateway and
+this checkout's, alternately (`--rounds`, default 1 each), on the same machine in the same minutes, each next
+to the fake model called directly. Both run with this checkout's installed packages. The table gives both
+figures and their ratio: this machine is shared and noisy, so ratios measured together say more than
+absolute times measured on different days.
+
+Then one more run of this checkout under py-spy prints where Daphne's and the worker's CPU goes (`--no-profile`
+skips it). The targets on paths this work left alone (the exec sandbox, long concurrent streams, the noisy
+neighbour, cron) show the figure the issue recorded and the bench that measures them. Results:
+bench/results/compare.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_PATH = ROOT / "bench" / "results" / "compare.json"
+# The last commit before the performance work (issue 15), whose figures the issue's "today" column gives.
+BASELINE_REF = "645f31c"
+PROFILE_TOP = 12
+# Frames of our own code, in py-spy's collapsed stacks: "function (path/to/file.py:line)".
+OWN_CODE = re.compile(r"\((beamclaw_project|sessions|tenants|tools|cron|channels_app)/")
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=ROOT, text=True, **kwargs)
+
+
+def worktree_add(ref: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="beamclaw-baseline-"))
+    result = run(["git", "worktree", "add", "--detach", "--force", str(path), ref], capture_output=True)
+    if result.returncode != 0:
+        shutil.rmtree(path, ignore_errors=True)
+        raise SystemExit(
+            f"cannot check out the baseline {ref!r}: {result.stderr.strip()}\n"
+            "A shallow clone lacks it: `git fetch --unshallow`, or pass --baseline with a commit you have."
+        )
+    return path
+
+
+def worktree_remove(path: Path) -> None:
+    run(["git", "worktree", "remove", "--force", str(path)], capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def load_bench(code: Path | None, output: Path, profile: bool = False) -> dict:
+    argv = [sys.executable, "bench/load_bench.py", "--json", str(output)]
+    if code is not None:
+        argv += ["--code", str(code)]
+    if profile:
+        argv.append("--profile")
+    result = run(argv, capture_output=True)
+    if result.returncode != 0:
+        raise SystemExit(f"bench/load_bench.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    results = json.loads(output.read_text())
+    logs = re.search(r"^logs: (.+)$", result.stdout, re.M)
+    results["log_dir"] = logs and logs.group(1)
+    return results
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def figures(results: list[dict]) -> dict:
+    """The quick figures of load_bench runs (the median over rounds)."""
+    pick = {
+        "added_ttft_ms": lambda r: r["cpu_per_run"]["ttft_ms"]["added_p50"],
+        "direct_ttft_ms": lambda r: r["cpu_per_run"]["ttft_ms"]["direct_p50"],
+        "cpu_ms_per_run": lambda r: r["cpu_per_run"]["ms_per_run"]["web + worker"],
+        "runs_per_second": lambda r: r["throughput"]["gateway"]["runs_per_second"],
+        "direct_runs_per_second": lambda r: r["throughput"]["direct"]["runs_per_second"],
+        "connections_lost": lambda r: r["connection_burst"]["lost"],
+        "failed": lambda r: r["cpu_per_run"]["failed"] + r["throughput"]["gateway"]["failed"],
+    }
+    return {name: median([get(r) for r in results]) for name, get in pick.items()}
+
+
+def profile_summary(collapsed: Path) -> list[tuple[float, str]]:
+    """Our own functions by their share of the samples that hold the GIL (inclusive), highest first."""
+    inclusive: collections.Counter = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(count)
+        own = {re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";") if OWN_CODE.search(frame)}
+        for frame in own:
+            inclusive[frame] += int(count)
+    return [(100 * n / total, frame) for frame, n in inclusive.most_common(PROFILE_TOP)] if total else []
+
+
+def ratio(now: float, before: float) -> str:
+    return f"{now / before:.2f}x" if before else "-"
+
+
+def print_table(base: dict, now: dict, baseline_ref: str) -> None:
+    # (figure, the issue's "today", target, baseline measured now, this checkout, met?)
+    rows = [
+        ("added TTFT p50, OpenAI streaming, c=1", "20.7-36 ms", "<= 8 ms",
+         f"{base['added_ttft_ms']:+.1f} ms", f"{now['added_ttft_ms']:+.1f} ms",
+         ratio(now["added_ttft_ms"], base["added_ttft_ms"]), now["added_ttft_ms"] <= 8),
+        ("web + worker CPU per simple run", "45-63 ms", "<= 10 ms",
+         f"{base['cpu_ms_per_run']:.1f} ms", f"{now['cpu_ms_per_run']:.1f} ms",
+         ratio(now["cpu_ms_per_run"], base["cpu_ms_per_run"]), now["cpu_ms_per_run"] <= 10),
+        ("runs per second, 2 cores, 32 clients", "19", ">= 150",
+         f"{base['runs_per_second']:.1f}", f"{now['runs_per_second']:.1f}",
+         ratio(now["runs_per_second"], base["runs_per_second"]), now["runs_per_second"] >= 150),
+        ("300 simultaneous connection opens", "5 lost", "0 lost",
+         f"{base['connections_lost']:.0f} lost", f"{now['connections_lost']:.0f} lost", "", now["connections_lost"] == 0),
+    ]
+    header = ["figure", "issue's today", "target", f"baseline {baseline_ref}", "this checkout", "ratio", "verdict"]
+    table = [[*row[:6], "MET" if row[6] else "NOT MET"] for row in rows]
+    # Targets whose code paths this work did not touch: the issue's figure, and the bench that measures it.
+    for figure, today, target, bench in (
+        ("exec sandbox cost over a plain subprocess, p50", "17-22 ms", "<= 10 ms", "bench/exec_bench.py"),
+        ("concurrent 10-s streams, zero loss (WS and SSE)", "200", ">= 500", "bench/gateway_protocols_bench.py"),
+        ("quiet tenant's wait, 500 runs queued elsewhere", "1-4 steps", "<= 1 step", "bench/gateway_protocols_bench.py"),
+        ("10k cron jobs, 1k due at once: start lag p99", "38 s", "<= 2 s", "bench/cron_bench.py"),
+    ):
+        table.append([figure, today, target, "", "not measured here", "", bench])
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *table)]
+    for cells in (header, ["-" * w for w in widths], *table):
+        print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    print(f"\n   the fake model called directly: TTFT p50 {now['direct_ttft_ms']:.1f} ms, "
+          f"{now['direct_runs_per_second']:.0f} runs/s with 32 clients; failed runs: baseline {base['failed']:.0f}, "
+          f"this checkout {now['failed']:.0f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", default=BASELINE_REF, help=f"the commit to compare with (default {BASELINE_REF})")
+    parser.add_argument("--rounds", type=int, default=1, help="load_bench runs per side, alternating (default 1)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiled run")
+    args = parser.parse_args()
+    began = time.monotonic()
+    scratch = Path(tempfile.mkdtemp(prefix="beamclaw-compare-"))
+    baseline = worktree_add(args.baseline)
+    runs: dict[str, list[dict]] = {"baseline": [], "now": []}
+    try:
+        for round_number in range(1, args.rounds + 1):
+            for side, code in (("baseline", baseline), ("now", None)):
+                print(f"round {round_number}/{args.rounds}: measuring {'the baseline ' + args.baseline if code else 'this checkout'} "
+                      "(bench/load_bench.py, about 75 s) ...", flush=True)
+                runs[side].append(load_bench(code, scratch / f"{side}-{round_number}.json"))
+    finally:
+        worktree_remove(baseline)
+    profiles = {}
+    if not args.no_profile:
+        print("profiling this checkout (bench/load_bench.py --profile) ...", flush=True)
+        profiled = load_bench(None, scratch / "profiled.json", profile=True)
+        for process in ("daphne", "worker"):
+            collapsed = Path(profiled["log_dir"] or "") / f"{process}.collapsed.txt"
+            if collapsed.exists():
+                profiles[process] = profile_summary(collapsed)
+
+    base, now = figures(runs["baseline"]), figures(runs["now"])
+    print(f"\nPerformance targets: this checkout against {args.baseline}, measured side by side "
+          f"({args.rounds} round{'s' if args.rounds > 1 else ''} each, medians)\n")
+    print_table(base, now, args.baseline)
+    for process, rows in profiles.items():
+        print(f"\nwhere {process}'s CPU goes (py-spy, share of samples holding the GIL, our code, inclusive):")
+        for share, frame in rows:
+            print(f"  {share:5.1f}%  {frame}")
+    RESULTS_PATH.write_text(json.dumps({"baseline": args.baseline, "runs": runs, "figures": {"baseline": base, "now": now},
+                                        "profiles": profiles}, indent=2, default=str) + "\n")
+    print(f"\nresults: {RESULTS_PATH.relative_to(ROOT)}   took {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
