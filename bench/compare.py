@@ -32,8 +32,9 @@ RESULTS_PATH = ROOT / "bench" / "results" / "compare.json"
 # The last commit before the performance work (issue 15), whose figures the issue's "today" column gives.
 BASELINE_REF = "645f31c"
 PROFILE_TOP = 12
-# Frames of our own code, in py-spy's collapsed stacks: "function (path/to/file.py:line)".
-OWN_CODE = re.compile(r"\((beamclaw_project|sessions|tenants|tools|cron|channels_app)/")
+# Frames of our own code, in py-spy's collapsed stacks: "function (path/to/file.py:line)". Not the management
+# commands: the worker's command is at the bottom of every stack of Celery's consumer loop.
+OWN_CODE = re.compile(r"\((beamclaw_project|sessions|tenants|tools|cron|channels_app)/(?!management/commands/)")
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -93,18 +94,18 @@ def figures(results: list[dict]) -> dict:
 
 
 def profile_summary(collapsed: Path) -> list[tuple[float, str]]:
-    """Our own functions by their share of the samples that hold the GIL (inclusive), highest first."""
-    inclusive: collections.Counter = collections.Counter()
+    """Each sample charged to the deepest function of our own code on its stack (with the library code it
+    called): our functions by their share of the samples that hold the GIL, highest first."""
+    charged: collections.Counter = collections.Counter()
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         total += int(count)
-        own = {re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";") if OWN_CODE.search(frame)}
-        for frame in own:
-            inclusive[frame] += int(count)
-    return [(100 * n / total, frame) for frame, n in inclusive.most_common(PROFILE_TOP)] if total else []
+        own = [frame for frame in stack.split(";") if OWN_CODE.search(frame)]
+        charged[re.sub(r":\d+\)$", ")", own[-1]) if own else "(no function of ours: Daphne, Twisted, Celery's consumer)"] += int(count)
+    return [(100 * n / total, frame) for frame, n in charged.most_common(PROFILE_TOP)] if total else []
 
 
 def ratio(now: float, before: float) -> str:
@@ -176,7 +177,7 @@ def main() -> int:
           f"({args.rounds} round{'s' if args.rounds > 1 else ''} each, medians)\n")
     print_table(base, now, args.baseline)
     for process, rows in profiles.items():
-        print(f"\nwhere {process}'s CPU goes (py-spy, share of samples holding the GIL, our code, inclusive):")
+        print(f"\nwhere {process}'s CPU goes (py-spy; samples holding the GIL, each charged to the deepest function of ours):")
         for share, frame in rows:
             print(f"  {share:5.1f}%  {frame}")
     RESULTS_PATH.write_text(json.dumps({"baseline": args.baseline, "runs": runs, "figures": {"baseline": base, "now": now},
