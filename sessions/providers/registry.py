@@ -6,10 +6,13 @@ beamclaw_project/apps.py) at start-up. A plug-in may replace a built-in: registe
 built-ins never overwrite.
 """
 
+import logging
 from importlib import import_module
 from typing import Callable
 
 from sessions.providers.base import SAMPLING_PARAMS, Provider, ProviderError
+
+logger = logging.getLogger(__name__)
 
 _BUILTIN_MODULES = ("sessions.providers.anthropic", "sessions.providers.openai")
 _FACTORIES: dict[str, Callable[[], Provider]] = {}
@@ -48,6 +51,19 @@ def provider_sampling(name: str) -> frozenset[str] | None:
     except ProviderError:
         return None
     return frozenset(getattr(provider, "sampling", SAMPLING_PARAMS))
+
+
+def providers_warm_up() -> None:
+    """Import the built-in providers and let each build what its first call would (`warm_up()` in its
+    module): a worker does it beside its start-up, so the first run's step does not pay for it."""
+    _load_modules()
+    for path in _BUILTIN_MODULES:
+        warm_up = getattr(import_module(path), "warm_up", None)
+        try:
+            if warm_up is not None:
+                warm_up()
+        except Exception as exc:  # noqa: BLE001 - only a head start: the first call builds it again
+            logger.warning("could not warm up %s (%r); its first call sets it up instead", path, exc)
 
 
 def _load_modules() -> None:

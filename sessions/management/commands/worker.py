@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from beamclaw_project.celery import app
 from beamclaw_project.infra.queues import SYSTEM_QUEUE
 from beamclaw_project.worker import Housekeeping, worker_pool_set
-from sessions.providers.registry import provider_names
+from sessions.providers.registry import providers_warm_up
 from tenants.queues import active_tenant_queues, tenant_pool_build
 
 logger = logging.getLogger(__name__)
@@ -59,9 +59,9 @@ class Command(BaseCommand):
             # Celery would fall back to its default queue, the system queue this worker was told to leave.
             raise CommandError(f"Nothing to consume: no active tenant in this pool ({pool.describe()}).")
         worker_pool_set(pool=pool)
-        # The model SDKs take most of a second to import: on the side while the worker starts, rather than
-        # in the first run's step (and without delaying the worker's readiness).
-        threading.Thread(target=provider_names, name="import-providers", daemon=True).start()
+        # The model SDKs take over a second to import and their clients tens of ms to build: on the side
+        # while the worker starts, rather than in the first run's step (and without delaying readiness).
+        threading.Thread(target=providers_warm_up, name="providers-warm-up", daemon=True).start()
         app.steps["consumer"].add(Housekeeping)
         argv = [
             "worker",
