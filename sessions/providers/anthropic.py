@@ -147,9 +147,8 @@ class AnthropicProvider:
             if request.tool_choice:
                 kwargs["tool_choice"] = dict(request.tool_choice)
 
-        blocks: list[dict] = []
+        completion = Completion(content=[], stop_reason=None, model=model)
         partial_json: dict[int, list[str]] = {}
-        completion = Completion(content=blocks, stop_reason=None, model=model)
         # The stream's events as plain JSON rather than the SDK's models: building a pydantic model per
         # event, and snapshots in its accumulating helper, cost more CPU than everything else here when
         # hundreds of runs stream at once. The SDK still sends the request and raises for error statuses.
@@ -160,43 +159,50 @@ class AnthropicProvider:
                 # and a read and a chunk at every client.
                 text: list[str] = []
                 for event in batch:
-                    kind = event["type"]
-                    if kind == "content_block_delta" and event["delta"]["type"] == "text_delta":
-                        blocks[event["index"]]["text"] += event["delta"]["text"]
-                        text.append(event["delta"]["text"])
+                    delta = event.get("delta") or {}
+                    if event["type"] == "content_block_delta" and delta.get("type") == "text_delta":
+                        completion.content[event["index"]]["text"] += delta["text"]
+                        text.append(delta["text"])
                         continue
                     if text:
                         on_text("".join(text))
                         text = []
-                    if kind == "content_block_delta":
-                        if event["delta"]["type"] == "input_json_delta":
-                            partial_json.setdefault(event["index"], []).append(event["delta"]["partial_json"])
-                    elif kind == "content_block_start":
-                        block = _without_nulls(event["content_block"])
-                        if block["type"] == "text":
-                            block["text"] = ""
-                        blocks.append(block)
-                    elif kind == "content_block_stop":
-                        pieces = partial_json.pop(event["index"], None)
-                        if pieces is not None:
-                            blocks[event["index"]]["input"] = json.loads("".join(pieces) or "{}")
-                    elif kind == "message_start":
-                        usage = event["message"].get("usage") or {}
-                        completion.input_tokens = usage.get("input_tokens") or 0
-                        completion.output_tokens = usage.get("output_tokens") or 0
-                        for name in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-                            if usage.get(name):
-                                completion.extra_usage[name] = usage[name]
-                    elif kind == "message_delta":
-                        completion.stop_reason = event["delta"].get("stop_reason")
-                        output_tokens = (event.get("usage") or {}).get("output_tokens")
-                        if output_tokens is not None:
-                            completion.output_tokens = output_tokens
+                    _apply_event(event, completion, partial_json)
                 if text:
                     on_text("".join(text))
                 if should_abort():
                     raise Aborted()
         return completion
+
+
+def _apply_event(event: dict, completion: Completion, partial_json: dict[int, list[str]]) -> None:
+    """Record a stream event other than a text delta: a content block starting or ending (a tool_use's input
+    arrives in JSON pieces, joined at its end), the usage, the stop reason."""
+    kind, blocks = event["type"], completion.content
+    if kind == "content_block_delta":
+        if event["delta"]["type"] == "input_json_delta":
+            partial_json.setdefault(event["index"], []).append(event["delta"]["partial_json"])
+    elif kind == "content_block_start":
+        block = _without_nulls(event["content_block"])
+        if block["type"] == "text":
+            block["text"] = ""
+        blocks.append(block)
+    elif kind == "content_block_stop":
+        pieces = partial_json.pop(event["index"], None)
+        if pieces is not None:
+            blocks[event["index"]]["input"] = json.loads("".join(pieces) or "{}")
+    elif kind == "message_start":
+        usage = event["message"].get("usage") or {}
+        completion.input_tokens = usage.get("input_tokens") or 0
+        completion.output_tokens = usage.get("output_tokens") or 0
+        for name in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+            if usage.get(name):
+                completion.extra_usage[name] = usage[name]
+    elif kind == "message_delta":
+        completion.stop_reason = event["delta"].get("stop_reason")
+        output_tokens = (event.get("usage") or {}).get("output_tokens")
+        if output_tokens is not None:
+            completion.output_tokens = output_tokens
 
 
 def _sse_batches(response) -> Iterator[list[dict]]:
