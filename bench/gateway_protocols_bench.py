@@ -43,7 +43,6 @@ TENANT_B = "benchb"
 LATENCY_TEXT = "Hello from the BeamClaw protocols benchmark, please echo this sentence back."
 LATENCY_PROMPT = f"{LATENCY_TEXT} [[deltas=20]][[ttft_ms=20]][[delay_ms=5]]"
 LATENCY_REPLY = f"Echo: {LATENCY_TEXT}"
-LATENCY_DELTAS = 20
 LATENCY_WARMUP = 5
 LATENCY_REQUESTS = 100
 

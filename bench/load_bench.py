@@ -85,7 +85,7 @@ class Paths:
         await self.sdk.close()
 
 
-async def measure_cpu_per_run(services, gateway: gb.GatewayClient, direct: gb.DirectClient, meter: gb.CpuMeter) -> dict:
+async def measure_cpu_per_run(gateway: gb.GatewayClient, direct: gb.DirectClient, meter: gb.CpuMeter) -> dict:
     prompt = gb.LATENCY_PROMPT  # 20 deltas, the first after 20 ms, then 2 ms apart
     await gb.run_batch(direct.stream, [prompt] * 20, 1)  # warm-up
     direct_results = await gb.run_batch(direct.stream, [prompt] * CPU_RUNS, 1)
@@ -150,7 +150,7 @@ async def measure(services: gb.Services, agent: str, api_key: str) -> dict:
     meter = gb.CpuMeter(services)
     try:
         print("measuring TTFT and CPU per run at c=1 ...", flush=True)
-        cpu = await measure_cpu_per_run(services, gateway, direct, meter)
+        cpu = await measure_cpu_per_run(gateway, direct, meter)
         print("measuring runs per second ...", flush=True)
         throughput = await measure_throughput(paths, meter)
         print("measuring a burst of connection opens ...", flush=True)
