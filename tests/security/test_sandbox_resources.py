@@ -20,7 +20,10 @@ HOLD_900_MB = (
 def test_four_processes_of_900_mb_do_not_all_get_their_memory(live, tenant, tools_settings):
     session_mb = tools_settings.BEAMCLAW_TOOLS["EXEC_SESSION_MEMORY_MB"]
     assert 4 * 900 > session_mb
-    result = exec_ok(live, tenant, f"for i in 1 2 3 4; do {HOLD_900_MB} & done; wait; echo end", extra={"timeout": 120})
+    # The whole command is the subject, so the call waits for its end: on a loaded machine the four
+    # allocations and the OOM kills can outlast the default yield window, which would background it.
+    command = f"for i in 1 2 3 4; do {HOLD_900_MB} & done; wait; echo end"
+    result = exec_ok(live, tenant, command, extra={"timeout": 120, "yield_ms": 120_000}, timeout=130)
     assert result["ok"] is False, result
     assert result["error"].startswith(f"out of memory: this session's sandboxes may use {session_mb} MB together")
     assert result["output"].count("held") < 4
@@ -31,7 +34,8 @@ def test_four_processes_of_900_mb_do_not_all_get_their_memory(live, tenant, tool
 def test_a_workspace_cannot_grow_past_its_cap(live, tenant, tools_settings):
     cap_mb = tools_settings.BEAMCLAW_TOOLS["EXEC_WORKSPACE_MB"]
     assert 1300 > cap_mb
-    flood = exec_ok(live, tenant, "for i in 1 2 3 4 5; do head -c 260M /dev/zero > f$i; echo wrote $i $?; done", extra={"timeout": 300})
+    flood = exec_ok(live, tenant, "for i in 1 2 3 4 5; do head -c 260M /dev/zero > f$i; echo wrote $i $?; done",
+                    extra={"timeout": 300, "yield_ms": 120_000}, timeout=130)  # waits for the end even on a loaded machine
     assert flood["ok"] is False, flood
     assert f"the workspace is over its {cap_mb} MB cap" in flood["error"]
     assert "wrote 5 0" not in flood["output"], "the last 260 MB never made it"
