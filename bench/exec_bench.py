@@ -4,7 +4,7 @@
 Runs the same commands N times each way and prints p50/p99/mean wall time per call:
 
 - plain: `subprocess.run(["/bin/sh", "-c", cmd])`, the floor;
-- bwrap only: the sandbox's exact command line (prlimit + bwrap + sh) run with subprocess.run, i.e.
+- bwrap only: the sandbox's exact command line (setpriv + prlimit + bwrap + sh) run with subprocess.run, i.e.
   the cost of the namespaces and mounts alone;
 - sandbox: tools.sandbox.sandbox_run + wait, everything exec does on a worker (uid switch, rlimits,
   bwrap, output reader and deadline thread, workspace preparation);
@@ -90,12 +90,11 @@ def main() -> None:
     def bwrap_only(command: str):
         def run():
             uid, workspace = next(turn)
-            identity = {"user": uid, "group": uid, "extra_groups": []} if uid != os.geteuid() else {}
             info_fd = os.open(os.devnull, os.O_WRONLY)  # bwrap's --info-fd output is not needed here
             launch = sandbox.bwrap_launch(sandbox.SandboxSpec(command=command, workspace=workspace, uid=uid), info_fd=info_fd)
             try:
                 subprocess.run(launch.argv, check=True, stdout=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
-                               pass_fds=(info_fd, *launch.pass_fds), **identity)
+                               pass_fds=(info_fd, *launch.pass_fds), **launch.identity)
             finally:
                 for fd in (info_fd, *launch.own_fds):
                     os.close(fd)
