@@ -4,8 +4,8 @@ import os
 import sys
 from http import HTTPStatus
 
+import django
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-from django.core.asgi import get_asgi_application
 from twisted.web import http as twisted_http
 
 # Daphne writes the status line from Twisted's reason table, which lacks codes we answer with (a 429 went
@@ -21,8 +21,12 @@ if "daphne.server" in sys.modules:
     daphne_hardening.apply()
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "beamclaw_project.settings")
+django.setup(set_prefix=False)  # as get_asgi_application() does; the handler sets the prefix per request
+
+from beamclaw_project.gateway_handler import GatewayHandler  # noqa: E402  (needs Django set up)
+
 # Static files (the admin's CSS and JS) are served by the app itself, so one Daphne is a whole deployment.
-django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
+django_asgi_app = ASGIStaticFilesHandler(GatewayHandler())
 
 from django.conf import settings  # noqa: E402  (needs Django set up)
 

@@ -31,22 +31,38 @@ class _AsyncMiddleware:
         markcoroutinefunction(self)
 
 
+def api_view_of(path: str):
+    """The async view serving `path` if it is on the fast path, else None. Only the async views: DRF's sync
+    views keep the full stack (and its thread handling)."""
+    if not path.startswith(FAST_PATH_PREFIXES):
+        return None
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None
+    return match if iscoroutinefunction(match.func) else None
+
+
+async def api_view_call(request):
+    """Call a fast-path view. The stack below it (OutageMiddleware's hook included) is skipped, so an
+    outage is answered here."""
+    match = request.resolver_match = request.resolver_match or api_view_of(request.path_info)
+    try:
+        return await match.func(request, *match.args, **match.kwargs)
+    except Exception as exc:
+        if (store := outage_of(exc)) is None:
+            raise
+        return outage_response(request, store)
+
+
 class ApiFastPathMiddleware(_AsyncMiddleware):
+    """The fast-path views, when a request comes through Django's own handler (the gateway's ASGI handler,
+    gateway_handler.py, sends them past the whole middleware chain)."""
+
     async def __call__(self, request):
-        if request.path_info.startswith(FAST_PATH_PREFIXES):
-            try:
-                match = resolve(request.path_info)
-            except Resolver404:
-                match = None
-            # Only the async views: DRF's sync views keep the full stack (and its thread handling).
-            if match is not None and iscoroutinefunction(match.func):
-                try:
-                    return await match.func(request, *match.args, **match.kwargs)
-                except Exception as exc:
-                    # The stack below (OutageMiddleware's hook included) is skipped, so answer here.
-                    if (store := outage_of(exc)) is None:
-                        raise
-                    return outage_response(request, store)
+        if (match := api_view_of(request.path_info)) is not None:
+            request.resolver_match = match
+            return await api_view_call(request)
         return await self.get_response(request)
 
 
