@@ -16,9 +16,12 @@ logger = logging.getLogger(__name__)
 
 
 @receiver(run_finished, dispatch_uid="channels-run-finished")
-def _run_finished(sender, run_id, status, trigger=None, **kwargs):
+def _run_finished(sender, run_id, status, trigger=None, session_ephemeral=False, **kwargs):
     # Not only channel-triggered runs owe a reply: in `collect` mode a channel message joins whatever run
-    # of its session waits, so the reply row, not the trigger, decides.
+    # of its session waits, so the reply row, not the trigger, decides. A channel's session is never
+    # ephemeral (one API request's or cron occurrence's), so those runs skip the lookup.
+    if session_ephemeral:
+        return
     reply_id = channel_reply_release(run_id=run_id)
     if reply_id is not None:
         channel_reply_send(reply_id)

@@ -2,5 +2,6 @@
 
 from django.dispatch import Signal
 
-# Sent after the transaction that ended a run has committed. kwargs: run_id, status, trigger.
+# Sent after the transaction that ended a run has committed. kwargs: run_id, status, trigger, session_ephemeral
+# (the run's session is one request's or one cron occurrence's: no chat channel's).
 run_finished = Signal()

@@ -170,11 +170,14 @@ def steering_take_locked(session: AgentSession, run: Run) -> list[dict]:
 # --- ending ------------------------------------------------------------------------------------------
 
 
-def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSession, payload=None) -> None:
+def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSession, payload=None,
+                   step_has_calls: bool = True) -> None:
     """Mark a run terminal, announce it after commit, and start the next queued run: the session's own
     now, other sessions' of the tenant after commit if this frees a slot they wait for.
-    Caller holds the session and run row locks."""
-    open_calls_settle_locked(run, session, status)
+    Caller holds the session and run row locks. `step_has_calls=False`: the caller knows the current step
+    made no tool calls (its reply has no tool_use), so there are none to settle."""
+    if step_has_calls:
+        open_calls_settle_locked(run, session, status)
     if status == Run.Status.FAILED and not run.messages.filter(role=Message.Role.ASSISTANT).exists():
         # Clients retry failed requests (the openai package twice by default): the model must see the
         # message once, from the retry, not once per attempt. The transcript keeps it, marked.
@@ -188,13 +191,16 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     tenant_id = run.tenant_id
     tenant_slug = session.tenant.slug
     trigger = run.trigger
+    ephemeral = session.ephemeral
 
     def announce():
         log_context_bind(tenant=tenant_slug, session=session.pk, run=run_id)
         logger.info("run %s%s", status, f": {error}" if error else "")
         run_finished_record(tenant=tenant_slug, status=status)
         events.publish(run_id, TERMINAL_EVENT[status], event_payload)
-        for receiver, result in run_finished.send_robust(sender=Run, run_id=run_id, status=status, trigger=trigger):
+        for receiver, result in run_finished.send_robust(
+            sender=Run, run_id=run_id, status=status, trigger=trigger, session_ephemeral=ephemeral
+        ):
             if isinstance(result, Exception):
                 logger.error("run_finished receiver %s failed for run %s: %r", receiver, run_id, result)
         if redis_client().exists(_capacity_wait_key(tenant_id)):

@@ -306,7 +306,8 @@ def _finish_step(run_id, session_id, step: int, completion: Completion, lease: L
             "model": completion.model,
             "usage": run.usage,
         }
-        run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload)
+        has_calls = any(block.get("type") == "tool_use" for block in completion.content)
+        run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload, step_has_calls=has_calls)
     return False
 
 

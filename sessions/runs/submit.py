@@ -44,7 +44,8 @@ def run_submit(
     """
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode
-    with transaction.atomic():
+    # A new session's caller gives up its whole transaction on a refusal here, so it needs no savepoint.
+    with transaction.atomic(savepoint=not session_is_new):
         locked = session if session_is_new else session_lock(session.pk)
         if tool_results and locked.ephemeral and locked.status == AgentSession.Status.CLOSED:
             raise SessionClosed(f"Session {locked.key} is closed: its tool calls were answered already.")
