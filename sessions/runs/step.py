@@ -32,6 +32,7 @@ from sessions.runs import tool_phase
 from sessions.runs.budget import record_tokens
 from sessions.runs.compaction import compaction_if_needed
 from sessions.runs.context import transcript_view
+from sessions.runs.delta_window import DeltaWindow
 from sessions.runs.json_mode import INVALID_JSON, REPAIR_PARAM, ReplyCheck, failure_message, repair_prompt, reply_check
 from sessions.runs.kernel import (
     TOOLS_PHASE,
@@ -54,7 +55,9 @@ MAX_STEP_FAILURES = 3
 class _DeltaPublisher:
     """Publishes text deltas, skipping the first `skip` characters (already streamed by a crashed attempt),
     and none once the lease is lost (the worker that took the step over streams them). The first text of a
-    run's first step is its first token (metrics); an attempt that resumes a stream is past it."""
+    run's first step is its first token (metrics); an attempt that resumes a stream is past it. Deltas
+    that come within a couple of milliseconds of each other go out together (delta_window.py); `close()`
+    sends what waits, before the step publishes anything else."""
 
     def __init__(self, run_id, step: int, skip: int, lease: Lease, *, tenant: str, run_started_at: datetime | None):
         self.run_id = run_id
@@ -65,6 +68,7 @@ class _DeltaPublisher:
         self.parts: list[str] = []
         self.tenant = tenant
         self.first_token_from = run_started_at if step == 0 and skip == 0 else None
+        self.window = DeltaWindow(self._send)
 
     @property
     def text(self) -> str:
@@ -79,7 +83,14 @@ class _DeltaPublisher:
         self.seen += len(text)
         if self.seen <= self.skip or self.lease.lost():
             return
-        events.publish(self.run_id, events.TEXT_DELTA, {"text": text[max(0, self.skip - start):], "step": self.step})
+        self.window.add(text[max(0, self.skip - start):])
+
+    def close(self) -> None:
+        self.window.close()
+
+    def _send(self, text: str) -> None:
+        if not self.lease.lost():  # (again: a joined delta may be sent a moment after it came)
+            events.publish(self.run_id, events.TEXT_DELTA, {"text": text, "step": self.step})
 
 
 class _HandedBack(Exception):
@@ -247,9 +258,13 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
     callbacks = _CallbackFailures()
 
     try:
-        completion = complete(
-            agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease))
-        )
+        try:
+            completion = complete(
+                agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease))
+            )
+        finally:
+            publish_delta.window.flush()  # what waits goes out before anything else is published
+        publish_delta.close()
     except Aborted:
         if lease.lost():
             raise _LeaseLost() from None

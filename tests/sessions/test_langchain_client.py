@@ -26,7 +26,8 @@ def test_invoke_and_stream(live, tenant):
     assert reply.response_metadata["finish_reason"] == "stop"
     assert reply.usage_metadata["output_tokens"] > 0
 
-    pieces = [chunk.content for chunk in model.stream("one two three")]
+    # At a model's pace (deltas written within a couple of milliseconds travel together: delta_window.py).
+    pieces = [chunk.content for chunk in model.stream("one two three [[delay_ms=20]]")]
     assert "".join(pieces) == "Echo: one two three" and len([p for p in pieces if p]) >= 3
 
 

@@ -65,7 +65,7 @@ def test_streaming_with_the_openai_client(live, tenant):
 def test_raw_event_stream_order_and_sequence_numbers(live, tenant):
     with httpx.stream(
         "POST", f"{live}/v1/responses", headers=tenant.headers, timeout=30,
-        json={"model": "assistant", "stream": True, "input": "alpha beta"},
+        json={"model": "assistant", "stream": True, "input": "alpha beta [[delay_ms=20]]"},
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")

@@ -1,0 +1,95 @@
+"""Text deltas that follow each other within a couple of milliseconds travel as one event.
+
+Every `text.delta` costs a Redis append in the worker and, at every client following the run, a read and a
+chunk. A model (or a cache) that writes tokens faster than that pays it per token for nothing a person can
+see. So a delta goes out at once when the last one went out at least WINDOW_SECONDS ago (the first of a
+step always does: time to first token is unchanged); one that comes sooner waits until then, joined with
+any that arrive meanwhile. No delta waits longer than the window: a process-wide flusher thread sends what
+is due even when the model pauses. Deltas of a model writing slower than the window (a person's reading
+pace) all go out as they come.
+
+`close()` sends what is still waiting; the step calls it before it publishes anything else, so events stay
+in order. A failure to send from the flusher thread is raised in the step at its next delta or at
+`close()`, as a failure to send from the step itself would be.
+"""
+
+import heapq
+import itertools
+import threading
+import time
+from typing import Callable
+
+WINDOW_SECONDS = 0.002
+
+
+class DeltaWindow:
+    def __init__(self, send: Callable[[str], None], window: float = WINDOW_SECONDS):
+        self._send = send
+        self._window = window
+        self._lock = threading.Lock()
+        self._waiting: list[str] = []
+        self._sent_at = float("-inf")
+        self._error: Exception | None = None
+
+    def add(self, text: str) -> None:
+        self._raise_error()
+        with self._lock:
+            now = time.monotonic()
+            if self._waiting or now - self._sent_at < self._window:
+                if not self._waiting:
+                    _flusher.schedule(self._sent_at + self._window, self)
+                self._waiting.append(text)
+                return
+            self._sent_at = now
+            self._send(text)
+
+    def close(self) -> None:
+        """Send what waits now, and raise what a send from the flusher raised."""
+        self.flush()
+        self._raise_error()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._waiting:
+                return
+            text = "".join(self._waiting)
+            self._waiting = []
+            self._sent_at = time.monotonic()
+            try:
+                self._send(text)
+            except Exception as exc:  # noqa: BLE001 - kept for the step's thread, which raises it
+                self._error = exc
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+class _Flusher:
+    """One daemon thread per process that flushes windows when they are due."""
+
+    def __init__(self):
+        self._due: list[tuple[float, int, DeltaWindow]] = []
+        self._order = itertools.count()  # ties never compare windows
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, at: float, window: DeltaWindow) -> None:
+        with self._wake:
+            heapq.heappush(self._due, (at, next(self._order), window))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="delta-window-flusher", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                _, _, window = heapq.heappop(self._due)
+            window.flush()
+
+
+_flusher = _Flusher()

@@ -1,0 +1,56 @@
+"""Deltas that come within the window of each other travel as one event, and none waits past the window.
+
+These tests are about the window itself, so they set their own: a long one where joining is the subject
+(nothing can flush it early), a short one where the flusher is."""
+
+import threading
+
+import pytest
+
+from sessions.runs.delta_window import DeltaWindow
+
+
+class Recorder:
+    def __init__(self, fail_after: int | None = None):
+        self.sent: list[str] = []
+        self.fail_after = fail_after
+        self.arrived = threading.Event()
+
+    def __call__(self, text: str) -> None:
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            raise ConnectionError("Redis went away")
+        self.sent.append(text)
+        self.arrived.set()
+
+
+def test_the_first_delta_goes_at_once_and_the_next_ones_together():
+    sent = Recorder()
+    window = DeltaWindow(sent, window=3600)
+    for text in ("Hel", "lo", ", ", "world"):
+        window.add(text)
+    assert sent.sent == ["Hel"], "the first delta is not held back"
+    window.close()
+    assert sent.sent == ["Hel", "lo, world"]
+    window.close()
+    assert sent.sent == ["Hel", "lo, world"], "nothing is sent twice"
+
+
+def test_a_waiting_delta_goes_out_without_another_delta_or_close():
+    sent = Recorder()
+    window = DeltaWindow(sent, window=0.05)
+    window.add("first")
+    sent.arrived.clear()
+    window.add(" second")
+    assert sent.arrived.wait(10), "the flusher sent the waiting delta"
+    assert sent.sent == ["first", " second"]
+
+
+def test_a_failed_send_from_the_flusher_is_raised_in_the_step():
+    sent = Recorder(fail_after=1)
+    window = DeltaWindow(sent, window=3600)
+    window.add("one")
+    window.add("two")
+    window.flush()  # as the flusher thread would: it keeps the error for the step
+    with pytest.raises(ConnectionError):
+        window.close()
+    assert sent.sent == ["one"]
