@@ -111,13 +111,14 @@ def runs_stranded(runs: list[tuple]) -> tuple[list, list]:
     return orphans, [run_id for (run_id, _), gone in zip(queued, lost) if gone]
 
 
-def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = False) -> bool:
+def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = False, marked: bool = False) -> bool:
     """Mark the run's step queued and send it; with only_if_free (the reaper), only if nothing held the
-    lease or had queued a step. Returns whether it was sent."""
+    lease or had queued a step; with `marked`, the caller marked it (run_mark_queued) moments ago, before
+    its transaction committed. Returns whether it was sent."""
     if only_if_free:
         if not lease_set(run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms()):
             return False
-    else:
+    elif not marked:
         run_mark_queued(run_id)
     _step_send(run_id, step, tenant_slug)
     return True

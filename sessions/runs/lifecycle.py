@@ -114,7 +114,7 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
         run_started_record(tenant=tenant_slug)
         events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session.pk)})
         notify_session(session.pk, run_id)
-        step_enqueue(run_id, 0, tenant_slug)
+        step_enqueue(run_id, 0, tenant_slug, marked=True)
 
     transaction.on_commit(announce_and_enqueue)
     return run
