@@ -25,7 +25,7 @@ from sessions.client_tools import openai_tool_calls
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
 from sessions.run_stream import follow_run
 from sessions.runs import SessionClosed
-from tenants.auth import AuthError, authenticate_key, bearer_token
+from tenants.auth import AuthError, authenticate_key, authenticate_key_for_agent, bearer_token
 from tenants.selectors import agent_by_slug, agents_of
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
@@ -176,10 +176,11 @@ def _authenticate_and_start(authorization: str | None, model: str | None, start,
     """Everything a request needs from the database in one thread hop: the key, the agent, the run
     (`start(tenant=, agent=, idempotency_key=)`, None when the request is refused anyway). Returns what
     `start` returns, or the error response; raises AuthError."""
-    principal = authenticate_key(bearer_token(authorization), scope="chat", what="the OpenAI-compatible API")
+    token = bearer_token(authorization)
     if start is None:
+        authenticate_key(token, scope="chat", what="the OpenAI-compatible API")
         return None
-    agent = agent_by_slug(tenant=principal.tenant, slug=model)
+    principal, agent = authenticate_key_for_agent(token, model, scope="chat", what="the OpenAI-compatible API")
     if agent is None:
         return openai_error(
             404, f"The model '{model}' does not exist: use the slug of one of your agents (GET /v1/models).",

@@ -6,11 +6,12 @@ this (`Principal.allows` / `Principal.require`, with the scope tables in `tenant
 
 from dataclasses import dataclass
 
+from django.db.models import FilteredRelation, Q
 from django.utils import timezone
 
 from beamclaw_project.errors import LimitExceeded
 from tenants.limits import check_rate_limit
-from tenants.models import ApiKey, Tenant
+from tenants.models import Agent, ApiKey, Tenant
 from tenants.scopes import missing_scope_message, websocket_scope
 
 
@@ -60,10 +61,32 @@ def bearer_token(authorization_header: str | None) -> str | None:
 def authenticate_key(raw_key: str | None, *, scope: str | None = None, what: str = "this request") -> Principal:
     """The key's principal, or AuthError. With `scope`, a key without that scope is refused (403, naming
     the scope and `what` needs it)."""
+    return _authenticated(_key_query(raw_key), scope=scope, what=what)
+
+
+def authenticate_key_for_agent(raw_key: str | None, agent_slug: str, *, scope: str | None = None,
+                               what: str = "this request") -> tuple[Principal, Agent | None]:
+    """authenticate_key, and the key's tenant's agent `agent_slug` (None if it has none) from the same query:
+    the OpenAI-compatible edge names an agent in every request."""
+    keys = _key_query(raw_key).annotate(
+        wanted_agent=FilteredRelation("tenant__agents", condition=Q(tenant__agents__slug=agent_slug))
+    ).select_related("wanted_agent")
+    principal = _authenticated(keys, scope=scope, what=what)
+    agent = getattr(principal.api_key, "wanted_agent", None)  # (not set at all when the join found no agent)
+    if agent is not None:
+        agent.tenant = principal.tenant
+    return principal, agent
+
+
+def _key_query(raw_key: str | None):
     if not raw_key:
         raise AuthError("Missing API key: send it as 'Authorization: Bearer bc_...'.")
     # key_hash is unique: no ORDER BY.
-    key = next(iter(ApiKey.objects.select_related("tenant").filter(key_hash=ApiKey.hash_key(raw_key)).order_by()[:1]), None)
+    return ApiKey.objects.select_related("tenant").filter(key_hash=ApiKey.hash_key(raw_key)).order_by()
+
+
+def _authenticated(keys, *, scope: str | None, what: str) -> Principal:
+    key = next(iter(keys[:1]), None)
     if key is None:
         raise AuthError("Invalid API key.")
     if key.revoked_at is not None:
