@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import resource
+import secrets
 import selectors
 import shutil
 import signal
@@ -63,7 +64,7 @@ _HOST_TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MIN_BWRAP_VERSION = (0, 8)  # --disable-userns and --size
 
 # /etc entries a shell, coreutils, Python, git and TLS clients need; none holds a secret. passwd, group
-# and hosts are generated (see _generated_etc) so the host's accounts are not listed inside.
+# and hosts are generated (see sandbox_etc) so the host's accounts are not listed inside.
 _ETC_BINDS = (
     "alternatives", "ssl/certs", "ca-certificates", "ca-certificates.conf", "ld.so.cache", "ld.so.conf",
     "ld.so.conf.d", "localtime", "nsswitch.conf", "mime.types", "inputrc", "gitconfig", "python3",
@@ -124,6 +125,7 @@ def _selftest(bwrap: str) -> str | None:
     identity = {"user": uid, "group": uid, "extra_groups": []} if uid != os.geteuid() else {}
     result = subprocess.run(
         [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", *_root_filesystem_args(),
+         "--ro-bind", str(sandbox_etc(network=False)), "/etc",
          "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"],
         capture_output=True, text=True, timeout=30, env={"PATH": _HOST_TOOL_PATH}, cwd="/", **identity,
     )
@@ -204,9 +206,7 @@ def workspace_prepare(*, tenant_slug: str, scope: str, uid: int) -> Path:
 _ETC_LOCK = threading.Lock()
 
 
-def _generated_etc() -> Path:
-    """passwd/group/hosts/resolv.conf for the sandbox, written once per process under the workspace root."""
-    directory = Path(_conf("WORKSPACE_ROOT")) / ".sandbox-etc"
+def _generated_etc_files(network: bool) -> dict[str, str]:
     files = {
         "passwd": (
             "root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -215,19 +215,73 @@ def _generated_etc() -> Path:
         ),
         "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID_INSIDE}:\nnogroup:x:65534:\n",
         "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
-        "resolv.conf": "nameserver 10.0.2.3\n",
     }
+    if network:
+        files["resolv.conf"] = "nameserver 10.0.2.3\n"
+    return files
+
+
+@lru_cache(maxsize=1)
+def _host_etc_digest() -> str:
+    """What the allowed host /etc entries held when this process first looked: names, kinds, link
+    targets, modes and contents."""
+    digest = hashlib.sha256()
+    for name in _ETC_BINDS:
+        top = Path("/etc") / name
+        paths = [top]
+        if top.is_dir() and not top.is_symlink():
+            paths += sorted(Path(d) / f for d, dirs, files in os.walk(top) for f in dirs + files)
+        for path in paths:
+            try:
+                info = path.lstat()
+                data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes() if path.is_file() else b""
+            except OSError:
+                continue
+            digest.update(f"{path}\0{info.st_mode}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()[:16]
+
+
+def sandbox_etc(*, network: bool) -> Path:
+    """The sandbox's whole /etc, bound read-only as one mount (a bind per entry cost bwrap ~2 ms per exec):
+    the generated passwd, group and hosts (and resolv.conf for a networked sandbox), so the host's
+    accounts are not listed inside, and copies of the host's _ETC_BINDS entries. Made once per process,
+    in a directory named by its content (then one stat per exec): workers sharing the workspace root
+    share it, and a change on the host (new certificates, say) reaches sandboxes when the worker restarts."""
+    generated = _generated_etc_files(network)
+    digest = hashlib.sha256(json.dumps(generated, sort_keys=True).encode() + _host_etc_digest().encode()).hexdigest()[:16]
+    root = Path(_conf("WORKSPACE_ROOT")) / ".sandbox-etc"
+    target = root / f"{'net' if network else 'offline'}-{digest}"
+    if target.is_dir():
+        return target
     with _ETC_LOCK:
-        _ensure_dir(directory.parent, 0o711)
-        _ensure_dir(directory, 0o755)
-        for name, content in files.items():
-            target = directory / name
-            if not target.exists() or target.read_text() != content:
-                tmp = directory / f".{name}.{os.getpid()}"
-                tmp.write_text(content)
-                tmp.chmod(0o644)
-                os.replace(tmp, target)
-    return directory
+        _ensure_dir(root.parent, 0o711)
+        _ensure_dir(root, 0o755)
+        if target.is_dir():
+            return target
+        building = root / f".building-{os.getpid()}-{secrets.token_hex(4)}"
+        building.mkdir(mode=0o755)
+        try:
+            for name, content in generated.items():
+                (building / name).write_text(content)
+                (building / name).chmod(0o644)
+            for name in _ETC_BINDS:
+                source, copy = Path("/etc") / name, building / name
+                if not os.path.lexists(source):
+                    continue
+                copy.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                if source.is_symlink():
+                    os.symlink(os.readlink(source), copy)
+                elif source.is_dir():
+                    shutil.copytree(source, copy, symlinks=True)
+                else:
+                    shutil.copy2(source, copy)
+            building.chmod(0o755)
+            os.rename(building, target)
+        except OSError:
+            shutil.rmtree(building, ignore_errors=True)
+            if not target.is_dir():  # (another worker finished the same directory first: use theirs)
+                raise
+    return target
 
 
 # --- cgroups: memory and processes for a session's and a tenant's sandboxes together -----------------
@@ -497,8 +551,6 @@ def _root_filesystem_args() -> list[str]:
             args += ["--symlink", os.readlink(host), host]
         elif os.path.isdir(host):
             args += ["--ro-bind", host, host]
-    for name in _ETC_BINDS:
-        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     return args
 
 
@@ -580,7 +632,6 @@ def bwrap_options(spec: SandboxSpec, *, info_fd: int, block_fd: int | None, comm
     """bwrap's options. They reach bwrap through `--args FD`, never its argv: argv is readable by every
     host user in /proc/<pid>/cmdline (and inside, as the sandbox's /proc/1/cmdline), and these carry
     the caller's environment values and host paths."""
-    etc = _generated_etc()
     tmp_bytes = str(_conf("EXEC_TMP_SIZE_MB") * 1024 * 1024)
     args = [
         "--unshare-all",
@@ -592,9 +643,7 @@ def bwrap_options(spec: SandboxSpec, *, info_fd: int, block_fd: int | None, comm
         "--die-with-parent",
         "--new-session",
         *_root_filesystem_args(),
-        "--ro-bind", str(etc / "passwd"), "/etc/passwd",
-        "--ro-bind", str(etc / "group"), "/etc/group",
-        "--ro-bind", str(etc / "hosts"), "/etc/hosts",
+        "--ro-bind", str(sandbox_etc(network=spec.network)), "/etc",
         "--proc", "/proc",
         "--dev", "/dev",
         "--size", tmp_bytes, "--tmpfs", "/tmp",
@@ -604,8 +653,6 @@ def bwrap_options(spec: SandboxSpec, *, info_fd: int, block_fd: int | None, comm
         # The command travels as a read-only file, not as `sh -c <command>`, for the same reason.
         "--perms", "0444", "--ro-bind-data", str(command_fd), COMMAND_FILE,
     ]
-    if spec.network:
-        args += ["--ro-bind", str(etc / "resolv.conf"), "/etc/resolv.conf"]
     args += [
         # The root is a tmpfs bwrap made for the sandbox: without this, /etc/x or /x would be writable
         # (though private and gone afterwards), which is a confusing place to leave files.
