@@ -6,8 +6,9 @@ and caches of the thread that served the request), then runs the middleware chai
 API, /health and the run event stream are async views authenticated by API key that touch the database only
 through `db_call`, which borrows a pooled connection on an executor thread and gives it back: nothing is
 open on the event loop's thread for those receivers to close. So these requests skip the signals and the
-browser middleware (see middleware.ApiFastPathMiddleware), and pass only the checks every body needs: the
-size limit and the NUL refusal. Every other request is Django's, unchanged.
+browser middleware (see middleware.ApiFastPathMiddleware), and pass only the checks every body needs (the
+size limit and the NUL refusal) and the outage answer (a 503 when Redis or PostgreSQL is down). Every
+other request is Django's, unchanged.
 
 Measured on the OpenAI streaming path (docs/performance.md): the two hops were ~7% of Daphne's CPU per run.
 """

@@ -85,6 +85,10 @@ class _DeltaPublisher:
             return
         self.window.add(text[max(0, self.skip - start):])
 
+    def flush(self) -> None:
+        """Send what waits now (a failure to send is kept for close())."""
+        self.window.flush()
+
     def close(self) -> None:
         self.window.close()
 
@@ -263,7 +267,7 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
                 agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease))
             )
         finally:
-            publish_delta.window.flush()  # what waits goes out before anything else is published
+            publish_delta.flush()  # what waits goes out before anything else is published
         publish_delta.close()
     except Aborted:
         if lease.lost():
