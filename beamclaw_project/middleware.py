@@ -44,9 +44,9 @@ def api_view_of(path: str):
 
 
 async def api_view_call(request):
-    """Call a fast-path view. The stack below it (OutageMiddleware's hook included) is skipped, so an
-    outage is answered here."""
-    match = request.resolver_match = request.resolver_match or api_view_of(request.path_info)
+    """Call a fast-path view (the caller has put api_view_of's match in request.resolver_match). The stack
+    below it (OutageMiddleware's hook included) is skipped, so an outage is answered here."""
+    match = request.resolver_match
     try:
         return await match.func(request, *match.args, **match.kwargs)
     except Exception as exc:

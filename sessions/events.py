@@ -15,13 +15,12 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 import redis
 from django.conf import settings
 
 from beamclaw_project.infra.draining import DRAIN_TICK_SECONDS, draining
-from beamclaw_project.infra.redis import async_redis, redis_client
+from beamclaw_project.infra.redis import async_redis, redis_client, redis_script
 
 RUN_STARTED = "run.started"
 TEXT_DELTA = "text.delta"
@@ -71,18 +70,13 @@ def _seq_key(run_id) -> str:
     return f"bc:run:{run_id}:seq"
 
 
-@lru_cache(maxsize=1)
-def _append_script():
-    return redis_client().register_script(_APPEND_SCRIPT)
-
-
 def publish(run_id, event: str, payload: dict) -> int:
     """Append an event to the run's stream and return its seq."""
     ttl = settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"]
     refresh_ttl = "1" if event in TERMINAL_EVENTS else "0"
     restart_seq = "0" if event == RUN_STARTED else str(time.time_ns() // 1_000_000)
     return int(
-        _append_script()(
+        redis_script(_APPEND_SCRIPT)(
             keys=[stream_key(run_id), _seq_key(run_id)],
             args=[event, json.dumps(payload, separators=(",", ":")), ttl, refresh_ttl, restart_seq],
         )

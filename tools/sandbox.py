@@ -241,16 +241,21 @@ def _host_etc_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+@lru_cache(maxsize=2)
+def _sandbox_etc_name(network: bool) -> str:
+    generated = json.dumps(_generated_etc_files(network), sort_keys=True).encode()
+    digest = hashlib.sha256(generated + _host_etc_digest().encode()).hexdigest()[:16]
+    return f"{'net' if network else 'offline'}-{digest}"
+
+
 def sandbox_etc(*, network: bool) -> Path:
     """The sandbox's whole /etc, bound read-only as one mount (a bind per entry cost bwrap ~2 ms per exec):
     the generated passwd, group and hosts (and resolv.conf for a networked sandbox), so the host's
     accounts are not listed inside, and copies of the host's _ETC_BINDS entries. Made once per process,
     in a directory named by its content (then one stat per exec): workers sharing the workspace root
     share it, and a change on the host (new certificates, say) reaches sandboxes when the worker restarts."""
-    generated = _generated_etc_files(network)
-    digest = hashlib.sha256(json.dumps(generated, sort_keys=True).encode() + _host_etc_digest().encode()).hexdigest()[:16]
     root = Path(_conf("WORKSPACE_ROOT")) / ".sandbox-etc"
-    target = root / f"{'net' if network else 'offline'}-{digest}"
+    target = root / _sandbox_etc_name(network)
     if target.is_dir():
         return target
     with _ETC_LOCK:
@@ -261,7 +266,7 @@ def sandbox_etc(*, network: bool) -> Path:
         building = root / f".building-{os.getpid()}-{secrets.token_hex(4)}"
         building.mkdir(mode=0o755)
         try:
-            for name, content in generated.items():
+            for name, content in _generated_etc_files(network).items():
                 (building / name).write_text(content)
                 (building / name).chmod(0o644)
             for name in _ETC_BINDS:

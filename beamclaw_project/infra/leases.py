@@ -17,12 +17,11 @@ import logging
 import threading
 import time
 import uuid
-from functools import lru_cache
 
 from django.conf import settings
 
 from beamclaw_project.infra.broker import queues_empty
-from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.redis import redis_client, redis_script
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +56,6 @@ return 0
 """
 
 
-@lru_cache(maxsize=None)
-def _script(source: str):
-    """The script registered once per process: called by its SHA (EVALSHA), not sent and hashed each time."""
-    return redis_client().register_script(source)
-
-
 def lease_ttl_ms() -> int:
     return int(settings.BEAMCLAW["RUN_LEASE_SECONDS"] * 1000)
 
@@ -74,7 +67,7 @@ def queued_ttl_ms() -> int:
 
 def lease_set(key: str, value: str, *, ttl_ms: int, replacing: tuple[str, ...] = ()) -> bool:
     """Set the lease to `value` if nothing holds it or it holds one of `replacing`."""
-    return bool(_script(_SET_SCRIPT)(keys=[key], args=[value, ttl_ms, *replacing]))
+    return bool(redis_script(_SET_SCRIPT)(keys=[key], args=[value, ttl_ms, *replacing]))
 
 
 def lease_mark_queued(key: str, *, only_if_free: bool = False) -> bool:
@@ -161,7 +154,7 @@ class _Keeper:
                 continue
             try:
                 renewing_since = time.monotonic()
-                renewed = _script(_RENEW_SCRIPT)(
+                renewed = redis_script(_RENEW_SCRIPT)(
                     keys=[lease.key for lease in held], args=[lease_ttl_ms(), *(lease.token for lease in held)]
                 )
             except Exception:  # noqa: BLE001 - a Redis blip must not kill the keeper; the next tick retries
@@ -215,8 +208,8 @@ class Lease:
         """Stop holding the work but leave `value` in the lease for `ttl_ms` (a deferred call, a run
         waiting on its tool calls) if this worker still holds it."""
         _keeper.drop(self)
-        _script(_SWAP_SCRIPT)(keys=[self.key], args=[self.token, value, ttl_ms])
+        redis_script(_SWAP_SCRIPT)(keys=[self.key], args=[self.token, value, ttl_ms])
 
     def release(self) -> None:
         _keeper.drop(self)
-        _script(_RELEASE_SCRIPT)(keys=[self.key], args=[self.token])
+        redis_script(_RELEASE_SCRIPT)(keys=[self.key], args=[self.token])

@@ -29,6 +29,13 @@ def async_redis() -> aioredis.Redis:
     return aioredis.Redis(connection_pool=_async_pool())
 
 
+@lru_cache(maxsize=None)
+def redis_script(source: str):
+    """A Lua script registered once per process: called by its SHA (EVALSHA), not sent and hashed each
+    time (redis-py loads it again if Redis lost it)."""
+    return redis_client().register_script(source)
+
+
 _COUNT_SCRIPT = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then
@@ -38,12 +45,7 @@ return count
 """
 
 
-@lru_cache(maxsize=1)
-def _count_script():
-    return redis_client().register_script(_COUNT_SCRIPT)
-
-
 def counter_incr(key: str, *, ttl_seconds: int) -> int:
     """Add one to a counter that expires `ttl_seconds` after its first count; returns the new count. One
     round trip (a pipeline object alone costs more CPU than the two commands)."""
-    return int(_count_script()(keys=[key], args=[ttl_seconds]))
+    return int(redis_script(_COUNT_SCRIPT)(keys=[key], args=[ttl_seconds]))
