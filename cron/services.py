@@ -10,7 +10,12 @@ tenant row, while inserting a CronRun (or a session) holds a key-share lock on t
 commit; both in one transaction deadlocked two firings of one tenant, and a firing against the engine,
 when the engine's locks were FOR UPDATE (they are FOR NO KEY UPDATE now, sessions/runs/kernel.py). An
 occurrence is still claimed in one transaction and its run started after it commits (`_start`), which
-keeps cron's locks out of the engine's order.
+keeps cron's locks out of the engine's order. The one exception is a batch of new sessions
+(`_start_isolated`): its CronRuns are made to name runs and sessions created in the same transaction,
+which nobody else can lock yet.
+
+A wake-up of a due job claims its tenant's other due jobs with it (`cron_job_fire_with_tenant`), so a
+minute boundary with a thousand jobs due costs a few statements per tenant rather than two dozen per job.
 """
 
 import logging
@@ -30,7 +35,7 @@ from cron.delivery import DeliveryError, deliver_keep_masked, deliver_send
 from cron.models import CronJob, CronRun
 from cron.selectors import cron_run_reply_text
 from sessions.models import AgentSession, Run
-from sessions.runs import SessionClosed, run_abort, run_submit
+from sessions.runs import SessionClosed, run_abort, run_submit, runs_submit_isolated
 from sessions.services import SessionConflict, session_get_or_create
 from tenants.models import Agent, Tenant
 
@@ -168,22 +173,18 @@ def cron_job_delete(*, job: CronJob) -> None:
 # --- firing -------------------------------------------------------------------------------------------------
 
 
-def _claim(job: CronJob, *, scheduled_for: datetime, trigger: str) -> CronRun | None:
-    """The occurrence's CronRun, or None when someone already claimed it."""
-    try:
-        with transaction.atomic():
-            return CronRun.objects.create(job=job, tenant_id=job.tenant_id, scheduled_for=scheduled_for, trigger=trigger)
-    except IntegrityError:
-        return None
+# A wake-up claims at most this many of its tenant's due jobs in one transaction; the rest are claimed by
+# their own wake-ups.
+FIRE_BATCH = 200
 
 
-def _skip_reason(job: CronJob, cron_run: CronRun, now: datetime) -> str:
+def _skip_reason(job: CronJob, cron_run: CronRun, now: datetime, *, previous_running: bool) -> str:
     if job.tenant.status != job.tenant.Status.ACTIVE:
         return f"tenant '{job.tenant.slug}' is {job.tenant.status}"
     late = now - cron_run.scheduled_for
     if job.kind != CronJob.Kind.AT and late > timedelta(seconds=_conf("MISFIRE_GRACE_SECONDS")):
         return f"missed: woken {int(late.total_seconds())} s late (was beat running?)"
-    if CronRun.objects.filter(job=job, status=CronRun.Status.RUNNING).exclude(pk=cron_run.pk).exists():
+    if previous_running:
         return "the previous run of this job is still running"
     return ""
 
@@ -193,30 +194,30 @@ def _session_for(job: CronJob, cron_run: CronRun) -> AgentSession:
         return session_get_or_create(tenant=job.tenant, agent=job.agent, key="main")
     # A fresh session per run; ephemeral, so the engine closes it once the run ends (kept for audit).
     return AgentSession.objects.create(
-        tenant=job.tenant, agent=job.agent, key=f"cron:{job.pk}:{cron_run.pk}", ephemeral=True
+        tenant=job.tenant, agent=job.agent, key=_isolated_session_key(job, cron_run), ephemeral=True
     )
+
+
+def _isolated_session_key(job: CronJob, cron_run: CronRun) -> str:
+    return f"cron:{job.pk}:{cron_run.pk}"
 
 
 def _start(job: CronJob, cron_run: CronRun) -> CronRun:
     """Start a claimed occurrence's agent run and record it on the CronRun (or why it could not start).
     Called after the claim committed, holding no lock (module docstring)."""
-    outcome = None
     try:
         session = _session_for(job, cron_run)
         run = run_submit(session=session, content=[{"type": "text", "text": job.prompt}], trigger=Run.Trigger.CRON)
     except LimitExceeded as exc:
-        outcome = (CronRun.Status.SKIPPED, exc.message)
+        return _not_started(job, cron_run, CronRun.Status.SKIPPED, exc.message)
     except (SessionClosed, SessionConflict) as exc:
-        outcome = (CronRun.Status.FAILED, f"could not start the run: {exc}")
+        return _not_started(job, cron_run, CronRun.Status.FAILED, f"could not start the run: {exc}")
     with transaction.atomic():
         locked_job = CronJob.objects.select_for_update(of=("self",)).filter(pk=job.pk).first()
         locked = CronRun.objects.select_for_update().filter(pk=cron_run.pk).first() if locked_job else None
         if locked is None or locked.is_terminal:
             # Deleted with its job meanwhile (the run goes on, like any run in flight), or ended by the sweeper.
             return locked or cron_run
-        if outcome is not None:
-            _finish_locked(locked_job, locked, *outcome)
-            return locked
         # The CronRun's foreign keys are checked at commit with KEY SHARE locks, the run's before the
         # session's, while the engine locks a session, then its run: a worker ending the run in between
         # deadlocked with this commit once. Holding the session first keeps the engine's order.
@@ -229,54 +230,155 @@ def _start(job: CronJob, cron_run: CronRun) -> CronRun:
     return locked
 
 
+def _start_isolated(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]]) -> None:
+    """Start the runs of a tenant's claimed occurrences that each get a new session, in one transaction
+    (runs_submit_isolated). The sessions and runs are new in it, so no other transaction can hold them
+    while the CronRuns are made to name them: the lock order _start keeps does not arise."""
+    try:
+        with transaction.atomic():
+            runs = runs_submit_isolated(
+                tenant=tenant,
+                turns=[(job.agent, _isolated_session_key(job, cron_run), [{"type": "text", "text": job.prompt}])
+                       for job, cron_run in claimed],
+                trigger=Run.Trigger.CRON,
+            )
+            for (_, cron_run), run in zip(claimed, runs):
+                cron_run.session_id, cron_run.run_id = run.session_id, run.pk
+            with connection.cursor() as cursor:  # one statement; bulk_update's CASE costs ~1 ms a row to build
+                cursor.execute(
+                    f"UPDATE {CronRun._meta.db_table} AS c SET session_id = v.session_id, run_id = v.run_id"
+                    " FROM unnest(%s::bigint[], %s::uuid[], %s::uuid[]) AS v(id, session_id, run_id) WHERE c.id = v.id",
+                    [[c.pk for _, c in claimed], [c.session_id for _, c in claimed], [c.run_id for _, c in claimed]],
+                )
+    except LimitExceeded as exc:
+        for job, cron_run in claimed:
+            ended = _not_started(job, cron_run, CronRun.Status.SKIPPED, exc.message)
+            cron_run.status, cron_run.error = ended.status, ended.error
+
+
+def _not_started(job: CronJob, cron_run: CronRun, status: str, error: str) -> CronRun:
+    """End a claimed occurrence whose run could not start."""
+    with transaction.atomic():
+        locked_job = CronJob.objects.select_for_update(of=("self",)).select_related("tenant").filter(pk=job.pk).first()
+        locked = CronRun.objects.select_for_update().filter(pk=cron_run.pk).first() if locked_job else None
+        if locked is None or locked.is_terminal:
+            return locked or cron_run
+        _finish_locked(locked_job, locked, status, error)
+        return locked
+
+
 def _early_tolerance(job: CronJob) -> timedelta:
     if job.kind == CronJob.Kind.EVERY:
         return min(EARLY_TOLERANCE, timedelta(seconds=job.every_seconds) / 4)
     return EARLY_TOLERANCE
 
 
+def _is_due(job: CronJob, now: datetime) -> bool:
+    return job.enabled and job.next_run_at is not None and job.next_run_at <= now + _early_tolerance(job)
+
+
 def cron_job_fire(*, job_id: int, woken_by: str) -> CronRun | None:
-    """Run the job's due occurrence, if one is due and nobody ran it yet (beat and the sweeper call this)."""
+    """Run the job's due occurrence, if one is due and nobody ran it yet (beat and the sweeper call this).
+    Its tenant's other due jobs are claimed and started with it (cron_job_fire_with_tenant)."""
+    return next((cron_run for cron_run in cron_job_fire_with_tenant(job_id=job_id, woken_by=woken_by)
+                 if cron_run.job_id == job_id), None)
+
+
+def cron_job_fire_with_tenant(*, job_id: int, woken_by: str) -> list[CronRun]:
+    """Claim and start the job's due occurrence together with every other due occurrence of its tenant that
+    no one else is claiming (up to FIRE_BATCH): when a thousand jobs fall due in the same second, each
+    tenant's are claimed in one transaction and started in another, a few statements for them all, and
+    their own wake-ups then find nothing to do. Returns the CronRuns claimed (skipped ones included)."""
     now = timezone.now()
+    glance = CronJob.objects.filter(pk=job_id).first()  # most wake-ups of a burst find their job claimed
+    woken_by_beat = woken_by == CronRun.Trigger.BEAT
+    if glance is not None and not _is_due(glance, now) and not (woken_by_beat and beat_needs_realign(job=glance, woken_at=now)):
+        return []
     with transaction.atomic():
         job = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").filter(pk=job_id).first()
         if job is None:
             # A beat that was writing back a deleted job's last_run_at re-inserts its PeriodicTask (Django's
             # save falls back to INSERT when the UPDATE finds no row); the wake-up it sends removes it.
             beat_remove(job_id=job_id)
-            return None
-        if not job.enabled or job.next_run_at is None:
-            return None
-        woken_by_beat = woken_by == CronRun.Trigger.BEAT
-        if job.next_run_at > now + _early_tolerance(job):
-            if woken_by_beat and beat_needs_realign(job=job, woken_at=now):
+            return []
+        if not _is_due(job, now):
+            if job.enabled and job.next_run_at is not None and woken_by_beat and beat_needs_realign(job=job, woken_at=now):
                 beat_sync(job=job, realign=True)
-            return None
-        scheduled_for = job.next_run_at
-        schedule = job.schedule
-        job.next_run_at = schedule.next_after(max(now, scheduled_for))
-        realign = woken_by_beat and beat_needs_realign(job=job, woken_at=now)
-        cron_run = _claim(job, scheduled_for=scheduled_for, trigger=woken_by)
-        if cron_run is None:
-            job.save(update_fields=["next_run_at", "updated_at"])
-            return None
-        job.last_run_at = now
-        job.last_status = CronRun.Status.RUNNING
-        job.save(update_fields=["next_run_at", "last_run_at", "last_status", "updated_at"])
-        reason = _skip_reason(job, cron_run, now)
+            return []
+        # The others are skipped while someone else holds them: their own wake-up, or a change to the job.
+        others = (
+            CronJob.objects.select_for_update(of=("self",), skip_locked=True).select_related("agent")
+            .filter(tenant_id=job.tenant_id, enabled=True, next_run_at__lte=now + EARLY_TOLERANCE).exclude(pk=job.pk)
+            .order_by("next_run_at")[: FIRE_BATCH - 1]
+        )
+        jobs = [job, *(other for other in others if _is_due(other, now))]
+        for other in jobs[1:]:
+            other.tenant = job.tenant
+        claimed = _claim_locked(jobs, now=now, trigger=woken_by)
+        if job.next_run_at is not None and woken_by_beat and beat_needs_realign(job=job, woken_at=now):
+            beat_sync(job=job, realign=True)
+    _start_claimed(job.tenant, claimed, now)
+    for waking_job, cron_run in claimed:
+        logger.info("cron job %s: occurrence %s claimed (%s, %s)", waking_job.pk, cron_run.scheduled_for.isoformat(),
+                    woken_by, cron_run.status)
+    return [cron_run for _, cron_run in claimed]
+
+
+def _claim_locked(jobs: list[CronJob], *, now: datetime, trigger: str) -> list[tuple[CronJob, CronRun]]:
+    """One CronRun per job for its due occurrence, the jobs moved on to their next one; occurrences that
+    cannot run are ended as skipped here. The caller holds every job's row lock, so no one else can claim
+    these occurrences meanwhile."""
+    due_at = {job.pk: job.next_run_at for job in jobs}
+    # Claimed already: a job whose schedule was reset onto an occurrence claimed a moment early.
+    taken = set(
+        CronRun.objects.filter(job_id__in=due_at, scheduled_for__in=set(due_at.values()))
+        .values_list("job_id", "scheduled_for")
+    )
+    previous_running = set(
+        CronRun.objects.filter(job_id__in=due_at, status=CronRun.Status.RUNNING).values_list("job_id", flat=True)
+    )
+    claiming = [job for job in jobs if (job.pk, due_at[job.pk]) not in taken]
+    cron_runs = CronRun.objects.bulk_create([
+        CronRun(job=job, tenant_id=job.tenant_id, scheduled_for=due_at[job.pk], trigger=trigger) for job in claiming
+    ])
+    # Bookkeeping only, so no post_save is needed (cron.receivers). Jobs due together mostly share their next
+    # occurrence too: one UPDATE per distinct next occurrence (bulk_update's CASE costs ~1 ms a row to build).
+    claiming_ids = {job.pk for job in claiming}
+    updates: dict[tuple, list[int]] = {}
+    for job in jobs:
+        job.next_run_at = job.schedule.next_after(max(now, due_at[job.pk]))
+        job.updated_at = now
+        if job.pk in claiming_ids:
+            job.last_run_at, job.last_status = now, CronRun.Status.RUNNING
+        updates.setdefault((job.next_run_at, job.pk in claiming_ids), []).append(job.pk)
+    for (next_run_at, claimed_now), ids in updates.items():
+        ran = {"last_run_at": now, "last_status": CronRun.Status.RUNNING} if claimed_now else {}
+        CronJob.objects.filter(pk__in=ids).update(next_run_at=next_run_at, updated_at=now, **ran)
+    claimed = list(zip(claiming, cron_runs))
+    for job, cron_run in claimed:
+        reason = _skip_reason(job, cron_run, now, previous_running=job.pk in previous_running)
         if reason:
             _finish_locked(job, cron_run, CronRun.Status.SKIPPED, reason)
+    for job in jobs:
         if job.next_run_at is None:  # an `at` job ran its only occurrence
             job.enabled = False
-            job.disabled_reason = f"ran once at {scheduled_for.isoformat()} ('at' schedule)"
+            job.disabled_reason = f"ran once at {due_at[job.pk].isoformat()} ('at' schedule)"
             job.save(update_fields=["enabled", "disabled_reason", "updated_at"])
-        elif realign:
-            beat_sync(job=job, realign=True)
-    if not cron_run.is_terminal:
-        cron_lag_observe(tenant=job.tenant.slug, seconds=(now - scheduled_for).total_seconds())
-        cron_run = _start(job, cron_run)
-    logger.info("cron job %s: occurrence %s claimed (%s, %s)", job_id, scheduled_for.isoformat(), woken_by, cron_run.status)
-    return cron_run
+    return claimed
+
+
+def _start_claimed(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]], now: datetime) -> None:
+    """Start the agent runs of claimed occurrences, after the claim committed (module docstring)."""
+    starting = [(job, cron_run) for job, cron_run in claimed if not cron_run.is_terminal]
+    for _, cron_run in starting:
+        cron_lag_observe(tenant=tenant.slug, seconds=(now - cron_run.scheduled_for).total_seconds())
+    isolated = [pair for pair in starting if pair[0].session_target == CronJob.SessionTarget.ISOLATED]
+    if isolated:
+        _start_isolated(tenant, isolated)
+    for job, cron_run in starting:
+        if job.session_target != CronJob.SessionTarget.ISOLATED:
+            updated = _start(job, cron_run)
+            cron_run.status, cron_run.error, cron_run.run_id = updated.status, updated.error, updated.run_id
 
 
 def cron_job_run_now(*, job: CronJob) -> CronRun:
@@ -368,7 +470,11 @@ def cron_sweep(*, now: datetime | None = None) -> dict:
     overdue = list(
         CronJob.objects.filter(enabled=True, next_run_at__lte=now - slack).order_by("next_run_at").values_list("pk", flat=True)[:500]
     )
-    fired = sum(1 for pk in overdue if cron_job_fire(job_id=pk, woken_by=CronRun.Trigger.SWEEPER) is not None)
+    fired_jobs: set[int] = set()
+    for pk in overdue:
+        if pk not in fired_jobs:  # claimed with an earlier overdue job of its tenant
+            fired_jobs.update(r.job_id for r in cron_job_fire_with_tenant(job_id=pk, woken_by=CronRun.Trigger.SWEEPER))
+    fired = len(fired_jobs)
     settled = stuck = 0
     running = CronRun.objects.filter(status=CronRun.Status.RUNNING).order_by("started_at").values_list(
         "pk", "started_at", "job__timeout_seconds", "run__status", "run__finished_at"

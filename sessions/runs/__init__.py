@@ -31,7 +31,7 @@ from sessions.runs.compaction import (
 from sessions.runs.json_mode import response_format_parse
 from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, run_abort, terminal_event_from_db
 from sessions.runs.step import run_step
-from sessions.runs.submit import SessionClosed, run_submit, transcript_seed, transcript_seed_if_empty
+from sessions.runs.submit import SessionClosed, run_submit, runs_submit_isolated, transcript_seed, transcript_seed_if_empty
 
 __all__ = [
     "COMPACT_TASK",
@@ -46,6 +46,7 @@ __all__ = [
     "run_abort",
     "run_step",
     "run_submit",
+    "runs_submit_isolated",
     "terminal_event_from_db",
     "transcript_seed",
     "transcript_seed_if_empty",

@@ -40,6 +40,12 @@ TERMINAL_EVENT = {
 def tenant_has_capacity_locked(tenant_id) -> bool:
     """Whether the tenant may start another run. Locks the tenant row so that concurrent starts count
     each other (lock order everywhere: session, then tenant)."""
+    return tenant_room_locked(tenant_id) > 0
+
+
+def tenant_room_locked(tenant_id) -> int:
+    """How many more runs the tenant may start now (may be negative after its cap was lowered); locks the
+    tenant row like tenant_has_capacity_locked."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -50,7 +56,7 @@ def tenant_has_capacity_locked(tenant_id) -> bool:
             [[str(status) for status in Run.ACTIVE_STATUSES], tenant_id],
         )
         limit, active = cursor.fetchone()
-    return active < limit
+    return limit - active
 
 
 # Set while runs of a tenant wait for room under its max_concurrent_runs: only then does a run's end look
@@ -64,7 +70,7 @@ def _capacity_wait_key(tenant_id) -> str:
     return f"bc:tenant:{tenant_id}:capacity-wait"
 
 
-def _capacity_wait_note(tenant_id) -> None:
+def capacity_wait_note(tenant_id) -> None:
     redis_client().set(_capacity_wait_key(tenant_id), "1", ex=CAPACITY_WAIT_HINT_SECONDS)
 
 
@@ -77,7 +83,7 @@ def session_advance_locked(session: AgentSession) -> Run | None:
     if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
         return None
     if not tenant_has_capacity_locked(session.tenant_id):
-        _capacity_wait_note(session.tenant_id)
+        capacity_wait_note(session.tenant_id)
         return None
     return run_start_locked(session, pending[0])
 
@@ -100,8 +106,15 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     # Results for tool calls the client was handed go first, as the Messages API wants (client_calls.py).
     content = [*([] if session_is_new else client_results_take_locked(session, run)), *run.input]
     transcript_append(session, role=Message.Role.USER, content=content, run=run)
-    tenant_slug = session.tenant.slug
-    run_id = run.pk
+    run_started_announce_on_commit(run, tenant_slug=session.tenant.slug, session_is_new=session_is_new)
+    return run
+
+
+def run_started_announce_on_commit(run: Run, *, tenant_slug: str, session_is_new: bool = False) -> None:
+    """The rest of starting a run whose row its caller has just written as running: mark it queued now, and
+    once the transaction commits log it, count it, publish run_started, wake the session's subscribers
+    (a session made in this transaction has none) and enqueue step 0."""
+    run_id, session_id, trigger = run.pk, run.session_id, run.trigger
     # Marked before commit: from the moment the run is visibly `running`, the reaper must not take it
     # for an orphan (a rolled-back marker only lapses).
     run_mark_queued(run_id)
@@ -109,15 +122,15 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     def announce_and_enqueue():
         # One log line and one count per run start and end (docs/metrics.md); whatever this process logs
         # next in this context is about this run too.
-        log_context_bind(tenant=tenant_slug, session=session.pk, run=run_id)
-        logger.info("run started (%s)", run.trigger)
+        log_context_bind(tenant=tenant_slug, session=session_id, run=run_id)
+        logger.info("run started (%s)", trigger)
         run_started_record(tenant=tenant_slug)
-        events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session.pk)})
-        notify_session(session.pk, run_id)
+        events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session_id)})
+        if not session_is_new:
+            notify_session(session_id, run_id)
         step_enqueue(run_id, 0, tenant_slug, marked=True)
 
     transaction.on_commit(announce_and_enqueue)
-    return run
 
 
 def tenant_fill_slots(*, tenant_id) -> int:
@@ -139,7 +152,7 @@ def tenant_fill_slots(*, tenant_id) -> int:
             # No room left (or the session got busy meanwhile): the next run end tries again.
             with transaction.atomic():
                 if not tenant_has_capacity_locked(tenant_id):
-                    _capacity_wait_note(tenant_id)  # runs still wait
+                    capacity_wait_note(tenant_id)  # runs still wait
                     break
             continue
         started += 1

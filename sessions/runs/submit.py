@@ -1,6 +1,7 @@
 """Submitting a user turn: the run that will answer it, under the session's queue mode."""
 
 from django.db import transaction
+from django.utils import timezone
 
 from beamclaw_project.errors import Conflict
 from sessions.models import AgentSession, Message, Run
@@ -8,12 +9,16 @@ from sessions.runs.budget import check_token_budget
 from sessions.runs.client_calls import client_results_check_locked
 from sessions.runs.kernel import session_lock
 from sessions.runs.lifecycle import (
+    capacity_wait_note,
     run_abort_locked,
     run_end_locked,
     run_start_locked,
+    run_started_announce_on_commit,
     session_advance_locked,
     tenant_has_capacity_locked,
+    tenant_room_locked,
 )
+from tenants.models import Agent, Tenant
 
 
 class SessionClosed(Conflict):
@@ -91,6 +96,38 @@ def run_submit(
             if started is not None and started.pk == run.pk:
                 return started
     return run
+
+
+def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[dict]]], trigger: str) -> list[Run]:
+    """One run in each of len(turns) new ephemeral sessions (agent, session key, content), all in one
+    transaction: what run_submit does for a turn in a new session, in a handful of statements for the whole
+    batch (cron's burst, where a minute's many occurrences each get a session of their own). Runs past
+    the tenant's room wait queued, as run_submit's would. Raises LimitExceeded when the tenant's daily
+    token budget is used up."""
+    check_token_budget(tenant=tenant)
+    with transaction.atomic():
+        # New sessions are seen by nobody before commit, so only the tenant row is locked (for the count).
+        room = max(0, tenant_room_locked(tenant.pk))
+        starting = min(room, len(turns))
+        sessions = AgentSession.objects.bulk_create([
+            AgentSession(tenant=tenant, agent=agent, key=key, ephemeral=True, next_seq=2 if i < starting else 1)
+            for i, (agent, key, _) in enumerate(turns)
+        ])
+        now = timezone.now()
+        runs = [
+            Run(tenant=tenant, session=session, input=content, trigger=trigger, params={"queue_mode": session.queue_mode},
+                **({"status": Run.Status.RUNNING, "started_at": now, "step": 0} if i < starting else {}))
+            for i, (session, (_, _, content)) in enumerate(zip(sessions, turns))
+        ]
+        Run.objects.bulk_create(runs)
+        Message.objects.bulk_create([
+            Message(session=run.session, seq=1, role=Message.Role.USER, content=run.input, run=run) for run in runs[:starting]
+        ])
+        for run in runs[:starting]:
+            run_started_announce_on_commit(run, tenant_slug=tenant.slug, session_is_new=True)
+        if starting < len(runs):
+            capacity_wait_note(tenant.pk)
+    return runs
 
 
 def transcript_seed_if_empty(*, session_id, turns: list[tuple[str, list[dict]]]) -> bool:

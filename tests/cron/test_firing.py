@@ -215,3 +215,73 @@ def test_a_lost_ending_of_a_run_without_an_end_time_is_settled_and_does_not_stop
     Run.objects.filter(pk=cron_run.run_id).update(finished_at=None)
     cron_sweep()
     assert CronRun.objects.get(pk=cron_run.pk).status == "succeeded"
+
+
+def test_one_wake_up_claims_and_starts_every_due_job_of_its_tenant_and_no_one_elses(worker, tenant, make_tenant):
+    # A minute boundary with many jobs due: the first wake-up of a tenant claims them all, each isolated
+    # occurrence in a session of its own; the others' own wake-ups then find nothing to do.
+    isolated = [make_job(tenant, name=f"iso-{n}", prompt=f"report {n}", session_target="isolated") for n in range(4)]
+    main = make_job(tenant, name="main", prompt="main report")
+    later = make_job(tenant, name="later")
+    other = make_tenant()
+    elsewhere = make_job(other, name="other-tenants")
+    due = {job.pk: make_due(job) for job in (*isolated, main, elsewhere)}
+
+    first = fire(isolated[0])
+    assert first.job_id == isolated[0].pk and first.status == "running"
+    assert all(fire(job) is None for job in (*isolated[1:], main))  # claimed with the first
+
+    claimed = {r.job_id: r for r in CronRun.objects.filter(job__tenant=tenant.tenant)}
+    assert set(claimed) == {job.pk for job in (*isolated, main)}  # not the job that is not due yet
+    assert all(r.scheduled_for == due[r.job_id] and r.trigger == "beat" for r in claimed.values())
+    assert not CronRun.objects.filter(job=later).exists() and not CronRun.objects.filter(job=elsewhere).exists()
+    for job in (*isolated, main):
+        job.refresh_from_db()
+        assert job.next_run_at > dj_timezone.now() and job.last_status in ("running", "succeeded")
+
+    ended = {job_id: finished(r.pk) for job_id, r in claimed.items()}
+    assert {r.status for r in ended.values()} == {"succeeded"}, [(r.status, r.error) for r in ended.values()]
+    for n, job in enumerate(isolated):
+        session = AgentSession.objects.get(pk=ended[job.pk].session_id)
+        assert session.key == f"cron:{job.pk}:{ended[job.pk].pk}" and session.ephemeral
+        transcript = [(m.role, m.content[0].get("text")) for m in session.messages.order_by("seq")]
+        assert transcript == [("user", f"report {n}"), ("assistant", f"Echo: report {n}")]
+        assert Run.objects.get(pk=ended[job.pk].run_id).trigger == "cron"
+    assert AgentSession.objects.get(pk=ended[main.pk].session_id).key == "agent:assistant:main"
+    assert len({r.session_id for r in ended.values()}) == 5
+
+    # The other tenant's job is claimed by its own wake-up.
+    assert finished(fire(elsewhere).pk).status == "succeeded"
+
+
+def test_a_batch_larger_than_the_tenants_run_cap_waits_its_turn_and_all_of_it_runs(worker, tenant):
+    tenant.tenant.max_concurrent_runs = 2
+    tenant.tenant.save(update_fields=["max_concurrent_runs"])
+    jobs = [make_job(tenant, name=f"job-{n}", prompt=f"[[deltas=5]] [[delay_ms=50]] part {n}", session_target="isolated")
+            for n in range(5)]
+    for job in jobs:
+        make_due(job)
+    assert fire(jobs[0]) is not None
+    cron_runs = [finished(r.pk, timeout=60) for r in CronRun.objects.filter(job__in=jobs)]
+    assert len(cron_runs) == 5 and {r.status for r in cron_runs} == {"succeeded"}, [(r.status, r.error) for r in cron_runs]
+    runs = list(Run.objects.filter(pk__in=[r.run_id for r in cron_runs]))
+    # Never more than two at once: at each run's start, at most one other had started and not yet ended.
+    for run in runs:
+        overlapping = [o for o in runs if o.pk != run.pk and o.started_at <= run.started_at < o.finished_at]
+        assert len(overlapping) <= 1, (run.started_at, [(o.started_at, o.finished_at) for o in overlapping])
+
+
+def test_a_batch_of_a_tenant_over_its_daily_token_budget_is_skipped_saying_why(tenant):
+    from tenants.models import Tenant
+
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(daily_token_budget=1)
+    Run.objects.create(tenant=tenant.tenant, session=AgentSession.objects.create(tenant=tenant.tenant, agent=tenant.agent, key="spent"),
+                       input=[], status="succeeded", input_tokens=5)
+    jobs = [make_job(tenant, name=f"job-{n}", session_target="isolated") for n in range(3)]
+    for job in jobs:
+        make_due(job)
+    assert fire(jobs[0]).status == "skipped"
+    skipped = list(CronRun.objects.filter(job__in=jobs))
+    assert len(skipped) == 3 and {r.status for r in skipped} == {"skipped"}
+    assert all(r.error.startswith("Daily token budget of 1 tokens is used up") and r.run_id is None for r in skipped)
+    assert not AgentSession.objects.filter(tenant=tenant.tenant, key__startswith="cron:").exists()

@@ -55,9 +55,9 @@ def test_an_agent_only_sees_its_own_jobs(tenant, make_tenant):
     assert call(stranger, action="add", name="elsewhere", prompt="p", schedule="every 1h")["ok"]
 
     assert call(tenant, action="list")["output"] == []
-    theirs = CronJob.objects.get(name="theirs")
+    theirs = CronJob.objects.get(tenant=tenant.tenant, name="theirs")
     assert call(tenant, action="remove", id=theirs.pk)["ok"] is False
     assert call(tenant, action="remove", name="elsewhere")["ok"] is False
     refused = call(tenant, action="add", name="z", prompt="p", schedule="every 1h", agent="other")
     assert refused == {"ok": False, "output": "You can only manage your own jobs."}
-    assert CronJob.objects.filter(name__in=["theirs", "elsewhere"]).count() == 2
+    assert CronJob.objects.filter(tenant__in=[tenant.tenant, stranger.tenant], name__in=["theirs", "elsewhere"]).count() == 2
