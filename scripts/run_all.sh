@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make run`: make sure a demo tenant exists, print how to reach everything, then run every process of
-# the Procfile in the foreground (Ctrl-C stops them all).
+# the Procfile in the foreground (Ctrl-C stops them all, also when the output is piped: scripts/procs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -71,4 +71,4 @@ INFO
 # Metric files of the last run's processes (docs/metrics.md): counters start from zero with the processes.
 METRICS_DIR="${PROMETHEUS_MULTIPROC_DIR:-.run/metrics}"
 mkdir -p "$METRICS_DIR" && find "$METRICS_DIR" -maxdepth 1 -name '*.db' -delete
-exec honcho -f .run/Procfile -d . start
+exec python scripts/procs.py -f .run/Procfile -d . start
