@@ -40,4 +40,4 @@ test: install services lint
 
 # The performance targets, this checkout against the last commit before the performance work (bench/README.md).
 bench: db
-	@$(PY) bench/compare.py
+	@$(PY) bench/compare.py $(ARGS)

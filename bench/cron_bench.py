@@ -17,12 +17,13 @@ Figures:
 - occurrences expected in the window vs claimed (missed ones would show here), and who woke them (beat or
   the sweeper, which steps in when beat is more than BEAMCLAW_CRON_SWEEP_SLACK_SECONDS late).
 
-    .venv/bin/python bench/cron_bench.py [--jobs 10000] [--tenants 100] [--window 120]
+    .venv/bin/python bench/cron_bench.py [--jobs 10000] [--tenants 100] [--window 120] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -157,9 +158,11 @@ def main() -> int:
     parser.add_argument("--cron-share", type=float, default=0.1, help="share of `* * * * *` jobs (the rest: every)")
     parser.add_argument("--every", type=int, default=3600, help="interval of the `every` jobs, seconds")
     parser.add_argument("--window", type=float, default=120.0, help="seconds of occurrences measured")
-    parser.add_argument("--scheduler", default="django_celery_beat.schedulers:DatabaseScheduler",
-                        help="beat scheduler class, e.g. cron.scheduler:CronScheduler")
+    parser.add_argument("--scheduler", default="cron.scheduler:CronScheduler",
+                        help="beat scheduler class (default: the one the Procfile runs; the stock one is "
+                             "django_celery_beat.schedulers:DatabaseScheduler)")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/beamclaw-cron-bench"))
+    parser.add_argument("--json", type=Path, help="also write the lags (p50/p99 per kind, seconds) here")
     args = parser.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
     children: list[Process] = []
@@ -251,6 +254,12 @@ def main() -> int:
     print("claim lag: scheduled time -> the fire task's claim (CronRun row); run start lag: -> the agent run started")
     if results["all"]["claim_lag"]:
         print(f"mean claim lag {statistics.fmean(results['all']['claim_lag']):.3f} s over {results['all']['claimed']} occurrences")
+    if args.json:
+        args.json.write_text(json.dumps({
+            kind: {"expected": expected[kind], "claimed": r["claimed"],
+                   **{f"{lag}_p{p}_s": round(percentile(r[lag], p), 3) for lag in ("claim_lag", "start_lag") for p in (50, 99)}}
+            for kind, r in results.items()
+        }, indent=2) + "\n")
     return 0
 
 
