@@ -46,16 +46,19 @@ def tenant_has_capacity_locked(tenant_id) -> bool:
 def tenant_room_locked(tenant_id) -> int:
     """How many more runs the tenant may start now (may be negative after its cap was lowered); locks the
     tenant row like tenant_has_capacity_locked."""
+    # Two statements, sent together: the count must come after the lock. Read in the locking statement
+    # itself, it came from the snapshot taken before waiting for the row, so a start that waited for
+    # another did not count the runs that one had just started (eight starts at once ran six against a cap
+    # of two). Each statement here takes its own snapshot.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""
-            SELECT t.max_concurrent_runs,
-                   (SELECT count(*) FROM {Run._meta.db_table} r WHERE r.tenant_id = t.id AND r.status = ANY(%s))
-            FROM {Tenant._meta.db_table} t WHERE t.id = %s FOR NO KEY UPDATE OF t
-            """,
-            [[str(status) for status in Run.ACTIVE_STATUSES], tenant_id],
+            f"SELECT max_concurrent_runs FROM {Tenant._meta.db_table} WHERE id = %s FOR NO KEY UPDATE;"
+            f" SELECT count(*) FROM {Run._meta.db_table} WHERE tenant_id = %s AND status = ANY(%s)",
+            [tenant_id, tenant_id, [str(status) for status in Run.ACTIVE_STATUSES]],
         )
-        limit, active = cursor.fetchone()
+        (limit,) = cursor.fetchone()
+        cursor.nextset()
+        (active,) = cursor.fetchone()
     return limit - active
 
 

@@ -1,5 +1,7 @@
 """What happens to messages that arrive while a run is active, and the tenant limits."""
 
+import threading
+
 import httpx
 import pytest
 
@@ -114,6 +116,36 @@ def test_max_concurrent_runs_queues_extra_runs_instead_of_rejecting(api, tenant)
 
     wait_until(all_done, timeout=60, interval=0.02, message="all five runs")
     assert peak <= 2, "never more than the tenant's limit at once"
+
+
+def test_max_concurrent_runs_holds_when_many_start_at_the_same_moment(api, tenant):
+    # A hostile client sending many requests at once must not get past the cap: each start counts the
+    # runs of the starts that held the tenant's row before it (the count once read a snapshot taken before
+    # waiting for that row, so every waiter counted the runs from before the burst).
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=2)
+    sessions = [new_session(api) for _ in range(8)]
+    barrier = threading.Barrier(len(sessions))
+    runs = []
+
+    def start(session_id):
+        with httpx.Client(base_url=api.base_url, headers=api.headers, timeout=30) as client:
+            barrier.wait()
+            runs.append(send(client, session_id, f"at once {SLOW}"))
+
+    threads = [threading.Thread(target=start, args=(session_id,)) for session_id in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r["status"] for r in runs].count("running") <= 2, [r["status"] for r in runs]
+    ended = wait_until(
+        lambda: len(done := list(Run.objects.filter(pk__in=[r["id"] for r in runs], status="succeeded"))) == 8 and done,
+        timeout=90, message="all eight runs",
+    )
+    # From the runs' own records, not from sampling: at each start, at most one other run was active.
+    for run in ended:
+        overlapping = [o for o in ended if o.pk != run.pk and o.started_at <= run.started_at < o.finished_at]
+        assert len(overlapping) <= 1, (run.started_at, [(o.started_at, o.finished_at) for o in overlapping])
 
 
 def test_daily_token_budget_answers_429_saying_when_it_resets(api, live, tenant):
