@@ -13,7 +13,8 @@ replacement (same tables, same admin).
 Celery's `tick` also reads the schedule before every task it sends, and each read asked the database
 whether the schedule changed (a pool checkout, its check query, then the query itself): most of beat's
 cost per task when a thousand are due at once, about 2 ms each, so the last of them left ~2 s after the
-first. Here the question is asked at most once a second; an idle beat ticks only every few seconds anyway.
+first. Here the question is asked at most once a second, and a tick that skipped it sleeps no longer than
+until it may be asked again, so a change is still seen within about a second.
 
 It also writes beat's heartbeat (infra/heartbeats.py) every few seconds from its tick, which runs at least
 every `max_interval` (5 s) while beat lives, so `manage.py doctor` can say whether beat runs.
@@ -34,6 +35,7 @@ SCHEDULE_CHECK_SECONDS = 1.0
 class CronScheduler(DatabaseScheduler):
     _heartbeat_due = 0.0
     _schedule_checked_at = float("-inf")
+    _schedule_check_skipped = False
 
     def tick(self, *args, **kwargs):
         now = time.monotonic()
@@ -43,7 +45,11 @@ class CronScheduler(DatabaseScheduler):
                 beat_heartbeat_write()
             except Exception as exc:  # noqa: BLE001 - a Redis blip must not stop beat's schedule
                 logger.warning("beat heartbeat not written: %s", exc)
-        return super().tick(*args, **kwargs)
+        self._schedule_check_skipped = False
+        delay = super().tick(*args, **kwargs)
+        if self._schedule_check_skipped:
+            delay = min(delay, max(0.0, self._schedule_checked_at + SCHEDULE_CHECK_SECONDS - time.monotonic()))
+        return delay
 
     def schedules_equal(self, old_schedules, new_schedules):
         if self._heap_invalidated:
@@ -54,6 +60,7 @@ class CronScheduler(DatabaseScheduler):
     def schedule_changed(self):
         now = time.monotonic()
         if now - self._schedule_checked_at < SCHEDULE_CHECK_SECONDS:
+            self._schedule_check_skipped = True
             return False
         self._schedule_checked_at = now
         return super().schedule_changed()

@@ -232,8 +232,9 @@ def _start(job: CronJob, cron_run: CronRun) -> CronRun:
 
 def _start_isolated(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]]) -> None:
     """Start the runs of a tenant's claimed occurrences that each get a new session, in one transaction
-    (runs_submit_isolated). The sessions and runs are new in it, so no other transaction can hold them
-    while the CronRuns are made to name them: the lock order _start keeps does not arise."""
+    (runs_submit_isolated), and record them on the CronRuns in it. The sessions and runs are new, so no
+    other transaction can hold them, and the lock order _start keeps for an existing session does not arise;
+    the CronRuns' row locks come after the tenant row's, and nothing that holds a CronRun waits for that row."""
     try:
         with transaction.atomic():
             runs = runs_submit_isolated(
@@ -247,8 +248,10 @@ def _start_isolated(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]]) -> N
             with connection.cursor() as cursor:  # one statement; bulk_update's CASE costs ~1 ms a row to build
                 cursor.execute(
                     f"UPDATE {CronRun._meta.db_table} AS c SET session_id = v.session_id, run_id = v.run_id"
-                    " FROM unnest(%s::bigint[], %s::uuid[], %s::uuid[]) AS v(id, session_id, run_id) WHERE c.id = v.id",
-                    [[c.pk for _, c in claimed], [c.session_id for _, c in claimed], [c.run_id for _, c in claimed]],
+                    " FROM unnest(%s::bigint[], %s::uuid[], %s::uuid[]) AS v(id, session_id, run_id)"
+                    " WHERE c.id = v.id AND c.status = %s",  # one ended meanwhile (the sweeper) keeps its outcome
+                    [[c.pk for _, c in claimed], [c.session_id for _, c in claimed], [c.run_id for _, c in claimed],
+                     CronRun.Status.RUNNING],
                 )
     except LimitExceeded as exc:
         for job, cron_run in claimed:
@@ -328,6 +331,16 @@ def _claim_locked(jobs: list[CronJob], *, now: datetime, trigger: str) -> list[t
     """One CronRun per job for its due occurrence, the jobs moved on to their next one; occurrences that
     cannot run are ended as skipped here. The caller holds every job's row lock, so no one else can claim
     these occurrences meanwhile."""
+    next_at = {}
+    for job in jobs:
+        try:
+            next_at[job.pk] = job.schedule.next_after(max(now, job.next_run_at))
+        except Exception:
+            if job is jobs[0]:  # the woken job: its wake-up fails, as it always did
+                raise
+            # Left to its own wake-up (say, its zone left tzdata), not failing its tenant's batch with it.
+            logger.exception("cron job %s: its next occurrence cannot be computed", job.pk)
+    jobs = [job for job in jobs if job.pk in next_at]
     due_at = {job.pk: job.next_run_at for job in jobs}
     # Claimed already: a job whose schedule was reset onto an occurrence claimed a moment early.
     taken = set(
@@ -346,7 +359,7 @@ def _claim_locked(jobs: list[CronJob], *, now: datetime, trigger: str) -> list[t
     claiming_ids = {job.pk for job in claiming}
     updates: dict[tuple, list[int]] = {}
     for job in jobs:
-        job.next_run_at = job.schedule.next_after(max(now, due_at[job.pk]))
+        job.next_run_at = next_at[job.pk]
         job.updated_at = now
         if job.pk in claiming_ids:
             job.last_run_at, job.last_status = now, CronRun.Status.RUNNING
@@ -374,7 +387,13 @@ def _start_claimed(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]], now: 
         cron_lag_observe(tenant=tenant.slug, seconds=(now - cron_run.scheduled_for).total_seconds())
     isolated = [pair for pair in starting if pair[0].session_target == CronJob.SessionTarget.ISOLATED]
     if isolated:
-        _start_isolated(tenant, isolated)
+        try:
+            _start_isolated(tenant, isolated)
+        except Exception as exc:  # noqa: BLE001 - the claims are committed: say why, rather than leave them running
+            logger.exception("cron: %s claimed occurrences of tenant %s could not start", len(isolated), tenant.slug)
+            for job, cron_run in isolated:
+                ended = _not_started(job, cron_run, CronRun.Status.FAILED, f"could not start the run: {exc}")
+                cron_run.status, cron_run.error = ended.status, ended.error
     for job, cron_run in starting:
         if job.session_target != CronJob.SessionTarget.ISOLATED:
             updated = _start(job, cron_run)
@@ -434,7 +453,7 @@ def cron_run_settle(*, cron_run_id: int) -> CronRun | None:
     if job_id is None:
         return None
     with transaction.atomic():
-        job = CronJob.objects.select_for_update().select_related("tenant").filter(pk=job_id).first()
+        job = CronJob.objects.select_for_update(of=("self",)).select_related("tenant").filter(pk=job_id).first()
         cron_run = CronRun.objects.select_for_update(of=("self",)).select_related("run").filter(pk=cron_run_id).first()
         if job is None or cron_run is None:  # deleted with its job meanwhile
             return None
@@ -452,7 +471,7 @@ def _end_stuck(cron_run_id: int) -> Run | None:
     """Mark a CronRun past its job's timeout failed; returns the agent run to abort."""
     with transaction.atomic():
         job_id = CronRun.objects.filter(pk=cron_run_id).values_list("job_id", flat=True).first()
-        job = CronJob.objects.select_for_update().select_related("tenant").filter(pk=job_id).first()
+        job = CronJob.objects.select_for_update(of=("self",)).select_related("tenant").filter(pk=job_id).first()
         cron_run = CronRun.objects.select_for_update(of=("self",)).select_related("run").filter(pk=cron_run_id).first()
         if job is None or cron_run is None or cron_run.is_terminal:
             return None

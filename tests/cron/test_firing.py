@@ -264,6 +264,9 @@ def test_a_batch_larger_than_the_tenants_run_cap_waits_its_turn_and_all_of_it_ru
     assert fire(jobs[0]) is not None
     cron_runs = [finished(r.pk, timeout=60) for r in CronRun.objects.filter(job__in=jobs)]
     assert len(cron_runs) == 5 and {r.status for r in cron_runs} == {"succeeded"}, [(r.status, r.error) for r in cron_runs]
+    for cron_run in cron_runs:  # the three that waited got their user message when they started
+        roles = [m.role for m in AgentSession.objects.get(pk=cron_run.session_id).messages.order_by("seq")]
+        assert roles == ["user", "assistant"], roles
     runs = list(Run.objects.filter(pk__in=[r.run_id for r in cron_runs]))
     # Never more than two at once: at each run's start, at most one other had started and not yet ended.
     for run in runs:
@@ -285,3 +288,14 @@ def test_a_batch_of_a_tenant_over_its_daily_token_budget_is_skipped_saying_why(t
     assert len(skipped) == 3 and {r.status for r in skipped} == {"skipped"}
     assert all(r.error.startswith("Daily token budget of 1 tokens is used up") and r.run_id is None for r in skipped)
     assert not AgentSession.objects.filter(tenant=tenant.tenant, key__startswith="cron:").exists()
+
+
+def test_a_job_whose_next_occurrence_cannot_be_computed_does_not_stop_its_tenants_batch(worker, tenant):
+    woken, broken, fine = (make_job(tenant, name=n, schedule="0 3 * * *", session_target="isolated")
+                           for n in ("woken", "broken", "fine"))
+    for job in (woken, broken, fine):
+        make_due(job)
+    CronJob.objects.filter(pk=broken.pk).update(tz="Nowhere/Gone")  # say, a zone tzdata no longer has
+    fire(woken)
+    assert set(CronRun.objects.filter(job__tenant=tenant.tenant).values_list("job_id", flat=True)) == {woken.pk, fine.pk}
+    assert all(finished(r.pk).status == "succeeded" for r in CronRun.objects.filter(job__in=[woken, fine]))
