@@ -138,7 +138,10 @@ def measure(window_start: datetime, window_end: datetime) -> dict:
     rows = CronRun.objects.filter(scheduled_for__gte=window_start, scheduled_for__lt=window_end).values_list(
         "job__kind", "scheduled_for", "started_at", "run__started_at", "status", "trigger"
     )
-    result = {}
+    result = {"bursts": {}}
+    for kind_of, scheduled_for, _, run_started_at, _, _ in rows:
+        if kind_of == "cron" and run_started_at is not None:
+            result["bursts"].setdefault(scheduled_for, []).append((run_started_at - scheduled_for).total_seconds())
     for kind in ("every", "cron", "all"):
         picked = [r for r in rows if kind in ("all", r[0])]
         result[kind] = {
@@ -251,6 +254,9 @@ def main() -> int:
         print(f"{kind:<6} {expected[kind]:>8} {r['claimed']:>8} {r['triggers']['beat']:>6} {r['triggers']['sweeper']:>7} "
               f"{r['statuses']['skipped']:>7} {claim_text:>32} {start_text:>27}")
     print()
+    for instant, lags in sorted(results["bursts"].items()):
+        print(f"burst at {instant:%H:%M:%S}: {len(lags)} occurrences, run start lag p50/p99/max "
+              f"{percentile(lags, 50):.3f}/{percentile(lags, 99):.3f}/{max(lags):.3f} s")
     print("claim lag: scheduled time -> the fire task's claim (CronRun row); run start lag: -> the agent run started")
     if results["all"]["claim_lag"]:
         print(f"mean claim lag {statistics.fmean(results['all']['claim_lag']):.3f} s over {results['all']['claimed']} occurrences")
@@ -258,7 +264,7 @@ def main() -> int:
         args.json.write_text(json.dumps({
             kind: {"expected": expected[kind], "claimed": r["claimed"],
                    **{f"{lag}_p{p}_s": round(percentile(r[lag], p), 3) for lag in ("claim_lag", "start_lag") for p in (50, 99)}}
-            for kind, r in results.items()
+            for kind, r in results.items() if kind != "bursts"
         }, indent=2) + "\n")
     return 0
 
