@@ -28,6 +28,7 @@ from django.utils import timezone
 from beamclaw_project.errors import Conflict, InvalidInput, LimitExceeded, NotFound
 from beamclaw_project.infra.deliveries import deliveries_unleased, delivery_send
 from beamclaw_project.infra.metrics import cron_lag_observe
+from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.queues import SYSTEM_QUEUE, tenant_queue
 from cron import schedule as sched
 from cron.beat import beat_needs_realign, beat_remove, beat_sync
@@ -335,11 +336,11 @@ def _claim_locked(jobs: list[CronJob], *, now: datetime, trigger: str) -> list[t
     for job in jobs:
         try:
             next_at[job.pk] = job.schedule.next_after(max(now, job.next_run_at))
-        except Exception:
-            if job is jobs[0]:  # the woken job: its wake-up fails, as it always did
-                raise
-            # Left to its own wake-up (say, its zone left tzdata), not failing its tenant's batch with it.
-            logger.exception("cron job %s: its next occurrence cannot be computed", job.pk)
+        except Exception as exc:  # noqa: BLE001 - say, its zone left tzdata: it would fail every wake-up and sweep
+            job.enabled = False
+            job.disabled_reason = f"disabled: its next occurrence cannot be computed ({exc})"[:500]
+            job.save(update_fields=["enabled", "disabled_reason", "updated_at"])
+            logger.warning("cron job %s %s", job.pk, job.disabled_reason)
     jobs = [job for job in jobs if job.pk in next_at]
     due_at = {job.pk: job.next_run_at for job in jobs}
     # Claimed already: a job whose schedule was reset onto an occurrence claimed a moment early.
@@ -491,8 +492,14 @@ def cron_sweep(*, now: datetime | None = None) -> dict:
     )
     fired_jobs: set[int] = set()
     for pk in overdue:
-        if pk not in fired_jobs:  # claimed with an earlier overdue job of its tenant
+        if pk in fired_jobs:  # claimed with an earlier overdue job of its tenant
+            continue
+        try:
             fired_jobs.update(r.job_id for r in cron_job_fire_with_tenant(job_id=pk, woken_by=CronRun.Trigger.SWEEPER))
+        except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the sweep for every other tenant
+            if outage_of(exc) is not None:
+                raise  # a store is down: this sweep ends, the next one tries again (cron.tasks)
+            logger.exception("cron sweep: job %s could not be fired", pk)
     fired = len(fired_jobs)
     settled = stuck = 0
     running = CronRun.objects.filter(status=CronRun.Status.RUNNING).order_by("started_at").values_list(

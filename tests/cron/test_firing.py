@@ -290,7 +290,7 @@ def test_a_batch_of_a_tenant_over_its_daily_token_budget_is_skipped_saying_why(t
     assert not AgentSession.objects.filter(tenant=tenant.tenant, key__startswith="cron:").exists()
 
 
-def test_a_job_whose_next_occurrence_cannot_be_computed_does_not_stop_its_tenants_batch(worker, tenant):
+def test_a_job_whose_next_occurrence_cannot_be_computed_is_disabled_saying_why_and_the_rest_run(worker, tenant):
     woken, broken, fine = (make_job(tenant, name=n, schedule="0 3 * * *", session_target="isolated")
                            for n in ("woken", "broken", "fine"))
     for job in (woken, broken, fine):
@@ -299,3 +299,27 @@ def test_a_job_whose_next_occurrence_cannot_be_computed_does_not_stop_its_tenant
     fire(woken)
     assert set(CronRun.objects.filter(job__tenant=tenant.tenant).values_list("job_id", flat=True)) == {woken.pk, fine.pk}
     assert all(finished(r.pk).status == "succeeded" for r in CronRun.objects.filter(job__in=[woken, fine]))
+    # Left enabled it would fail every wake-up and every sweep, for good.
+    broken.refresh_from_db()
+    assert (broken.enabled, broken.next_run_at) == (False, None)
+    assert broken.disabled_reason == "disabled: its next occurrence cannot be computed (Unknown time zone 'Nowhere/Gone'.)"
+    assert PeriodicTask.objects.get(name=f"cron-job-{broken.pk}").enabled is False
+    # Woken itself, it is disabled the same way.
+    CronJob.objects.filter(pk=broken.pk).update(enabled=True, next_run_at=dj_timezone.now())
+    assert fire(broken) is None
+    broken.refresh_from_db()
+    assert not broken.enabled and not CronRun.objects.filter(job=broken).exists()
+
+
+def test_the_sweeper_goes_on_past_a_job_it_cannot_fire(worker, tenant, make_tenant):
+    stuck = make_job(tenant, name="stuck")
+    other = make_tenant()
+    overdue = make_job(other, name="overdue-elsewhere", schedule={"kind": "cron", "expr": "0 3 * * *", "tz": "UTC"})
+    make_due(stuck, ago=20)
+    make_due(overdue, ago=10)
+    CronJob.objects.filter(pk=stuck.pk).update(every_seconds=None)  # a row no schedule can be read from
+    try:
+        cron_sweep()
+        assert finished(CronRun.objects.get(job=overdue).pk).trigger == "sweeper"
+    finally:
+        CronJob.objects.filter(pk=stuck.pk).update(enabled=False, next_run_at=None)  # leave nothing due behind
