@@ -321,10 +321,12 @@ def cron_job_fire_with_tenant(*, job_id: int, woken_by: str) -> list[CronRun]:
         claimed = _claim_locked(jobs, now=now, trigger=woken_by)
         if job.next_run_at is not None and woken_by_beat and beat_needs_realign(job=job, woken_at=now):
             beat_sync(job=job, realign=True)
-    _start_claimed(job.tenant, claimed, now)
-    for waking_job, cron_run in claimed:
-        logger.info("cron job %s: occurrence %s claimed (%s, %s)", waking_job.pk, cron_run.scheduled_for.isoformat(),
+    # Logged before the runs start: starting binds each run's session to the log context, the last one's
+    # would tag every line.
+    for claimed_job, cron_run in claimed:
+        logger.info("cron job %s: occurrence %s claimed (%s, %s)", claimed_job.pk, cron_run.scheduled_for.isoformat(),
                     woken_by, cron_run.status)
+    _start_claimed(job.tenant, claimed, now)
     return [cron_run for _, cron_run in claimed]
 
 
