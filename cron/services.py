@@ -235,7 +235,8 @@ def _start_isolated(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]]) -> N
     """Start the runs of a tenant's claimed occurrences that each get a new session, in one transaction
     (runs_submit_isolated), and record them on the CronRuns in it. The sessions and runs are new, so no
     other transaction can hold them, and the lock order _start keeps for an existing session does not arise;
-    the CronRuns' row locks come after the tenant row's, and nothing that holds a CronRun waits for that row."""
+    the CronRuns' row locks come after the tenant row's, and nothing that holds a CronRun waits for that row.
+    Occurrences whose runs could not start are ended, saying why."""
     try:
         with transaction.atomic():
             runs = runs_submit_isolated(
@@ -254,10 +255,17 @@ def _start_isolated(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]]) -> N
                     [[c.pk for _, c in claimed], [c.session_id for _, c in claimed], [c.run_id for _, c in claimed],
                      CronRun.Status.RUNNING],
                 )
+        return
     except LimitExceeded as exc:
-        for job, cron_run in claimed:
-            ended = _not_started(job, cron_run, CronRun.Status.SKIPPED, exc.message)
-            cron_run.status, cron_run.error = ended.status, ended.error
+        status, error = CronRun.Status.SKIPPED, exc.message
+    except Exception as exc:  # noqa: BLE001 - the claims are committed: say why, rather than leave them running
+        logger.exception("cron: %s claimed occurrences of tenant %s could not start", len(claimed), tenant.slug)
+        status, error = CronRun.Status.FAILED, f"could not start the run: {exc}"
+    for job, cron_run in claimed:
+        ended = _not_started(job, cron_run, status, error)
+        # (and not the run a rolled-back start had named)
+        cron_run.status, cron_run.error, cron_run.run_id, cron_run.session_id = (
+            ended.status, ended.error, ended.run_id, ended.session_id)
 
 
 def _not_started(job: CronJob, cron_run: CronRun, status: str, error: str) -> CronRun:
@@ -390,13 +398,7 @@ def _start_claimed(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]], now: 
         cron_lag_observe(tenant=tenant.slug, seconds=(now - cron_run.scheduled_for).total_seconds())
     isolated = [pair for pair in starting if pair[0].session_target == CronJob.SessionTarget.ISOLATED]
     if isolated:
-        try:
-            _start_isolated(tenant, isolated)
-        except Exception as exc:  # noqa: BLE001 - the claims are committed: say why, rather than leave them running
-            logger.exception("cron: %s claimed occurrences of tenant %s could not start", len(isolated), tenant.slug)
-            for job, cron_run in isolated:
-                ended = _not_started(job, cron_run, CronRun.Status.FAILED, f"could not start the run: {exc}")
-                cron_run.status, cron_run.error = ended.status, ended.error
+        _start_isolated(tenant, isolated)
     for job, cron_run in starting:
         if job.session_target != CronJob.SessionTarget.ISOLATED:
             updated = _start(job, cron_run)
