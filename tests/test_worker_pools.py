@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from beamclaw_project.celery import app
-from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.queues import queue_depths, tenant_of_queue
 from sessions.models import Run
 from tenants.models import Tenant
 from tenants.queues import TENANT_QUEUE_ADD
@@ -59,8 +59,8 @@ def send(live: str, bundle, content: str) -> str:
 
 
 def waiting(queue: str) -> int:
-    """Messages in a queue that no worker has fetched (kombu keeps a queue as a Redis list of its name)."""
-    return redis_client().llen(queue)
+    """Messages in a tenant's queue that no worker has fetched."""
+    return queue_depths(tenant_slugs=[tenant_of_queue(queue)])[queue]
 
 
 def status(run_id: str) -> str:

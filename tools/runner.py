@@ -39,7 +39,7 @@ from beamclaw_project.infra.leases import (
     lease_values,
     leases_lost_in_transit,
 )
-from beamclaw_project.infra.queues import tenant_queue
+from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
 from sessions.models import ToolCall
 from tools import registry
@@ -139,7 +139,7 @@ def _call_queue(tool: str, tool_input: dict, tenant_slug: str) -> Queue | str:
 
 
 def _call_send(kind: str, call_id, queue: Queue | str) -> None:
-    current_app.send_task(owner_of(kind).task_name, args=[str(call_id)], queue=queue)
+    current_app.send_task(owner_of(kind).task_name, args=[str(call_id)], queue=queue, priority=WORK_PRIORITY)
 
 
 def _pinned_node(tool: str, tool_input: dict) -> str | None:

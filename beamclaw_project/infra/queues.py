@@ -6,7 +6,14 @@ Depths are read where kombu keeps the messages: one Redis list per queue and pri
 named after the queue for the default priority, `<queue>\\x06\\x16<step>` for the others), through the
 broker's own channel so its key prefix and priority steps are the ones the workers use. A message a worker
 has fetched but not yet acknowledged sits in kombu's `unacked` hash instead, and is not counted: a depth
-is what waits for a worker."""
+is what waits for a worker.
+
+Two priorities. kombu's Redis transport reads a lower priority step before a higher one across all the queues
+a worker consumes (its turns between the queues are taken within a step). Work that holds a worker for
+seconds (run steps, tool calls, compaction) is sent at WORK_PRIORITY, one step behind the short tasks that
+start or follow it (cron wake-ups and settles, deliveries, housekeeping), so those are not queued behind the
+work already under way: a cron job falling due while its tenant has hundreds of steps queued still starts
+on time, and a burst of wake-ups is claimed before the runs it started take the worker's time."""
 
 from collections.abc import Iterable
 
@@ -14,6 +21,7 @@ from celery import current_app
 
 SYSTEM_QUEUE = "system"
 TENANT_QUEUE_PREFIX = "tenant."
+WORK_PRIORITY = 3  # kombu's Redis steps are 0, 3, 6, 9; the short tasks keep the default, 0
 
 
 def tenant_queue(slug: str) -> str:

@@ -45,7 +45,7 @@ from beamclaw_project.infra.draining import draining
 from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.metrics import tokens_record
 from beamclaw_project.infra.outages import outage_of
-from beamclaw_project.infra.queues import tenant_queue
+from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import async_redis, redis_client
 from sessions import events
 from sessions.models import AgentSession, Compaction, Message, Run
@@ -518,7 +518,8 @@ def compaction_request(*, session: AgentSession) -> str:
     request_id = uuid.uuid4().hex
     # A request that is lost with its worker is not redelivered (the task is acknowledged on receipt):
     # the caller hears nothing within its wait and may ask again, which costs less than a second summary.
-    current_app.send_task(COMPACT_TASK, args=[str(session.pk), request_id], queue=tenant_queue(session.tenant.slug))
+    current_app.send_task(COMPACT_TASK, args=[str(session.pk), request_id], queue=tenant_queue(session.tenant.slug),
+                          priority=WORK_PRIORITY)
     return request_id
 
 

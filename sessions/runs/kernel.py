@@ -26,7 +26,7 @@ from beamclaw_project.infra.leases import (
     leases_lost_in_transit,
     queued_ttl_ms,
 )
-from beamclaw_project.infra.queues import tenant_queue
+from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
 from sessions.models import AgentSession, Message, Run
 
@@ -133,7 +133,8 @@ def step_resend(run_id, step: int, tenant_slug: str) -> bool:
 
 
 def _step_send(run_id, step: int, tenant_slug: str) -> None:
-    current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug))
+    current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug),
+                          priority=WORK_PRIORITY)
 
 
 # --- the abort flag --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import threading
 import httpx
 
 from beamclaw_project.celery import app
+from beamclaw_project.infra.queues import WORK_PRIORITY, queue_depths
 from beamclaw_project.infra.redis import redis_client
 from sessions import events
 from sessions.models import AgentSession, Message, Run
@@ -103,8 +104,9 @@ def test_work_goes_to_the_tenants_own_queue(live, tenant, worker, workers):
         session = AgentSession.objects.create(tenant=tenant.tenant, agent=tenant.agent, key="agent:assistant:q")
         run = run_submit(session=session, content=[{"type": "text", "text": "queued"}], trigger=Run.Trigger.API)
         queue = f"tenant.{tenant.tenant.slug}"
-        wait_until(lambda: redis_client().llen(queue) == 1, timeout=5, message=f"the step in {queue}")
-        assert redis_client().llen("system") == 0
+        wait_until(lambda: queue_depths(tenant_slugs=[tenant.tenant.slug])[queue] == 1, timeout=5,
+                   message=f"the step in {queue}")
+        assert queue_depths(tenant_slugs=[])["system"] == 0
     finally:
         worker["proc"] = workers.spawn("shared-after-queue-test")
     wait_until(lambda: Run.objects.get(pk=run.pk).status == Run.Status.SUCCEEDED, timeout=20, message="the run")
@@ -181,8 +183,10 @@ def test_a_step_lost_between_the_broker_and_a_dying_worker_is_sent_again(tenant,
     A crash-recovery test: the loss shows after a lease period, 2 s here (CRASH_RECOVERY_TIMINGS)."""
     run = _submit(tenant, "agent:assistant:lost", "lost on the way")
     queue = f"tenant.{tenant.tenant.slug}"
-    wait_until(lambda: redis_client().llen(queue) == 1, timeout=10, message=f"the step in {queue}")
-    assert redis_client().rpop(queue) is not None
+    with app.connection_for_read() as connection:
+        steps_list = connection.default_channel._q_for_pri(queue, WORK_PRIORITY)  # (steps wait at that priority)
+    wait_until(lambda: redis_client().llen(steps_list) == 1, timeout=10, message=f"the step in {queue}")
+    assert redis_client().rpop(steps_list) is not None
 
     crash_recovery("rescuer")
     wait_until(lambda: _succeeded(run), timeout=60, message="the run to finish")
