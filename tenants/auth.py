@@ -5,11 +5,12 @@ this (`Principal.allows` / `Principal.require`, with the scope tables in `tenant
 """
 
 from dataclasses import dataclass
+from functools import cache
 
-from django.db.models import FilteredRelation, Q
 from django.utils import timezone
 
 from beamclaw_project.errors import LimitExceeded
+from beamclaw_project.infra.rows import Columns, select_one
 from tenants.limits import check_rate_limit
 from tenants.models import Agent, ApiKey, Tenant
 from tenants.scopes import missing_scope_message, websocket_scope
@@ -61,32 +62,55 @@ def bearer_token(authorization_header: str | None) -> str | None:
 def authenticate_key(raw_key: str | None, *, scope: str | None = None, what: str = "this request") -> Principal:
     """The key's principal, or AuthError. With `scope`, a key without that scope is refused (403, naming
     the scope and `what` needs it)."""
-    return _authenticated(_key_query(raw_key), scope=scope, what=what)
+    key, _ = _key_lookup(raw_key)
+    return _authenticated(key, scope=scope, what=what)
 
 
 def authenticate_key_for_agent(raw_key: str | None, agent_slug: str, *, scope: str | None = None,
                                what: str = "this request") -> tuple[Principal, Agent | None]:
     """authenticate_key, and the key's tenant's agent `agent_slug` (None if it has none) from the same query:
     the OpenAI-compatible edge names an agent in every request."""
-    keys = _key_query(raw_key).annotate(
-        wanted_agent=FilteredRelation("tenant__agents", condition=Q(tenant__agents__slug=agent_slug))
-    ).select_related("wanted_agent")
-    principal = _authenticated(keys, scope=scope, what=what)
-    agent = getattr(principal.api_key, "wanted_agent", None)  # (not set at all when the join found no agent)
-    if agent is not None:
-        agent.tenant = principal.tenant
-    return principal, agent
+    key, agent = _key_lookup(raw_key, agent_slug=agent_slug)
+    return _authenticated(key, scope=scope, what=what), agent
 
 
-def _key_query(raw_key: str | None):
+@cache
+def _lookup_sql() -> tuple[Columns, Columns, Columns, str, str]:
+    """Every request sends this query, so it is written out (beamclaw_project/infra/rows.py). key_hash is
+    unique: at most one row."""
+    key, tenant, agent = Columns(ApiKey, "k"), Columns(Tenant, "t"), Columns(Agent, "a")
+    key_and_tenant = (
+        f'FROM "{ApiKey._meta.db_table}" k JOIN "{Tenant._meta.db_table}" t '
+        f'ON t.id = k."{ApiKey._meta.get_field("tenant").column}"'
+    )
+    plain = f"SELECT {key.sql}, {tenant.sql} {key_and_tenant} WHERE k.key_hash = %s"
+    with_agent = (
+        f'SELECT {key.sql}, {tenant.sql}, {agent.sql} {key_and_tenant} LEFT JOIN "{Agent._meta.db_table}" a '
+        f'ON a."{Agent._meta.get_field("tenant").column}" = t.id AND a.slug = %s WHERE k.key_hash = %s'
+    )
+    return key, tenant, agent, plain, with_agent
+
+
+def _key_lookup(raw_key: str | None, *, agent_slug: str | None = None) -> tuple[ApiKey | None, Agent | None]:
+    """The key (its tenant loaded) and, when `agent_slug` is given, that agent of its tenant if it has one."""
     if not raw_key:
         raise AuthError("Missing API key: send it as 'Authorization: Bearer bc_...'.")
-    # key_hash is unique: no ORDER BY.
-    return ApiKey.objects.select_related("tenant").filter(key_hash=ApiKey.hash_key(raw_key)).order_by()
+    key_columns, tenant_columns, agent_columns, plain, with_agent = _lookup_sql()
+    key_hash = ApiKey.hash_key(raw_key)
+    row = select_one(plain, [key_hash]) if agent_slug is None else select_one(with_agent, [agent_slug, key_hash])
+    if row is None:
+        return None, None
+    tenant_at, agent_at = key_columns.width, key_columns.width + tenant_columns.width
+    key = key_columns.instance(row[:tenant_at])
+    key.tenant = tenant_columns.instance(row[tenant_at:agent_at])
+    agent = None
+    if agent_slug is not None and row[agent_at] is not None:  # (NULLs from the LEFT JOIN: no such agent)
+        agent = agent_columns.instance(row[agent_at:])
+        agent.tenant = key.tenant
+    return key, agent
 
 
-def _authenticated(keys, *, scope: str | None, what: str) -> Principal:
-    key = next(iter(keys[:1]), None)
+def _authenticated(key: ApiKey | None, *, scope: str | None, what: str) -> Principal:
     if key is None:
         raise AuthError("Invalid API key.")
     if key.revoked_at is not None:

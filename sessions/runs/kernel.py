@@ -13,9 +13,11 @@
 """
 
 import time
+from functools import cache
 
 from celery import current_app
 from django.conf import settings
+from django.db import connection
 
 from beamclaw_project.infra.leases import (
     QUEUED,
@@ -28,7 +30,9 @@ from beamclaw_project.infra.leases import (
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.rows import Columns
 from sessions.models import AgentSession, Message, Run
+from tenants.models import Tenant
 
 RUN_STEP_TASK = "sessions.run_step"
 # Held while a run's tool calls are in flight and no step is queued or running (see tool_phase.py).
@@ -45,17 +49,50 @@ ABORT_CHECK_INTERVAL = 0.2
 # for it while that one waited for the tenant: a deadlock).
 
 
+# Every step and every submitted message takes these locks, so their queries are written out
+# (beamclaw_project/infra/rows.py); the run's is sent with the session's, in one round trip.
+@cache
+def _lock_sql() -> tuple[Columns, Columns, Columns, str, str]:
+    session, tenant, run = Columns(AgentSession, "s"), Columns(Tenant, "t"), Columns(Run, "r")
+    session_sql = (
+        f'SELECT {session.sql}, {tenant.sql} FROM "{AgentSession._meta.db_table}" s '
+        f'JOIN "{Tenant._meta.db_table}" t ON t.id = s.tenant_id WHERE s.id = %s FOR NO KEY UPDATE OF s'
+    )
+    run_sql = f'SELECT {run.sql} FROM "{Run._meta.db_table}" r WHERE r.id = %s FOR NO KEY UPDATE'
+    return session, tenant, run, session_sql, run_sql
+
+
 def run_lock(run_id, session_id=None) -> tuple[Run, AgentSession]:
     """Lock a run's session, then the run (inside the caller's transaction). A caller that has read the run
-    passes its `session_id` (which never changes) and saves a query."""
+    passes its `session_id` (which never changes) and saves a query. Raises Run.DoesNotExist or
+    AgentSession.DoesNotExist."""
     if session_id is None:
         session_id = Run.objects.values_list("session_id", flat=True).get(pk=run_id)
-    session = session_lock(session_id)
-    return Run.objects.select_for_update(no_key=True).get(pk=run_id), session
+    session_columns, _, run_columns, session_sql, run_sql = _lock_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(f"{session_sql}; {run_sql}", [session_id, run_id])
+        session = _session_of(cursor.fetchone(), session_id)
+        cursor.nextset()
+        row = cursor.fetchone()
+    if row is None:
+        raise Run.DoesNotExist(f"run {run_id} does not exist")
+    return run_columns.instance(row), session
 
 
 def session_lock(session_id) -> AgentSession:
-    return AgentSession.objects.select_for_update(of=("self",), no_key=True).select_related("tenant").get(pk=session_id)
+    """Lock a session (its tenant loaded). Raises AgentSession.DoesNotExist."""
+    with connection.cursor() as cursor:
+        cursor.execute(_lock_sql()[3], [session_id])
+        return _session_of(cursor.fetchone(), session_id)
+
+
+def _session_of(row, session_id=None) -> AgentSession:
+    session_columns, tenant_columns, *_ = _lock_sql()
+    if row is None:
+        raise AgentSession.DoesNotExist(f"session {session_id} does not exist")
+    session = session_columns.instance(row[:session_columns.width])
+    session.tenant = tenant_columns.instance(row[session_columns.width:])
+    return session
 
 
 def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] = (), **fields) -> Message:

@@ -12,10 +12,10 @@ one whose worker is shutting down goes back to the queue at its next stream even
 import logging
 import time
 from datetime import datetime
+from functools import cache
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from beamclaw_project.infra.draining import draining
@@ -24,8 +24,9 @@ from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import counter_incr
+from beamclaw_project.infra.rows import Columns, select_one
 from sessions import events
-from sessions.models import Message, Run
+from sessions.models import AgentSession, Message, Run
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, request_sampling
 from sessions.providers.chain import complete
 from sessions.runs import tool_phase
@@ -46,6 +47,7 @@ from sessions.runs.kernel import (
 )
 from sessions.runs.lifecycle import run_end_locked
 from sessions.runs.prompt import system_prompt_for
+from tenants.models import Agent, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -213,14 +215,40 @@ def _count(run_id, step: int, what: str) -> int:
     return counter_incr(f"bc:run:{run_id}:step:{step}:{what}", ttl_seconds=settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
 
 
+@cache
+def _run_for_step_sql() -> tuple[Columns, Columns, Columns, Columns, str]:
+    run, session, agent, tenant = Columns(Run, "r"), Columns(AgentSession, "s"), Columns(Agent, "a"), Columns(Tenant, "t")
+    sql = (
+        f"SELECT {run.sql}, {session.sql}, {agent.sql}, {tenant.sql}, EXISTS ("
+        f'SELECT 1 FROM "{Message._meta.db_table}" m WHERE m.run_id = r.id AND m.step = %s AND m.role = %s) '
+        f'FROM "{Run._meta.db_table}" r JOIN "{AgentSession._meta.db_table}" s ON s.id = r.session_id '
+        f'JOIN "{Agent._meta.db_table}" a ON a.id = s.agent_id JOIN "{Tenant._meta.db_table}" t ON t.id = r.tenant_id '
+        "WHERE r.id = %s"
+    )
+    return run, session, agent, tenant, sql
+
+
+def run_for_step(run_id, step: int) -> Run | None:
+    """The run with its session, the session's agent and the tenant, and `reply_written`: whether the step's
+    reply exists. Every step starts with this query, so it is written out (beamclaw_project/infra/rows.py)."""
+    run_columns, session_columns, agent_columns, tenant_columns, sql = _run_for_step_sql()
+    row = select_one(sql, [step, Message.Role.ASSISTANT, run_id])
+    if row is None:
+        return None
+    session_at = run_columns.width
+    agent_at = session_at + session_columns.width
+    tenant_at = agent_at + agent_columns.width
+    run = run_columns.instance(row[:session_at])
+    run.session = session_columns.instance(row[session_at:agent_at])
+    run.session.agent = agent_columns.instance(row[agent_at:tenant_at])
+    run.tenant = run.session.tenant = run.session.agent.tenant = tenant_columns.instance(row[tenant_at:-1])
+    run.reply_written = row[-1]
+    return run
+
+
 def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
     """Run the step; True when it left the run in its tool phase."""
-    # Whether the step's reply exists comes with the run, in the same query.
-    reply_written = Exists(Message.objects.filter(run=OuterRef("pk"), step=step, role=Message.Role.ASSISTANT))
-    run = (
-        Run.objects.select_related("session__agent", "tenant").annotate(reply_written=reply_written)
-        .filter(pk=run_id).first()
-    )
+    run = run_for_step(run_id, step)
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
         return False
     log_context_bind(tenant=run.tenant.slug, session=run.session_id)

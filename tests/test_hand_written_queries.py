@@ -1,0 +1,66 @@
+"""The hot path's hand-written queries (beamclaw_project/infra/rows.py) give the same objects as the ORM.
+
+Authentication, every run step and every lock read their rows with SQL written out once instead of a
+compiled QuerySet; an agent's JSON settings, a run's params or a key's scopes read any other way would
+change what the gateway does. Every field is compared, with its type, against the ORM's instance."""
+
+import uuid
+
+import pytest
+from django.db import transaction
+
+from sessions.models import AgentSession, Run
+from sessions.runs.kernel import run_lock, session_lock
+from sessions.runs.step import run_for_step
+from tenants.auth import AuthError, authenticate_key, authenticate_key_for_agent
+from tenants.models import Agent, ApiKey, Tenant
+
+
+def assert_same(mine, model, pk):
+    orm = model.objects.get(pk=pk)
+    assert type(mine) is model and not mine._state.adding and mine._state.db == "default"
+    for field in model._meta.concrete_fields:
+        ours, theirs = getattr(mine, field.attname), getattr(orm, field.attname)
+        assert (ours, type(ours)) == (theirs, type(theirs)), field.name
+
+
+def test_authentication_loads_the_key_its_tenant_and_the_named_agent_as_the_orm_does(make_tenant):
+    bundle = make_tenant()
+    Agent.objects.filter(pk=bundle.agent.pk).update(
+        tool_policy={"allow": ["exec"], "deny": []}, fallbacks=["fake-echo"], compaction={"keep_recent_tokens": 900}
+    )
+    authenticate_key(bundle.api_key)  # (sets last_used_at, which the next read then finds)
+    principal, agent = authenticate_key_for_agent(bundle.api_key, bundle.agent.slug)
+    assert_same(principal.api_key, ApiKey, principal.api_key.pk)
+    assert_same(principal.tenant, Tenant, bundle.tenant.pk)
+    assert_same(agent, Agent, bundle.agent.pk)
+    assert agent.tool_policy == {"allow": ["exec"], "deny": []} and agent.tenant is principal.tenant
+
+    assert authenticate_key_for_agent(bundle.api_key, "no-such-agent")[1] is None
+    assert_same(authenticate_key(bundle.api_key).api_key, ApiKey, principal.api_key.pk)
+    with pytest.raises(AuthError, match="Invalid API key"):
+        authenticate_key("bc_" + uuid.uuid4().hex)
+
+
+def test_a_step_and_the_locks_load_the_run_and_session_as_the_orm_does(make_tenant):
+    bundle = make_tenant()
+    session = AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}")
+    # Not submitted: no worker may change it between the two reads.
+    run = Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.API,
+                             input=[{"type": "text", "text": "hi"}], params={"max_tokens": 64, "temperature": 0.5})
+
+    loaded = run_for_step(run.pk, 0)
+    assert_same(loaded, Run, run.pk)
+    assert_same(loaded.session, AgentSession, session.pk)
+    assert_same(loaded.session.agent, Agent, bundle.agent.pk)
+    assert_same(loaded.tenant, Tenant, bundle.tenant.pk)
+    assert loaded.params["temperature"] == 0.5 and loaded.reply_written is False
+    assert run_for_step(uuid.uuid4(), 0) is None
+
+    with transaction.atomic():
+        locked_run, locked_session = run_lock(run.pk)
+        assert_same(locked_run, Run, run.pk)
+        assert_same(locked_session, AgentSession, session.pk)
+        assert_same(locked_session.tenant, Tenant, bundle.tenant.pk)
+        with pytest.raises(AgentSession.DoesNotExist):
+            session_lock(uuid.uuid4())
