@@ -15,9 +15,10 @@ from django.db.models import Model
 class Columns:
     """A model's concrete columns under a table alias: `sql` for the SELECT list, `width` values per row."""
 
-    def __init__(self, model: type[Model], alias: str):
+    def __init__(self, model: type[Model], alias: str, fields: tuple[str, ...] | None = None):
+        """All the model's concrete fields, or only `fields` (names), for `values` rather than `instance`."""
         self.model = model
-        self.fields = model._meta.concrete_fields
+        self.fields = model._meta.concrete_fields if fields is None else [model._meta.get_field(name) for name in fields]
         self.cols = [field.get_col(alias) for field in self.fields]
         self.attnames = [field.attname for field in self.fields]
         self.sql = ", ".join(f'{alias}."{field.column}"' for field in self.fields)
@@ -26,6 +27,10 @@ class Columns:
 
     def instance(self, values, using: str = "default") -> Model:
         """The model instance of one row's values for these columns, in their order."""
+        return self.model.from_db(using, self.attnames, self.values(values, using))
+
+    def values(self, values, using: str = "default") -> tuple:
+        """One row's values for these columns as the fields' Python values (what values_list gives)."""
         connection = connections[using]
         converters = self._converters.get(connection.vendor)
         if converters is None:
@@ -34,11 +39,12 @@ class Columns:
                 (i, convert) for i, col in enumerate(self.cols)
                 for convert in [*connection.ops.get_db_converters(col), *col.get_db_converters(connection)]
             ]
-        if converters:
-            values = list(values)
-            for i, convert in converters:
-                values[i] = convert(values[i], self.cols[i], connection)
-        return self.model.from_db(using, self.attnames, values)
+        if not converters:
+            return tuple(values)
+        values = list(values)
+        for i, convert in converters:
+            values[i] = convert(values[i], self.cols[i], connection)
+        return tuple(values)
 
 
 def select_one(sql: str, params) -> tuple | None:

@@ -10,8 +10,12 @@ the user turn that follows it, are merged) and the first turn is the user's.
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import NamedTuple
 
+from django.db import connection
+
+from beamclaw_project.infra.rows import Columns
 from sessions.models import Compaction, Message
 
 SUMMARY_HEADER = (
@@ -71,11 +75,28 @@ class TranscriptView:
         return turns_merge(rows, first=[summary_turn(self.compaction.summary)])
 
 
+@cache
+def _view_sql() -> tuple[Columns, Columns, str]:
+    compaction, message = Columns(Compaction, "c"), Columns(Message, "m", fields=VisibleMessage._fields)
+    compactions = f'"{Compaction._meta.db_table}" c WHERE c.session_id = %s'
+    # The latest compaction, then the messages from its cut on; the cut is read again in the second
+    # statement rather than passed from the first, so the two go to Postgres in one round trip.
+    sql = (
+        f"SELECT {compaction.sql} FROM {compactions} ORDER BY c.first_kept_seq DESC LIMIT 1; "
+        f'SELECT {message.sql} FROM "{Message._meta.db_table}" m WHERE m.session_id = %s AND m.excluded_reason = %s '
+        f"AND m.seq >= COALESCE((SELECT max(c.first_kept_seq) FROM {compactions}), 0) ORDER BY m.seq"
+    )
+    return compaction, message, sql
+
+
 def transcript_view(session_id) -> TranscriptView:
-    compaction = latest_compaction(session_id)
-    visible = Message.objects.filter(session_id=session_id, excluded_reason="").order_by("seq")
-    if compaction is not None:
-        visible = visible.filter(seq__gte=compaction.first_kept_seq)
-    rows = visible.values_list("seq", "role", "content", "usage", "created_at")
-    return TranscriptView(compaction=compaction, messages=[VisibleMessage(*row) for row in rows])
+    """Every step reads this, so its queries are written out (beamclaw_project/infra/rows.py)."""
+    compaction_columns, message_columns, sql = _view_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [session_id, session_id, "", session_id])
+        row = cursor.fetchone()
+        cursor.nextset()
+        rows = cursor.fetchall()
+    compaction = compaction_columns.instance(row) if row is not None else None
+    return TranscriptView(compaction=compaction, messages=[VisibleMessage(*message_columns.values(r)) for r in rows])
 
