@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from beamclaw_project.errors import InvalidInput, NotFound
+from beamclaw_project.infra.rows import row_insert
 from sessions.client_tools import (
     agent_tool_names,
     client_tools_check_clash,
@@ -345,12 +346,12 @@ def turn_add(turns: list[tuple[str, list[dict]]], role: str, blocks: list[dict])
 def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]], *,
                        key_prefix: str | None = None) -> AgentSession:
     """A session of the request's own messages, closed after its run (unless it hands out tool calls)."""
-    session = AgentSession.objects.create(
+    session = row_insert(AgentSession(
         tenant=tenant,
         agent=agent,
         key=f"{key_prefix or f'agent:{agent.slug}'}:api-{secrets.token_hex(8)}",
         ephemeral=True,
-    )
+    ))
     transcript_seed(session, history)
     return session
 

@@ -8,7 +8,9 @@ added later is read without touching the query), and their rows become instances
 `from_db`, with the fields' own converters (JSON, say) applied: what the ORM's instances would be.
 """
 
-from django.db import connections
+from functools import cache
+
+from django.db import DatabaseError, connections
 from django.db.models import Model
 
 
@@ -52,3 +54,65 @@ def select_one(sql: str, params) -> tuple | None:
     with connections["default"].cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone()
+
+
+# --- writes -----------------------------------------------------------------------------------------
+# Model.save compiles its INSERT or UPDATE afresh too. These write an instance as save() would (the
+# fields' pre_save: auto_now and auto_now_add set the time; the database's generated key is read back),
+# but send no pre_save/post_save signals: use them only for models no receiver listens to.
+
+
+def _quoted(column: str) -> str:
+    return f'"{column}"'
+
+
+@cache
+def _insert_sql(model: type[Model]) -> tuple[str, list, list]:
+    meta = model._meta
+    fields = [field for field in meta.local_concrete_fields if field is not meta.auto_field and not field.generated]
+    returning = list(meta.db_returning_fields)
+    columns = ", ".join(_quoted(field.column) for field in fields)
+    sql = f'INSERT INTO "{meta.db_table}" ({columns}) VALUES ({", ".join(["%s"] * len(fields))})'
+    if returning:
+        sql += " RETURNING " + ", ".join(_quoted(field.column) for field in returning)
+    return sql, fields, returning
+
+
+def row_insert(instance: Model, using: str = "default") -> Model:
+    """INSERT a new instance (what `save()` does for one whose key the database generates, or whose key
+    has a default such as a UUID) and return it."""
+    meta = instance._meta
+    if meta.auto_field is not None and getattr(instance, meta.auto_field.attname) is not None:
+        raise ValueError("row_insert generates the key: this instance has one already")
+    sql, fields, returning = _insert_sql(type(instance))
+    connection = connections[using]
+    values = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        if returning:
+            for field, value in zip(returning, cursor.fetchone()):
+                setattr(instance, field.attname, value)
+    instance._state.adding = False
+    instance._state.db = using
+    return instance
+
+
+@cache
+def _update_sql(model: type[Model], names: tuple[str, ...]) -> tuple[str, list]:
+    meta = model._meta
+    fields = [meta.get_field(name) for name in names]
+    assignments = ", ".join(f'"{field.column}" = %s' for field in fields)
+    return f'UPDATE "{meta.db_table}" SET {assignments} WHERE "{meta.pk.column}" = %s', fields
+
+
+def row_update(instance: Model, update_fields, using: str = "default") -> None:
+    """`save(update_fields=...)` of a saved instance: those fields' current values (an auto_now field among
+    them gets the time), DatabaseError if the row is gone."""
+    sql, fields = _update_sql(type(instance), tuple(update_fields))
+    connection = connections[using]
+    values = [field.get_db_prep_save(field.pre_save(instance, False), connection) for field in fields]
+    values.append(instance._meta.pk.get_db_prep_value(instance.pk, connection))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        if cursor.rowcount == 0:
+            raise DatabaseError("Save with update_fields did not affect any rows.")

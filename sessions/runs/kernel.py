@@ -30,7 +30,7 @@ from beamclaw_project.infra.leases import (
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
-from beamclaw_project.infra.rows import Columns
+from beamclaw_project.infra.rows import Columns, row_insert, row_update
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Tenant
 
@@ -100,8 +100,8 @@ def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] 
     session the caller changed, saved in the same UPDATE."""
     seq = session.next_seq
     session.next_seq = seq + 1
-    session.save(update_fields=["next_seq", "updated_at", *session_fields])
-    return Message.objects.create(session=session, seq=seq, **fields)
+    row_update(session, ("next_seq", "updated_at", *session_fields))
+    return row_insert(Message(session=session, seq=seq, **fields))
 
 
 # --- the run lease ---------------------------------------------------------------------------------

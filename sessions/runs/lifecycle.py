@@ -13,6 +13,7 @@ from django.utils import timezone
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import run_finished_record, run_started_record
 from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.rows import row_insert, row_update
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import notify_session
@@ -103,9 +104,9 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     run.started_at = timezone.now()
     run.step = 0
     if run._state.adding:
-        run.save()
+        row_insert(run)
     else:
-        run.save(update_fields=["status", "started_at", "step"])
+        row_update(run, ("status", "started_at", "step"))
     # Results for tool calls the client was handed go first, as the Messages API wants (client_calls.py).
     content = [*([] if session_is_new else client_results_take_locked(session, run)), *run.input]
     transcript_append(session, role=Message.Role.USER, content=content, run=run)
@@ -201,7 +202,7 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     run.status = status
     run.error = error
     run.finished_at = timezone.now()
-    run.save(update_fields=["status", "error", "error_code", "finished_at", "input_tokens", "output_tokens"])
+    row_update(run, ("status", "error", "error_code", "finished_at", "input_tokens", "output_tokens"))
     event_payload = payload or {"run_id": str(run.pk), "error": error, "code": run.error_code, "usage": run.usage}
     run_id = run.pk
     tenant_id = run.tenant_id
@@ -226,7 +227,7 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     if session.ephemeral and not (payload or {}).get("tool_calls"):
         # (A run that handed tool calls to the client leaves its session open for the client's results.)
         session.status = AgentSession.Status.CLOSED
-        session.save(update_fields=["status", "updated_at"])
+        row_update(session, ("status", "updated_at"))
     session_advance_locked(session)
 
 

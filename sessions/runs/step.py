@@ -24,7 +24,7 @@ from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import counter_incr
-from beamclaw_project.infra.rows import Columns, select_one
+from beamclaw_project.infra.rows import Columns, row_update, select_one
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, request_sampling
@@ -377,7 +377,7 @@ def _json_invalid_locked(run: Run, session, step: int, check: ReplyCheck, lease:
     )
     run.params = {**run.params, REPAIR_PARAM: step}
     run.step = step + 1
-    run.save(update_fields=["params", "step", "input_tokens", "output_tokens"])
+    row_update(run, ("params", "step", "input_tokens", "output_tokens"))
     run_id, next_step, slug = run.pk, run.step, session.tenant.slug
     # The lease goes from this worker to the queued step in one swap, then the step is sent: with the lease
     # still ours, a worker quick to pick the step up would find it taken and drop it.
