@@ -164,11 +164,16 @@ def _send_http_error_response_with_body(self: WebSocketProtocol, code, reason, r
 # --- 3. oversized WebSocket messages -----------------------------------------------------------------
 
 _factory_init = WebSocketFactory.__init__
+CLOSE_HANDSHAKE_SECONDS = 5
 
 
 def _factory_init_closing_cleanly(self, *args, **kwargs):
     _factory_init(self, *args, **kwargs)
-    self.setProtocolOptions(failByDrop=False)
+    # After the close frame Autobahn waits closeHandshakeTimeout (1 s by default) for the client's, then
+    # aborts the connection with a reset, which can discard the close frame before the client has read it.
+    # A client refused in the middle of a large message answers only once it has written the rest (10 MiB
+    # took longer than a second on a busy machine), so it gets CLOSE_HANDSHAKE_SECONDS.
+    self.setProtocolOptions(failByDrop=False, closeHandshakeTimeout=CLOSE_HANDSHAKE_SECONDS)
 
 
 # --- 5. graceful shutdown ----------------------------------------------------------------------------
