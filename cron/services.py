@@ -296,6 +296,36 @@ def cron_job_fire(*, job_id: int, woken_by: str) -> CronRun | None:
                  if cron_run.job_id == job_id), None)
 
 
+def cron_jobs_fire(*, job_ids: list[int], woken_by: str) -> None:
+    """cron_job_fire for each job, as if each had its own wake-up: the first one's claim takes the tenant's
+    other due jobs along (cron_job_fire_with_tenant), so one read finds the rest claimed, and only those it
+    did not (held by someone else for a moment, or past the claim's batch) go through their own claim."""
+    _fire_guarded(job_ids[0], woken_by)
+    rest = job_ids[1:]
+    if not rest:
+        return
+    now = timezone.now()
+    woken_by_beat = woken_by == CronRun.Trigger.BEAT
+    jobs = {job.pk: job for job in CronJob.objects.filter(pk__in=rest)}
+    for job_id in rest:
+        job = jobs.get(job_id)
+        # (A job gone meanwhile goes through too: its wake-up removes a PeriodicTask beat re-inserted.)
+        if job is None or _is_due(job, now) or (woken_by_beat and beat_needs_realign(job=job, woken_at=now)):
+            _fire_guarded(job_id, woken_by)
+
+
+def _fire_guarded(job_id: int, woken_by: str) -> list[CronRun]:
+    """cron_job_fire_with_tenant where one job's failure must not stop the others' (beat's wake-up for
+    several jobs, the sweep): it is logged. A store that is down still raises, for the caller to retry."""
+    try:
+        return cron_job_fire_with_tenant(job_id=job_id, woken_by=woken_by)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        if outage_of(exc) is not None:
+            raise
+        logger.exception("cron job %s could not be fired (%s)", job_id, woken_by)
+        return []
+
+
 def cron_job_fire_with_tenant(*, job_id: int, woken_by: str) -> list[CronRun]:
     """Claim and start the job's due occurrence together with every other due occurrence of its tenant that
     no one else is claiming (up to FIRE_BATCH): when a thousand jobs fall due in the same second, each
@@ -498,12 +528,8 @@ def cron_sweep(*, now: datetime | None = None) -> dict:
     for pk in overdue:
         if pk in fired_jobs:  # claimed with an earlier overdue job of its tenant
             continue
-        try:
-            fired_jobs.update(r.job_id for r in cron_job_fire_with_tenant(job_id=pk, woken_by=CronRun.Trigger.SWEEPER))
-        except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the sweep for every other tenant
-            if outage_of(exc) is not None:
-                raise  # a store is down: this sweep ends, the next one tries again (cron.tasks)
-            logger.exception("cron sweep: job %s could not be fired", pk)
+        # (A store that is down raises: this sweep ends, the next one tries again, cron.tasks.)
+        fired_jobs.update(r.job_id for r in _fire_guarded(pk, CronRun.Trigger.SWEEPER))
     fired = len(fired_jobs)
     settled = stuck = 0
     running = CronRun.objects.filter(status=CronRun.Status.RUNNING).order_by("started_at").values_list(

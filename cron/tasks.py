@@ -33,9 +33,10 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(name="cron.fire", queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True)
-def fire(job_id: int) -> None:
-    """Sent by beat (the job's PeriodicTask `cron-job-<id>`)."""
-    services.cron_job_fire(job_id=job_id, woken_by=CronRun.Trigger.BEAT)
+def fire(job_id: int, also: list[int] = ()) -> None:
+    """Sent by beat (the job's PeriodicTask `cron-job-<id>`); `also`: more jobs of the same tenant that fell
+    due with it (cron/scheduler.py sends one wake-up for them)."""
+    services.cron_jobs_fire(job_ids=[job_id, *also], woken_by=CronRun.Trigger.BEAT)
 
 
 @shared_task(name="cron.settle", queue=SYSTEM_QUEUE, acks_late=True, ignore_result=True)

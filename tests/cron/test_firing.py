@@ -85,6 +85,35 @@ def test_two_beats_run_each_occurrence_exactly_once(worker, service_env, log_dir
     assert PeriodicTask.objects.get(name=f"cron-job-{once.pk}").enabled is False
 
 
+def test_beat_wakes_the_jobs_of_a_tenant_due_together_with_one_message(worker, service_env, log_dir, tenant,
+                                                                         make_tenant, tmp_path):
+    # Jobs due at the same moments: four of one tenant, one of another.
+    start = dj_timezone.now().replace(microsecond=0) + timedelta(seconds=6)
+    every = {"kind": "every", "every": "2s", "anchor": start.isoformat()}
+    other = make_tenant()
+    together = [make_job(tenant, schedule=every, name=f"together-{n}", session_target="isolated") for n in range(4)]
+    alone = make_job(other, schedule=every, name="alone", session_target="isolated")
+    argv = [sys.executable, "-m", "celery", "-A", "beamclaw_project", "beat", "-l", "INFO", "-S",
+            "cron.scheduler:CronScheduler", "--schedule", str(tmp_path / "beat-schedule"),
+            "--pidfile", str(tmp_path / "beat.pid")]
+    beat = Process(f"beat-together-{alone.pk}", argv, service_env, log_dir).start()
+    jobs = [*together, alone]
+    try:
+        wait_until(lambda: all(CronRun.objects.filter(job=job).count() >= 3 for job in jobs), timeout=40,
+                   message="three occurrences of each job")
+    finally:
+        beat.stop()
+        CronJob.objects.filter(pk__in=[job.pk for job in jobs]).update(enabled=False, next_run_at=None)
+    log = beat.log_path.read_text()
+    assert "wake-up sent for 4 job(s)" in log and "wake-up sent for 1 job(s)" in log, beat.log_tail()
+    assert "wake-up sent for 5 job(s)" not in log, "one wake-up per tenant"
+    # Each job's occurrences, each claimed once, none missed, though three of four jobs had no message.
+    for job in jobs:
+        moments = [r.scheduled_for for r in CronRun.objects.filter(job=job).order_by("scheduled_for")]
+        assert moments[0] == start and all(b - a == timedelta(seconds=2) for a, b in zip(moments, moments[1:])), moments
+    assert {r.trigger for r in CronRun.objects.filter(job__in=jobs)} <= {"beat", "sweeper"}
+
+
 def test_a_woken_occurrence_is_claimed_once_however_often_it_is_woken(worker, tenant):
     job = make_job(tenant)
     due = make_due(job)
