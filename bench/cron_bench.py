@@ -3,7 +3,7 @@
 
 One command, self-contained: it recreates its own database (beamclaw_bench_cron), flushes its own Redis db
 (10), creates the tenants and jobs through the same service the API uses, starts the fake model server,
-one worker and one beat, measures for a bounded window, prints a table and stops every process it started
+one worker (`--workers N`: N) and one beat, measures for a bounded window, prints a table and stops every process it started
 (also on Ctrl-C, SIGTERM or an error).
 
 The job mix (defaults): 100 tenants; 90% `every 1h` jobs with anchors spread evenly over the hour (a
@@ -164,6 +164,7 @@ def main() -> int:
     parser.add_argument("--scheduler", default="cron.scheduler:CronScheduler",
                         help="beat scheduler class (default: the one the Procfile runs; the stock one is "
                              "django_celery_beat.schedulers:DatabaseScheduler)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core uses every core)")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/beamclaw-cron-bench"))
     parser.add_argument("--json", type=Path, help="also write the lags (p50/p99 per kind, seconds) here")
     args = parser.parse_args()
@@ -193,11 +194,11 @@ def main() -> int:
                        args.log_dir).start()
         children.append(fake)
         env.update(ANTHROPIC_BASE_URL=f"http://127.0.0.1:{port}", ANTHROPIC_API_KEY="bench")
-        worker = Process("worker", [sys.executable, "manage.py", "worker", "-c", str(WORKER_CONCURRENCY), "-l", "WARNING"],
-                         env, args.log_dir).start()
-        children.append(worker)
-        wait_ready(lambda: redis.Redis.from_url(REDIS_URL).keys("bc:worker:*"), what="the worker", processes=children,
-                   timeout=STARTUP_TIMEOUT)
+        for n in range(args.workers):
+            children.append(Process(f"worker{n}", [sys.executable, "manage.py", "worker", "-c", str(WORKER_CONCURRENCY),
+                                                   "-n", f"bench{n}@%h", "-l", "WARNING"], env, args.log_dir).start())
+        wait_ready(lambda: len(redis.Redis.from_url(REDIS_URL).keys("bc:worker:*")) >= args.workers, what="the workers",
+                   processes=children, timeout=STARTUP_TIMEOUT)
         beat_started = time.monotonic()
         beat = Process("beat", [sys.executable, "-m", "celery", "-A", "beamclaw_project", "beat", "-l", os.environ.get("BENCH_BEAT_LOG", "WARNING"),
                                 "-S", args.scheduler,
