@@ -2,10 +2,11 @@
 
 Django compiles a QuerySet's SQL afresh each time it is evaluated: for a query that joins three tables
 that is about a millisecond of CPU, several times what Postgres takes to answer it, and the gateway's
-web process spent a seventh of its CPU compiling the one query that authenticates a request. Those queries
-are written out once, at import, with `Columns` naming each model's columns from its fields (a field
-added later is read without touching the query), and their rows become instances through the model's
-`from_db`, with the fields' own converters (JSON, say) applied: what the ORM's instances would be.
+web process spent a seventh of its CPU on the one query that authenticates a request. Those queries are
+written out once, at first use, with `Columns` naming each model's columns from its fields (a field added
+later is read without touching the query), and their rows become instances through the model's `from_db`,
+with the fields' own converters (JSON, say) applied: what the ORM's instances would be.
+tests/test_hand_written_queries.py holds each of them to the ORM's result.
 """
 
 from functools import cache

@@ -68,7 +68,7 @@ def run_lock(run_id, session_id=None) -> tuple[Run, AgentSession]:
     AgentSession.DoesNotExist."""
     if session_id is None:
         session_id = Run.objects.values_list("session_id", flat=True).get(pk=run_id)
-    session_columns, _, run_columns, session_sql, run_sql = _lock_sql()
+    _, _, run_columns, session_sql, run_sql = _lock_sql()
     with connection.cursor() as cursor:
         cursor.execute(f"{session_sql}; {run_sql}", [session_id, run_id])
         session = _session_of(cursor.fetchone(), session_id)
