@@ -48,8 +48,8 @@ def test_authentication_loads_the_key_its_tenant_and_the_named_agent_as_the_orm_
 def test_a_step_and_the_locks_load_the_run_and_session_as_the_orm_does(make_tenant):
     bundle = make_tenant()
     session = AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}")
-    # Not submitted: no worker may change it between the two reads.
-    run = Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.API,
+    # Not submitted, and already ended: no worker or reaper may change it between the two reads.
+    run = Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.API, status=Run.Status.SUCCEEDED,
                              input=[{"type": "text", "text": "hi"}], params={"max_tokens": 64, "temperature": 0.5})
 
     loaded = run_for_step(run.pk, 0)
