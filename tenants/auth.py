@@ -10,7 +10,7 @@ from functools import cache
 from django.utils import timezone
 
 from beamclaw_project.errors import LimitExceeded
-from beamclaw_project.infra.rows import Columns, select_one
+from beamclaw_project.infra.rows import Columns, instances, select_one
 from tenants.limits import check_rate_limit
 from tenants.models import Agent, ApiKey, Tenant
 from tenants.scopes import missing_scope_message, websocket_scope
@@ -100,13 +100,14 @@ def _key_lookup(raw_key: str | None, *, agent_slug: str | None = None) -> tuple[
     row = select_one(plain, [key_hash]) if agent_slug is None else select_one(with_agent, [agent_slug, key_hash])
     if row is None:
         return None, None
-    tenant_at, agent_at = key_columns.width, key_columns.width + tenant_columns.width
-    key = key_columns.instance(row[:tenant_at])
-    key.tenant = tenant_columns.instance(row[tenant_at:agent_at])
-    agent = None
-    if agent_slug is not None and row[agent_at] is not None:  # (NULLs from the LEFT JOIN: no such agent)
-        agent = agent_columns.instance(row[agent_at:])
-        agent.tenant = key.tenant
+    if agent_slug is None:
+        key, tenant = instances(row, key_columns, tenant_columns)
+        agent = None
+    else:
+        key, tenant, agent = instances(row, key_columns, tenant_columns, agent_columns)  # (None: no such agent)
+    key.tenant = tenant
+    if agent is not None:
+        agent.tenant = tenant
     return key, agent
 
 

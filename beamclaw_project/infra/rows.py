@@ -26,6 +26,7 @@ class Columns:
         self.attnames = [field.attname for field in self.fields]
         self.sql = ", ".join(f'{alias}."{field.column}"' for field in self.fields)
         self.width = len(self.fields)
+        self._key_at = next((i for i, field in enumerate(self.fields) if field.primary_key), None)
         self._converters: dict[str, list] = {}
 
     def instance(self, values, using: str = "default") -> Model:
@@ -48,6 +49,18 @@ class Columns:
         for i, convert in converters:
             values[i] = convert(values[i], self.cols[i], connection)
         return tuple(values)
+
+
+def instances(row, *columns: Columns) -> list[Model | None]:
+    """A joined row's instances, one per `columns` in the SELECT list's order; None for a table an outer
+    join found no row in (its key came back NULL)."""
+    found, at = [], 0
+    for table in columns:
+        values = row[at:at + table.width]
+        at += table.width
+        missing = table._key_at is not None and values[table._key_at] is None
+        found.append(None if missing else table.instance(values))
+    return found
 
 
 def select_one(sql: str, params) -> tuple | None:

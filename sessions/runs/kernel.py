@@ -30,7 +30,7 @@ from beamclaw_project.infra.leases import (
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
-from beamclaw_project.infra.rows import Columns, row_insert, row_update
+from beamclaw_project.infra.rows import Columns, instances, row_insert, row_update
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Tenant
 
@@ -90,8 +90,8 @@ def _session_of(row, session_id=None) -> AgentSession:
     session_columns, tenant_columns, *_ = _lock_sql()
     if row is None:
         raise AgentSession.DoesNotExist(f"session {session_id} does not exist")
-    session = session_columns.instance(row[:session_columns.width])
-    session.tenant = tenant_columns.instance(row[session_columns.width:])
+    session, tenant = instances(row, session_columns, tenant_columns)
+    session.tenant = tenant
     return session
 
 

@@ -24,7 +24,7 @@ from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import counter_incr
-from beamclaw_project.infra.rows import Columns, row_update, select_one
+from beamclaw_project.infra.rows import Columns, instances, row_update, select_one
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, request_sampling
@@ -235,13 +235,9 @@ def run_for_step(run_id, step: int) -> Run | None:
     row = select_one(sql, [step, Message.Role.ASSISTANT, run_id])
     if row is None:
         return None
-    session_at = run_columns.width
-    agent_at = session_at + session_columns.width
-    tenant_at = agent_at + agent_columns.width
-    run = run_columns.instance(row[:session_at])
-    run.session = session_columns.instance(row[session_at:agent_at])
-    run.session.agent = agent_columns.instance(row[agent_at:tenant_at])
-    run.tenant = run.session.tenant = run.session.agent.tenant = tenant_columns.instance(row[tenant_at:-1])
+    run, session, agent, tenant = instances(row, run_columns, session_columns, agent_columns, tenant_columns)
+    run.session, session.agent = session, agent
+    run.tenant = session.tenant = agent.tenant = tenant
     run.reply_written = row[-1]
     return run
 
