@@ -101,9 +101,15 @@ DATABASES["default"]["OPTIONS"]["pool"] = {
     # so that requests get their 503 (and workers pause their steps) promptly.
     "timeout": env_int("DB_POOL_TIMEOUT_SECONDS", 5),
 }
-# Check a pooled connection before lending it: after PostgreSQL restarts, every idle connection in the
-# pool is dead, and without the check each would fail one request.
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Django's backend, with a check of each pooled connection before it is lent: after PostgreSQL restarts,
+# every idle connection in the pool is dead, and without the check each would fail one request. This one
+# costs a round trip only for a connection the server wrote to while it sat idle (postgres/base.py);
+# Django's own (CONN_HEALTH_CHECKS) sends one at every borrow.
+DATABASES["default"]["ENGINE"] = "beamclaw_project.postgres"
+# Django turns psycopg's prepared statements off (None) for PgBouncer's sake. Only the hand-written hot
+# queries are prepared (infra/rows.py: server-side binding, prepare=True); Django's own cursors bind
+# client-side and are never prepared, whatever this says.
+DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 5
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

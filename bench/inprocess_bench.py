@@ -107,7 +107,7 @@ def measure(args: argparse.Namespace) -> int:
     for name, captured in (("web", web_queries), ("worker", worker_queries)):
         print(f"{name} half: {len(captured.captured_queries)} statements")
         for query in captured.captured_queries:
-            print(f"  {' '.join(query['sql'].split())[:140]}")
+            print(f"  {' '.join(str(query['sql']).split())[:140]}")
 
     profile = cProfile.Profile(time.process_time)
     runs = []

@@ -1,15 +1,19 @@
-"""The hot path's hand-written queries (beamclaw_project/infra/rows.py) read and write what the ORM would.
+"""The hot path's hand-written queries (beamclaw_project/infra/rows.py) read and write what the ORM would,
+as prepared statements, on pooled connections checked before they are lent.
 
 Authentication, every run step and every lock read their rows with SQL written out once instead of a
 compiled QuerySet; an agent's JSON settings, a run's params or a key's scopes read any other way would
 change what the gateway does. Every field is compared, with its type, against the ORM's instance."""
 
+import select
 import uuid
 
+import psycopg
 import pytest
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 
 from beamclaw_project.infra.rows import row_insert, row_update
+from beamclaw_project.postgres.base import connection_usable
 from sessions.models import AgentSession, Message, Run
 from sessions.runs.kernel import run_lock, session_lock
 from sessions.runs.step import run_for_step
@@ -67,6 +71,8 @@ def test_a_step_and_the_locks_load_the_run_and_session_as_the_orm_does(make_tena
         assert_same(locked_session.tenant, Tenant, bundle.tenant.pk)
         with pytest.raises(AgentSession.DoesNotExist):
             session_lock(uuid.uuid4())
+        with pytest.raises(Run.DoesNotExist):
+            run_lock(uuid.uuid4(), session.pk)
 
 
 def test_hand_written_writes_store_what_save_would(make_tenant):
@@ -93,3 +99,33 @@ def test_hand_written_writes_store_what_save_would(make_tenant):
         row_update(session, ("next_seq",))
     with pytest.raises(ValueError):
         row_insert(message)
+
+
+def test_the_hot_queries_are_prepared_and_planned_once_per_connection(make_tenant):
+    """Planning the step's four-table join cost Postgres more than running it: after the few custom plans
+    Postgres tries first, the same connection reuses one plan (psycopg turns preparing off unless told)."""
+    bundle = make_tenant()
+    session = AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}")
+    run = Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.API, status=Run.Status.SUCCEEDED,
+                             input=[{"type": "text", "text": "hi"}])
+    with transaction.atomic():  # one connection throughout
+        for _ in range(8):
+            run_for_step(run.pk, 0)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT generic_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+                           ['%FROM "agent_sessions_run" r JOIN%'])
+            assert [plans for (plans,) in cursor.fetchall()] >= [1]
+
+
+def test_a_pooled_connection_whose_server_process_ended_is_not_lent(db):
+    """After PostgreSQL restarts, each idle pooled connection is dead; the check before lending one sees
+    that without a round trip (the server's goodbye makes the idle socket readable)."""
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    with psycopg.connect(**params, autocommit=True) as pooled, psycopg.connect(**params, autocommit=True) as admin:
+        assert connection_usable(pooled)
+        pid = pooled.info.backend_pid
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        select.select([pooled.fileno()], [], [], 30)  # (the goodbye arrives as soon as the backend exits)
+        assert not connection_usable(pooled)
+        assert connection_usable(admin)

@@ -46,10 +46,10 @@ from pathlib import Path
 import yaml
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Max
 from rest_framework import serializers
 
 from beamclaw_project.errors import Conflict, InvalidInput, NotFound
+from beamclaw_project.infra.rows import select_one
 from tools.models import Skill
 from tools.sandbox import SANDBOX_PATH, SKILLS_DIR
 
@@ -388,7 +388,8 @@ def _upload_entry(skill: Skill) -> SkillEntry:
 
 
 def _upload_entries(tenant_id: int) -> list[SkillEntry]:
-    revision = tuple(Skill.objects.filter(tenant_id=tenant_id).aggregate(n=Count("id"), last=Max("updated_at")).values())
+    # Every step of an agent with skills asks this, so it is written out (beamclaw_project/infra/rows.py).
+    revision = select_one(f'SELECT count(*), max(updated_at) FROM "{Skill._meta.db_table}" WHERE tenant_id = %s', [tenant_id])
     with _UPLOADS_LOCK:
         cached = _UPLOADS.get(tenant_id)
     if cached is not None and cached[0] == revision:

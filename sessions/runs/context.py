@@ -13,9 +13,7 @@ from datetime import datetime
 from functools import cache
 from typing import NamedTuple
 
-from django.db import connection
-
-from beamclaw_project.infra.rows import Columns
+from beamclaw_project.infra.rows import Columns, select_together
 from sessions.models import Compaction, Message
 
 SUMMARY_HEADER = (
@@ -76,27 +74,23 @@ class TranscriptView:
 
 
 @cache
-def _view_sql() -> tuple[Columns, Columns, str]:
+def _view_sql() -> tuple[Columns, Columns, str, str]:
     compaction, message = Columns(Compaction, "c"), Columns(Message, "m", fields=VisibleMessage._fields)
     compactions = f'"{Compaction._meta.db_table}" c WHERE c.session_id = %s'
     # The latest compaction, then the messages from its cut on; the cut is read again in the second
     # statement rather than passed from the first, so the two go to Postgres in one round trip.
-    sql = (
-        f"SELECT {compaction.sql} FROM {compactions} ORDER BY c.first_kept_seq DESC LIMIT 1; "
+    latest = f"SELECT {compaction.sql} FROM {compactions} ORDER BY c.first_kept_seq DESC LIMIT 1"
+    visible = (
         f'SELECT {message.sql} FROM "{Message._meta.db_table}" m WHERE m.session_id = %s AND m.excluded_reason = %s '
         f"AND m.seq >= COALESCE((SELECT max(c.first_kept_seq) FROM {compactions}), 0) ORDER BY m.seq"
     )
-    return compaction, message, sql
+    return compaction, message, latest, visible
 
 
 def transcript_view(session_id) -> TranscriptView:
     """Every step reads this, so its queries are written out (beamclaw_project/infra/rows.py)."""
-    compaction_columns, message_columns, sql = _view_sql()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [session_id, session_id, "", session_id])
-        row = cursor.fetchone()
-        cursor.nextset()
-        rows = cursor.fetchall()
-    compaction = compaction_columns.instance(row) if row is not None else None
+    compaction_columns, message_columns, latest, visible = _view_sql()
+    compactions, rows = select_together((latest, [session_id]), (visible, [session_id, "", session_id]))
+    compaction = compaction_columns.instance(compactions[0]) if compactions else None
     return TranscriptView(compaction=compaction, messages=[VisibleMessage(*message_columns.values(r)) for r in rows])
 

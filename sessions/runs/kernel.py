@@ -17,7 +17,6 @@ from functools import cache
 
 from celery import current_app
 from django.conf import settings
-from django.db import connection
 
 from beamclaw_project.infra.leases import (
     QUEUED,
@@ -30,7 +29,7 @@ from beamclaw_project.infra.leases import (
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
-from beamclaw_project.infra.rows import Columns, instances, row_insert, row_update
+from beamclaw_project.infra.rows import Columns, instances, row_insert, row_update, select_one, select_together
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Tenant
 
@@ -69,21 +68,16 @@ def run_lock(run_id, session_id=None) -> tuple[Run, AgentSession]:
     if session_id is None:
         session_id = Run.objects.values_list("session_id", flat=True).get(pk=run_id)
     _, _, run_columns, session_sql, run_sql = _lock_sql()
-    with connection.cursor() as cursor:
-        cursor.execute(f"{session_sql}; {run_sql}", [session_id, run_id])
-        session = _session_of(cursor.fetchone(), session_id)
-        cursor.nextset()
-        row = cursor.fetchone()
-    if row is None:
+    session_rows, run_rows = select_together((session_sql, [session_id]), (run_sql, [run_id]))
+    session = _session_of(session_rows[0] if session_rows else None, session_id)
+    if not run_rows:
         raise Run.DoesNotExist(f"run {run_id} does not exist")
-    return run_columns.instance(row), session
+    return run_columns.instance(run_rows[0]), session
 
 
 def session_lock(session_id) -> AgentSession:
     """Lock a session (its tenant loaded). Raises AgentSession.DoesNotExist."""
-    with connection.cursor() as cursor:
-        cursor.execute(_lock_sql()[3], [session_id])
-        return _session_of(cursor.fetchone(), session_id)
+    return _session_of(select_one(_lock_sql()[3], [session_id]), session_id)
 
 
 def _session_of(row, session_id=None) -> AgentSession:

@@ -6,14 +6,15 @@ more than `max_concurrent_runs` active (counted under the tenant row lock, taken
 """
 
 import logging
+from functools import cache
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import run_finished_record, run_started_record
 from beamclaw_project.infra.redis import redis_client
-from beamclaw_project.infra.rows import row_insert, row_update
+from beamclaw_project.infra.rows import Columns, row_insert, row_update, select_all, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import notify_session
@@ -51,15 +52,11 @@ def tenant_room_locked(tenant_id) -> int:
     # itself, it came from the snapshot taken before waiting for the row, so a start that waited for
     # another did not count the runs that one had just started (eight starts at once ran six against a cap
     # of two). Each statement here takes its own snapshot.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT max_concurrent_runs FROM {Tenant._meta.db_table} WHERE id = %s FOR NO KEY UPDATE;"
-            f" SELECT count(*) FROM {Run._meta.db_table} WHERE tenant_id = %s AND status = ANY(%s)",
-            [tenant_id, tenant_id, [str(status) for status in Run.ACTIVE_STATUSES]],
-        )
-        (limit,) = cursor.fetchone()
-        cursor.nextset()
-        (active,) = cursor.fetchone()
+    [(limit,)], [(active,)] = select_together(
+        (f"SELECT max_concurrent_runs FROM {Tenant._meta.db_table} WHERE id = %s FOR NO KEY UPDATE", [tenant_id]),
+        (f"SELECT count(*) FROM {Run._meta.db_table} WHERE tenant_id = %s AND status = ANY(%s)",
+         [tenant_id, [str(status) for status in Run.ACTIVE_STATUSES]]),
+    )
     return limit - active
 
 
@@ -78,12 +75,19 @@ def capacity_wait_note(tenant_id) -> None:
     redis_client().set(_capacity_wait_key(tenant_id), "1", ex=CAPACITY_WAIT_HINT_SECONDS)
 
 
+@cache
+def _pending_sql() -> tuple[Columns, str]:
+    run = Columns(Run, "r")
+    return run, f'SELECT {run.sql} FROM "{Run._meta.db_table}" r WHERE r.session_id = %s AND r.status = ANY(%s) ORDER BY r.created_at'
+
+
 def session_advance_locked(session: AgentSession) -> Run | None:
     """Start the session's oldest queued run if none is active and the tenant has room for it.
     Caller holds the session row lock."""
-    pending = list(
-        Run.objects.filter(session=session, status__in=(Run.Status.QUEUED, *Run.ACTIVE_STATUSES)).order_by("created_at")
-    )
+    # Every run's end asks this, so it is written out (beamclaw_project/infra/rows.py).
+    columns, sql = _pending_sql()
+    statuses = [str(status) for status in (Run.Status.QUEUED, *Run.ACTIVE_STATUSES)]
+    pending = [columns.instance(row) for row in select_all(sql, [session.pk, statuses])]
     if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
         return None
     if not tenant_has_capacity_locked(session.tenant_id):

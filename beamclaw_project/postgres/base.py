@@ -1,0 +1,67 @@
+"""Django's PostgreSQL backend, with the check a pooled connection passes before it is lent out.
+
+After PostgreSQL restarts, every idle connection in the pool is dead, and without a check each would fail
+the request or step it is lent to. psycopg's own check sends an empty query: a round trip for every
+borrow, and the web process borrows once per request, a worker several times per run step. A dead idle
+connection announces itself without one: a server that shuts down sends its sessions a termination
+notice and closes them, a backend that dies closes its socket, and either makes the idle socket readable.
+So the round trip is spent only on a connection with something to read (or already known broken); one
+that reads nothing is handed out as it is. A connection cut without a word (a host that vanished from the
+network) still fails its first query, which the edges answer as an outage (docs/operations.md).
+"""
+
+import select
+
+import psycopg
+from django.db.backends.postgresql import base, operations
+from psycopg_pool import ConnectionPool
+
+
+class PreparedCursor(base.ServerBindingCursor):
+    """Django's server-side binding cursor, preparing every statement it executes (infra/rows.py)."""
+
+    def execute(self, query, params=None, *, prepare=None, binary=None):
+        return super().execute(query, params, prepare=True, binary=binary)
+
+
+class DatabaseOperations(operations.DatabaseOperations):
+    def last_executed_query(self, cursor, sql, params):
+        # What Django logs and tests capture: psycopg keeps no query text for a prepared statement.
+        if isinstance(cursor, PreparedCursor):
+            return self.compose_sql(sql, params)
+        return super().last_executed_query(cursor, sql, params)
+
+
+def connection_usable(conn: psycopg.Connection) -> bool:
+    """Whether a pooled connection can be lent out."""
+    if conn.closed or conn.broken:
+        return False
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+    if not poller.poll(0):
+        return True
+    # The server said something while the connection sat idle: most likely goodbye. Ask it properly (this
+    # reads what it sent, and fails if the connection is gone).
+    try:
+        ConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return False
+    return True
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    ops_class = DatabaseOperations
+
+    def get_new_connection(self, conn_params):
+        connection = super().get_new_connection(conn_params)
+        if self.pool is None:
+            return connection
+        # Every idle connection may be dead (after a restart): go through them until one is usable; the
+        # pool opens new ones in their place.
+        for _ in range(self.pool.max_size):
+            if connection_usable(connection):
+                break
+            connection.close()
+            self.pool.putconn(connection)
+            connection = super().get_new_connection(conn_params)
+        return connection
