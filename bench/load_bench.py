@@ -115,6 +115,8 @@ async def measure_throughput(paths: Paths, meter: gb.CpuMeter) -> dict:
             "runs_per_second": round(THROUGHPUT_RUNS / wall, 1),
             "failed": results.count(False),
             "other_cores": round(used["other"] / wall, 2),
+            # Cores each process kept busy: one at ~1.0 is bound by its own interpreter lock.
+            "cores": {process: round(seconds / wall, 2) for process, seconds in used.items()},
         }
     return out
 
@@ -174,6 +176,8 @@ def print_report(results: dict) -> None:
     print(f"\n2. Runs per second, {THROUGHPUT_RUNS} plain chat completions from {THROUGHPUT_CLIENTS} clients")
     print(gb.format_table(["path", "runs/s", "failed", "other cores"],
                           [[p, f"{t[p]['runs_per_second']:.1f}", t[p]["failed"], t[p]["other_cores"]] for p in t]))
+    cores = t["gateway"].get("cores", {})
+    print("   cores busy on the gateway path: " + ", ".join(f"{process} {used:.2f}" for process, used in cores.items()))
     b = results["connection_burst"]
     print(f"\n3. {b['connections']} connections opened at once: {b['lost']} lost (no answer within {BURST_TIMEOUT_SECONDS:g} s)")
 

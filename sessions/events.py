@@ -9,6 +9,11 @@ restart without persistence, a failover), the stream that begins again does not 
 seq is the current time in milliseconds, above anything the lost stream held. A reader therefore sees
 either the next seq or a jump, and a jump (or a stream whose counter fell behind the reader) means the
 events in between are gone: `tail` raises StreamLost and the reader turns to Postgres.
+
+Readers in the web process are pushed each event as it is appended: the script also publishes it on the
+channel named after the stream, and the process's one subscriber connection hands it to the run's readers
+(beamclaw_project/infra/pubsub.py). The stream stays the record: a reader reads it when it starts, after
+the subscriber reconnects, when a pushed seq skips one, and whenever it has waited TAIL_BLOCK_SECONDS.
 """
 
 import asyncio
@@ -20,6 +25,7 @@ import redis
 from django.conf import settings
 
 from beamclaw_project.infra.draining import DRAIN_TICK_SECONDS, draining
+from beamclaw_project.infra.pubsub import RESYNC, channel_hub
 from beamclaw_project.infra.redis import async_redis, redis_client, redis_script
 
 RUN_STARTED = "run.started"
@@ -35,6 +41,7 @@ COMPACTION = "compaction"
 STREAM_INTERRUPTED = "stream.interrupted"
 TERMINAL_EVENTS = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_ABORTED})
 TAIL_BLOCK_SECONDS = 5.0
+STREAM_READ_COUNT = 500
 
 _APPEND_SCRIPT = """
 local seq = redis.call('INCR', KEYS[2])
@@ -44,6 +51,7 @@ if seq == 1 and ARGV[5] ~= '0' then
   redis.call('SET', KEYS[2], seq)
 end
 redis.call('XADD', KEYS[1], string.format('0-%d', seq), 'e', ARGV[1], 'd', ARGV[2])
+redis.call('PUBLISH', KEYS[1], string.format('%d', seq) .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2])
 if seq == 1 or ARGV[4] == '1' then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -88,6 +96,11 @@ def _decode(entry_id, fields) -> RunEvent:
     return RunEvent(seq=seq, event=fields[b"e"].decode(), payload=json.loads(fields[b"d"]))
 
 
+def _decode_pushed(message: bytes) -> RunEvent:
+    seq, event, data = message.split(b"\n", 2)
+    return RunEvent(seq=int(seq), event=event.decode(), payload=json.loads(data))
+
+
 def read_all(run_id, after_seq: int = 0) -> list[RunEvent]:
     entries = redis_client().xrange(stream_key(run_id), min=f"0-{after_seq + 1}")
     return [_decode(entry_id, fields) for entry_id, fields in entries]
@@ -120,30 +133,65 @@ async def tail(run_id, after_seq: int = 0, *, block_seconds: float = TAIL_BLOCK_
     """
     client = async_redis()
     key = stream_key(run_id)
+    channel = key.encode()
+    hub = channel_hub()
+    pushed = None  # this reader's queue of pushed events, once subscribed
     last_seq = after_seq
+    read_stream = True  # read the stream itself before waiting for pushed events
     backoff = 0.0
-    while True:
-        try:
+    try:
+        while True:
             # A web process shutting down wakes its readers more often, so they notice the drain's end.
             block = DRAIN_TICK_SECONDS if draining() else block_seconds
-            response = await client.xread({key: f"0-{last_seq}"}, block=int(block * 1000), count=500)
-            if not response and last_seq and await _stream_lost(client, run_id, last_seq):
-                raise StreamLost(f"the event stream of run {run_id} was lost after event {last_seq}")
-            backoff = 0.0
-        except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
-            # Redis is unreachable: tick, wait a little longer each time, and try again.
-            backoff = min(max(backoff * 2, 0.2), block_seconds)
-            yield None
-            await asyncio.sleep(backoff)
-            continue
-        if not response:
-            yield None
-            continue
-        for entry_id, fields in response[0][1]:
-            event = _decode(entry_id, fields)
-            if last_seq and event.seq != last_seq + 1:
-                raise StreamLost(f"the event stream of run {run_id} jumped from event {last_seq} to {event.seq}")
+            entries = []
+            try:
+                if pushed is None:
+                    pushed = await asyncio.wait_for(hub.subscribe(channel), block)
+                    read_stream = True
+                if read_stream:
+                    response = await client.xread({key: f"0-{last_seq}"}, count=STREAM_READ_COUNT)
+                    entries = response[0][1] if response else []
+                    if not entries and last_seq and await _stream_lost(client, run_id, last_seq):
+                        raise StreamLost(f"the event stream of run {run_id} was lost after event {last_seq}")
+                    read_stream = len(entries) == STREAM_READ_COUNT  # (there may be more)
+                backoff = 0.0
+            except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError, ConnectionError, TimeoutError):
+                # Redis is unreachable: tick, wait a little longer each time, and try again.
+                backoff = min(max(backoff * 2, 0.2), block_seconds)
+                yield None
+                await asyncio.sleep(backoff)
+                continue
+            if entries:
+                for entry_id, fields in entries:
+                    event = _decode(entry_id, fields)
+                    if last_seq and event.seq != last_seq + 1:
+                        raise StreamLost(f"the event stream of run {run_id} jumped from event {last_seq} to {event.seq}")
+                    last_seq = event.seq
+                    yield event
+                    if event.event in TERMINAL_EVENTS:
+                        return
+                continue
+            if read_stream:
+                continue
+            try:
+                message = await asyncio.wait_for(pushed.get(), block)
+            except TimeoutError:
+                read_stream = True  # (an event pushed while the subscriber reconnected was missed: the stream has it)
+                yield None
+                continue
+            if message is RESYNC:  # the subscriber reconnected: what was published meanwhile is in the stream
+                read_stream = True
+                continue
+            event = _decode_pushed(message)
+            if event.seq <= last_seq:
+                continue  # already read from the stream
+            if event.seq != last_seq + 1:
+                read_stream = True  # one went missing: the stream has it, or says it is lost
+                continue
             last_seq = event.seq
             yield event
             if event.event in TERMINAL_EVENTS:
                 return
+    finally:
+        if pushed is not None:
+            hub.unsubscribe(channel, pushed)

@@ -2,7 +2,8 @@
 for the event loop (Daphne). Redis holds only what can be rebuilt or may lapse (event streams, leases,
 counters, heartbeats); Postgres is the source of truth."""
 
-from functools import lru_cache
+import asyncio
+from functools import lru_cache, wraps
 
 import redis
 import redis.asyncio as aioredis
@@ -18,7 +19,25 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, max_connections=1000, health_check_interval=30)
 
 
-@lru_cache(maxsize=1)
+def per_event_loop(factory):
+    """`factory()`'s result, made once per running event loop: asyncio connections belong to the loop that
+    opened them. A web process has one loop; tests may run several, one after another."""
+    made: dict[asyncio.AbstractEventLoop, object] = {}
+
+    @wraps(factory)
+    def get():
+        loop = asyncio.get_running_loop()
+        value = made.get(loop)
+        if value is None:
+            for closed in [other for other in made if other.is_closed()]:
+                del made[closed]
+            value = made[loop] = factory()
+        return value
+
+    return get
+
+
+@per_event_loop
 def _async_pool() -> aioredis.ConnectionPool:
     return aioredis.ConnectionPool.from_url(
         settings.REDIS_URL, max_connections=10000, socket_timeout=ASYNC_SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=5

@@ -1,0 +1,97 @@
+"""A reader of a run's events is pushed each event as it is appended (sessions/events.py, infra/pubsub.py),
+and still gets every event once and in order when a push never comes: the stream is the record.
+
+These read with `events.tail` in this process against the suite's Redis; a run id is only a stream's name."""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import redis
+from django.conf import settings
+
+from beamclaw_project.infra.pubsub import channel_hub
+from sessions import events
+
+# Long enough that no reader here could pass by waiting out its block and reading the stream on a timer.
+BLOCK_SECONDS = 120
+
+
+async def _take(reader, n: int) -> list[events.RunEvent]:
+    taken = []
+    while len(taken) < n:
+        event = await asyncio.wait_for(anext(reader), 30)
+        if event is not None:
+            taken.append(event)
+    return taken
+
+
+async def _reading_after_start(run_id):
+    """A reader of a started run that has read the start and waits for what comes next."""
+    events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id)})
+    reader = events.tail(run_id, block_seconds=BLOCK_SECONDS)
+    await _take(reader, 1)
+    return reader
+
+
+def _text(i: int) -> dict:
+    return {"text": f"part {i}", "step": 0}
+
+
+def test_a_reader_gets_what_the_stream_held_then_what_is_pushed_once_each():
+    run_id = uuid.uuid4()
+
+    async def scenario():
+        events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id)})
+        events.publish(run_id, events.TEXT_DELTA, _text(1))
+        reader = events.tail(run_id, block_seconds=BLOCK_SECONDS)
+        first = await _take(reader, 2)  # from the stream: nothing was pushed to this reader yet
+        for i in range(2, 6):
+            events.publish(run_id, events.TEXT_DELTA, _text(i))
+        pushed = await _take(reader, 4)
+        events.publish(run_id, events.RUN_COMPLETED, {"run_id": str(run_id), "text": "done"})
+        last = await _take(reader, 1)
+        with pytest.raises(StopAsyncIteration):
+            await anext(reader)
+        return first + pushed + last
+
+    seen = asyncio.run(scenario())
+    assert [e.seq for e in seen] == list(range(1, 8))
+    assert [e.payload.get("text") for e in seen[1:6]] == [f"part {i}" for i in range(1, 6)]
+    assert seen[-1].event == events.RUN_COMPLETED
+
+
+def test_an_event_that_was_appended_but_never_pushed_is_read_from_the_stream_in_its_place():
+    run_id, client = uuid.uuid4(), redis.Redis.from_url(settings.REDIS_URL)
+
+    async def scenario():
+        reader = await _reading_after_start(run_id)
+        # Event 2 reaches the stream but not the channel (as while a subscriber reconnects) ...
+        seq = client.incr(f"bc:run:{run_id}:seq")
+        client.xadd(events.stream_key(run_id), {"e": events.TEXT_DELTA, "d": json.dumps(_text(2))}, id=f"0-{seq}")
+        # ... and event 3 is pushed: the reader sees the gap and reads 2 from the stream before 3.
+        events.publish(run_id, events.TEXT_DELTA, _text(3))
+        return await _take(reader, 2)
+
+    seen = asyncio.run(scenario())
+    assert [(e.seq, e.payload["text"]) for e in seen] == [(2, "part 2"), (3, "part 3")]
+
+
+def test_readers_catch_up_on_what_was_published_while_the_subscriber_was_disconnected():
+    run_id, client = uuid.uuid4(), redis.Redis.from_url(settings.REDIS_URL)
+
+    async def scenario():
+        reader = await _reading_after_start(run_id)
+        hub = channel_hub()
+        host, port = hub._protocol.transport.get_extra_info("sockname")[:2]
+        # The process's one subscriber connection is cut (a Redis restart or failover does the same) and
+        # events are published while it is away: nobody hears them.
+        client.client_kill_filter(_type="pubsub", addr=f"{host}:{port}")
+        for i in range(2, 5):
+            events.publish(run_id, events.TEXT_DELTA, _text(i))
+        events.publish(run_id, events.RUN_COMPLETED, {"run_id": str(run_id), "text": "done"})
+        return await _take(reader, 4)
+
+    seen = asyncio.run(scenario())
+    assert [e.seq for e in seen] == [2, 3, 4, 5] and seen[-1].event == events.RUN_COMPLETED
