@@ -41,6 +41,7 @@ from beamclaw_project.infra.leases import (
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.tasks import task_send
 from sessions.models import ToolCall
 from tools import registry
 from tools.base import Deferred, ToolContext, ToolInputError, ToolSpec, error_result, output_text, validate_call
@@ -139,7 +140,10 @@ def _call_queue(tool: str, tool_input: dict, tenant_slug: str) -> Queue | str:
 
 
 def _call_send(kind: str, call_id, queue: Queue | str) -> None:
-    current_app.send_task(owner_of(kind).task_name, args=[str(call_id)], queue=queue, priority=WORK_PRIORITY)
+    if isinstance(queue, str):
+        task_send(owner_of(kind).task_name, [str(call_id)], queue=queue, priority=WORK_PRIORITY)
+    else:  # a worker's direct queue, routed by its exchange
+        current_app.send_task(owner_of(kind).task_name, args=[str(call_id)], queue=queue, priority=WORK_PRIORITY)
 
 
 def _pinned_node(tool: str, tool_input: dict) -> str | None:

@@ -118,6 +118,11 @@ class Channel(kombu_redis.Channel):
             cached = self._client_of_pool = (pool, super()._create_client())
         return cached[1]
 
+    def message_put(self, queue: str, message: dict) -> None:
+        """Push a message built by the sender (infra/tasks.task_send) onto a queue's list, at its priority:
+        what publishing does once the exchange has routed it there."""
+        self._put(queue, message)
+
     def _connparams(self, asynchronous=False):
         if self.connection.client is None:
             raise redis.exceptions.ConnectionError("the broker connection was closed; reconnecting")

@@ -10,9 +10,8 @@ is counted on the row, so a chain started again does not start counting again.
 
 from typing import Callable
 
-from celery import current_app
-
 from beamclaw_project.infra.leases import QUEUED, Lease, lease_mark_queued, lease_values
+from beamclaw_project.infra.tasks import task_send
 
 # How long after a retry's countdown the chain may take to pick it up before a sweeper re-sends it.
 RETRY_SLACK_SECONDS = 30
@@ -27,7 +26,7 @@ def delivery_send(task_name: str, kind: str, item_id, *, queue: str, only_if_fre
     its chain holds it. Returns whether it was sent."""
     if not lease_mark_queued(delivery_lease_key(kind, item_id), only_if_free=only_if_free) and only_if_free:
         return False
-    current_app.send_task(task_name, args=[item_id], queue=queue)
+    task_send(task_name, [item_id], queue=queue)
     return True
 
 

@@ -34,7 +34,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from celery import current_app
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.db.models import F
@@ -47,6 +46,7 @@ from beamclaw_project.infra.metrics import tokens_record
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import async_redis, redis_client
+from beamclaw_project.infra.tasks import task_send
 from sessions import events
 from sessions.models import AgentSession, Compaction, Message, Run
 from sessions.providers.base import Aborted, CompletionRequest, ProviderError
@@ -518,8 +518,7 @@ def compaction_request(*, session: AgentSession) -> str:
     request_id = uuid.uuid4().hex
     # A request that is lost with its worker is not redelivered (the task is acknowledged on receipt):
     # the caller hears nothing within its wait and may ask again, which costs less than a second summary.
-    current_app.send_task(COMPACT_TASK, args=[str(session.pk), request_id], queue=tenant_queue(session.tenant.slug),
-                          priority=WORK_PRIORITY)
+    task_send(COMPACT_TASK, [str(session.pk), request_id], queue=tenant_queue(session.tenant.slug), priority=WORK_PRIORITY)
     return request_id
 
 

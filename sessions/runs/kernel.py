@@ -15,7 +15,6 @@
 import time
 from functools import cache
 
-from celery import current_app
 from django.conf import settings
 
 from beamclaw_project.infra.leases import (
@@ -30,6 +29,7 @@ from beamclaw_project.infra.leases import (
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
 from beamclaw_project.infra.rows import Columns, instances, row_insert, row_update, select_one, select_together
+from beamclaw_project.infra.tasks import task_send
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Tenant
 
@@ -164,8 +164,7 @@ def step_resend(run_id, step: int, tenant_slug: str) -> bool:
 
 
 def _step_send(run_id, step: int, tenant_slug: str) -> None:
-    current_app.send_task(RUN_STEP_TASK, args=[str(run_id), step], queue=tenant_queue(tenant_slug),
-                          priority=WORK_PRIORITY)
+    task_send(RUN_STEP_TASK, [str(run_id), step], queue=tenant_queue(tenant_slug), priority=WORK_PRIORITY)
 
 
 # --- the abort flag --------------------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""The tasks every run sends skip Celery's publishing machinery (infra/tasks.task_send): the message they
+push must be the one `send_task` would, or workers would run them differently (every step of every run in
+the suite is sent this way, and runs)."""
+
+import base64
+import json
+import uuid
+
+from celery import current_app
+
+from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
+from beamclaw_project.infra.tasks import task_send
+from sessions.runs.kernel import RUN_STEP_TASK
+
+# Differ by nature from one message to the next.
+UNIQUE_HEADERS = {"id", "root_id"}
+UNIQUE_PROPERTIES = {"correlation_id", "delivery_tag"}
+
+
+def _pushed(queue: str, priority: int) -> dict:
+    """The one message on the queue's list for that priority, taken off it."""
+    with current_app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        key = channel._q_for_pri(queue, priority)
+        client = channel.client
+        raw = client.rpop(key)
+        assert raw is not None and client.llen(key) == 0
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    return message
+
+
+def test_a_run_step_is_sent_as_celery_would_send_it():
+    queue = tenant_queue(f"send-{uuid.uuid4().hex[:8]}")  # (no such tenant: no worker consumes it)
+    args = [str(uuid.uuid4()), 2]
+    current_app.send_task(RUN_STEP_TASK, args=args, queue=queue, priority=WORK_PRIORITY)
+    celery_message = _pushed(queue, WORK_PRIORITY)
+    task_send(RUN_STEP_TASK, args, queue=queue, priority=WORK_PRIORITY)
+    ours = _pushed(queue, WORK_PRIORITY)
+
+    assert ours["body"] == celery_message["body"] == [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    assert {k: v for k, v in ours["headers"].items() if k not in UNIQUE_HEADERS} == {
+        k: v for k, v in celery_message["headers"].items() if k not in UNIQUE_HEADERS
+    }
+    assert ours["headers"]["root_id"] == ours["headers"]["id"] == ours["properties"]["correlation_id"]
+    assert ours["headers"]["argsrepr"].startswith(f"tenant={queue.removeprefix('tenant.')} run={args[0]} step=2")
+    assert {k: v for k, v in ours["properties"].items() if k not in UNIQUE_PROPERTIES} == {
+        k: v for k, v in celery_message["properties"].items() if k not in UNIQUE_PROPERTIES
+    }
+    assert {k: v for k, v in ours.items() if k not in ("headers", "properties")} == {
+        k: v for k, v in celery_message.items() if k not in ("headers", "properties")
+    }
