@@ -41,6 +41,11 @@ from django.urls import get_resolver  # noqa: E402
 # request after `make run` had a 0.4 s time to first token); a URLconf that cannot load fails the start.
 get_resolver().url_patterns
 
+from beamclaw_project.infra.tasks import task_sending_warm_up  # noqa: E402
+
+# Likewise the task modules and the broker connection the first run's step is sent with (~70 ms).
+task_sending_warm_up()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
