@@ -117,10 +117,10 @@ def profile_summary(collapsed: Path) -> list[tuple[float, str]]:
     called): our functions by their share of the samples that hold the GIL, highest first."""
     charged: collections.Counter = collections.Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
+    for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
+        if not stack or not count.isdigit():
+            continue  # (a frame whose name held a newline: py-spy wrote it over several lines)
         total += int(count)
         own = [frame for frame in stack.split(";") if OWN_CODE.search(frame)]
         charged[re.sub(r":\d+\)$", ")", own[-1]) if own else "(no function of ours: Daphne, Twisted, Celery's consumer)"] += int(count)

@@ -171,8 +171,6 @@ async def tail(run_id, after_seq: int = 0, *, block_seconds: float = TAIL_BLOCK_
                     if event.event in TERMINAL_EVENTS:
                         return
                 continue
-            if read_stream:
-                continue
             try:
                 message = await asyncio.wait_for(pushed.get(), block)
             except TimeoutError:
