@@ -199,7 +199,10 @@ class ChannelHub:
                     queue.put_nowait(reply[2])
             elif kind == b"subscribe":
                 channel = reply[1]
-                if channel in self._queues:
+                if channel not in self._queues:
+                    # Its last reader left while the subscription was on its way (it gave up waiting).
+                    self._send(b"UNSUBSCRIBE", channel)
+                else:
                     self._subscribed.add(channel)
                     if channel in self._resubscribing:
                         # Its readers read the stream again: it holds what was published while they
