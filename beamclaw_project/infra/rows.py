@@ -74,16 +74,19 @@ def instances(row, *columns: Columns) -> list[Model | None]:
     return found
 
 
-@contextmanager
-def prepared_cursor(using: str = "default"):
+def _prepared_cursor_new(connection):
     """A cursor whose statements are prepared on the connection at first use, wrapped as Django wraps its
     own (errors become django.db's, queries are logged where Django logs them). Only for statements with
     a fixed text: each distinct text is kept prepared for the life of the pooled connection."""
-    connection = connections[using]
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        cursor = connection._prepare_cursor(PreparedCursor(connection.connection))
-    with cursor:
+        return connection._prepare_cursor(PreparedCursor(connection.connection))
+
+
+@contextmanager
+def prepared_cursor(using: str = "default"):
+    """A prepared-statement cursor (see above), closed on the way out."""
+    with _prepared_cursor_new(connections[using]) as cursor:
         yield cursor
 
 
@@ -105,9 +108,8 @@ def select_together(*statements: tuple[str, list]) -> list[list[tuple]]:
     """The rows of each (sql, params), the statements sent to Postgres together, in one round trip (psycopg's
     pipeline), and run in order, each with its own snapshot."""
     connection = connections["default"]
-    connection.ensure_connection()
+    cursors = [_prepared_cursor_new(connection) for _ in statements]
     with connection.wrap_database_errors:
-        cursors = [connection._prepare_cursor(PreparedCursor(connection.connection)) for _ in statements]
         with connection.connection.pipeline():
             for cursor, (sql, params) in zip(cursors, statements):
                 cursor.execute(sql, params)
