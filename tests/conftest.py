@@ -8,6 +8,7 @@ Tests do not run inside a rolled-back transaction: the worker and Daphne are oth
 see committed rows. Each test makes its own tenant (unique slug), which is all the isolation needed.
 """
 
+import itertools
 import json
 import os
 import socket
@@ -282,6 +283,17 @@ def start_daphne(name: str, env: dict, log_dir: Path) -> tuple[Process, str]:
 
     wait_until(up, timeout=30, message=f"Daphne ({name})")
     return proc, url
+
+
+def assert_whole_deltas(pieces: list[str], provider_deltas: list[str]) -> None:
+    """The text pieces a client got (chunks, events) are the model's deltas in order, each piece one or more
+    whole deltas. The worker joins deltas that come within 2 ms of each other (sessions/runs/delta_window.py),
+    and a loaded machine may read several at once, so how many pieces there are is not fixed; a piece that
+    splits a delta, or text lost or repeated, is wrong."""
+    assert "".join(pieces) == "".join(provider_deltas)
+    delta_ends = set(itertools.accumulate(len(d) for d in provider_deltas))
+    assert set(itertools.accumulate(len(p) for p in pieces)) <= delta_ends, f"{pieces} splits {provider_deltas}"
+    assert all(pieces), "an empty piece"
 
 
 def sse_events(lines):
