@@ -4,6 +4,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from beamclaw_project.infra.queues import tenant_queue
+from beamclaw_project.infra.tasks import task_send
 from cron.beat import beat_remove, beat_sync
 from cron.models import CronJob, CronRun
 from cron.services import BOOKKEEPING_FIELDS
@@ -35,5 +36,5 @@ def _run_finished(sender, run_id, status, trigger=None, **kwargs):
     found = CronRun.objects.filter(run_id=run_id).values_list("pk", "tenant__slug").first()
     if found is not None:
         cron_run_id, slug = found
-        settle.apply_async(args=[cron_run_id], queue=tenant_queue(slug))
+        task_send(settle.name, [cron_run_id], queue=tenant_queue(slug))
 

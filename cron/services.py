@@ -373,9 +373,13 @@ def _claim_locked(jobs: list[CronJob], *, now: datetime, trigger: str) -> list[t
     cannot run are ended as skipped here. The caller holds every job's row lock, so no one else can claim
     these occurrences meanwhile."""
     next_at = {}
+    computed: dict[tuple, datetime | None] = {}  # jobs due together mostly share a schedule: each is computed once
     for job in jobs:
         try:
-            next_at[job.pk] = job.schedule.next_after(max(now, job.next_run_at))
+            schedule, after = job.schedule, max(now, job.next_run_at)
+            if (schedule, after) not in computed:
+                computed[schedule, after] = schedule.next_after(after)
+            next_at[job.pk] = computed[schedule, after]
         except Exception as exc:  # noqa: BLE001 - say, its zone left tzdata: it would fail every wake-up and sweep
             job.enabled = False
             job.disabled_reason = f"disabled: its next occurrence cannot be computed ({exc})"[:500]

@@ -9,7 +9,7 @@ import uuid
 from celery import current_app
 
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
-from beamclaw_project.infra.tasks import task_send
+from beamclaw_project.infra.tasks import task_send, tasks_send
 from sessions.runs.kernel import RUN_STEP_TASK
 
 # Differ by nature from one message to the next.
@@ -50,3 +50,22 @@ def test_a_run_step_is_sent_as_celery_would_send_it():
     assert {k: v for k, v in ours.items() if k not in ("headers", "properties")} == {
         k: v for k, v in celery_message.items() if k not in ("headers", "properties")
     }
+
+
+def test_tasks_sent_together_are_the_messages_sent_one_by_one():
+    queues = [tenant_queue(f"send-{uuid.uuid4().hex[:8]}") for _ in range(2)]
+    sent = [(RUN_STEP_TASK, [str(uuid.uuid4()), 0], queues[0], WORK_PRIORITY), ("cron.settle", [7], queues[1], 0)]
+    for name, args, queue, priority in sent:
+        task_send(name, args, queue=queue, priority=priority)
+    one_by_one = [_pushed(queue, priority) for _, _, queue, priority in sent]
+    tasks_send(sent)
+    together = [_pushed(queue, priority) for _, _, queue, priority in sent]
+
+    for ours, single in zip(together, one_by_one):
+        assert ours["body"] == single["body"]
+        assert {k: v for k, v in ours["headers"].items() if k not in UNIQUE_HEADERS} == {
+            k: v for k, v in single["headers"].items() if k not in UNIQUE_HEADERS
+        }
+        assert {k: v for k, v in ours["properties"].items() if k not in UNIQUE_PROPERTIES} == {
+            k: v for k, v in single["properties"].items() if k not in UNIQUE_PROPERTIES
+        }

@@ -102,6 +102,16 @@ class QoS(kombu_redis.QoS):
             return restored
 
 
+class _PipelineBatch:
+    """What Channel._put needs of a publish batch: the Redis commands of a message, here into a pipeline."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+
+    def add(self, name: str, *args) -> None:
+        getattr(self._pipe, name)(*args)
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
     _client_of_pool: tuple | None = None  # (the pool, a client on it)
@@ -122,6 +132,15 @@ class Channel(kombu_redis.Channel):
         """Push a message built by the sender (infra/tasks.task_send) onto a queue's list, at its priority:
         what publishing does once the exchange has routed it there."""
         self._put(queue, message)
+
+    def messages_put(self, messages: list[tuple[str, dict]]) -> None:
+        """message_put for each (queue, message), in one round trip: kombu's _put hands its commands to
+        a publish batch (its own way of pipelining publishes), collected here into one pipeline."""
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            batch = _PipelineBatch(pipe)
+            for queue, message in messages:
+                self._put(queue, message, _publish_batch=batch)
+            pipe.execute()
 
     def _connparams(self, asynchronous=False):
         if self.connection.client is None:

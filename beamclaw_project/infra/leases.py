@@ -70,6 +70,14 @@ def lease_set(key: str, value: str, *, ttl_ms: int, replacing: tuple[str, ...] =
     return bool(redis_script(_SET_SCRIPT)(keys=[key], args=[value, ttl_ms, *replacing]))
 
 
+def leases_set(keys: list[str], value: str, *, ttl_ms: int, replacing: tuple[str, ...] = ()) -> list[bool]:
+    """lease_set for each key, in one round trip."""
+    script, pipe = redis_script(_SET_SCRIPT), redis_client().pipeline(transaction=False)
+    for key in keys:
+        script(keys=[key], args=[value, ttl_ms, *replacing], client=pipe)
+    return [bool(done) for done in pipe.execute()] if keys else []
+
+
 def lease_mark_queued(key: str, *, only_if_free: bool = False) -> bool:
     """Mark work as waiting in a queue; with only_if_free, only when nothing holds or queued it."""
     return bool(redis_client().set(key, QUEUED, px=queued_ttl_ms(), nx=only_if_free))

@@ -24,12 +24,13 @@ from beamclaw_project.infra.leases import (
     lease_ttl_ms,
     lease_values,
     leases_lost_in_transit,
+    leases_set,
     queued_ttl_ms,
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
 from beamclaw_project.infra.rows import Columns, instances, row_insert, row_update, select_one, select_together
-from beamclaw_project.infra.tasks import task_send
+from beamclaw_project.infra.tasks import task_send, tasks_send
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Tenant
 
@@ -113,6 +114,11 @@ def run_mark_queued(run_id) -> bool:
     return lease_set(run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms(), replacing=(QUEUED, TOOLS_PHASE))
 
 
+def runs_mark_queued(run_ids: list) -> None:
+    """run_mark_queued for runs just started together (their leases are new), in one round trip."""
+    leases_set([run_lease_key(run_id) for run_id in run_ids], QUEUED, ttl_ms=queued_ttl_ms(), replacing=(QUEUED, TOOLS_PHASE))
+
+
 def tools_marker_ttl_ms() -> int:
     # Three lease times; housekeeping renews the marker while calls are open.
     return 3 * lease_ttl_ms()
@@ -153,6 +159,11 @@ def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = Fa
         run_mark_queued(run_id)
     _step_send(run_id, step, tenant_slug)
     return True
+
+
+def first_steps_send(run_ids: list, tenant_slug: str) -> None:
+    """Send step 0 of runs the caller marked queued (runs_mark_queued), in one round trip."""
+    tasks_send([(RUN_STEP_TASK, [str(run_id), 0], tenant_queue(tenant_slug), WORK_PRIORITY) for run_id in run_ids])
 
 
 def step_resend(run_id, step: int, tenant_slug: str) -> bool:

@@ -20,7 +20,15 @@ from sessions.models import AgentSession, Message, Run
 from sessions.notify import notify_session
 from sessions.runs.client_calls import client_calls_of, client_results_take_locked
 from sessions.runs.json_mode import reply_result_text
-from sessions.runs.kernel import abort_flag_set, run_mark_queued, session_lock, step_enqueue, transcript_append
+from sessions.runs.kernel import (
+    abort_flag_set,
+    first_steps_send,
+    run_mark_queued,
+    runs_mark_queued,
+    session_lock,
+    step_enqueue,
+    transcript_append,
+)
 from sessions.runs.tool_calls import open_calls_settle_locked
 from sessions.signals import run_finished
 from tenants.models import Tenant
@@ -137,6 +145,29 @@ def run_started_announce_on_commit(run: Run, *, tenant_slug: str, session_is_new
         if not session_is_new:
             notify_session(session_id, run_id)
         step_enqueue(run_id, 0, tenant_slug, marked=True)
+
+    transaction.on_commit(announce_and_enqueue)
+
+
+def runs_started_announce_on_commit(runs: list[Run], *, tenant_slug: str) -> None:
+    """run_started_announce_on_commit for runs each started in a session made in the caller's transaction
+    (runs_submit_isolated: cron's burst), with one Redis round trip for each of its steps rather than one
+    per run: a burst's claims share the worker with the runs already going, and each round trip waits its
+    turn for the interpreter again."""
+    run_ids = [run.pk for run in runs]
+    if not run_ids:
+        return
+    runs_mark_queued(run_ids)
+    started = [(run.pk, run.session_id, run.trigger) for run in runs]
+
+    def announce_and_enqueue():
+        for run_id, session_id, trigger in started:
+            log_context_bind(tenant=tenant_slug, session=session_id, run=run_id)
+            logger.info("run started (%s)", trigger)
+            run_started_record(tenant=tenant_slug)
+        events.publish_many([(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session_id)})
+                             for run_id, session_id, _ in started])
+        first_steps_send(run_ids, tenant_slug)
 
     transaction.on_commit(announce_and_enqueue)
 

@@ -13,7 +13,7 @@ from sessions.runs.lifecycle import (
     run_abort_locked,
     run_end_locked,
     run_start_locked,
-    run_started_announce_on_commit,
+    runs_started_announce_on_commit,
     session_advance_locked,
     tenant_has_capacity_locked,
     tenant_room_locked,
@@ -123,8 +123,7 @@ def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[d
         Message.objects.bulk_create([
             Message(session=run.session, seq=1, role=Message.Role.USER, content=run.input, run=run) for run in runs[:starting]
         ])
-        for run in runs[:starting]:
-            run_started_announce_on_commit(run, tenant_slug=tenant.slug, session_is_new=True)
+        runs_started_announce_on_commit(runs[:starting], tenant_slug=tenant.slug)
         if starting < len(runs):
             capacity_wait_note(tenant.pk)
     return runs
