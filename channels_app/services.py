@@ -12,6 +12,7 @@ repeat."""
 
 import logging
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.utils import timezone
@@ -108,9 +109,15 @@ def channel_reply_deliver(*, reply_id: int) -> None:
         raise error
 
 
-def channel_reply_sweep(*, now=None) -> list[int]:
+class ReplySweep(NamedTuple):
+    released: list[int]  # replies whose run's end was not heard, released and sent
+    resent: list[int]  # pending replies whose chain of attempts was lost, sent again
+
+
+def channel_reply_sweep(*, now=None) -> ReplySweep:
     """Release and send the replies whose run ended but whose run_finished was not heard, and send again
-    the pending ones whose chain of attempts was lost (its worker or Redis went away); returns the ids sent."""
+    the pending ones whose chain of attempts was lost (its worker or Redis went away). A reply a worker is
+    finishing as this looks may be sent again too; its second attempt finds it no longer pending."""
     cutoff = (now or timezone.now()) - SWEEP_SLACK
     stranded = ChannelReply.objects.filter(
         status=ChannelReply.Status.WAITING, run__status__in=Run.TERMINAL_STATUSES, run__finished_at__lt=cutoff
@@ -126,4 +133,4 @@ def channel_reply_sweep(*, now=None) -> list[int]:
     if released or resent:
         logger.info("channel replies: released %s whose run's end was not heard, sent %s again whose delivery was "
                     "lost", len(released), len(resent))
-    return released + resent
+    return ReplySweep(released, resent)

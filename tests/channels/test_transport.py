@@ -76,8 +76,10 @@ def test_a_reply_whose_run_end_was_not_heard_is_released_once_by_the_sweeper(ten
     run = Run.objects.create(tenant=tenant.tenant, session=session, input=[], trigger=Run.Trigger.CHANNEL,
                              status=Run.Status.SUCCEEDED, finished_at=ended)
     reply = ChannelReply.objects.create(tenant=tenant.tenant, run=run, kind="memory", target={"peer": "p"})
-    assert reply.pk not in channel_reply_sweep(now=ended + SWEEP_SLACK / 2), "its signal may still be on its way"
-    assert reply.pk in channel_reply_sweep(now=ended + SWEEP_SLACK + timedelta(seconds=1))
-    assert ChannelReply.objects.get(pk=reply.pk).status == "pending"
+    assert reply.pk not in channel_reply_sweep(now=ended + SWEEP_SLACK / 2).released, "its signal may still be on its way"
+    assert reply.pk in channel_reply_sweep(now=ended + SWEEP_SLACK + timedelta(seconds=1)).released
+    assert ChannelReply.objects.get(pk=reply.pk).status in ("pending", "skipped")  # (a worker may have taken it)
     assert channel_reply_release(run_id=run.pk) is None, "a late signal does not start a second delivery"
-    assert reply.pk not in channel_reply_sweep(now=ended + SWEEP_SLACK * 3)
+    # Released once. (Sent again it may be: a worker of an earlier test may be finishing its delivery, and
+    # that second attempt is a no-op.)
+    assert reply.pk not in channel_reply_sweep(now=ended + SWEEP_SLACK * 3).released
