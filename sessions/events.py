@@ -26,7 +26,7 @@ from django.conf import settings
 
 from beamclaw_project.infra.draining import DRAIN_TICK_SECONDS, draining
 from beamclaw_project.infra.pubsub import RESYNC, channel_hub
-from beamclaw_project.infra.redis import async_redis, redis_client, redis_script
+from beamclaw_project.infra.redis import async_redis, redis_client, redis_script, redis_script_calls
 
 RUN_STARTED = "run.started"
 TEXT_DELTA = "text.delta"
@@ -80,26 +80,21 @@ def _seq_key(run_id) -> str:
 
 def publish(run_id, event: str, payload: dict) -> int:
     """Append an event to the run's stream and return its seq."""
-    return int(redis_script(_APPEND_SCRIPT)(**_append_call(run_id, event, payload)))
+    keys, args = _append_call(run_id, event, payload)
+    return int(redis_script(_APPEND_SCRIPT)(keys=keys, args=args))
 
 
 def publish_many(events: list[tuple[object, str, dict]]) -> None:
     """publish each (run_id, event, payload), in one round trip: the first events of runs started together."""
-    script, pipe = redis_script(_APPEND_SCRIPT), redis_client().pipeline(transaction=False)
-    for run_id, event, payload in events:
-        script(**_append_call(run_id, event, payload), client=pipe)
-    if events:
-        pipe.execute()
+    redis_script_calls(_APPEND_SCRIPT, [_append_call(run_id, event, payload) for run_id, event, payload in events])
 
 
-def _append_call(run_id, event: str, payload: dict) -> dict:
+def _append_call(run_id, event: str, payload: dict) -> tuple[list, list]:
+    """The append script's keys and arguments."""
     ttl = settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"]
     refresh_ttl = "1" if event in TERMINAL_EVENTS else "0"
     restart_seq = "0" if event == RUN_STARTED else str(time.time_ns() // 1_000_000)
-    return {
-        "keys": [stream_key(run_id), _seq_key(run_id)],
-        "args": [event, json.dumps(payload, separators=(",", ":")), ttl, refresh_ttl, restart_seq],
-    }
+    return [stream_key(run_id), _seq_key(run_id)], [event, json.dumps(payload, separators=(",", ":")), ttl, refresh_ttl, restart_seq]
 
 
 def _decode(entry_id, fields) -> RunEvent:

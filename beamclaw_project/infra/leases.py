@@ -21,7 +21,7 @@ import uuid
 from django.conf import settings
 
 from beamclaw_project.infra.broker import queues_empty
-from beamclaw_project.infra.redis import redis_client, redis_script
+from beamclaw_project.infra.redis import redis_client, redis_script, redis_script_calls
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,7 @@ def lease_set(key: str, value: str, *, ttl_ms: int, replacing: tuple[str, ...] =
 
 def leases_set(keys: list[str], value: str, *, ttl_ms: int, replacing: tuple[str, ...] = ()) -> list[bool]:
     """lease_set for each key, in one round trip."""
-    script, pipe = redis_script(_SET_SCRIPT), redis_client().pipeline(transaction=False)
-    for key in keys:
-        script(keys=[key], args=[value, ttl_ms, *replacing], client=pipe)
-    return [bool(done) for done in pipe.execute()] if keys else []
+    return [bool(done) for done in redis_script_calls(_SET_SCRIPT, [([key], [value, ttl_ms, *replacing]) for key in keys])]
 
 
 def lease_mark_queued(key: str, *, only_if_free: bool = False) -> bool:

@@ -55,6 +55,25 @@ def redis_script(source: str):
     return redis_client().register_script(source)
 
 
+def redis_script_calls(source: str, calls: list[tuple[list, list]]) -> list:
+    """The script called once per (keys, args), in one pipeline: one round trip. (A Script object given a
+    pipeline asks SCRIPT EXISTS first, a round trip of its own.) If Redis lost the script, every call
+    failed alike and ran nothing, so it is loaded and the pipeline sent again."""
+    if not calls:
+        return []
+    script = redis_script(source)
+    for attempt in range(2):
+        pipe = redis_client().pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        try:
+            return pipe.execute()
+        except redis.exceptions.NoScriptError:
+            if attempt:
+                raise
+            redis_client().script_load(source)
+
+
 _COUNT_SCRIPT = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then

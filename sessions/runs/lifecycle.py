@@ -136,12 +136,8 @@ def run_started_announce_on_commit(run: Run, *, tenant_slug: str, session_is_new
     run_mark_queued(run_id)
 
     def announce_and_enqueue():
-        # One log line and one count per run start and end (docs/metrics.md); whatever this process logs
-        # next in this context is about this run too.
-        log_context_bind(tenant=tenant_slug, session=session_id, run=run_id)
-        logger.info("run started (%s)", trigger)
-        run_started_record(tenant=tenant_slug)
-        events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session_id)})
+        _run_started_note(run_id, session_id, trigger, tenant_slug)
+        events.publish(run_id, events.RUN_STARTED, _run_started_payload(run_id, session_id))
         if not session_is_new:
             notify_session(session_id, run_id)
         step_enqueue(run_id, 0, tenant_slug, marked=True)
@@ -153,7 +149,9 @@ def runs_started_announce_on_commit(runs: list[Run], *, tenant_slug: str) -> Non
     """run_started_announce_on_commit for runs each started in a session made in the caller's transaction
     (runs_submit_isolated: cron's burst), with one Redis round trip for each of its steps rather than one
     per run: a burst's claims share the worker with the runs already going, and each round trip waits its
-    turn for the interpreter again."""
+    turn for the interpreter again. A Redis failure after the commit stops the announcements of them all
+    rather than of one run and the runs after it; either way their leases say queued, and the reaper sends
+    the steps that were not sent."""
     run_ids = [run.pk for run in runs]
     if not run_ids:
         return
@@ -162,14 +160,24 @@ def runs_started_announce_on_commit(runs: list[Run], *, tenant_slug: str) -> Non
 
     def announce_and_enqueue():
         for run_id, session_id, trigger in started:
-            log_context_bind(tenant=tenant_slug, session=session_id, run=run_id)
-            logger.info("run started (%s)", trigger)
-            run_started_record(tenant=tenant_slug)
-        events.publish_many([(run_id, events.RUN_STARTED, {"run_id": str(run_id), "session_id": str(session_id)})
+            _run_started_note(run_id, session_id, trigger, tenant_slug)
+        events.publish_many([(run_id, events.RUN_STARTED, _run_started_payload(run_id, session_id))
                              for run_id, session_id, _ in started])
         first_steps_send(run_ids, tenant_slug)
 
     transaction.on_commit(announce_and_enqueue)
+
+
+def _run_started_note(run_id, session_id, trigger: str, tenant_slug: str) -> None:
+    # One log line and one count per run start and end (docs/metrics.md); whatever this process logs next
+    # in this context is about this run too.
+    log_context_bind(tenant=tenant_slug, session=session_id, run=run_id)
+    logger.info("run started (%s)", trigger)
+    run_started_record(tenant=tenant_slug)
+
+
+def _run_started_payload(run_id, session_id) -> dict:
+    return {"run_id": str(run_id), "session_id": str(session_id)}
 
 
 def tenant_fill_slots(*, tenant_id) -> int:
