@@ -163,7 +163,7 @@ def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = Fa
 
 def first_steps_send(run_ids: list, tenant_slug: str) -> None:
     """Send step 0 of runs the caller marked queued (runs_mark_queued), in one round trip."""
-    tasks_send([(RUN_STEP_TASK, [str(run_id), 0], tenant_queue(tenant_slug), WORK_PRIORITY) for run_id in run_ids])
+    tasks_send([_step_task(run_id, 0, tenant_slug) for run_id in run_ids])
 
 
 def step_resend(run_id, step: int, tenant_slug: str) -> bool:
@@ -175,7 +175,13 @@ def step_resend(run_id, step: int, tenant_slug: str) -> bool:
 
 
 def _step_send(run_id, step: int, tenant_slug: str) -> None:
-    task_send(RUN_STEP_TASK, [str(run_id), step], queue=tenant_queue(tenant_slug), priority=WORK_PRIORITY)
+    name, args, queue, priority = _step_task(run_id, step, tenant_slug)
+    task_send(name, args, queue=queue, priority=priority)
+
+
+def _step_task(run_id, step: int, tenant_slug: str) -> tuple[str, list, str, int]:
+    """A run step's task: its name, arguments, the tenant's queue and the priority work travels at."""
+    return RUN_STEP_TASK, [str(run_id), step], tenant_queue(tenant_slug), WORK_PRIORITY
 
 
 # --- the abort flag --------------------------------------------------------------------------------
