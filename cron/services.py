@@ -20,6 +20,7 @@ minute boundary with a thousand jobs due costs a few statements per tenant rathe
 
 import logging
 from datetime import datetime, timedelta
+from functools import cache
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -30,6 +31,14 @@ from beamclaw_project.infra.deliveries import deliveries_unleased, delivery_send
 from beamclaw_project.infra.metrics import cron_lag_observe
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.queues import SYSTEM_QUEUE, tenant_queue
+from beamclaw_project.infra.rows import (
+    Columns,
+    instances,
+    rows_insert_statements,
+    rows_inserted,
+    select_all,
+    select_together,
+)
 from cron import schedule as sched
 from cron.beat import beat_needs_realign, beat_remove, beat_sync
 from cron.delivery import DeliveryError, deliver_keep_masked, deliver_send
@@ -247,14 +256,12 @@ def _start_isolated(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]]) -> N
             )
             for (_, cron_run), run in zip(claimed, runs):
                 cron_run.session_id, cron_run.run_id = run.session_id, run.pk
-            with connection.cursor() as cursor:  # one statement; bulk_update's CASE costs ~1 ms a row to build
-                cursor.execute(
-                    f"UPDATE {CronRun._meta.db_table} AS c SET session_id = v.session_id, run_id = v.run_id"
-                    " FROM unnest(%s::bigint[], %s::uuid[], %s::uuid[]) AS v(id, session_id, run_id)"
-                    " WHERE c.id = v.id AND c.status = %s",  # one ended meanwhile (the sweeper) keeps its outcome
-                    [[c.pk for _, c in claimed], [c.session_id for _, c in claimed], [c.run_id for _, c in claimed],
-                     CronRun.Status.RUNNING],
-                )
+            # One statement (bulk_update's CASE costs ~1 ms a row to build); a CronRun ended meanwhile (the
+            # sweeper) keeps its outcome.
+            select_together((_claim_sql().started, [
+                [c.pk for _, c in claimed], [c.session_id for _, c in claimed], [c.run_id for _, c in claimed],
+                CronRun.Status.RUNNING,
+            ]))
         return
     except LimitExceeded as exc:
         status, error = CronRun.Status.SKIPPED, exc.message
@@ -306,7 +313,7 @@ def cron_jobs_fire(*, job_ids: list[int], woken_by: str) -> None:
         return
     now = timezone.now()
     woken_by_beat = woken_by == CronRun.Trigger.BEAT
-    jobs = {job.pk: job for job in CronJob.objects.filter(pk__in=rest)}
+    jobs = {job.pk: job for job in _jobs_read(rest)}
     for job_id in rest:
         job = jobs.get(job_id)
         # (A job gone meanwhile goes through too: its wake-up removes a PeriodicTask beat re-inserted.)
@@ -332,12 +339,15 @@ def cron_job_fire_with_tenant(*, job_id: int, woken_by: str) -> list[CronRun]:
     tenant's are claimed in one transaction and started in another, a few statements for them all, and
     their own wake-ups then find nothing to do. Returns the CronRuns claimed (skipped ones included)."""
     now = timezone.now()
-    glance = CronJob.objects.filter(pk=job_id).first()  # most wake-ups of a burst find their job claimed
+    glance = next(iter(_jobs_read([job_id])), None)  # most wake-ups of a burst find their job claimed
     woken_by_beat = woken_by == CronRun.Trigger.BEAT
     if glance is not None and not _is_due(glance, now) and not (woken_by_beat and beat_needs_realign(job=glance, woken_at=now)):
         return []
     with transaction.atomic():
-        job = CronJob.objects.select_for_update(of=("self",)).select_related("agent", "tenant").filter(pk=job_id).first()
+        # The others are skipped while someone else holds them: their own wake-up, or a change to the job.
+        # (A job's tenant never changes, so the glance's names the others' before the job is locked.)
+        job, others = _jobs_lock(job_id, tenant_id=glance.tenant_id if glance is not None else None,
+                                 due_by=now + EARLY_TOLERANCE, limit=FIRE_BATCH - 1)
         if job is None:
             # A beat that was writing back a deleted job's last_run_at re-inserts its PeriodicTask (Django's
             # save falls back to INSERT when the UPDATE finds no row); the wake-up it sends removes it.
@@ -347,13 +357,7 @@ def cron_job_fire_with_tenant(*, job_id: int, woken_by: str) -> list[CronRun]:
             if job.enabled and job.next_run_at is not None and woken_by_beat and beat_needs_realign(job=job, woken_at=now):
                 beat_sync(job=job, realign=True)
             return []
-        # The others are skipped while someone else holds them: their own wake-up, or a change to the job.
-        others = (
-            CronJob.objects.select_for_update(of=("self",), skip_locked=True).select_related("agent")
-            .filter(tenant_id=job.tenant_id, enabled=True, next_run_at__lte=now + EARLY_TOLERANCE).exclude(pk=job.pk)
-            .order_by("next_run_at")[: FIRE_BATCH - 1]
-        )
-        jobs = [job, *(other for other in others if _is_due(other, now))]
+        jobs = [job, *(other for other in others if other.tenant_id == job.tenant_id and _is_due(other, now))]
         for other in jobs[1:]:
             other.tenant = job.tenant
         claimed = _claim_locked(jobs, now=now, trigger=woken_by)
@@ -366,6 +370,67 @@ def cron_job_fire_with_tenant(*, job_id: int, woken_by: str) -> list[CronRun]:
                     woken_by, cron_run.status)
     _start_claimed(job.tenant, claimed, now)
     return [cron_run for _, cron_run in claimed]
+
+
+class _ClaimSql:
+    """The claim's statements, written out once (infra/rows.py: compiling them cost more than running them)."""
+
+    def __init__(self):
+        self.job, self.agent, self.tenant = Columns(CronJob, "j"), Columns(Agent, "a"), Columns(Tenant, "t")
+        jobs, agents = CronJob._meta.db_table, Agent._meta.db_table
+        self.read = f'SELECT {self.job.sql} FROM "{jobs}" j WHERE j.id = ANY(%s::bigint[])'
+        self.lock = (
+            f'SELECT {self.job.sql}, {self.agent.sql}, {self.tenant.sql} FROM "{jobs}" j '
+            f'JOIN "{agents}" a ON a.id = j.agent_id JOIN "{Tenant._meta.db_table}" t ON t.id = j.tenant_id '
+            "WHERE j.id = %s FOR UPDATE OF j"
+        )
+        self.others = (
+            f'SELECT {self.job.sql}, {self.agent.sql} FROM "{jobs}" j JOIN "{agents}" a ON a.id = j.agent_id '
+            "WHERE j.tenant_id = %s AND j.enabled AND j.next_run_at <= %s AND j.id <> %s "
+            "ORDER BY j.next_run_at LIMIT %s FOR UPDATE OF j SKIP LOCKED"
+        )
+        self.claims = (
+            f'SELECT job_id, scheduled_for, status FROM "{CronRun._meta.db_table}" '
+            "WHERE job_id = ANY(%s::bigint[]) AND (scheduled_for = ANY(%s::timestamptz[]) OR status = %s)"
+        )
+        self.started = (
+            f'UPDATE "{CronRun._meta.db_table}" AS c SET session_id = v.session_id, run_id = v.run_id '
+            "FROM unnest(%s::bigint[], %s::uuid[], %s::uuid[]) AS v(id, session_id, run_id) "
+            "WHERE c.id = v.id AND c.status = %s"
+        )
+        self.moved = f'UPDATE "{jobs}" SET next_run_at = %s, updated_at = %s WHERE id = ANY(%s::bigint[])'
+        self.ran = (
+            f'UPDATE "{jobs}" SET next_run_at = %s, updated_at = %s, last_run_at = %s, last_status = %s '
+            "WHERE id = ANY(%s::bigint[])"
+        )
+
+
+@cache
+def _claim_sql() -> _ClaimSql:
+    return _ClaimSql()
+
+
+def _jobs_read(job_ids: list[int]) -> list[CronJob]:
+    sql = _claim_sql()
+    return [sql.job.instance(row) for row in select_all(sql.read, [job_ids])]
+
+
+def _jobs_lock(job_id: int, *, tenant_id, due_by: datetime, limit: int) -> tuple[CronJob | None, list[CronJob]]:
+    """Lock the job (its agent and tenant loaded) and, with it in one round trip, up to `limit` other due
+    jobs of `tenant_id` that no one else holds (their agents loaded)."""
+    sql = _claim_sql()
+    statements = [(sql.lock, [job_id])]
+    if tenant_id is not None and limit > 0:
+        statements.append((sql.others, [tenant_id, due_by, job_id, limit]))
+    locked, *others = select_together(*statements)
+    if not locked:
+        return None, []
+    job, job.agent, job.tenant = instances(locked[0], sql.job, sql.agent, sql.tenant)
+    found = []
+    for row in others[0] if others else []:
+        other, other.agent = instances(row, sql.job, sql.agent)
+        found.append(other)
+    return job, found
 
 
 def _claim_locked(jobs: list[CronJob], *, now: datetime, trigger: str) -> list[tuple[CronJob, CronRun]]:
@@ -388,19 +453,19 @@ def _claim_locked(jobs: list[CronJob], *, now: datetime, trigger: str) -> list[t
     jobs = [job for job in jobs if job.pk in next_at]
     due_at = {job.pk: job.next_run_at for job in jobs}
     # Claimed already: a job whose schedule was reset onto an occurrence claimed a moment early.
-    taken = set(
-        CronRun.objects.filter(job_id__in=due_at, scheduled_for__in=set(due_at.values()))
-        .values_list("job_id", "scheduled_for")
-    )
-    previous_running = set(
-        CronRun.objects.filter(job_id__in=due_at, status=CronRun.Status.RUNNING).values_list("job_id", flat=True)
-    )
+    taken, previous_running = set(), set()
+    for job_id, scheduled_for, status in select_all(_claim_sql().claims, [
+        list(due_at), list(set(due_at.values())), CronRun.Status.RUNNING
+    ]):
+        taken.add((job_id, scheduled_for))
+        if status == CronRun.Status.RUNNING:
+            previous_running.add(job_id)
     claiming = [job for job in jobs if (job.pk, due_at[job.pk]) not in taken]
-    cron_runs = CronRun.objects.bulk_create([
+    cron_runs = [
         CronRun(job=job, tenant_id=job.tenant_id, scheduled_for=due_at[job.pk], trigger=trigger) for job in claiming
-    ])
+    ]
     # Bookkeeping only, so no post_save is needed (cron.receivers). Jobs due together mostly share their next
-    # occurrence too: one UPDATE per distinct next occurrence (bulk_update's CASE costs ~1 ms a row to build).
+    # occurrence too: one UPDATE per distinct next occurrence, sent with the CronRuns' INSERT.
     claiming_ids = {job.pk for job in claiming}
     updates: dict[tuple, list[int]] = {}
     for job in jobs:
@@ -409,9 +474,13 @@ def _claim_locked(jobs: list[CronJob], *, now: datetime, trigger: str) -> list[t
         if job.pk in claiming_ids:
             job.last_run_at, job.last_status = now, CronRun.Status.RUNNING
         updates.setdefault((job.next_run_at, job.pk in claiming_ids), []).append(job.pk)
-    for (next_run_at, claimed_now), ids in updates.items():
-        ran = {"last_run_at": now, "last_status": CronRun.Status.RUNNING} if claimed_now else {}
-        CronJob.objects.filter(pk__in=ids).update(next_run_at=next_run_at, updated_at=now, **ran)
+    inserts = rows_insert_statements(cron_runs)
+    results = select_together(*inserts, *(
+        (_claim_sql().ran, [next_run_at, now, now, CronRun.Status.RUNNING, ids]) if claimed_now
+        else (_claim_sql().moved, [next_run_at, now, ids])
+        for (next_run_at, claimed_now), ids in updates.items()
+    ))
+    rows_inserted(cron_runs, [row for result in results[:len(inserts)] for row in result])
     claimed = list(zip(claiming, cron_runs))
     for job, cron_run in claimed:
         reason = _skip_reason(job, cron_run, now, previous_running=job.pk in previous_running)

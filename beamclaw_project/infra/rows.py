@@ -106,14 +106,15 @@ def select_all(sql: str, params) -> list[tuple]:
 
 def select_together(*statements: tuple[str, list]) -> list[list[tuple]]:
     """The rows of each (sql, params), the statements sent to Postgres together, in one round trip (psycopg's
-    pipeline), and run in order, each with its own snapshot."""
+    pipeline), and run in order, each with its own snapshot. A statement that returns no rows (an UPDATE
+    without RETURNING) gives []."""
     connection = connections["default"]
     cursors = [_prepared_cursor_new(connection) for _ in statements]
     with connection.wrap_database_errors:
         with connection.connection.pipeline():
             for cursor, (sql, params) in zip(cursors, statements):
                 cursor.execute(sql, params)
-        rows = [cursor.fetchall() for cursor in cursors]
+        rows = [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
     for cursor in cursors:
         cursor.close()
     return rows
@@ -139,6 +140,67 @@ def _insert_sql(model: type[Model]) -> tuple[str, list, list]:
     if returning:
         sql += " RETURNING " + ", ".join(_quoted(field.column) for field in returning)
     return sql, fields, returning
+
+
+# Rows per INSERT of rows_insert_statement: Postgres takes at most 65,535 parameters a statement, and a
+# statement text per distinct row count is kept prepared, so batches larger than this are split.
+INSERT_BATCH = 100
+
+
+@cache
+def _rows_insert_sql(model: type[Model], count: int) -> str:
+    sql, fields, returning = _insert_sql(model)
+    head, _, tail = sql.partition(" VALUES ")
+    row, _, returning_sql = tail.partition(" RETURNING ")
+    sql = f"{head} VALUES {', '.join([row] * count)}"
+    return f"{sql} RETURNING {returning_sql}" if returning else sql
+
+
+def rows_insert_statements(instances: list[Model], using: str = "default") -> list[tuple[str, list]]:
+    """The multi-row INSERTs (sql, params) that write new instances of one model as bulk_create would, for
+    the caller to send, alone (rows_insert) or with others (select_together), then hand the rows they
+    return to rows_inserted. Like row_insert: pre_save applied, no signals."""
+    if not instances:
+        return []
+    model = type(instances[0])
+    meta = model._meta
+    if meta.auto_field is not None and any(getattr(one, meta.auto_field.attname) is not None for one in instances):
+        raise ValueError("rows_insert generates the keys: an instance has one already")
+    _, fields, _ = _insert_sql(model)
+    connection = connections[using]
+    statements = []
+    for at in range(0, len(instances), INSERT_BATCH):
+        batch = instances[at:at + INSERT_BATCH]
+        params = [field.get_db_prep_save(field.pre_save(one, True), connection) for one in batch for field in fields]
+        statements.append((_rows_insert_sql(model, len(batch)), params))
+    return statements
+
+
+def rows_inserted(instances: list[Model], rows: list[tuple], using: str = "default") -> list[Model]:
+    """Mark instances written by rows_insert_statements as saved, with the values their INSERTs returned
+    (`rows`: the statements' rows in order; Postgres returns a multi-row INSERT's rows in VALUES order,
+    which bulk_create relies on too)."""
+    if not instances:
+        return instances
+    _, _, returning = _insert_sql(type(instances[0]))
+    if returning:
+        for instance, row in zip(instances, rows, strict=True):
+            for field, value in zip(returning, row):
+                setattr(instance, field.attname, value)
+    for instance in instances:
+        instance._state.adding = False
+        instance._state.db = using
+    return instances
+
+
+def rows_insert(*groups: list[Model]) -> None:
+    """INSERT new instances, as bulk_create would: each group a list of one model's instances, every group's
+    statements sent together, in order, in one round trip (select_together). What compiling bulk_create's
+    SQL costs (more than Postgres takes to run it) is saved."""
+    statements = [rows_insert_statements(group) for group in groups]
+    results = iter(select_together(*(statement for group in statements for statement in group)))
+    for group, group_statements in zip(groups, statements):
+        rows_inserted(group, [row for _ in group_statements for row in next(results)])
 
 
 def row_insert(instance: Model, using: str = "default") -> Model:

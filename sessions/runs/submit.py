@@ -4,6 +4,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from beamclaw_project.errors import Conflict
+from beamclaw_project.infra.rows import rows_insert
 from sessions.models import AgentSession, Message, Run
 from sessions.runs.budget import check_token_budget
 from sessions.runs.client_calls import client_results_check_locked
@@ -105,24 +106,25 @@ def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[d
     the tenant's room wait queued, as run_submit's would. Raises LimitExceeded when the tenant's daily
     token budget is used up."""
     check_token_budget(tenant=tenant)
-    with transaction.atomic():
+    # (No savepoint: a caller's transaction cannot go on from a failure here, and sending one is a round trip.)
+    with transaction.atomic(savepoint=False):
         # New sessions are seen by nobody before commit, so only the tenant row is locked (for the count).
         room = max(0, tenant_room_locked(tenant.pk))
         starting = min(room, len(turns))
-        sessions = AgentSession.objects.bulk_create([
+        sessions = [
             AgentSession(tenant=tenant, agent=agent, key=key, ephemeral=True, next_seq=2 if i < starting else 1)
             for i, (agent, key, _) in enumerate(turns)
-        ])
+        ]
         now = timezone.now()
         runs = [
             Run(tenant=tenant, session=session, input=content, trigger=trigger, params={"queue_mode": session.queue_mode},
                 **({"status": Run.Status.RUNNING, "started_at": now, "step": 0} if i < starting else {}))
             for i, (session, (_, _, content)) in enumerate(zip(sessions, turns))
         ]
-        Run.objects.bulk_create(runs)
-        Message.objects.bulk_create([
+        messages = [
             Message(session=run.session, seq=1, role=Message.Role.USER, content=run.input, run=run) for run in runs[:starting]
-        ])
+        ]
+        rows_insert(sessions, runs, messages)  # in one round trip
         runs_started_announce_on_commit(runs[:starting], tenant_slug=tenant.slug)
         if starting < len(runs):
             capacity_wait_note(tenant.pk)
