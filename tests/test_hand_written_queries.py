@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from beamclaw_project.infra.rows import INSERT_BATCH, row_insert, row_update, rows_insert
+from beamclaw_project.infra.rows import row_insert, row_update, rows_insert
 from beamclaw_project.postgres.base import connection_usable
 from sessions.models import AgentSession, Message, Run
 from sessions.runs.kernel import run_lock, session_lock
@@ -103,15 +103,14 @@ def test_hand_written_writes_store_what_save_would(make_tenant):
 
 def test_batch_inserts_store_what_bulk_create_would_and_read_back_the_keys(make_tenant):
     """Cron's burst writes a tenant's new sessions, runs and first messages in one round trip: every row as
-    bulk_create would write it, each generated key read back onto its own instance, past one statement's
-    batch too."""
+    bulk_create would write it, each generated key read back onto its own instance."""
     bundle = make_tenant()
     sessions = [AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=f"cron:x:{uuid.uuid4().hex}", ephemeral=True)
                 for _ in range(3)]
     runs = [Run(tenant=bundle.tenant, session=session, trigger=Run.Trigger.CRON, input=[{"type": "text", "text": f"n{i}"}],
                 params={"queue_mode": "followup"}) for i, session in enumerate(sessions)]
     messages = [Message(session=sessions[0], seq=seq, role=Message.Role.USER, content=[{"type": "text", "text": str(seq)}])
-                for seq in range(1, INSERT_BATCH + 3)]
+                for seq in range(1, 151)]
     rows_insert(sessions, runs, messages)
 
     for instance in [*sessions, *runs]:

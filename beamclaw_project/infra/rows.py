@@ -142,44 +142,45 @@ def _insert_sql(model: type[Model]) -> tuple[str, list, list]:
     return sql, fields, returning
 
 
-# Rows per INSERT of rows_insert_statement: Postgres takes at most 65,535 parameters a statement, and a
-# statement text per distinct row count is kept prepared, so batches larger than this are split.
-INSERT_BATCH = 100
-
-
 @cache
-def _rows_insert_sql(model: type[Model], count: int) -> str:
+def _rows_insert_sql(model: type[Model]) -> str | None:
+    """One INSERT for any number of rows, a column's values sent as one array (what bulk_create does on
+    PostgreSQL where it can): its text stays the same, so it is parsed and prepared once. None for a model
+    with a column that cannot be sent as an array (an array column itself, say)."""
     sql, fields, returning = _insert_sql(model)
-    head, _, tail = sql.partition(" VALUES ")
-    row, _, returning_sql = tail.partition(" RETURNING ")
-    sql = f"{head} VALUES {', '.join([row] * count)}"
-    return f"{sql} RETURNING {returning_sql}" if returning else sql
+    db_types = [field.db_type(connections["default"]) for field in fields]
+    if any(db_type is None or db_type.endswith("]") for db_type in db_types):
+        return None
+    head, _, _ = sql.partition(" VALUES ")
+    sql = f"{head} SELECT * FROM unnest({', '.join(f'%s::{db_type}[]' for db_type in db_types)})"
+    if returning:
+        sql += " RETURNING " + ", ".join(_quoted(field.column) for field in returning)
+    return sql
 
 
 def rows_insert_statements(instances: list[Model], using: str = "default") -> list[tuple[str, list]]:
-    """The multi-row INSERTs (sql, params) that write new instances of one model as bulk_create would, for
-    the caller to send, alone (rows_insert) or with others (select_together), then hand the rows they
-    return to rows_inserted. Like row_insert: pre_save applied, no signals."""
+    """The INSERTs (sql, params) that write new instances of one model as bulk_create would, for the caller
+    to send, alone (rows_insert) or with others (select_together), then hand the rows they return to
+    rows_inserted. Like row_insert: pre_save applied, no signals."""
     if not instances:
         return []
     model = type(instances[0])
     meta = model._meta
     if meta.auto_field is not None and any(getattr(one, meta.auto_field.attname) is not None for one in instances):
         raise ValueError("rows_insert generates the keys: an instance has one already")
-    _, fields, _ = _insert_sql(model)
+    sql, fields, _ = _insert_sql(model)
     connection = connections[using]
-    statements = []
-    for at in range(0, len(instances), INSERT_BATCH):
-        batch = instances[at:at + INSERT_BATCH]
-        params = [field.get_db_prep_save(field.pre_save(one, True), connection) for one in batch for field in fields]
-        statements.append((_rows_insert_sql(model, len(batch)), params))
-    return statements
+    rows = [[field.get_db_prep_save(field.pre_save(one, True), connection) for field in fields] for one in instances]
+    arrays_sql = _rows_insert_sql(model)
+    if arrays_sql is None:
+        return [(sql, row) for row in rows]
+    return [(arrays_sql, [list(column) for column in zip(*rows)])]
 
 
 def rows_inserted(instances: list[Model], rows: list[tuple], using: str = "default") -> list[Model]:
     """Mark instances written by rows_insert_statements as saved, with the values their INSERTs returned
-    (`rows`: the statements' rows in order; Postgres returns a multi-row INSERT's rows in VALUES order,
-    which bulk_create relies on too)."""
+    (`rows`: the statements' rows in order; Postgres returns the rows of an INSERT from unnest in the
+    arrays' order, which bulk_create relies on too)."""
     if not instances:
         return instances
     _, _, returning = _insert_sql(type(instances[0]))
