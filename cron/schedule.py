@@ -261,7 +261,11 @@ def cron_parse(expr) -> tuple[str, CronExpr]:
     """Parse a 5-field expression or a macro; returns (normalized text, CronExpr)."""
     if not isinstance(expr, str) or not expr.strip():
         raise ScheduleError("Give a cron expression such as '0 9 * * 1-5'.", field="expr")
-    text = " ".join(expr.split())
+    return _cron_parse(" ".join(expr.split()))
+
+
+@lru_cache(maxsize=4096)  # every claim of a job reads its schedule, and a burst's jobs mostly share a few
+def _cron_parse(text: str) -> tuple[str, CronExpr]:
     if text.startswith("@"):
         if text.lower() == "@reboot":
             raise ScheduleError("@reboot is not a schedule here; use an 'at' schedule for a one-off run.", field="expr")

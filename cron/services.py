@@ -305,10 +305,12 @@ def cron_job_fire(*, job_id: int, woken_by: str) -> CronRun | None:
 
 def cron_jobs_fire(*, job_ids: list[int], woken_by: str) -> None:
     """cron_job_fire for each job, as if each had its own wake-up: the first one's claim takes the tenant's
-    other due jobs along (cron_job_fire_with_tenant), so one read finds the rest claimed, and only those it
-    did not (held by someone else for a moment, or past the claim's batch) go through their own claim."""
-    _fire_guarded(job_ids[0], woken_by)
-    rest = job_ids[1:]
+    other due jobs along (cron_job_fire_with_tenant), and only those it did not (held by someone else for a
+    moment, or past the claim's batch) are read again and go through their own claim."""
+    claimed = _fire_guarded(job_ids[0], woken_by)
+    # Those the first claim took along are done, unless beat may have woken them off their grid (`every`).
+    done = {cron_run.job_id for cron_run in claimed if cron_run.job.kind != CronJob.Kind.EVERY}
+    rest = [job_id for job_id in job_ids[1:] if job_id not in done]
     if not rest:
         return
     now = timezone.now()
