@@ -3,7 +3,7 @@
 
 One command, self-contained: it recreates its own database (beamclaw_bench_cron), flushes its own Redis db
 (10), creates the tenants and jobs through the same service the API uses, starts the fake model server,
-one worker (`--workers N`: N) and one beat, measures for a bounded window, prints a table and stops every process it started
+the workers (as `make run`: one per core up to two; `--workers N`: N) and one beat, measures for a bounded window, prints a table and stops every process it started
 (also on Ctrl-C, SIGTERM or an error).
 
 The job mix (defaults): 100 tenants; 90% `every 1h` jobs with anchors spread evenly over the hour (a
@@ -164,7 +164,8 @@ def main() -> int:
     parser.add_argument("--scheduler", default="cron.scheduler:CronScheduler",
                         help="beat scheduler class (default: the one the Procfile runs; the stock one is "
                              "django_celery_beat.schedulers:DatabaseScheduler)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core uses every core)")
+    parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 2),
+                        help="worker processes (default: as `make run`, one per core up to two)")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/beamclaw-cron-bench"))
     parser.add_argument("--json", type=Path, help="also write the lags (p50/p99 per kind, seconds) here")
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 """BeamClaw gateway benchmark against the fake Anthropic server (see bench/README.md).
 
 One command, self-contained: it recreates and migrates its own database (beamclaw_bench), flushes its own
-Redis db (14), starts the fake Anthropic server, one worker and Daphne, measures, prints a table, writes
+Redis db (14), starts the fake Anthropic server, the workers (as `make run`: one per core, up to two) and Daphne, measures, prints a table, writes
 bench/results/latest.json and stops every process it started, also on Ctrl-C, SIGTERM or an error.
 
 1. Added latency: the same streaming request through the gateway (POST /v1/chat/completions, parsed
@@ -59,6 +59,8 @@ AGENT_SLUG = "bench"
 # Threads in the one worker (raised to the largest burst if that is larger), so every stream of a burst
 # can run at once.
 WORKER_CONCURRENCY = 320
+# As `make run` (scripts/run_all.sh): one worker process per core, up to two.
+WORKER_PROCESSES = min(os.cpu_count() or 1, 2)
 
 # The direct path sends what the worker sends for an agent with default settings.
 DIRECT_MODEL = "claude-sonnet-4-5"
@@ -169,15 +171,17 @@ def start_fake_server(env: dict, log_dir: Path) -> tuple[Process, str]:
 
 
 def start_services(env: dict, log_dir: Path, started: list[Process], worker_concurrency: int) -> Services:
-    """Start the fake server, one worker and Daphne; each is appended to `started` as soon as it runs,
-    so the caller can stop whatever did start if a later one fails."""
+    """Start the fake server, the workers (WORKER_PROCESSES) and Daphne; each is appended to `started` as soon
+    as it runs, so the caller can stop whatever did start if a later one fails."""
     fake, fake_url = start_fake_server(env, log_dir)
     started.append(fake)
     service_env = dict(env, ANTHROPIC_BASE_URL=fake_url, ANTHROPIC_API_KEY="bench-key")
-    worker_argv = [
-        sys.executable, "manage.py", "worker", "-c", str(worker_concurrency), "-n", "bench@%h", "-l", "WARNING",
-    ]
-    started.append(Process("worker", worker_argv, service_env, log_dir, cwd=CODE_ROOT).start())
+    for n in range(1, WORKER_PROCESSES + 1):
+        suffix = "" if n == 1 else str(n)
+        worker_argv = [
+            sys.executable, "manage.py", "worker", "-c", str(worker_concurrency), "-n", f"bench{suffix}@%h", "-l", "WARNING",
+        ]
+        started.append(Process(f"worker{suffix}", worker_argv, service_env, log_dir, cwd=CODE_ROOT).start())
     port = free_port()
     daphne_argv = [
         sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "beamclaw_project.asgi:application",
@@ -190,10 +194,10 @@ def start_services(env: dict, log_dir: Path, started: list[Process], worker_conc
             response = httpx.get(f"{gateway_url}/health", timeout=2)
         except httpx.HTTPError:
             return False
-        return response.status_code == 200 and response.json()["checks"]["workers"].get("count", 0) >= 1
+        return response.status_code == 200 and response.json()["checks"]["workers"].get("count", 0) >= WORKER_PROCESSES
 
     wait_ready(
-        worker_ready, what="Daphne with a worker behind it (GET /health)", processes=started,
+        worker_ready, what="Daphne with the workers behind it (GET /health)", processes=started,
         timeout=STARTUP_TIMEOUT_SECONDS,
     )
     return Services(fake_url=fake_url, gateway_url=gateway_url, children=started)
@@ -284,7 +288,9 @@ class CpuMeter:
     """
 
     def __init__(self, services: Services):
-        self.pids = {child.name: child.pid for child in services.children}
+        self.pids: dict[str, list[int]] = {}
+        for child in services.children:  # (the workers, worker, worker2…, count as one)
+            self.pids.setdefault("worker" if child.name.startswith("worker") else child.name, []).append(child.pid)
         self.redis_pid = redis.Redis.from_url(REDIS_URL).info("server")["process_id"]
         self.pg = psycopg.connect(dbname=DATABASE_NAME, autocommit=True)
 
@@ -293,7 +299,7 @@ class CpuMeter:
 
     def snapshot(self) -> dict[str, dict[int, float]]:
         """{process name: {pid: cpu seconds}}; Postgres has one pid per backend."""
-        usage = {name: {pid: process_cpu_seconds(pid)} for name, pid in self.pids.items()}
+        usage = {name: {pid: process_cpu_seconds(pid) for pid in pids} for name, pids in self.pids.items()}
         usage["client"] = {os.getpid(): sum(os.times()[:2])}
         usage["redis"] = {self.redis_pid: process_cpu_seconds(self.redis_pid)}
         backends = self.pg.execute(
@@ -823,7 +829,7 @@ def print_report(results: dict, targets: list[dict]) -> None:
     print()
     delay = capacity["stream_delay_ms"]
     print(
-        f"2. Concurrent streams one worker sustains: bursts of N streams sent at once, "
+        f"2. Concurrent streams the workers sustain: bursts of N streams sent at once, "
         f"each {CAPACITY_DELTAS} deltas {delay} ms apart (~{CAPACITY_DELTAS * delay / 1000:g} s)"
     )
     print("   ok = exactly the expected text, then [DONE], no error")

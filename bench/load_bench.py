@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput and fixed costs of the gateway against the fake Anthropic server (see bench/README.md).
 
-Uses gateway_bench.py's stack (its database, Redis db 14, one worker, one Daphne) and measures, each next to
+Uses gateway_bench.py's stack (its database, Redis db 14, the workers of `make run`, one Daphne) and measures, each next to
 the same work sent straight to the fake server:
 
 1. Added time to first token and CPU per simple run: 200 sequential streaming chat completions (c=1), and

@@ -36,6 +36,15 @@ else
 fi
 
 cp Procfile .run/Procfile
+# A worker's threads share one interpreter, so one worker process uses at most one core: one per core, up to two
+# by default (each keeps up to 16 PostgreSQL connections); WORKERS=N chooses. Each needs its own node name.
+WORKERS="${WORKERS:-$(( $(nproc) < 2 ? $(nproc) : 2 ))}"
+case "$WORKERS" in
+  ''|*[!0-9]*|0) echo "WORKERS must be a whole number of worker processes, 1 or more (got '$WORKERS')." >&2; exit 2 ;;
+esac
+for n in $(seq 2 "$WORKERS"); do
+  echo "worker${n}: python manage.py worker -n worker${n}@%h" >> .run/Procfile
+done
 LLM_NOTE="Claude via the Anthropic API"
 if [ -z "${ANTHROPIC_API_KEY:-}" ]; then
   # No key: run the bundled fake model server (it echoes), so the whole gateway can still be tried.
@@ -59,6 +68,7 @@ BeamClaw is starting.
   Metrics (Prometheus):        http://127.0.0.1:${PORT}/metrics   (${METRICS_NOTE})
   Django admin:                http://127.0.0.1:${PORT}/admin/   (same user)
   Flower:                      http://127.0.0.1:${FLOWER_PORT}/   (${FLOWER_LOGIN})
+  Worker processes: ${WORKERS} (WORKERS=N make run to choose)
   Tenant: demo   Agent: ${AGENT}   Model: ${MODEL}   Model backend: ${LLM_NOTE}
   API key: ${API_KEY}
 
