@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from beamclaw_project.infra.rows import row_insert, row_update, rows_insert
+from beamclaw_project.infra.rows import row_insert, row_update, rows_insert, rows_write
 from beamclaw_project.postgres.base import connection_usable
 from sessions.models import AgentSession, Message, Run
 from sessions.runs.kernel import run_lock, session_lock
@@ -97,6 +97,8 @@ def test_hand_written_writes_store_what_save_would(make_tenant):
     AgentSession.objects.filter(pk=session.pk).delete()
     with pytest.raises(DatabaseError, match="did not affect any rows"):
         row_update(session, ("next_seq",))
+    with pytest.raises(DatabaseError, match="did not affect any rows"):  # the same, sent with other writes
+        rows_write(updates=[(session, ("next_seq",))])
     with pytest.raises(ValueError):
         row_insert(message)
 

@@ -17,6 +17,7 @@ gateway talks to Postgres directly, through its own pool (settings.DATABASES); a
 it needs 1.21 or newer, which keeps protocol-level prepared statements (docs/operations.md).
 """
 
+from collections.abc import Iterable
 from contextlib import contextmanager
 from functools import cache
 
@@ -172,7 +173,7 @@ def rows_insert_statements(instances: list[Model], using: str = "default") -> li
     connection = connections[using]
     rows = [[field.get_db_prep_save(field.pre_save(one, True), connection) for field in fields] for one in instances]
     arrays_sql = _rows_insert_sql(model)
-    if arrays_sql is None:
+    if arrays_sql is None or len(rows) == 1:  # (one row's values are cheaper to send as they are)
         return [(sql, row) for row in rows]
     return [(arrays_sql, [list(column) for column in zip(*rows)])]
 
@@ -198,9 +199,21 @@ def rows_insert(*groups: list[Model]) -> None:
     """INSERT new instances, as bulk_create would: each group a list of one model's instances, every group's
     statements sent together, in order, in one round trip (select_together). What compiling bulk_create's
     SQL costs (more than Postgres takes to run it) is saved."""
-    statements = [rows_insert_statements(group) for group in groups]
-    results = iter(select_together(*(statement for group in statements for statement in group)))
-    for group, group_statements in zip(groups, statements):
+    rows_write(inserts=groups)
+
+
+def rows_write(*, updates: Iterable[tuple[Model, Iterable[str]]] = (), inserts: Iterable[list[Model]] = ()) -> None:
+    """row_update each (instance, update_fields) of `updates`, then rows_insert each group of `inserts`, all
+    sent together in one round trip (select_together): a transcript's next message and its session's
+    next_seq, say, or a new run with its first message. DatabaseError if an updated row is gone."""
+    updates, inserts = list(updates), list(inserts)
+    statements = [_row_update_statement(instance, tuple(names), returning=True) for instance, names in updates]
+    insert_statements = [rows_insert_statements(group) for group in inserts]
+    results = iter(select_together(*statements, *(statement for group in insert_statements for statement in group)))
+    for _ in updates:
+        if not next(results):
+            raise DatabaseError("Save with update_fields did not affect any rows.")
+    for group, group_statements in zip(inserts, insert_statements):
         rows_inserted(group, [row for _ in group_statements for row in next(results)])
 
 
@@ -231,13 +244,20 @@ def _update_sql(model: type[Model], names: tuple[str, ...]) -> tuple[str, list]:
     return f'UPDATE "{meta.db_table}" SET {assignments} WHERE "{meta.pk.column}" = %s', fields
 
 
-def row_update(instance: Model, update_fields, using: str = "default") -> None:
-    """`save(update_fields=...)` of a saved instance: those fields' current values (an auto_now field among
-    them gets the time), DatabaseError if the row is gone."""
-    sql, fields = _update_sql(type(instance), tuple(update_fields))
+def _row_update_statement(instance: Model, update_fields: tuple[str, ...], *, returning: bool = False,
+                          using: str = "default") -> tuple[str, list]:
+    sql, fields = _update_sql(type(instance), update_fields)
     connection = connections[using]
     values = [field.get_db_prep_save(field.pre_save(instance, False), connection) for field in fields]
     values.append(instance._meta.pk.get_db_prep_value(instance.pk, connection))
+    # (A row to say the UPDATE found one, for statements sent together, whose row counts psycopg does not keep.)
+    return (f'{sql} RETURNING "{instance._meta.pk.column}"' if returning else sql), values
+
+
+def row_update(instance: Model, update_fields, using: str = "default") -> None:
+    """`save(update_fields=...)` of a saved instance: those fields' current values (an auto_now field among
+    them gets the time), DatabaseError if the row is gone."""
+    sql, values = _row_update_statement(instance, tuple(update_fields), using=using)
     with prepared_cursor(using) as cursor:
         cursor.execute(sql, values)
         if cursor.rowcount == 0:

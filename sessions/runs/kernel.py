@@ -29,7 +29,7 @@ from beamclaw_project.infra.leases import (
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import redis_client
-from beamclaw_project.infra.rows import Columns, instances, row_insert, row_update, select_one, select_together
+from beamclaw_project.infra.rows import Columns, instances, rows_write, select_one, select_together
 from beamclaw_project.infra.tasks import task_send, tasks_send
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Tenant
@@ -90,13 +90,17 @@ def _session_of(row, session_id=None) -> AgentSession:
     return session
 
 
-def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] = (), **fields) -> Message:
+def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] = (), new_rows: tuple = (),
+                      **fields) -> Message:
     """Append a message; the caller holds the session row lock. `session_fields`: other fields of the
-    session the caller changed, saved in the same UPDATE."""
+    session the caller changed, saved in the same UPDATE. `new_rows`: other new instances to insert with the
+    message (the run it starts). The writes go to Postgres together, in one round trip."""
     seq = session.next_seq
     session.next_seq = seq + 1
-    row_update(session, ("next_seq", "updated_at", *session_fields))
-    return row_insert(Message(session=session, seq=seq, **fields))
+    message = Message(session=session, seq=seq, **fields)
+    rows_write(updates=[(session, ("next_seq", "updated_at", *session_fields))],
+               inserts=[*([row] for row in new_rows), [message]])
+    return message
 
 
 # --- the run lease ---------------------------------------------------------------------------------

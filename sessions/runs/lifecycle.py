@@ -14,7 +14,7 @@ from django.utils import timezone
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import run_finished_record, run_started_record
 from beamclaw_project.infra.redis import redis_client
-from beamclaw_project.infra.rows import Columns, row_insert, row_update, select_all, select_together
+from beamclaw_project.infra.rows import Columns, row_update, select_all, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import notify_session
@@ -115,13 +115,13 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.step = 0
-    if run._state.adding:
-        row_insert(run)
-    else:
+    adding = run._state.adding
+    if not adding:
         row_update(run, ("status", "started_at", "step"))
     # Results for tool calls the client was handed go first, as the Messages API wants (client_calls.py).
     content = [*([] if session_is_new else client_results_take_locked(session, run)), *run.input]
-    transcript_append(session, role=Message.Role.USER, content=content, run=run)
+    # A new run is written with its message (one round trip on the way to the first token).
+    transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=(run,) if adding else ())
     run_started_announce_on_commit(run, tenant_slug=session.tenant.slug, session_is_new=session_is_new)
     return run
 
