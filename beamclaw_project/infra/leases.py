@@ -21,7 +21,7 @@ import uuid
 from django.conf import settings
 
 from beamclaw_project.infra.broker import queues_empty
-from beamclaw_project.infra.redis import redis_client, redis_script, redis_script_calls
+from beamclaw_project.infra.redis import ScriptCall, redis_client, redis_script, redis_script_calls
 
 logger = logging.getLogger(__name__)
 
@@ -191,9 +191,18 @@ class Lease:
     def acquire(self) -> bool:
         """Take the lease if it is free or holds one of the markers this work may be taken over from."""
         taking_since = time.monotonic()
-        if not lease_set(self.key, self.token, ttl_ms=lease_ttl_ms(), replacing=self.takes_over):
+        return self.acquired(lease_set(self.key, self.token, ttl_ms=lease_ttl_ms(), replacing=self.takes_over),
+                             since=taking_since)
+
+    def acquire_call(self) -> ScriptCall:
+        """acquire, to send with other calls (redis_scripts_call): hand its result to `acquired`, with the
+        time.monotonic() from before the calls were sent."""
+        return _SET_SCRIPT, [self.key], [self.token, lease_ttl_ms(), *self.takes_over]
+
+    def acquired(self, result, *, since: float) -> bool:
+        if not result:
             return False
-        self.confirmed_at = taking_since
+        self.confirmed_at = since
         _keeper.hold(self)
         return True
 

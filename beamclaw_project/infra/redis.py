@@ -56,22 +56,30 @@ def redis_script(source: str):
 
 
 def redis_script_calls(source: str, calls: list[tuple[list, list]]) -> list:
-    """The script called once per (keys, args), in one pipeline: one round trip. (A Script object given a
-    pipeline asks SCRIPT EXISTS first, a round trip of its own.) If Redis lost the script, every call
-    failed alike and ran nothing, so it is loaded and the pipeline sent again."""
+    """The script called once per (keys, args), in one round trip (redis_scripts_call)."""
+    return redis_scripts_call([(source, keys, args) for keys, args in calls])
+
+
+ScriptCall = tuple[str, list, list]  # a Lua script's source, its keys, its arguments
+
+
+def redis_scripts_call(calls: list[ScriptCall]) -> list:
+    """Each (script source, keys, args) called by its SHA, all in one pipeline: one round trip, the results
+    in order. (A Script object given a pipeline asks SCRIPT EXISTS first, a round trip of its own.) A call
+    whose script Redis lost (a restart, say) ran nothing: its script is loaded and that call is sent again,
+    after the others."""
     if not calls:
         return []
-    script = redis_script(source)
-    for attempt in range(2):
-        pipe = redis_client().pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        try:
-            return pipe.execute()
-        except redis.exceptions.NoScriptError:
-            if attempt:
-                raise
-            redis_client().script_load(source)
+    pipe = redis_client().pipeline(transaction=False)
+    for source, keys, args in calls:
+        pipe.evalsha(redis_script(source).sha, len(keys), *keys, *args)
+    results = pipe.execute(raise_on_error=False)
+    for i, (result, (source, keys, args)) in enumerate(zip(results, calls)):
+        if isinstance(result, redis.exceptions.NoScriptError):
+            results[i] = redis_script(source)(keys=keys, args=args)  # (which loads a script Redis lacks)
+        elif isinstance(result, Exception):
+            raise result
+    return results
 
 
 _COUNT_SCRIPT = """
@@ -87,3 +95,16 @@ def counter_incr(key: str, *, ttl_seconds: int) -> int:
     """Add one to a counter that expires `ttl_seconds` after its first count; returns the new count. One
     round trip (a pipeline object alone costs more CPU than the two commands)."""
     return int(redis_script(_COUNT_SCRIPT)(keys=[key], args=[ttl_seconds]))
+
+
+def counter_incr_call(key: str, *, ttl_seconds: int) -> ScriptCall:
+    """counter_incr, to send with other calls (redis_scripts_call); its result is the new count."""
+    return _COUNT_SCRIPT, [key], [ttl_seconds]
+
+
+_GET_SCRIPT = "return redis.call('GET', KEYS[1])"
+
+
+def get_call(key: str) -> ScriptCall:
+    """GET, to send with script calls (redis_scripts_call); its result is the value or None."""
+    return _GET_SCRIPT, [key], []

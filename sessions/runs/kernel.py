@@ -28,7 +28,7 @@ from beamclaw_project.infra.leases import (
     queued_ttl_ms,
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
-from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.redis import ScriptCall, get_call, redis_client
 from beamclaw_project.infra.rows import Columns, instances, rows_write, select_one, select_together
 from beamclaw_project.infra.tasks import task_send, tasks_send
 from sessions.models import AgentSession, Message, Run
@@ -200,8 +200,16 @@ def abort_flag_set(run_id, reason: str) -> None:
 
 
 def abort_flag_reason(run_id) -> str | None:
-    reason = redis_client().get(_abort_key(run_id))
-    return reason.decode() if reason is not None else None
+    return abort_flag_read(redis_client().get(_abort_key(run_id)))
+
+
+def abort_flag_call(run_id) -> ScriptCall:
+    """abort_flag_reason, to send with other calls (redis_scripts_call): hand its result to abort_flag_read."""
+    return get_call(_abort_key(run_id))
+
+
+def abort_flag_read(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
 
 
 class AbortCheck:

@@ -23,7 +23,7 @@ from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
-from beamclaw_project.infra.redis import counter_incr
+from beamclaw_project.infra.redis import ScriptCall, counter_incr, counter_incr_call, redis_scripts_call
 from beamclaw_project.infra.rows import Columns, instances, row_update, select_one
 from sessions import events
 from sessions.models import AgentSession, Message, Run
@@ -38,6 +38,8 @@ from sessions.runs.json_mode import INVALID_JSON, REPAIR_PARAM, ReplyCheck, fail
 from sessions.runs.kernel import (
     TOOLS_PHASE,
     AbortCheck,
+    abort_flag_call,
+    abort_flag_read,
     abort_flag_reason,
     run_lease_key,
     run_lock,
@@ -158,15 +160,20 @@ def run_step(*, run_id, step: int) -> None:
 def _run_step_leased(run_id, step: int) -> None:
     # A step may be picked up over the tools marker: a re-sent step only drives the open calls (step_resume).
     lease = Lease(run_lease_key(run_id), takes_over=(TOOLS_PHASE,))
-    if not lease.acquire():
+    # One round trip for the lease, the number of this delivery of the step (a later one skips text already
+    # streamed) and the run's abort flag: each on its own was a round trip on the way to the first token.
+    taking_since = time.monotonic()
+    took, attempt, abort_flag = redis_scripts_call([
+        lease.acquire_call(), _count_call(run_id, step, "attempts"), abort_flag_call(run_id),
+    ])
+    if not lease.acquired(took, since=taking_since):
         logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
         return
     waits_for_tools = False
     handed_back: _HandedBack | None = None
     try:
-        attempt = _count(run_id, step, "attempts")
         try:
-            tools_started = _execute_step(run_id, step, attempt, lease)
+            tools_started = _execute_step(run_id, step, int(attempt), lease, abort_flag_read(abort_flag))
         except _HandedBack as exc:
             handed_back = exc
         except _LeaseLost:
@@ -210,9 +217,17 @@ def _let_go(lease: Lease, waits_for_tools: bool) -> None:
 
 
 def _count(run_id, step: int, what: str) -> int:
-    """Count this step's attempts (a later one skips text already streamed) or its failures (the run
-    fails after MAX_STEP_FAILURES; an outage is not a failure)."""
-    return counter_incr(f"bc:run:{run_id}:step:{step}:{what}", ttl_seconds=settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
+    """Count this step's failures (the run fails after MAX_STEP_FAILURES; an outage is not a failure)."""
+    return counter_incr(_count_key(run_id, step, what), ttl_seconds=settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
+
+
+def _count_call(run_id, step: int, what: str) -> ScriptCall:
+    """Count this step's deliveries (`attempts`; a later one skips text already streamed), with other calls."""
+    return counter_incr_call(_count_key(run_id, step, what), ttl_seconds=settings.BEAMCLAW["EVENT_STREAM_TTL_SECONDS"])
+
+
+def _count_key(run_id, step: int, what: str) -> str:
+    return f"bc:run:{run_id}:step:{step}:{what}"
 
 
 @cache
@@ -242,8 +257,9 @@ def run_for_step(run_id, step: int) -> Run | None:
     return run
 
 
-def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
-    """Run the step; True when it left the run in its tool phase."""
+def _execute_step(run_id, step: int, attempt: int, lease: Lease, abort_reason: str | None) -> bool:
+    """Run the step; True when it left the run in its tool phase. `abort_reason`: the run's abort flag, as
+    read when the step was taken."""
     run = run_for_step(run_id, step)
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
         return False
@@ -252,7 +268,7 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease) -> bool:
     if run.reply_written:
         tool_phase.step_resume(run, step, lease)
         return True
-    if abort_flag_reason(run_id) is not None:
+    if abort_reason is not None:
         _finish_aborted(run_id, step, partial_text="")
         return False
     if step >= settings.BEAMCLAW["STEP_CAP"]:
