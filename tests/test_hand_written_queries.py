@@ -107,10 +107,11 @@ def test_batch_inserts_store_what_bulk_create_would_and_read_back_the_keys(make_
     """Cron's burst writes a tenant's new sessions, runs and first messages in one round trip: every row as
     bulk_create would write it, each generated key read back onto its own instance."""
     bundle = make_tenant()
-    sessions = [AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=f"cron:x:{uuid.uuid4().hex}", ephemeral=True)
-                for _ in range(3)]
+    # Closed sessions with ended runs: no worker or reaper of the shared stack takes them up.
+    sessions = [AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=f"cron:x:{uuid.uuid4().hex}", ephemeral=True,
+                             status=AgentSession.Status.CLOSED, next_seq=151 if i == 0 else 1) for i in range(3)]
     runs = [Run(tenant=bundle.tenant, session=session, trigger=Run.Trigger.CRON, input=[{"type": "text", "text": f"n{i}"}],
-                params={"queue_mode": "followup"}) for i, session in enumerate(sessions)]
+                params={"queue_mode": "followup"}, status=Run.Status.SUCCEEDED) for i, session in enumerate(sessions)]
     messages = [Message(session=sessions[0], seq=seq, role=Message.Role.USER, content=[{"type": "text", "text": str(seq)}])
                 for seq in range(1, 151)]
     rows_insert(sessions, runs, messages)
