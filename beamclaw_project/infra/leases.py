@@ -21,7 +21,7 @@ import uuid
 from django.conf import settings
 
 from beamclaw_project.infra.broker import queues_empty
-from beamclaw_project.infra.redis import ScriptCall, redis_client, redis_script, redis_script_calls
+from beamclaw_project.infra.redis import ScriptCall, redis_client, redis_script, redis_scripts_call
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,19 @@ def queued_ttl_ms() -> int:
 
 def lease_set(key: str, value: str, *, ttl_ms: int, replacing: tuple[str, ...] = ()) -> bool:
     """Set the lease to `value` if nothing holds it or it holds one of `replacing`."""
-    return bool(redis_script(_SET_SCRIPT)(keys=[key], args=[value, ttl_ms, *replacing]))
+    _, keys, args = lease_set_call(key, value, ttl_ms=ttl_ms, replacing=replacing)
+    return bool(redis_script(_SET_SCRIPT)(keys=keys, args=args))
+
+
+def lease_set_call(key: str, value: str, *, ttl_ms: int, replacing: tuple[str, ...] = ()) -> ScriptCall:
+    """lease_set, to send with other calls (redis_scripts_call); its result is 1 if the lease was set."""
+    return _SET_SCRIPT, [key], [value, ttl_ms, *replacing]
 
 
 def leases_set(keys: list[str], value: str, *, ttl_ms: int, replacing: tuple[str, ...] = ()) -> list[bool]:
     """lease_set for each key, in one round trip."""
-    return [bool(done) for done in redis_script_calls(_SET_SCRIPT, [([key], [value, ttl_ms, *replacing]) for key in keys])]
+    calls = [lease_set_call(key, value, ttl_ms=ttl_ms, replacing=replacing) for key in keys]
+    return [bool(done) for done in redis_scripts_call(calls)]
 
 
 def lease_mark_queued(key: str, *, only_if_free: bool = False) -> bool:
@@ -197,7 +204,7 @@ class Lease:
     def acquire_call(self) -> ScriptCall:
         """acquire, to send with other calls (redis_scripts_call): hand its result to `acquired`, with the
         time.monotonic() from before the calls were sent."""
-        return _SET_SCRIPT, [self.key], [self.token, lease_ttl_ms(), *self.takes_over]
+        return lease_set_call(self.key, self.token, ttl_ms=lease_ttl_ms(), replacing=self.takes_over)
 
     def acquired(self, result, *, since: float) -> bool:
         if not result:

@@ -94,7 +94,8 @@ return count
 def counter_incr(key: str, *, ttl_seconds: int) -> int:
     """Add one to a counter that expires `ttl_seconds` after its first count; returns the new count. One
     round trip (a pipeline object alone costs more CPU than the two commands)."""
-    return int(redis_script(_COUNT_SCRIPT)(keys=[key], args=[ttl_seconds]))
+    _, keys, args = counter_incr_call(key, ttl_seconds=ttl_seconds)
+    return int(redis_script(_COUNT_SCRIPT)(keys=keys, args=args))
 
 
 def counter_incr_call(key: str, *, ttl_seconds: int) -> ScriptCall:
