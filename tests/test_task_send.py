@@ -22,9 +22,12 @@ def _pushed(queue: str, priority: int) -> dict:
     with current_app.pool.acquire(block=True) as connection:
         channel = connection.default_channel
         key = channel._q_for_pri(queue, priority)
-        client = channel.client
-        raw = client.rpop(key)
-        assert raw is not None and client.llen(key) == 0
+        # Not `channel.client`: once this process has consumed on a pooled connection (a test's
+        # app.control broadcast waits for replies with a BRPOP), that client is pinned to the BRPOP's
+        # connection, whose reply is still unread.
+        with channel.conn_or_acquire() as client:
+            raw = client.rpop(key)
+            assert raw is not None and client.llen(key) == 0
     message = json.loads(raw)
     message["body"] = json.loads(base64.b64decode(message["body"]))
     return message
