@@ -345,14 +345,18 @@ def turn_add(turns: list[tuple[str, list[dict]]], role: str, blocks: list[dict])
 
 def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]], *,
                        key_prefix: str | None = None) -> AgentSession:
-    """A session of the request's own messages, closed after its run (unless it hands out tool calls)."""
-    session = row_insert(AgentSession(
+    """A session of the request's own messages, closed after its run (unless it hands out tool calls).
+    Without earlier messages it is not written yet: it goes to Postgres with its run (run_start_locked), in
+    that round trip."""
+    session = AgentSession(
         tenant=tenant,
         agent=agent,
         key=f"{key_prefix or f'agent:{agent.slug}'}:api-{secrets.token_hex(8)}",
         ephemeral=True,
-    ))
-    transcript_seed(session, history)
+    )
+    if history:
+        row_insert(session)
+        transcript_seed(session, history)
     return session
 
 

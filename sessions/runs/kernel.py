@@ -94,11 +94,13 @@ def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] 
                       **fields) -> Message:
     """Append a message; the caller holds the session row lock. `session_fields`: other fields of the
     session the caller changed, saved in the same UPDATE. `new_rows`: other new instances to insert with the
-    message (the run it starts). The writes go to Postgres together, in one round trip."""
+    message, in order (the run it starts; first the session itself if it is new, which is then inserted with
+    its next_seq rather than updated). The writes go to Postgres together, in one round trip."""
     seq = session.next_seq
     session.next_seq = seq + 1
     message = Message(session=session, seq=seq, **fields)
-    rows_write(updates=[(session, ("next_seq", "updated_at", *session_fields))],
+    session_is_new = any(row is session for row in new_rows)
+    rows_write(updates=[] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))],
                inserts=[*([row] for row in new_rows), [message]])
     return message
 

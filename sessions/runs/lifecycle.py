@@ -120,8 +120,10 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
         row_update(run, ("status", "started_at", "step"))
     # Results for tool calls the client was handed go first, as the Messages API wants (client_calls.py).
     content = [*([] if session_is_new else client_results_take_locked(session, run)), *run.input]
-    # A new run is written with its message (one round trip on the way to the first token).
-    transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=(run,) if adding else ())
+    # A new run is written with its message, and a new session not written yet with both (one round trip on
+    # the way to the first token).
+    new_rows = tuple(row for row in (session, run) if row._state.adding)
+    transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows)
     run_started_announce_on_commit(run, tenant_slug=session.tenant.slug, session_is_new=session_is_new)
     return run
 

@@ -4,7 +4,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from beamclaw_project.errors import Conflict
-from beamclaw_project.infra.rows import rows_insert
+from beamclaw_project.infra.rows import row_insert, rows_insert
 from sessions.models import AgentSession, Message, Run
 from sessions.runs.budget import check_token_budget
 from sessions.runs.client_calls import client_results_check_locked
@@ -46,7 +46,8 @@ def run_submit(
     client; they must answer exactly those (client_calls.py), and start the run's user message.
     Raises LimitExceeded when the tenant's daily token budget is used up, SessionClosed for a closed session.
     `session_is_new`: the caller created the session in its transaction, still open, so nobody else sees it
-    yet: it needs no lock and has no runs and no calls waiting for results (three queries saved).
+    yet: it needs no lock and has no runs and no calls waiting for results (three queries saved). Such a
+    session may not be written yet (`_state.adding`): it is written with the run.
     """
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode
@@ -91,6 +92,8 @@ def run_submit(
         if active is None and not queued and tenant_has_capacity_locked(locked.tenant_id):
             run_start_locked(locked, run, session_is_new=session_is_new)  # the common case: straight to running
             return run
+        if locked._state.adding:
+            row_insert(locked)
         run.save()
         if active is None:
             started = session_advance_locked(locked)

@@ -118,6 +118,38 @@ def test_max_concurrent_runs_queues_extra_runs_instead_of_rejecting(api, tenant)
     assert peak <= 2, "never more than the tenant's limit at once"
 
 
+def test_openai_requests_over_the_cap_wait_their_turn_and_answer(api, live, tenant):
+    # An OpenAI request's session is made with its run. Over the tenant's cap the run waits queued, so its
+    # session must be written with it, and the run started once a slot frees, with or without history.
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=1)
+    busy = send(api, new_session(api), f"holding the slot {SLOW}")
+    conversations = {
+        "single": [{"role": "user", "content": "over the cap"}],
+        "history": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                    {"role": "user", "content": "over the cap again"}],
+    }
+    answers = {}
+
+    def ask(name):
+        answers[name] = httpx.post(f"{live}/v1/chat/completions", headers=tenant.headers, timeout=60,
+                                   json={"model": "assistant", "messages": conversations[name]})
+
+    threads = [threading.Thread(target=ask, args=(name,)) for name in conversations]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    busy_ended = Run.objects.get(pk=busy["id"]).finished_at
+    for name, messages in conversations.items():
+        response = answers[name]
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == f"Echo: {messages[-1]['content']}"
+        run = Run.objects.get(pk=response.headers["x-run-id"])
+        assert run.started_at >= busy_ended, "it waited for the slot"
+        expected = [(m["role"], m["content"]) for m in messages] + [("assistant", f"Echo: {messages[-1]['content']}")]
+        assert transcript(run.session_id) == expected
+
+
 def test_max_concurrent_runs_holds_when_many_start_at_the_same_moment(api, tenant):
     # A hostile client sending many requests at once must not get past the cap: each start counts the
     # runs of the starts that held the tenant's row before it (the count once read a snapshot taken before
