@@ -14,7 +14,8 @@ from django.db import DatabaseError, connection, transaction
 
 from beamclaw_project.infra.rows import row_insert, row_update, rows_insert, rows_write
 from beamclaw_project.postgres.base import connection_usable
-from sessions.models import AgentSession, Message, Run
+from sessions.models import AgentSession, Compaction, Message, Run
+from sessions.runs.context import transcript_view
 from sessions.runs.kernel import run_lock, session_lock
 from sessions.runs.step import run_for_step
 from tenants.auth import AuthError, authenticate_key, authenticate_key_for_agent
@@ -63,6 +64,16 @@ def test_a_step_and_the_locks_load_the_run_and_session_as_the_orm_does(make_tena
     assert_same(loaded.tenant, Tenant, bundle.tenant.pk)
     assert loaded.params["temperature"] == 0.5 and loaded.reply_written is False
     assert run_for_step(uuid.uuid4(), 0) is None
+
+    # The transcript, read with the run by the run's id, is what the session's own read gives: from the
+    # latest compaction's cut on, without excluded messages.
+    for seq, text in enumerate(["old", "kept", "dropped", "latest"], 1):
+        Message.objects.create(session=session, seq=seq, role=Message.Role.USER, content=[{"type": "text", "text": text}],
+                               excluded_reason="failed" if text == "dropped" else "")
+    Compaction.objects.create(session=session, first_kept_seq=2, summary="earlier")
+    view = run_for_step(run.pk, 0).view
+    assert view == transcript_view(session.pk)
+    assert view.compaction.summary == "earlier" and [m.seq for m in view.messages] == [2, 4]
 
     with transaction.atomic():
         locked_run, locked_session = run_lock(run.pk)

@@ -14,7 +14,7 @@ from functools import cache
 from typing import NamedTuple
 
 from beamclaw_project.infra.rows import Columns, select_together
-from sessions.models import Compaction, Message
+from sessions.models import Compaction, Message, Run
 
 SUMMARY_HEADER = (
     "[Summary of the earlier conversation. The messages before this point were compacted into this summary "
@@ -74,14 +74,17 @@ class TranscriptView:
 
 
 @cache
-def _view_sql() -> tuple[Columns, Columns, str, str]:
+def _view_sql(by_run: bool = False) -> tuple[Columns, Columns, str, str]:
     compaction, message = Columns(Compaction, "c"), Columns(Message, "m", fields=VisibleMessage._fields)
-    compactions = f'"{Compaction._meta.db_table}" c WHERE c.session_id = %s'
+    # The session is named by its id, or by one of its runs: a step knows only its run, and reads the run with
+    # its transcript in one round trip.
+    session = f'(SELECT "session_id" FROM "{Run._meta.db_table}" WHERE "id" = %s)' if by_run else "%s"
+    compactions = f'"{Compaction._meta.db_table}" c WHERE c.session_id = {session}'
     # The latest compaction, then the messages from its cut on; the cut is read again in the second
     # statement rather than passed from the first, so the two go to Postgres in one round trip.
     latest = f"SELECT {compaction.sql} FROM {compactions} ORDER BY c.first_kept_seq DESC LIMIT 1"
     visible = (
-        f'SELECT {message.sql} FROM "{Message._meta.db_table}" m WHERE m.session_id = %s AND m.excluded_reason = %s '
+        f'SELECT {message.sql} FROM "{Message._meta.db_table}" m WHERE m.session_id = {session} AND m.excluded_reason = %s '
         f"AND m.seq >= COALESCE((SELECT max(c.first_kept_seq) FROM {compactions}), 0) ORDER BY m.seq"
     )
     return compaction, message, latest, visible
@@ -89,8 +92,19 @@ def _view_sql() -> tuple[Columns, Columns, str, str]:
 
 def transcript_view(session_id) -> TranscriptView:
     """Every step reads this, so its queries are written out (beamclaw_project/infra/rows.py)."""
-    compaction_columns, message_columns, latest, visible = _view_sql()
-    compactions, rows = select_together((latest, [session_id]), (visible, [session_id, "", session_id]))
+    return transcript_view_of(*select_together(*transcript_view_statements(session_id=session_id)))
+
+
+def transcript_view_statements(*, session_id=None, run_id=None) -> list[tuple[str, list]]:
+    """transcript_view's two statements, for the session or the session of a run, to send with others."""
+    _, _, latest, visible = _view_sql(by_run=session_id is None)
+    key = run_id if session_id is None else session_id
+    return [(latest, [key]), (visible, [key, "", key])]
+
+
+def transcript_view_of(compactions: list[tuple], messages: list[tuple]) -> TranscriptView:
+    """The view from the rows of transcript_view_statements."""
+    compaction_columns, message_columns, _, _ = _view_sql()
     compaction = compaction_columns.instance(compactions[0]) if compactions else None
-    return TranscriptView(compaction=compaction, messages=[VisibleMessage(*message_columns.values(r)) for r in rows])
+    return TranscriptView(compaction=compaction, messages=[VisibleMessage(*message_columns.values(r)) for r in messages])
 

@@ -24,7 +24,7 @@ from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import ScriptCall, counter_incr, counter_incr_call, redis_scripts_call
-from beamclaw_project.infra.rows import Columns, instances, row_update, select_one
+from beamclaw_project.infra.rows import Columns, instances, row_update, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, request_sampling
@@ -32,7 +32,7 @@ from sessions.providers.chain import complete
 from sessions.runs import tool_phase
 from sessions.runs.budget import record_tokens
 from sessions.runs.compaction import compaction_if_needed
-from sessions.runs.context import transcript_view
+from sessions.runs.context import transcript_view, transcript_view_of, transcript_view_statements
 from sessions.runs.delta_window import DeltaWindow
 from sessions.runs.json_mode import INVALID_JSON, REPAIR_PARAM, ReplyCheck, failure_message, repair_prompt, reply_check
 from sessions.runs.kernel import (
@@ -244,16 +244,19 @@ def _run_for_step_sql() -> tuple[Columns, Columns, Columns, Columns, str]:
 
 
 def run_for_step(run_id, step: int) -> Run | None:
-    """The run with its session, the session's agent and the tenant, and `reply_written`: whether the step's
-    reply exists. Every step starts with this query, so it is written out (beamclaw_project/infra/rows.py)."""
+    """The run with its session, the session's agent and the tenant, `reply_written`: whether the step's
+    reply exists, and `view`: its session's transcript as the model sees it (context.py). Every step starts
+    with these queries, so they are written out (beamclaw_project/infra/rows.py) and sent together."""
     run_columns, session_columns, agent_columns, tenant_columns, sql = _run_for_step_sql()
-    row = select_one(sql, [step, Message.Role.ASSISTANT, run_id])
-    if row is None:
+    rows, *view_rows = select_together((sql, [step, Message.Role.ASSISTANT, run_id]),
+                                       *transcript_view_statements(run_id=run_id))
+    if not rows:
         return None
-    run, session, agent, tenant = instances(row, run_columns, session_columns, agent_columns, tenant_columns)
+    run, session, agent, tenant = instances(rows[0], run_columns, session_columns, agent_columns, tenant_columns)
     run.session, session.agent = session, agent
     run.tenant = session.tenant = agent.tenant = tenant
-    run.reply_written = row[-1]
+    run.reply_written = rows[0][-1]
+    run.view = transcript_view_of(*view_rows)
     return run
 
 
@@ -279,7 +282,7 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease, abort_reason: s
 
     agent = run.session.agent
     began = time.monotonic()
-    view = transcript_view(run.session_id)
+    view = run.view
     # Older turns are summarized first when the context nears the agent's budget (compaction.py).
     if compaction_if_needed(run=run, agent=agent, view=view) is not None:
         view = transcript_view(run.session_id)
