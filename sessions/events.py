@@ -26,7 +26,7 @@ from django.conf import settings
 
 from beamclaw_project.infra.draining import DRAIN_TICK_SECONDS, draining
 from beamclaw_project.infra.pubsub import RESYNC, channel_hub
-from beamclaw_project.infra.redis import async_redis, redis_client, redis_script, redis_script_calls
+from beamclaw_project.infra.redis import Command, async_redis, redis_client, redis_script
 
 RUN_STARTED = "run.started"
 TEXT_DELTA = "text.delta"
@@ -84,9 +84,12 @@ def publish(run_id, event: str, payload: dict) -> int:
     return int(redis_script(_APPEND_SCRIPT)(keys=keys, args=args))
 
 
-def publish_many(events: list[tuple[object, str, dict]]) -> None:
-    """publish each (run_id, event, payload), in one round trip: the first events of runs started together."""
-    redis_script_calls(_APPEND_SCRIPT, [_append_call(run_id, event, payload) for run_id, event, payload in events])
+def publish_command(run_id, event: str, payload: dict) -> Command:
+    """publish, to send with commands that must follow it (a run's first step after its run.started), in
+    one round trip (redis_scripts_call); its result is the seq. Sent as EVAL, with the script's text: an
+    EVALSHA refused because Redis lost the script would be sent again after the commands meant to follow it."""
+    keys, args = _append_call(run_id, event, payload)
+    return Command("EVAL", (_APPEND_SCRIPT, len(keys), *keys, *args))
 
 
 def _append_call(run_id, event: str, payload: dict) -> tuple[list, list]:

@@ -17,7 +17,7 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from beamclaw_project.infra.redis import async_redis, redis_client
+from beamclaw_project.infra.redis import Command, async_redis
 
 SUBSCRIPTION_TTL_SECONDS = 24 * 3600
 
@@ -44,9 +44,13 @@ async def unsubscribe(session_id, channel_name: str) -> None:
     await get_channel_layer().group_discard(session_group(session_id), channel_name)
 
 
-def notify_session(session_id, run_id) -> None:
-    if not redis_client().exists(_subscribers_key(session_id)):
-        return
+def session_watched_command(session_id) -> Command:
+    """Whether a socket follows the session (EXISTS), to send with the other commands of a run's start: only
+    then is session_subscribers_notify worth its channel-layer round trip."""
+    return Command("EXISTS", (_subscribers_key(session_id),))
+
+
+def session_subscribers_notify(session_id, run_id) -> None:
     layer = get_channel_layer()
     if layer is not None:
         async_to_sync(layer.group_send)(

@@ -8,6 +8,7 @@ Tests do not run inside a rolled-back transaction: the worker and Daphne are oth
 see committed rows. Each test makes its own tenant (unique slug), which is all the isolation needed.
 """
 
+import base64
 import itertools
 import json
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from celery import current_app
 from django.conf import settings
 from psycopg import sql
 
@@ -294,6 +296,22 @@ def assert_whole_deltas(pieces: list[str], provider_deltas: list[str]) -> None:
     delta_ends = set(itertools.accumulate(len(d) for d in provider_deltas))
     assert set(itertools.accumulate(len(p) for p in pieces)) <= delta_ends, f"{pieces} splits {provider_deltas}"
     assert all(pieces), "an empty piece"
+
+
+def queued_message_pop(queue: str, priority: int) -> dict:
+    """The one message on the queue's list for that priority, taken off it."""
+    with current_app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        key = channel._q_for_pri(queue, priority)
+        # Not `channel.client`: once this process has consumed on a pooled connection (a test's
+        # app.control broadcast waits for replies with a BRPOP), that client is pinned to the BRPOP's
+        # connection, whose reply is still unread.
+        with channel.conn_or_acquire() as client:
+            raw = client.rpop(key)
+            assert raw is not None and client.llen(key) == 0
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    return message
 
 
 def sse_events(lines):

@@ -1,11 +1,18 @@
-"""Scripts called many times in one round trip (infra/redis.redis_script_calls): what runs started together
-use to mark their leases and publish their first events."""
+"""Scripts and commands sent together in one round trip (infra/redis.redis_scripts_call): what a step uses
+to take its lease, what runs started together use to mark their leases, and what a run's start uses to
+publish its first event and send its first step."""
 
 import uuid
 
+from django.test import override_settings
+
 from beamclaw_project.infra.leases import lease_values, leases_set
-from beamclaw_project.infra.redis import get_call, redis_client, redis_script_calls, redis_scripts_call
+from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
+from beamclaw_project.infra.redis import Command, get_call, redis_client, redis_script_calls, redis_scripts_call
+from beamclaw_project.infra.tasks import tasks_push_commands
 from sessions import events
+from sessions.runs.kernel import RUN_STEP_TASK
+from tests.conftest import queued_message_pop
 
 
 def test_a_script_redis_does_not_hold_is_loaded_and_every_call_runs_once():
@@ -34,7 +41,7 @@ def test_calls_of_several_scripts_each_run_once_when_redis_lacks_only_some():
 
 def test_runs_started_together_get_their_first_event_and_a_queued_lease_each():
     run_ids = [uuid.uuid4() for _ in range(3)]
-    events.publish_many([(run_id, events.RUN_STARTED, {"run_id": str(run_id)}) for run_id in run_ids])
+    redis_scripts_call([events.publish_command(run_id, events.RUN_STARTED, {"run_id": str(run_id)}) for run_id in run_ids])
     for run_id in run_ids:
         [first] = events.read_all(run_id)
         assert (first.seq, first.event, first.payload) == (1, events.RUN_STARTED, {"run_id": str(run_id)})
@@ -43,3 +50,28 @@ def test_runs_started_together_get_their_first_event_and_a_queued_lease_each():
     redis_client().set(keys[1], "a-worker's-token")
     assert leases_set(keys, "queued", ttl_ms=60_000, replacing=("queued",)) == [True, False, True]
     assert lease_values(keys) == [b"queued", b"a-worker's-token", b"queued"]
+
+
+def test_a_first_event_and_a_first_step_go_together_in_order():
+    """A run's start publishes run.started and pushes step 0 in one round trip. The event goes as EVAL (with
+    the script's text), so a Redis that lost its scripts (after a restart) cannot refuse it and leave it to
+    be sent after the step: a worker quick to stream would then publish text before run.started. (Not
+    tested by flushing the scripts: that would reach the other test processes sharing this Redis.)"""
+    run_id, queue = uuid.uuid4(), tenant_queue(f"push-{uuid.uuid4().hex[:8]}")  # (no worker consumes it)
+    publish = events.publish_command(run_id, events.RUN_STARTED, {"run_id": str(run_id)})
+    assert publish.name == "EVAL"
+    step = tasks_push_commands([(RUN_STEP_TASK, [str(run_id), 0], queue, WORK_PRIORITY)])
+    assert [command.name for command in step] == ["LPUSH"]
+    seq, pushed = redis_scripts_call([publish, *step])
+    assert (seq, pushed) == (1, 1)
+    assert [e.event for e in events.read_all(run_id)] == [events.RUN_STARTED]
+    message = queued_message_pop(queue, WORK_PRIORITY)
+    assert message["headers"]["task"] == RUN_STEP_TASK and message["body"][0] == [str(run_id), 0]
+
+    refused = f"bc:test:{uuid.uuid4().hex}"
+    assert redis_scripts_call([Command("SET", (refused, "1")), Command("EXISTS", (refused,))]) == [True, 1]
+
+
+def test_with_the_broker_on_another_redis_database_the_steps_are_not_pushed_with_the_events():
+    with override_settings(CELERY_BROKER_URL="redis://127.0.0.1:6379/9"):
+        assert tasks_push_commands([(RUN_STEP_TASK, [str(uuid.uuid4()), 0], tenant_queue("x"), WORK_PRIORITY)]) is None

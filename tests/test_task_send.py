@@ -2,8 +2,6 @@
 push must be the one `send_task` would, or workers would run them differently (every step of every run in
 the suite is sent this way, and runs)."""
 
-import base64
-import json
 import uuid
 
 from celery import current_app
@@ -11,35 +9,20 @@ from celery import current_app
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.tasks import task_send, tasks_send
 from sessions.runs.kernel import RUN_STEP_TASK
+from tests.conftest import queued_message_pop
 
 # Differ by nature from one message to the next.
 UNIQUE_HEADERS = {"id", "root_id"}
 UNIQUE_PROPERTIES = {"correlation_id", "delivery_tag"}
 
 
-def _pushed(queue: str, priority: int) -> dict:
-    """The one message on the queue's list for that priority, taken off it."""
-    with current_app.pool.acquire(block=True) as connection:
-        channel = connection.default_channel
-        key = channel._q_for_pri(queue, priority)
-        # Not `channel.client`: once this process has consumed on a pooled connection (a test's
-        # app.control broadcast waits for replies with a BRPOP), that client is pinned to the BRPOP's
-        # connection, whose reply is still unread.
-        with channel.conn_or_acquire() as client:
-            raw = client.rpop(key)
-            assert raw is not None and client.llen(key) == 0
-    message = json.loads(raw)
-    message["body"] = json.loads(base64.b64decode(message["body"]))
-    return message
-
-
 def test_a_run_step_is_sent_as_celery_would_send_it():
     queue = tenant_queue(f"send-{uuid.uuid4().hex[:8]}")  # (no such tenant: no worker consumes it)
     args = [str(uuid.uuid4()), 2]
     current_app.send_task(RUN_STEP_TASK, args=args, queue=queue, priority=WORK_PRIORITY)
-    celery_message = _pushed(queue, WORK_PRIORITY)
+    celery_message = queued_message_pop(queue, WORK_PRIORITY)
     task_send(RUN_STEP_TASK, args, queue=queue, priority=WORK_PRIORITY)
-    ours = _pushed(queue, WORK_PRIORITY)
+    ours = queued_message_pop(queue, WORK_PRIORITY)
 
     assert ours["body"] == celery_message["body"] == [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     assert {k: v for k, v in ours["headers"].items() if k not in UNIQUE_HEADERS} == {
@@ -60,9 +43,9 @@ def test_tasks_sent_together_are_the_messages_sent_one_by_one():
     sent = [(RUN_STEP_TASK, [str(uuid.uuid4()), 0], queues[0], WORK_PRIORITY), ("cron.settle", [7], queues[1], 0)]
     for name, args, queue, priority in sent:
         task_send(name, args, queue=queue, priority=priority)
-    one_by_one = [_pushed(queue, priority) for _, _, queue, priority in sent]
+    one_by_one = [queued_message_pop(queue, priority) for _, _, queue, priority in sent]
     tasks_send(sent)
-    together = [_pushed(queue, priority) for _, _, queue, priority in sent]
+    together = [queued_message_pop(queue, priority) for _, _, queue, priority in sent]
 
     for ours, single in zip(together, one_by_one):
         assert ours["body"] == single["body"]

@@ -39,6 +39,8 @@ from celery import current_app
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
+from beamclaw_project.infra.redis import Command
+
 # "<node> <incarnation>" of this process once it consumes (set by the worker before its first fetch).
 _consumer_owner: str | None = None
 
@@ -112,6 +114,16 @@ class _PipelineBatch:
         getattr(self._pipe, name)(*args)
 
 
+class _CommandBatch:
+    """A publish batch that keeps the Redis commands of a message, for the caller to send."""
+
+    def __init__(self):
+        self.commands: list[Command] = []
+
+    def add(self, name: str, *args) -> None:
+        self.commands.append(Command(name.upper(), args))
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
     _client_of_pool: tuple | None = None  # (the pool, a client on it)
@@ -132,6 +144,12 @@ class Channel(kombu_redis.Channel):
         """Push a message built by the sender (infra/tasks.task_send) onto a queue's list, at its priority:
         what publishing does once the exchange has routed it there."""
         self._put(queue, message)
+
+    def message_put_commands(self, queue: str, message: dict) -> list[Command]:
+        """The Redis commands message_put would send, for the caller to send with others."""
+        batch = _CommandBatch()
+        self._put(queue, message, _publish_batch=batch)
+        return batch.commands
 
     def messages_put(self, messages: list[tuple[str, dict]]) -> None:
         """message_put for each (queue, message), in one round trip: kombu's _put hands its commands to

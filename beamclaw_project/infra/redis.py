@@ -4,6 +4,7 @@ counters, heartbeats); Postgres is the source of truth."""
 
 import asyncio
 from functools import lru_cache, wraps
+from typing import NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -63,19 +64,31 @@ def redis_script_calls(source: str, calls: list[tuple[list, list]]) -> list:
 ScriptCall = tuple[str, list, list]  # a Lua script's source, its keys, its arguments
 
 
-def redis_scripts_call(calls: list[ScriptCall]) -> list:
-    """Each (script source, keys, args) called by its SHA, all in one pipeline: one round trip, the results
-    in order. (A Script object given a pipeline asks SCRIPT EXISTS first, a round trip of its own.) A call
-    whose script Redis lost (a restart, say) ran nothing: its script is loaded and that call is sent again,
-    after the others."""
+class Command(NamedTuple):
+    """A plain Redis command, to send with script calls (redis_scripts_call)."""
+
+    name: str
+    args: tuple
+
+
+def redis_scripts_call(calls: list[ScriptCall | Command]) -> list:
+    """Each (script source, keys, args) called by its SHA, and each Command sent, all in one pipeline: one
+    round trip, the results in order. (A Script object given a pipeline asks SCRIPT EXISTS first, a round
+    trip of its own.) A call whose script Redis lost (a restart, say) ran nothing: its script is loaded and
+    that call is sent again, after the others."""
     if not calls:
         return []
     pipe = redis_client().pipeline(transaction=False)
-    for source, keys, args in calls:
-        pipe.evalsha(redis_script(source).sha, len(keys), *keys, *args)
+    for call in calls:
+        if isinstance(call, Command):
+            pipe.execute_command(call.name, *call.args)
+        else:
+            source, keys, args = call
+            pipe.evalsha(redis_script(source).sha, len(keys), *keys, *args)
     results = pipe.execute(raise_on_error=False)
-    for i, (result, (source, keys, args)) in enumerate(zip(results, calls)):
+    for i, (result, call) in enumerate(zip(results, calls)):
         if isinstance(result, redis.exceptions.NoScriptError):
+            source, keys, args = call
             results[i] = redis_script(source)(keys=keys, args=args)  # (which loads a script Redis lacks)
         elif isinstance(result, Exception):
             raise result

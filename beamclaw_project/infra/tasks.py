@@ -25,9 +25,11 @@ import uuid
 from celery import Task, current_app
 from celery.signals import before_task_publish
 from celery.utils.nodenames import anon_nodename
+from django.conf import settings
 
 from beamclaw_project.infra.log_context import log_context_bind, log_context_reset, log_context_restore
 from beamclaw_project.infra.queues import tenant_of_queue
+from beamclaw_project.infra.redis import Command
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,18 @@ def task_send(name: str, args: list, *, queue: str, priority: int = 0) -> None:
     tests/test_task_send.py holds it to what send_task writes."""
     with current_app.pool.acquire(block=True) as connection:
         connection.default_channel.message_put(queue, _task_message(name, args, queue=queue, priority=priority))
+
+
+def tasks_push_commands(tasks: list[tuple[str, list, str, int]]) -> list[Command] | None:
+    """The Redis commands with which tasks_send would push each (name, args, queue, priority), to send with
+    other commands to redis_client()'s database in one round trip (infra/redis.redis_scripts_call), or None
+    when the broker is another database (CELERY_BROKER_URL set apart from REDIS_URL): then use tasks_send."""
+    if settings.CELERY_BROKER_URL != settings.REDIS_URL or settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix"):
+        return None
+    with current_app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        return [command for name, args, queue, priority in tasks
+                for command in channel.message_put_commands(queue, _task_message(name, args, queue=queue, priority=priority))]
 
 
 def tasks_send(tasks: list[tuple[str, list, str, int]]) -> None:

@@ -28,9 +28,9 @@ from beamclaw_project.infra.leases import (
     queued_ttl_ms,
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
-from beamclaw_project.infra.redis import ScriptCall, get_call, redis_client
+from beamclaw_project.infra.redis import Command, ScriptCall, get_call, redis_client
 from beamclaw_project.infra.rows import Columns, instances, rows_write, select_one, select_together
-from beamclaw_project.infra.tasks import task_send, tasks_send
+from beamclaw_project.infra.tasks import task_send, tasks_push_commands, tasks_send
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Tenant
 
@@ -154,14 +154,13 @@ def runs_stranded(runs: list[tuple]) -> tuple[list, list]:
     return orphans, [run_id for (run_id, _), gone in zip(queued, lost) if gone]
 
 
-def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = False, marked: bool = False) -> bool:
+def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = False) -> bool:
     """Mark the run's step queued and send it; with only_if_free (the reaper), only if nothing held the
-    lease or had queued a step; with `marked`, the caller marked it (run_mark_queued) moments ago, before
-    its transaction committed. Returns whether it was sent."""
+    lease or had queued a step. Returns whether it was sent."""
     if only_if_free:
         if not lease_set(run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms()):
             return False
-    elif not marked:
+    else:
         run_mark_queued(run_id)
     _step_send(run_id, step, tenant_slug)
     return True
@@ -170,6 +169,12 @@ def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = Fa
 def first_steps_send(run_ids: list, tenant_slug: str) -> None:
     """Send step 0 of runs the caller marked queued (runs_mark_queued), in one round trip."""
     tasks_send([_step_task(run_id, 0, tenant_slug) for run_id in run_ids])
+
+
+def first_steps_commands(run_ids: list, tenant_slug: str) -> list[Command] | None:
+    """first_steps_send's Redis commands, to send with others; None when the broker is another Redis
+    database than the events' (then first_steps_send)."""
+    return tasks_push_commands([_step_task(run_id, 0, tenant_slug) for run_id in run_ids])
 
 
 def step_resend(run_id, step: int, tenant_slug: str) -> bool:

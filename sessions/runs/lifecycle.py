@@ -13,20 +13,20 @@ from django.utils import timezone
 
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import run_finished_record, run_started_record
-from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.redis import redis_client, redis_scripts_call
 from beamclaw_project.infra.rows import Columns, row_update, select_all, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run
-from sessions.notify import notify_session
+from sessions.notify import session_subscribers_notify, session_watched_command
 from sessions.runs.client_calls import client_calls_of, client_results_take_locked
 from sessions.runs.json_mode import reply_result_text
 from sessions.runs.kernel import (
     abort_flag_set,
+    first_steps_commands,
     first_steps_send,
     run_mark_queued,
     runs_mark_queued,
     session_lock,
-    step_enqueue,
     transcript_append,
 )
 from sessions.runs.tool_calls import open_calls_settle_locked
@@ -139,10 +139,7 @@ def run_started_announce_on_commit(run: Run, *, tenant_slug: str, session_is_new
 
     def announce_and_enqueue():
         _run_started_note(run_id, session_id, trigger, tenant_slug)
-        events.publish(run_id, events.RUN_STARTED, _run_started_payload(run_id, session_id))
-        if not session_is_new:
-            notify_session(session_id, run_id)
-        step_enqueue(run_id, 0, tenant_slug, marked=True)
+        _runs_started_send([(run_id, session_id)], tenant_slug, watched=not session_is_new)
 
     transaction.on_commit(announce_and_enqueue)
 
@@ -163,11 +160,27 @@ def runs_started_announce_on_commit(runs: list[Run], *, tenant_slug: str) -> Non
     def announce_and_enqueue():
         for run_id, session_id, trigger in started:
             _run_started_note(run_id, session_id, trigger, tenant_slug)
-        events.publish_many([(run_id, events.RUN_STARTED, _run_started_payload(run_id, session_id))
-                             for run_id, session_id, _ in started])
-        first_steps_send(run_ids, tenant_slug)
+        _runs_started_send([(run_id, session_id) for run_id, session_id, _ in started], tenant_slug, watched=False)
 
     transaction.on_commit(announce_and_enqueue)
+
+
+def _runs_started_send(started: list[tuple], tenant_slug: str, *, watched: bool) -> None:
+    """Publish run.started for each (run id, session id) and send its step 0, in one Redis round trip where
+    the broker is the events' Redis database (on the way to the first token), in that order: a step's first
+    event must follow its run.started. `watched`: ask whether sockets follow the sessions (sessions made in
+    the runs' transaction have none) and tell them the runs started."""
+    run_ids = [run_id for run_id, _ in started]
+    steps = first_steps_commands(run_ids, tenant_slug)
+    publishes = [events.publish_command(run_id, events.RUN_STARTED, _run_started_payload(run_id, session_id))
+                 for run_id, session_id in started]
+    watches = [session_watched_command(session_id) for _, session_id in started] if watched else []
+    results = redis_scripts_call([*publishes, *watches, *(steps or [])])
+    for (run_id, session_id), followed in zip(started, results[len(publishes):len(publishes) + len(watches)]):
+        if followed:
+            session_subscribers_notify(session_id, run_id)
+    if steps is None:  # the broker is another Redis database
+        first_steps_send(run_ids, tenant_slug)
 
 
 def _run_started_note(run_id, session_id, trigger: str, tenant_slug: str) -> None:

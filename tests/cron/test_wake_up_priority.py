@@ -12,7 +12,7 @@ from kombu import Queue
 from beamclaw_project.celery import app
 from beamclaw_project.infra.queues import tenant_queue
 from cron.tasks import fire
-from sessions.runs.kernel import RUN_STEP_TASK, step_enqueue
+from sessions.runs.kernel import RUN_STEP_TASK, first_steps_send
 from sessions.runs.tool_phase import RUN_CALLS
 from tools.runner import KIND_MODEL_CALL, call_enqueue
 
@@ -21,8 +21,7 @@ def test_a_wake_up_is_handed_out_before_the_run_steps_and_tool_calls_queued_ahea
     # A queue no worker consumes (no tenant has this slug), so the messages wait here to be read in order.
     slug = f"unserved-{uuid.uuid4().hex[:8]}"
     run_ids = [uuid.uuid4() for _ in range(3)]
-    for run_id in run_ids:
-        step_enqueue(run_id, 0, slug, marked=True)
+    first_steps_send(run_ids, slug)
     call_id = uuid.uuid4()
     call_enqueue(KIND_MODEL_CALL, call_id, tenant_slug=slug, tool="exec", tool_input={"command": "true"})
     fire.apply_async(args=[123], queue=tenant_queue(slug))  # as beat sends it (its PeriodicTask sets no priority)
