@@ -50,6 +50,7 @@ from rest_framework import serializers
 
 from beamclaw_project.errors import Conflict, InvalidInput, NotFound
 from beamclaw_project.infra.rows import select_one
+from sessions.models import Run
 from tools.models import Skill
 from tools.sandbox import SANDBOX_PATH, SKILLS_DIR
 
@@ -387,9 +388,28 @@ def _upload_entry(skill: Skill) -> SkillEntry:
     return SkillEntry(name=skill.name, source="uploaded", doc=_kept(doc), upload_id=str(skill.pk), digest=skill.digest)
 
 
-def _upload_entries(tenant_id: int) -> list[SkillEntry]:
-    # Every step of an agent with skills asks this, so it is written out (beamclaw_project/infra/rows.py).
-    revision = select_one(f'SELECT count(*), max(updated_at) FROM "{Skill._meta.db_table}" WHERE tenant_id = %s', [tenant_id])
+# Every step asks for its tenant's uploads' revision, so the query is written out (beamclaw_project/infra/rows.py).
+_REVISION_SQL = 'SELECT count(*), max(updated_at) FROM "{skills}" WHERE tenant_id = {tenant}'
+_REVISION_ATTRIBUTE = "_uploads_revision"
+
+
+def uploads_revision_statement(run_id) -> tuple[str, list]:
+    """The query an agent's skills start with (its tenant's uploads' revision), for the tenant of a run: a
+    step sends it with its other first reads (sessions/runs/step.py), then hands its row to
+    uploads_revision_known."""
+    tenant = f'(SELECT "tenant_id" FROM "{Run._meta.db_table}" WHERE "id" = %s)'
+    return _REVISION_SQL.format(skills=Skill._meta.db_table, tenant=tenant), [run_id]
+
+
+def uploads_revision_known(agent, row: tuple) -> None:
+    """Give a loaded agent row its tenant's uploads' revision, read just now with other statements: its
+    skills are then worked out without asking again."""
+    setattr(agent, _REVISION_ATTRIBUTE, row)
+
+
+def _upload_entries(tenant_id: int, revision: tuple | None = None) -> list[SkillEntry]:
+    if revision is None:
+        revision = select_one(_REVISION_SQL.format(skills=Skill._meta.db_table, tenant="%s"), [tenant_id])
     with _UPLOADS_LOCK:
         cached = _UPLOADS.get(tenant_id)
     if cached is not None and cached[0] == revision:
@@ -460,7 +480,7 @@ def agent_skills(agent) -> list[AgentSkill]:
 def _agent_skills(agent) -> list[AgentSkill]:
     config = agent.skills if isinstance(agent.skills, dict) else {}
     entries = [entry for index, value in enumerate(agent.skills_dirs or []) for entry in _dir_entries(index, value)]
-    entries += _upload_entries(agent.tenant_id)
+    entries += _upload_entries(agent.tenant_id, getattr(agent, _REVISION_ATTRIBUTE, None))
     taken: dict[str, str] = {}
     result = []
     for entry in entries:

@@ -50,6 +50,7 @@ from sessions.runs.kernel import (
 from sessions.runs.lifecycle import run_end_locked
 from sessions.runs.prompt import system_prompt_for
 from tenants.models import Agent, Tenant
+from tools.skills import uploads_revision_known, uploads_revision_statement
 
 logger = logging.getLogger(__name__)
 
@@ -245,11 +246,14 @@ def _run_for_step_sql() -> tuple[Columns, Columns, Columns, Columns, str]:
 
 def run_for_step(run_id, step: int) -> Run | None:
     """The run with its session, the session's agent and the tenant, `reply_written`: whether the step's
-    reply exists, and `view`: its session's transcript as the model sees it (context.py). Every step starts
-    with these queries, so they are written out (beamclaw_project/infra/rows.py) and sent together."""
+    reply exists, and `view`: its session's transcript as the model sees it (context.py); the agent knows
+    its tenant's skill uploads' revision (tools/skills.py). Every step starts with these queries, so they are
+    written out (beamclaw_project/infra/rows.py) and sent together."""
     run_columns, session_columns, agent_columns, tenant_columns, sql = _run_for_step_sql()
-    rows, *view_rows = select_together((sql, [step, Message.Role.ASSISTANT, run_id]),
-                                       *transcript_view_statements(run_id=run_id))
+    rows, revision, *view_rows = select_together(
+        (sql, [step, Message.Role.ASSISTANT, run_id]), uploads_revision_statement(run_id),
+        *transcript_view_statements(run_id=run_id),
+    )
     if not rows:
         return None
     run, session, agent, tenant = instances(rows[0], run_columns, session_columns, agent_columns, tenant_columns)
@@ -257,6 +261,7 @@ def run_for_step(run_id, step: int) -> Run | None:
     run.tenant = session.tenant = agent.tenant = tenant
     run.reply_written = rows[0][-1]
     run.view = transcript_view_of(*view_rows)
+    uploads_revision_known(agent, revision[0])
     return run
 
 

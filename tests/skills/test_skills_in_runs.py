@@ -65,6 +65,26 @@ def test_the_prompt_lists_eligible_skills_compactly_and_holds_always_skills_whol
     assert "pdf-tools" not in system and "Always answer in haiku." in system
 
 
+def test_a_skill_uploaded_or_deleted_between_runs_is_in_the_next_runs_prompt_or_gone(live, make_tenant, fake_requests):
+    # Workers keep a tenant's uploads while their revision (count, last change) is unchanged; a step reads
+    # that revision with its run, so the change must show in the very next run.
+    bundle = make_tenant()
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    ask(bundle, marker)
+    assert "- fresh-skill:" not in system_prompt_seen(fake_requests, marker)
+
+    uploaded = upload(live, bundle, skill_md("fresh-skill", "Uploaded between two runs."))
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    ask(bundle, marker)
+    assert "- fresh-skill: Uploaded between two runs." in system_prompt_seen(fake_requests, marker)
+
+    deleted = httpx.delete(f"{live}/api/skills/{uploaded['id']}/", headers=bundle.headers, timeout=30)
+    assert deleted.status_code == 204, deleted.text
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    ask(bundle, marker)
+    assert "fresh-skill" not in system_prompt_seen(fake_requests, marker)
+
+
 def test_the_agent_reads_a_skill_with_the_skill_tool(live, make_tenant, skills_dir):
     bundle = make_tenant()
     upload(live, bundle, skill_md("deploy", "Deploys the app.", body="Run {baseDir}/run.sh then check."))
