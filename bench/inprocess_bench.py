@@ -9,7 +9,7 @@ It prints the SQL of one run of each half, then the CPU milliseconds per run (ti
 runs; `--profile web|worker` adds a cProfile (CPU time) of that half. Uses the database beamclaw_bench and
 Redis db 14, which bench/load_bench.py or bench/gateway_bench.py create (run one of them first), and a tenant
 of its own there. `--code DIR` measures another checkout (an older commit's `git worktree`) with the same
-script. Usage: .venv/bin/python bench/inprocess_bench.py [-n 200] [--profile web|worker] [--code DIR]
+script. Usage: .venv/bin/python bench/inprocess_bench.py [-n 200] [--profile web|worker [--profile-out FILE]] [--code DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=200, help="runs measured (default 200)")
     parser.add_argument("--profile", choices=("web", "worker"))
+    parser.add_argument("--profile-out", type=Path, help="also write the profile there, for pstats or snakeviz")
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
     return parser.parse_args()
 
@@ -41,6 +42,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     code = args.code.resolve()
+    if args.profile_out is not None:
+        args.profile_out = args.profile_out.resolve()  # (before the chdir below)
     sys.path.insert(0, str(code))
     os.chdir(code)
     os.environ.update(
@@ -130,6 +133,9 @@ def measure(args: argparse.Namespace) -> int:
     if args.profile:
         print("(under cProfile, which costs several times the code it measures)\n")
         pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+        if args.profile_out:
+            profile.dump_stats(args.profile_out)
+            print(f"profile: {args.profile_out} (python -m pstats {args.profile_out})")
     ApiKey.objects.filter(tenant__slug=TENANT_SLUG).delete()
     return 0
 

@@ -202,19 +202,24 @@ def rows_insert(*groups: list[Model]) -> None:
     rows_write(inserts=groups)
 
 
-def rows_write(*, updates: Iterable[tuple[Model, Iterable[str]]] = (), inserts: Iterable[list[Model]] = ()) -> None:
-    """row_update each (instance, update_fields) of `updates`, then rows_insert each group of `inserts`, all
-    sent together in one round trip (select_together): a transcript's next message and its session's
-    next_seq, say, or a new run with its first message. DatabaseError if an updated row is gone."""
-    updates, inserts = list(updates), list(inserts)
+def rows_write(*, updates: Iterable[tuple[Model, Iterable[str]]] = (), inserts: Iterable[list[Model]] = (),
+               reads: Iterable[tuple[str, list]] = ()) -> list[list[tuple]]:
+    """row_update each (instance, update_fields) of `updates`, then rows_insert each group of `inserts`, then
+    run each (sql, params) of `reads`, all sent together in one round trip (select_together): a transcript's
+    next message and its session's next_seq, say, or a run's end and what its session has waiting. Returns
+    the rows of each read. DatabaseError if an updated row is gone."""
+    updates, inserts, reads = list(updates), list(inserts), list(reads)
     statements = [_row_update_statement(instance, tuple(names), returning=True) for instance, names in updates]
     insert_statements = [rows_insert_statements(group) for group in inserts]
-    results = iter(select_together(*statements, *(statement for group in insert_statements for statement in group)))
+    results = iter(select_together(
+        *statements, *(statement for group in insert_statements for statement in group), *reads,
+    ))
     for _ in updates:
         if not next(results):
             raise DatabaseError("Save with update_fields did not affect any rows.")
     for group, group_statements in zip(inserts, insert_statements):
         rows_inserted(group, [row for _ in group_statements for row in next(results)])
+    return list(results)
 
 
 def row_insert(instance: Model, using: str = "default") -> Model:

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import run_finished_record, run_started_record
-from beamclaw_project.infra.redis import redis_client, redis_scripts_call
-from beamclaw_project.infra.rows import Columns, row_update, select_all, select_together
+from beamclaw_project.infra.redis import Command, redis_client, redis_scripts_call
+from beamclaw_project.infra.rows import Columns, row_update, rows_write, select_all, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import session_subscribers_notify, session_watched_command
@@ -89,13 +89,21 @@ def _pending_sql() -> tuple[Columns, str]:
     return run, f'SELECT {run.sql} FROM "{Run._meta.db_table}" r WHERE r.session_id = %s AND r.status = ANY(%s) ORDER BY r.created_at'
 
 
-def session_advance_locked(session: AgentSession) -> Run | None:
+def _pending_statement(session: AgentSession) -> tuple[str, list]:
+    """The session's queued and active runs, oldest first."""
+    _, sql = _pending_sql()
+    return sql, [session.pk, [str(status) for status in (Run.Status.QUEUED, *Run.ACTIVE_STATUSES)]]
+
+
+def session_advance_locked(session: AgentSession, pending_rows: list[tuple] | None = None) -> Run | None:
     """Start the session's oldest queued run if none is active and the tenant has room for it.
-    Caller holds the session row lock."""
+    Caller holds the session row lock. `pending_rows`: the rows of _pending_statement, if the caller sent
+    it with its own statements (a run's end)."""
     # Every run's end asks this, so it is written out (beamclaw_project/infra/rows.py).
-    columns, sql = _pending_sql()
-    statuses = [str(status) for status in (Run.Status.QUEUED, *Run.ACTIVE_STATUSES)]
-    pending = [columns.instance(row) for row in select_all(sql, [session.pk, statuses])]
+    if pending_rows is None:
+        pending_rows = select_all(*_pending_statement(session))
+    columns, _ = _pending_sql()
+    pending = [columns.instance(row) for row in pending_rows]
     if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
         return None
     if not tenant_has_capacity_locked(session.tenant_id):
@@ -260,7 +268,7 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     run.status = status
     run.error = error
     run.finished_at = timezone.now()
-    row_update(run, ("status", "error", "error_code", "finished_at", "input_tokens", "output_tokens"))
+    updates = [(run, ("status", "error", "error_code", "finished_at", "input_tokens", "output_tokens"))]
     event_payload = payload or {"run_id": str(run.pk), "error": error, "code": run.error_code, "usage": run.usage}
     run_id = run.pk
     tenant_id = run.tenant_id
@@ -272,21 +280,28 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
         log_context_bind(tenant=tenant_slug, session=session.pk, run=run_id)
         logger.info("run %s%s", status, f": {error}" if error else "")
         run_finished_record(tenant=tenant_slug, status=status)
-        events.publish(run_id, TERMINAL_EVENT[status], event_payload)
+        # With the event, whether runs of the tenant wait for a slot (one round trip): a start tried after
+        # this run's commit finds the slot free by itself, so the hint is as good read now as later.
+        _, runs_wait = redis_scripts_call([
+            events.publish_command(run_id, TERMINAL_EVENT[status], event_payload),
+            Command("EXISTS", (_capacity_wait_key(tenant_id),)),
+        ])
         for receiver, result in run_finished.send_robust(
             sender=Run, run_id=run_id, status=status, trigger=trigger, session_ephemeral=ephemeral
         ):
             if isinstance(result, Exception):
                 logger.error("run_finished receiver %s failed for run %s: %r", receiver, run_id, result)
-        if redis_client().exists(_capacity_wait_key(tenant_id)):
+        if runs_wait:
             tenant_fill_slots(tenant_id=tenant_id)
 
     transaction.on_commit(announce)
     if session.ephemeral and not (payload or {}).get("tool_calls"):
         # (A run that handed tool calls to the client leaves its session open for the client's results.)
         session.status = AgentSession.Status.CLOSED
-        row_update(session, ("status", "updated_at"))
-    session_advance_locked(session)
+        updates.append((session, ("status", "updated_at")))
+    # The run's end, the session's, and what the session has waiting: one round trip.
+    [pending_rows] = rows_write(updates=updates, reads=[_pending_statement(session)])
+    session_advance_locked(session, pending_rows)
 
 
 def run_abort(*, run: Run, reason: str = "aborted by request") -> Run:

@@ -181,7 +181,7 @@ def test_user_history_seeds_a_new_session_and_the_server_keeps_it(live, tenant, 
                   {"role": "user", "content": "again"}],
     )
     assert raw.headers["X-Session-History"] == "server"
-    texts = [m.text for m in AgentSession.objects.get(key="agent:assistant:seed").messages.order_by("seq")]
+    texts = [m.text for m in AgentSession.objects.get(tenant=tenant.tenant, key="agent:assistant:seed").messages.order_by("seq")]
     assert texts == ["earlier question", "earlier answer", "now", "Echo: now", "again", "Echo: again"]
 
 
@@ -199,7 +199,7 @@ def test_stateless_mode_uses_the_request_history_under_an_auditable_key(live, te
     sessions = AgentSession.objects.filter(tenant=tenant.tenant)
     assert sessions.count() == 2
     assert all(s.key.startswith("agent:assistant:bob:stateless:") and s.ephemeral for s in sessions)
-    assert not AgentSession.objects.filter(key="agent:assistant:bob").exists()
+    assert not AgentSession.objects.filter(tenant=tenant.tenant, key="agent:assistant:bob").exists()
     assert Message.objects.filter(session__in=sessions).count() == 8
 
     bad = httpx.post(f"{live}/v1/chat/completions", headers={**tenant.headers, "X-Session-Mode": "sticky"},
