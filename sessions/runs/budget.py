@@ -12,7 +12,7 @@ from datetime import timezone as dt_timezone
 from django.db.models import Sum
 
 from beamclaw_project.errors import LimitExceeded
-from beamclaw_project.infra.redis import redis_client
+from beamclaw_project.infra.redis import redis_client, redis_script
 from sessions.models import Compaction, Run
 
 
@@ -49,14 +49,19 @@ def tokens_used_today(*, tenant_id) -> int:
     return int(client.get(_day_key(tenant_id, day)) or used)
 
 
+# Adds to the day's counter only if it is there (one round trip per model call).
+_ADD_IF_COUNTED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('INCRBY', KEYS[1], ARGV[1])
+end
+return false
+"""
+
+
 def record_tokens(*, tenant_id, tokens: int) -> None:
     if tokens <= 0:
         return
-    key = _day_key(tenant_id, _today())
-    client = redis_client()
-    if client.exists(key):
-        client.incrby(key, tokens)
-    else:
+    if redis_script(_ADD_IF_COUNTED)(keys=[_day_key(tenant_id, _today())], args=[tokens]) is None:
         tokens_used_today(tenant_id=tenant_id)  # seeds the counter from Postgres, which includes these tokens
 
 
