@@ -215,6 +215,10 @@ class ChannelHub:
                         future.set_result(None)
             elif kind == b"pong":
                 self._awaiting_pong = False
+        elif reply == b"PONG":
+            # With no subscription left the connection is out of pub/sub mode, and Redis answers a PING
+            # as to any client (it used to go unnoticed: a reconnection and a warning every 30 s when idle).
+            self._awaiting_pong = False
         elif isinstance(reply, hiredis.ReplyError):
             logger.warning("redis pub/sub: %s; reconnecting", reply)
             protocol.transport.abort()

@@ -11,7 +11,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from beamclaw_project.infra.pubsub import channel_hub
+from beamclaw_project.infra import pubsub
+from beamclaw_project.infra.pubsub import ChannelHub, channel_hub
 from sessions import events
 
 # Long enough that no reader here could pass by waiting out its block and reading the stream on a timer.
@@ -95,3 +96,26 @@ def test_readers_catch_up_on_what_was_published_while_the_subscriber_was_disconn
 
     seen = asyncio.run(scenario())
     assert [e.seq for e in seen] == [2, 3, 4, 5] and seen[-1].event == events.RUN_COMPLETED
+
+
+def test_a_subscriber_connection_without_subscriptions_stays_up_across_pings(monkeypatch):
+    """Once its last reader leaves, the hub's connection is out of pub/sub mode and Redis answers its pings
+    with a plain PONG: that is an answer too, not a dead connection to drop with a warning."""
+    monkeypatch.setattr(pubsub, "PING_SECONDS", 1.0)  # (this test is about the ping; it shortens it for itself)
+
+    async def until(predicate):
+        async with asyncio.timeout(10):
+            while not predicate():
+                await asyncio.sleep(0.01)
+
+    async def scenario():
+        hub, channel = ChannelHub(settings.REDIS_URL), f"bc:test:{uuid.uuid4().hex}".encode()
+        hub.unsubscribe(channel, await hub.subscribe(channel))
+        connection = hub._protocol
+        await until(lambda: hub._awaiting_pong)  # a ping went out
+        await until(lambda: not hub._awaiting_pong)  # and was answered, or the connection was dropped
+        kept = hub._protocol is connection and not connection.closed.done()
+        hub._task.cancel()
+        return kept
+
+    assert asyncio.run(scenario()), "the idle connection was dropped as if it had not answered"
