@@ -104,18 +104,9 @@ class QoS(kombu_redis.QoS):
             return restored
 
 
-class _PipelineBatch:
-    """What Channel._put needs of a publish batch: the Redis commands of a message, here into a pipeline."""
-
-    def __init__(self, pipe):
-        self._pipe = pipe
-
-    def add(self, name: str, *args) -> None:
-        getattr(self._pipe, name)(*args)
-
-
 class _CommandBatch:
-    """A publish batch that keeps the Redis commands of a message, for the caller to send."""
+    """What Channel._put needs of a publish batch (kombu's own way of pipelining publishes): here it keeps
+    the Redis commands of a message, for the caller to send."""
 
     def __init__(self):
         self.commands: list[Command] = []
@@ -152,12 +143,11 @@ class Channel(kombu_redis.Channel):
         return batch.commands
 
     def messages_put(self, messages: list[tuple[str, dict]]) -> None:
-        """message_put for each (queue, message), in one round trip: kombu's _put hands its commands to
-        a publish batch (its own way of pipelining publishes), collected here into one pipeline."""
+        """message_put for each (queue, message), in one round trip."""
         with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            batch = _PipelineBatch(pipe)
             for queue, message in messages:
-                self._put(queue, message, _publish_batch=batch)
+                for command in self.message_put_commands(queue, message):
+                    pipe.execute_command(command.name, *command.args)
             pipe.execute()
 
     def _connparams(self, asynchronous=False):
