@@ -135,16 +135,23 @@ def assert_worker_healthy(live: str, bundle) -> None:
     assert result["ok"] and result["output"] == "still-alive\n", result
 
 
-def sandbox_processes(uid: int) -> list[int]:
-    """Host pids owned by a sandbox uid."""
+def sandbox_processes(uid: int, *, running: bool = False) -> list[int]:
+    """Host pids owned by a sandbox uid. With `running`, zombies are left out: a process that has ended and
+    that its parent has not reaped yet runs nothing. That is for a dead worker's sandboxes, whose processes go
+    to the machine's init, which may reap them seconds later on a busy machine; while the worker lives, an
+    unreaped process is its own leak, and counts."""
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == uid:
-                    pids.append(int(entry.name))
-            except OSError:
+                if entry.stat().st_uid != uid:
+                    continue
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    state = stat.read().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
                 continue
+            if not (running and state == "Z"):
+                pids.append(int(entry.name))
     return pids
 
 

@@ -130,4 +130,4 @@ def test_process_calls_reach_the_worker_that_owns_the_process(live, tenant, work
     assert gone["ok"] is False and "has stopped" in gone["error"]
     assert [p["status"] for p in process(live, tenant, session, action="list")["processes"]] == ["lost"]
     uid = sandbox_uid(tenant_slug=tenant.tenant.slug, scope=str(session.pk))
-    wait_until(lambda: not sandbox_processes(uid), timeout=10, message="the dead worker's sandbox to be gone too")
+    wait_until(lambda: not sandbox_processes(uid, running=True), timeout=10, message="the dead worker's sandbox to be gone too")
