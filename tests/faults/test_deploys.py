@@ -34,12 +34,15 @@ def _exactly_once(run_id: str, prompt: str) -> bool:
 
 def test_sigterm_hands_running_steps_to_another_worker(gateway, tenant, fleet):
     old = fleet("deploy-old")
-    # Streams long enough (about 9 s) to be still running once the new worker has started, on a busy machine too.
+    # Streams long enough (about 15 s) to be still running once the new worker has started, on a busy machine
+    # too: a worker of the suite's database consumes hundreds of tenant queues by then, and once took 9 s to
+    # start, by when 9-s streams had ended.
     replies = [StreamedReply(gateway, tenant.headers, f"rolling deploy {n} one two three", model="assistant",
-                             directives="[[deltas=60]] [[delay_ms=150]]").start() for n in range(3)]
+                             directives="[[deltas=60]] [[delay_ms=250]]").start() for n in range(3)]
     wait_until(lambda: all(r.chunks >= 4 for r in replies), timeout=60, message="the old worker to be streaming")
     new = fleet("deploy-new")
 
+    assert not any(r.done for r in replies), "the streams ended before the SIGTERM: this machine is slower than the test allows for"
     old.terminate()
     sigterm_at = time.monotonic()
     wait_until(lambda: not old.alive, timeout=60, message="the old worker to exit after SIGTERM")
