@@ -315,6 +315,11 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
         }
 
+    # A text delta's chunk is the same bytes but for its text: written out once, with only the text encoded
+    # per delta (the whole chunk's json.dumps was a twentieth of the web process's CPU per delta).
+    delta_head, _, delta_tail = _sse(chunk({"content": ""})).rpartition(b'"content":""')
+    delta_head += b'"content":'
+
     yield _sse(chunk({"role": "assistant", "content": ""}))
     try:
         async for event in follow_run(run_id):
@@ -327,7 +332,7 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
                 yield b": keep-alive\n\n"
             elif event.event == events.TEXT_DELTA:
                 if not hold_text:
-                    yield _sse(chunk({"content": event.payload["text"]}))
+                    yield delta_head + json.dumps(event.payload["text"]).encode() + delta_tail
             elif event.event == events.RUN_COMPLETED:
                 payload = event.payload
                 if hold_text and payload.get("text"):

@@ -6,9 +6,17 @@ import uuid
 
 from django.test import override_settings
 
+from beamclaw_project.infra import redis as infra_redis
 from beamclaw_project.infra.leases import lease_values, leases_set
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
-from beamclaw_project.infra.redis import Command, get_call, redis_client, redis_script_calls, redis_scripts_call
+from beamclaw_project.infra.redis import (
+    Command,
+    get_call,
+    redis_client,
+    redis_script_calls,
+    redis_script_held_call,
+    redis_scripts_call,
+)
 from beamclaw_project.infra.tasks import tasks_push_commands
 from sessions import events
 from sessions.runs.kernel import RUN_STEP_TASK
@@ -37,6 +45,23 @@ def test_calls_of_several_scripts_each_run_once_when_redis_lacks_only_some():
     assert redis_scripts_call(calls) == [1, 111, 101]  # (the refused call ran after the others)
     assert int(redis_client().get(counter)) == 111
     assert redis_scripts_call([get_call(counter), get_call(f"{counter}:missing")]) == [b"111", None]
+
+
+def test_a_thread_kept_connection_that_lost_its_script_or_its_socket_still_runs_each_call_once():
+    """A step's text deltas are appended on a connection its thread keeps (redis_script_held_call). A script
+    Redis lacks (after a restart), and a connection Redis dropped (a restart, a client timeout), make that
+    call again the usual way: each call runs exactly once, and the next ones go on as before."""
+    counter = f"bc:test:{uuid.uuid4().hex}"
+    source = f"-- held {counter}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"
+    assert redis_script_held_call(source, [counter], [1]) == 1  # (a script Redis has never seen)
+    assert redis_script_held_call(source, [counter], [10]) == 11
+
+    held = infra_redis._thread_held.connection
+    held.send_command("CLIENT", "ID")
+    redis_client().client_kill_filter(_id=held.read_response())
+    assert redis_script_held_call(source, [counter], [100]) == 111
+    assert redis_script_held_call(source, [counter], [1000]) == 1111
+    assert int(redis_client().get(counter)) == 1111
 
 
 def test_runs_started_together_get_their_first_event_and_a_queued_lease_each():

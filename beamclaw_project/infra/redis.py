@@ -3,6 +3,7 @@ for the event loop (Daphne). Redis holds only what can be rebuilt or may lapse (
 counters, heartbeats); Postgres is the source of truth."""
 
 import asyncio
+import threading
 from functools import lru_cache, wraps
 from typing import NamedTuple
 
@@ -54,6 +55,36 @@ def redis_script(source: str):
     """A Lua script registered once per process: called by its SHA (EVALSHA), not sent and hashed each
     time (redis-py loads it again if Redis lost it)."""
     return redis_client().register_script(source)
+
+
+_thread_held = threading.local()
+
+
+def redis_script_held_call(source: str, keys: list, args: list):
+    """redis_script(source)(keys=keys, args=args), on a connection the calling thread keeps for such calls:
+    for a call made many times a second by the same thread (a step's text deltas). Taking a connection from
+    the pool and giving it back (a readiness poll each time) and redis-py's layers around a command were
+    half of such a call's CPU. A call that finds the script gone, or cannot reach Redis on that connection,
+    is made again the usual way (which loads the script, and retries as redis-py does)."""
+    script = redis_script(source)
+    connection = getattr(_thread_held, "connection", None)
+    if connection is None:
+        connection = _thread_held.connection = redis_client().connection_pool.get_connection()
+    try:
+        connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return connection.read_response()
+    except redis.exceptions.NoScriptError:
+        pass  # (its reply was read whole: the connection stays good)
+    except redis.exceptions.ResponseError:
+        raise  # the script's own error, read whole
+    except BaseException as exc:
+        # A reply may be left unread on the connection: it must not answer the next call.
+        _thread_held.connection = None
+        connection.disconnect()
+        redis_client().connection_pool.release(connection)
+        if not isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
+            raise
+    return script(keys=keys, args=args)
 
 
 def redis_script_calls(source: str, calls: list[tuple[list, list]]) -> list:
