@@ -147,9 +147,6 @@ def counter_incr_call(key: str, *, ttl_seconds: int) -> ScriptCall:
     return _COUNT_SCRIPT, [key], [ttl_seconds]
 
 
-_GET_SCRIPT = "return redis.call('GET', KEYS[1])"
-
-
-def get_call(key: str) -> ScriptCall:
+def get_call(key: str) -> Command:
     """GET, to send with script calls (redis_scripts_call); its result is the value or None."""
-    return _GET_SCRIPT, [key], []
+    return Command("GET", (key,))

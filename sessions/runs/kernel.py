@@ -28,7 +28,7 @@ from beamclaw_project.infra.leases import (
     queued_ttl_ms,
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
-from beamclaw_project.infra.redis import Command, ScriptCall, get_call, redis_client
+from beamclaw_project.infra.redis import Command, get_call, redis_client
 from beamclaw_project.infra.rows import Columns, instances, rows_write, select_one, select_together
 from beamclaw_project.infra.tasks import task_send, tasks_push_commands, tasks_send
 from sessions.models import AgentSession, Message, Run
@@ -210,7 +210,7 @@ def abort_flag_reason(run_id) -> str | None:
     return abort_flag_read(redis_client().get(_abort_key(run_id)))
 
 
-def abort_flag_call(run_id) -> ScriptCall:
+def abort_flag_call(run_id) -> Command:
     """abort_flag_reason, to send with other calls (redis_scripts_call): hand its result to abort_flag_read."""
     return get_call(_abort_key(run_id))
 
