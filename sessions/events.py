@@ -51,7 +51,12 @@ if seq == 1 and ARGV[5] ~= '0' then
   redis.call('SET', KEYS[2], seq)
 end
 redis.call('XADD', KEYS[1], string.format('0-%d', seq), 'e', ARGV[1], 'd', ARGV[2])
-redis.call('PUBLISH', KEYS[1], string.format('%d', seq) .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2])
+local message = string.format('%d', seq) .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2]
+redis.call('PUBLISH', KEYS[1], message)
+if ARGV[4] == '1' then
+  -- The terminal event, also for readers waiting only for the end (ending_channel).
+  redis.call('PUBLISH', KEYS[1] .. ':end', message)
+end
 if seq == 1 or ARGV[4] == '1' then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -72,6 +77,11 @@ class RunEvent:
 
 def stream_key(run_id) -> str:
     return f"bc:run:{run_id}:events"
+
+
+def ending_channel(run_id) -> bytes:
+    """Where a run's terminal event alone is published (see tail_ending)."""
+    return f"{stream_key(run_id)}:end".encode()
 
 
 def _seq_key(run_id) -> str:
@@ -120,6 +130,63 @@ def published_text(run_id, step: int) -> str:
     return "".join(
         e.payload.get("text", "") for e in read_all(run_id) if e.event == TEXT_DELTA and e.payload.get("step") == step
     )
+
+
+async def tail_ending(run_id, *, block_seconds: float = TAIL_BLOCK_SECONDS):
+    """Yield a run's terminal event once it is appended, for a reader that needs only how the run ended (a
+    reply that is not streamed): it is pushed that event alone, not every delta. After each `block_seconds`
+    without it (and while Redis is unreachable) it looks at the stream's last event: the terminal event
+    itself when its push was missed, else the run's latest event when the stream moved on (the run goes on:
+    the caller's idle clock starts again), else None.
+
+    Workers older than this reader's code publish no ending; their runs' ends are seen at that look."""
+    client = async_redis()
+    key = stream_key(run_id)
+    channel = ending_channel(run_id)
+    hub = channel_hub()
+    pushed = None
+    look = True  # read the stream's last event before waiting for the push
+    last_seq = 0
+    backoff = 0.0
+    try:
+        while True:
+            block = DRAIN_TICK_SECONDS if draining() else block_seconds
+            try:
+                if pushed is None:
+                    pushed = await asyncio.wait_for(hub.subscribe(channel), block)
+                    look = True
+                latest = None
+                if look:
+                    look = False
+                    entries = await client.xrevrange(key, count=1)
+                    latest = _decode(*entries[0]) if entries else None
+                backoff = 0.0
+            except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError, ConnectionError, TimeoutError):
+                backoff = min(max(backoff * 2, 0.2), block_seconds)
+                yield None
+                await asyncio.sleep(backoff)
+                continue
+            if latest is not None:
+                if latest.event in TERMINAL_EVENTS:
+                    yield latest
+                    return
+                if latest.seq != last_seq:  # (the run went on since the last look)
+                    last_seq = latest.seq
+                    yield latest
+            try:
+                message = await _next_pushed(pushed, block)
+            except TimeoutError:
+                look = True
+                yield None
+                continue
+            if message is RESYNC:
+                look = True
+                continue
+            yield _decode_pushed(message)
+            return
+    finally:
+        if pushed is not None:
+            hub.unsubscribe(channel, pushed)
 
 
 class StreamLost(Exception):

@@ -249,7 +249,7 @@ def _reply_message(payload: dict) -> dict:
 
 async def _complete(run_id, completion_id: str, created: int, model: str):
     try:
-        async for event in follow_run(run_id):
+        async for event in follow_run(run_id, ending_only=True):
             if drain_expired():
                 response = openai_error(503, restarting_message(run_id), type="server_restarting", code="server_restarting")
                 response["Retry-After"] = "1"

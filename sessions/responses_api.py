@@ -224,7 +224,7 @@ async def _complete(shell: _Shell):
     look at `status` must not take an empty output for an answer."""
     run_id = shell.run_id
     try:
-        async for event in follow_run(run_id):
+        async for event in follow_run(run_id, ending_only=True):
             if drain_expired():
                 response = openai_error(503, restarting_message(run_id), type="server_restarting", code="server_restarting")
                 response["Retry-After"] = "1"

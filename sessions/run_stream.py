@@ -79,16 +79,24 @@ class _Progress:
         return finish
 
 
-async def follow_run(run_id, after_seq: int = 0, *, idle_timeout: float | None = None):
+async def follow_run(run_id, after_seq: int = 0, *, idle_timeout: float | None = None, ending_only: bool = False):
     """Yield the run's events in order until its terminal event; None while nothing happens (for
-    keep-alives). Raises TimeoutError after `idle_timeout` seconds without events."""
+    keep-alives). Raises TimeoutError after `idle_timeout` seconds without events.
+
+    `ending_only`: for a reader that uses nothing but the terminal event (a reply that is not streamed). It
+    is not pushed the run's other events (events.tail_ending): where it would have got them it gets None
+    every few seconds, and they still count as the run going on."""
     idle_timeout = idle_timeout or settings.BEAMCLAW["RUN_WAIT_TIMEOUT_SECONDS"]
     progress = _Progress(after_seq)
     last_event_at = time.monotonic()
+    source = events.tail_ending(run_id) if ending_only else events.tail(run_id, after_seq)
     try:
-        async for event in events.tail(run_id, after_seq):
+        async for event in source:
             if event is not None:
                 last_event_at = time.monotonic()
+                if ending_only and event.event not in events.TERMINAL_EVENTS:
+                    yield None
+                    continue
                 progress.saw(event)
                 yield event
                 continue

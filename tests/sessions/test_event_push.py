@@ -98,6 +98,61 @@ def test_readers_catch_up_on_what_was_published_while_the_subscriber_was_disconn
     assert [e.seq for e in seen] == [2, 3, 4, 5] and seen[-1].event == events.RUN_COMPLETED
 
 
+def test_a_reader_of_the_ending_alone_is_pushed_the_terminal_event_and_not_the_deltas():
+    """A reply that is not streamed waits for the run's end only (events.tail_ending): the deltas are not
+    pushed to it (each would cost the web process a read and a decode), the terminal event is."""
+    run_id = uuid.uuid4()
+
+    async def scenario():
+        events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id)})
+        reader = events.tail_ending(run_id, block_seconds=BLOCK_SECONDS)
+        assert (await anext(reader)).seq == 1  # (the stream's latest event when it came: the run goes on)
+        pending = asyncio.ensure_future(anext(reader))
+        await asyncio.sleep(0)
+        queues = channel_hub()._queues
+        assert events.ending_channel(run_id) in queues and events.stream_key(run_id).encode() not in queues
+        for i in range(1, 4):
+            events.publish(run_id, events.TEXT_DELTA, _text(i))
+        events.publish(run_id, events.RUN_COMPLETED, {"run_id": str(run_id), "text": "done"})
+        ending = await asyncio.wait_for(pending, 30)
+        with pytest.raises(StopAsyncIteration):
+            await anext(reader)
+        late = [event async for event in events.tail_ending(run_id, block_seconds=BLOCK_SECONDS)]
+        return ending, late
+
+    ending, late = asyncio.run(scenario())
+    assert (ending.seq, ending.event, ending.payload["text"]) == (5, events.RUN_COMPLETED, "done")
+    assert [(e.seq, e.event) for e in late] == [(5, events.RUN_COMPLETED)]  # (a reader that came after the end)
+
+
+def test_a_reader_of_the_ending_alone_hears_the_run_go_on_and_finds_an_ending_whose_push_it_missed():
+    """Every few seconds without its ending, the reader looks at the stream: an event appended since says
+    the run goes on (a reply waiting for a long run does not time out while the run works), and a terminal
+    event whose push never came is the ending. (About that look's interval: shortened here, for this test.)"""
+    run_id, client = uuid.uuid4(), redis.Redis.from_url(settings.REDIS_URL)
+
+    async def scenario():
+        events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id)})
+        reader = events.tail_ending(run_id, block_seconds=0.2)
+        seen = [await anext(reader)]
+        events.publish(run_id, events.TEXT_DELTA, _text(1))
+        while seen[-1] is None or seen[-1].seq < 2:  # (the look after a quiet interval finds the delta)
+            seen.append(await anext(reader))
+        seen.append(await anext(reader))  # nothing new since: a tick
+        # The terminal event reaches the stream but not the channel (as while a subscriber reconnects).
+        seq = client.incr(f"bc:run:{run_id}:seq")
+        payload = json.dumps({"run_id": str(run_id), "text": "done"})
+        client.xadd(events.stream_key(run_id), {"e": events.RUN_COMPLETED, "d": payload}, id=f"0-{seq}")
+        seen += [event async for event in reader]
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert [(e.seq, e.event) for e in seen if e is not None] == [
+        (1, events.RUN_STARTED), (2, events.TEXT_DELTA), (3, events.RUN_COMPLETED)
+    ]
+    assert seen[-2] is None  # (no event since the delta: a plain tick)
+
+
 def test_a_subscriber_connection_without_subscriptions_stays_up_across_pings(monkeypatch):
     """Once its last reader leaves, the hub's connection is out of pub/sub mode and Redis answers its pings
     with a plain PONG: that is an answer too, not a dead connection to drop with a warning."""
