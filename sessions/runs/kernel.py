@@ -223,9 +223,12 @@ class AbortCheck:
     """Polls the abort flag at most every ABORT_CHECK_INTERVAL seconds: a Redis round trip per stream
     event would cost more than the event."""
 
-    def __init__(self, run_id):
+    def __init__(self, run_id, *, read_at: float | None = None):
+        """`read_at`: when the caller read the flag itself (time.monotonic()), which counts as a check: a
+        step reads it as it starts, and a poll at the stream's first event was a round trip on the way to
+        the first token."""
         self.key = _abort_key(run_id)
-        self.next_check = 0.0
+        self.next_check = 0.0 if read_at is None else read_at + ABORT_CHECK_INTERVAL
 
     def __call__(self) -> bool:
         now = time.monotonic()

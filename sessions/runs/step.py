@@ -119,8 +119,8 @@ class _StopCheck:
     """What the provider polls between stream events: whether this worker is draining or has lost the
     step's lease (both checked first: they cost no round trip while all is well), and the run's abort flag."""
 
-    def __init__(self, run_id, lease: Lease):
-        self.aborted = AbortCheck(run_id)
+    def __init__(self, run_id, lease: Lease, *, abort_read_at: float):
+        self.aborted = AbortCheck(run_id, read_at=abort_read_at)
         self.lease = lease
 
     def __call__(self) -> bool:
@@ -174,7 +174,7 @@ def _run_step_leased(run_id, step: int) -> None:
     handed_back: _HandedBack | None = None
     try:
         try:
-            tools_started = _execute_step(run_id, step, int(attempt), lease, abort_flag_read(abort_flag))
+            tools_started = _execute_step(run_id, step, int(attempt), lease, abort_flag_read(abort_flag), taking_since)
         except _HandedBack as exc:
             handed_back = exc
         except _LeaseLost:
@@ -265,9 +265,9 @@ def run_for_step(run_id, step: int) -> Run | None:
     return run
 
 
-def _execute_step(run_id, step: int, attempt: int, lease: Lease, abort_reason: str | None) -> bool:
+def _execute_step(run_id, step: int, attempt: int, lease: Lease, abort_reason: str | None, abort_read_at: float) -> bool:
     """Run the step; True when it left the run in its tool phase. `abort_reason`: the run's abort flag, as
-    read when the step was taken."""
+    read when the step was taken (at `abort_read_at`, time.monotonic())."""
     run = run_for_step(run_id, step)
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
         return False
@@ -312,7 +312,7 @@ def _execute_step(run_id, step: int, attempt: int, lease: Lease, abort_reason: s
     try:
         try:
             completion = complete(
-                agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease))
+                agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease, abort_read_at=abort_read_at))
             )
         finally:
             publish_delta.flush()  # what waits goes out before anything else is published
