@@ -194,6 +194,7 @@ class Lease:
         self.takes_over = (QUEUED, *takes_over)
         self.confirmed_at = 0.0  # time.monotonic() when Redis last confirmed this lease is ours
         self.gone = False
+        self._ttl_seconds = lease_ttl_ms() / 1000  # (lost() is asked at every stream event)
 
     def acquire(self) -> bool:
         """Take the lease if it is free or holds one of the markers this work may be taken over from."""
@@ -216,7 +217,7 @@ class Lease:
     def lost(self) -> bool:
         """Whether this worker no longer holds the work: cheap while renewals keep coming (no round trip),
         asked of Redis once the last confirmation is older than the lease time (the process was stalled)."""
-        if not self.gone and time.monotonic() - self.confirmed_at > lease_ttl_ms() / 1000:
+        if not self.gone and time.monotonic() - self.confirmed_at > self._ttl_seconds:
             checking_since = time.monotonic()
             if redis_client().get(self.key) == self.token.encode():
                 self.confirmed_at = checking_since
