@@ -132,6 +132,14 @@ def published_text(run_id, step: int) -> str:
     )
 
 
+# Redis cannot be reached: a reader ticks (yields None), waits a little longer each time, and tries again.
+_UNREACHABLE = (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError, ConnectionError, TimeoutError)
+
+
+def _backoff_next(backoff: float, ceiling: float) -> float:
+    return min(max(backoff * 2, 0.2), ceiling)
+
+
 async def tail_ending(run_id, *, block_seconds: float = TAIL_BLOCK_SECONDS):
     """Yield a run's terminal event once it is appended, for a reader that needs only how the run ended (a
     reply that is not streamed): it is pushed that event alone, not every delta. After each `block_seconds`
@@ -161,8 +169,8 @@ async def tail_ending(run_id, *, block_seconds: float = TAIL_BLOCK_SECONDS):
                     entries = await client.xrevrange(key, count=1)
                     latest = _decode(*entries[0]) if entries else None
                 backoff = 0.0
-            except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError, ConnectionError, TimeoutError):
-                backoff = min(max(backoff * 2, 0.2), block_seconds)
+            except _UNREACHABLE:
+                backoff = _backoff_next(backoff, block_seconds)
                 yield None
                 await asyncio.sleep(backoff)
                 continue
@@ -241,9 +249,8 @@ async def tail(run_id, after_seq: int = 0, *, block_seconds: float = TAIL_BLOCK_
                         raise StreamLost(f"the event stream of run {run_id} was lost after event {last_seq}")
                     read_stream = len(entries) == STREAM_READ_COUNT  # (there may be more)
                 backoff = 0.0
-            except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError, ConnectionError, TimeoutError):
-                # Redis is unreachable: tick, wait a little longer each time, and try again.
-                backoff = min(max(backoff * 2, 0.2), block_seconds)
+            except _UNREACHABLE:
+                backoff = _backoff_next(backoff, block_seconds)
                 yield None
                 await asyncio.sleep(backoff)
                 continue
