@@ -206,6 +206,8 @@ BEAMCLAW = {
     # A running step holds a lease in Redis; a run whose lease lapsed was orphaned by a dead worker.
     "RUN_LEASE_SECONDS": env_float("BEAMCLAW_RUN_LEASE_SECONDS", 30.0),
     "HOUSEKEEPING_SECONDS": env_float("BEAMCLAW_HOUSEKEEPING_SECONDS", 5.0),
+    # While a monitor (Flower) asks for task events, a worker publishes them in a batch this often (docs/scaling.md).
+    "TASK_EVENTS_FLUSH_SECONDS": env_float("BEAMCLAW_TASK_EVENTS_FLUSH_SECONDS", 0.5),
     "EVENT_STREAM_TTL_SECONDS": env_int("BEAMCLAW_EVENT_STREAM_TTL_SECONDS", 3600),
     "PROVIDER_MAX_RETRIES": env_int("BEAMCLAW_PROVIDER_MAX_RETRIES", 3),
     "PROVIDER_RETRY_BASE_SECONDS": env_float("BEAMCLAW_PROVIDER_RETRY_BASE_SECONDS", 0.5),

@@ -57,6 +57,49 @@ def _queue_consume(consumer, queue: str) -> None:
     consumer.call_soon(consumer.add_task_queue, queue)
 
 
+# How many task events may wait for their batch; more are published at once by the thread that adds one.
+TASK_EVENTS_BUFFER_LIMIT = 2000
+
+
+class TaskEventsBatched(bootsteps.StartStopStep):
+    """Tasks' monitoring events are published in batches, every BEAMCLAW_TASK_EVENTS_FLUSH_SECONDS, not one by one.
+
+    Workers send task events only while a monitor asks for them (Flower does, every 5 s). Celery buffers them
+    but publishes each as soon as its consumer loop turns, so the task-received and task-started events of a
+    run's step were two Redis publishes between the worker's receipt of the step and its start: under
+    `make run`, on the first token's path (docs/performance.md, "Tenth step"). Batched, they are published
+    off that path, a batch in one message. Flower shows a task up to that interval (0.5 s) later. The events
+    waiting when the worker stops are published as it stops.
+    """
+
+    requires = {"celery.worker.consumer.events:Events"}
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self._timer = None
+
+    def start(self, consumer):
+        dispatcher = consumer.event_dispatcher
+        # Celery buffers task events only with its event loop (the hub); without it each is sent at once.
+        if dispatcher is None or not dispatcher.buffer_group:
+            return
+        dispatcher.on_send_buffered = None
+        dispatcher.buffer_limit = TASK_EVENTS_BUFFER_LIMIT
+        interval = settings.BEAMCLAW["TASK_EVENTS_FLUSH_SECONDS"]
+        self._timer = consumer.timer.call_repeatedly(interval, self._flush, (consumer,))
+
+    def stop(self, consumer):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._flush(consumer)
+
+    @staticmethod
+    def _flush(consumer):
+        if consumer.event_dispatcher is not None:
+            consumer.event_dispatcher.flush()
+
+
 class Housekeeping(bootsteps.StartStopStep):
     requires = {"celery.worker.consumer.tasks:Tasks"}
 

@@ -59,8 +59,10 @@ def worktree_remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def load_bench(code: Path | None, output: Path, profile: bool = False) -> dict:
+def load_bench(code: Path | None, output: Path, profile: bool = False, like_make_run: bool = False) -> dict:
     argv = [sys.executable, "bench/load_bench.py", "--json", str(output)]
+    if like_make_run:
+        argv.append("--like-make-run")
     if code is not None:
         argv += ["--code", str(code)]
     if profile:
@@ -183,6 +185,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="load_bench runs per side, alternating (default 1)")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled run")
     parser.add_argument("--slow", action="store_true", help="also measure the exec sandbox and the cron burst (~5 min more)")
+    parser.add_argument(
+        "--like-make-run", action="store_true",
+        help="both sides with Flower running and INFO logs, as `make run` starts them (load_bench.py --like-make-run)",
+    )
     args = parser.parse_args()
     began = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="beamclaw-compare-"))
@@ -193,7 +199,7 @@ def main() -> int:
             for side, code in (("baseline", baseline), ("now", None)):
                 print(f"round {round_number}/{args.rounds}: measuring {'the baseline ' + args.baseline if code else 'this checkout'} "
                       "(bench/load_bench.py, about 75 s) ...", flush=True)
-                runs[side].append(load_bench(code, scratch / f"{side}-{round_number}.json"))
+                runs[side].append(load_bench(code, scratch / f"{side}-{round_number}.json", like_make_run=args.like_make_run))
     finally:
         worktree_remove(baseline)
     profiles = {}

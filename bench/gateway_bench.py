@@ -179,7 +179,7 @@ def start_services(env: dict, log_dir: Path, started: list[Process], worker_conc
     for n in range(1, WORKER_PROCESSES + 1):
         suffix = "" if n == 1 else str(n)
         worker_argv = [
-            sys.executable, "manage.py", "worker", "-c", str(worker_concurrency), "-n", f"bench{suffix}@%h", "-l", "WARNING",
+            sys.executable, "manage.py", "worker", "-c", str(worker_concurrency), "-n", f"bench{suffix}@%h", "-l", env["LOG_LEVEL"],
         ]
         started.append(Process(f"worker{suffix}", worker_argv, service_env, log_dir, cwd=CODE_ROOT).start())
     port = free_port()

@@ -182,9 +182,36 @@ def print_report(results: dict) -> None:
     print(f"\n3. {b['connections']} connections opened at once: {b['lost']} lost (no answer within {BURST_TIMEOUT_SECONDS:g} s)")
 
 
+def start_flower_as_make_run(env: dict, log_dir: Path, children: list, services: gb.Services, agent: str,
+                             api_key: str) -> None:
+    """Flower as `make run` starts it. It asks the workers for task events every 5 s, so from then on each task
+    publishes its events, and Flower reads them: ready once it lists a task the gateway ran."""
+    port = gb.free_port()
+    argv = [sys.executable, "-m", "celery", "-A", "beamclaw_project", "flower", f"--port={port}", "--address=127.0.0.1"]
+    flower_env = dict(env, FLOWER_BASIC_AUTH="bench:bench")
+    children.append(gb.Process("flower", argv, flower_env, log_dir, cwd=gb.CODE_ROOT).start())
+    body = {"model": agent, "messages": [{"role": "user", "content": "Hello"}]}
+
+    def flower_sees_tasks() -> bool:
+        try:
+            httpx.post(f"{services.gateway_url}/v1/chat/completions", json=body,
+                       headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+            tasks = httpx.get(f"http://127.0.0.1:{port}/api/tasks", auth=("bench", "bench"), timeout=2)
+        except httpx.HTTPError:
+            return False
+        return tasks.status_code == 200 and bool(tasks.json())
+
+    gb.wait_ready(flower_sees_tasks, what="Flower listing the workers' tasks", processes=children,
+                  timeout=gb.STARTUP_TIMEOUT_SECONDS)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="store_true", help="py-spy profiles of Daphne and the worker")
+    parser.add_argument(
+        "--like-make-run", action="store_true",
+        help="also run Flower, which has the workers publish task events, and log at INFO, as `make run` does",
+    )
     parser.add_argument("--code", type=Path, help="measure the gateway of this checkout (default: this one)")
     parser.add_argument("--json", type=Path, default=RESULTS_PATH, help="where to write the results")
     args = parser.parse_args()
@@ -194,11 +221,15 @@ def main() -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="beamclaw-load-bench-"))
     print(f"logs: {log_dir}", flush=True)
     env = gb.base_env()
+    if args.like_make_run:
+        env["LOG_LEVEL"] = "INFO"
     agent, api_key = gb.prepare_state(env)
     children: list = []
     profiler = None
     try:
         services = gb.start_services(env, log_dir, children, gb.WORKER_CONCURRENCY)
+        if args.like_make_run:
+            start_flower_as_make_run(env, log_dir, children, services, agent, api_key)
         if args.profile:
             profiler = gb.Profiler(services, log_dir)
         results = asyncio.run(measure(services, agent, api_key))

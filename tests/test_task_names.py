@@ -1,12 +1,19 @@
 """What an operator sees in Flower (a real one, as the Procfile starts it): it asks for its password, each
 task says whose work it is (`tenant=<slug> run=<id> step=<n>`, beamclaw_project/infra/tasks.py), and the
-workers' housekeeping puts nothing in its task list (the cron sweeper runs on the worker, not as a task)."""
+workers' housekeeping puts nothing in its task list (the cron sweeper runs on the worker, not as a task).
+A worker publishes the task events a monitor asked for in batches, off its steps' path, and those still
+waiting when it stops on its way out."""
 
+import base64
+import json
+import socket
 import sys
 import uuid
 
 import httpx
 import pytest
+import redis
+from django.conf import settings
 
 from beamclaw_project.celery import app
 from beamclaw_project.infra.redis import redis_client
@@ -85,3 +92,47 @@ def test_each_task_names_its_tenant_and_run_and_housekeeping_stays_out_of_the_li
     listed = flower_tasks(url, auth)
     assert "cron.sweep" not in {t["name"] for t in listed}
     assert all(t["args"] for t in listed), [t for t in listed if not t["args"]]  # each names what it works on
+
+
+def task_event_messages(pubsub) -> list[list[dict]]:
+    """The task event messages published so far, each as the list of events it carries."""
+    messages = []
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        if message["type"] != "pmessage":  # the subscription's confirmation
+            continue
+        envelope = json.loads(message["data"])
+        body = envelope["body"]
+        if envelope["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        events = json.loads(body)
+        messages.append(events if isinstance(events, list) else [events])
+    return messages
+
+
+def test_a_monitored_worker_publishes_task_events_off_its_steps_path_and_as_it_stops(live, fleet, tenant):
+    # This test lengthens the batching interval, for itself: an hour, so that nothing the worker does while
+    # the run goes through can publish the run's events; only its stop can.
+    name = f"events-{uuid.uuid4().hex[:4]}"
+    proc = fleet(name, env={"BEAMCLAW_TASK_EVENTS_FLUSH_SECONDS": "3600"})
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    pubsub = broker.pubsub()
+    # kombu's fanout over Redis: one channel per routing key, named for the broker's database.
+    pubsub.psubscribe(f"/{broker.connection_pool.connection_kwargs.get('db', 0)}.celeryev/task.*")
+    # As Flower asks, once the worker answers its remote control.
+    hostname = f"{name}@{socket.gethostname()}"
+    wait_until(lambda: app.control.ping(destination=[hostname], timeout=1), timeout=30, message="the worker's reply")
+    enabled = app.control.broadcast("enable_events", reply=True, timeout=5, destination=[hostname])
+    assert len(enabled) == 1, enabled
+
+    run_id = send(live, tenant, "hello")
+    wait_until(lambda: Run.objects.get(pk=run_id).status == Run.Status.SUCCEEDED, timeout=30, message="the run")
+    # Celery alone would have published the step's task-received and task-started events one by one as the
+    # step began, before the run could succeed.
+    assert task_event_messages(pubsub) == []
+
+    proc.stop()
+    published = wait_until(lambda: task_event_messages(pubsub), timeout=15, message="the events, as the worker stops")
+    step = next(e["uuid"] for events in published for e in events if f"run={run_id}" in (e.get("args") or ""))
+    step_events = [[e["type"] for e in events if e.get("uuid") == step] for events in published]
+    assert [types for types in step_events if types] == [["task-received", "task-started", "task-succeeded"]]
+    pubsub.close()

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from beamclaw_project.celery import app
 from beamclaw_project.infra.queues import SYSTEM_QUEUE
-from beamclaw_project.worker import Housekeeping, worker_pool_set
+from beamclaw_project.worker import Housekeeping, TaskEventsBatched, worker_pool_set
 from sessions.providers.registry import providers_warm_up
 from tenants.queues import active_tenant_queues, tenant_pool_build
 
@@ -63,6 +63,7 @@ class Command(BaseCommand):
         # while the worker starts, rather than in the first run's step (and without delaying readiness).
         threading.Thread(target=providers_warm_up, name="providers-warm-up", daemon=True).start()
         app.steps["consumer"].add(Housekeeping)
+        app.steps["consumer"].add(TaskEventsBatched)
         argv = [
             "worker",
             "--pool=threads",
