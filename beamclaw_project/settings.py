@@ -8,6 +8,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from beamclaw_project.postgres.connection import Connection as PipelinedBeginConnection
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -100,6 +102,8 @@ DATABASES["default"]["OPTIONS"]["pool"] = {
     # While PostgreSQL is down the pool cannot make connections and a borrower waits this long: short,
     # so that requests get their 503 (and workers pause their steps) promptly.
     "timeout": env_int("DB_POOL_TIMEOUT_SECONDS", 5),
+    # BEGIN goes in the same round trip as a transaction's first statements (postgres/connection.py).
+    "connection_class": PipelinedBeginConnection,
 }
 # Django's backend, with a check of each pooled connection before it is lent: after PostgreSQL restarts,
 # every idle connection in the pool is dead, and without the check each would fail one request. This one
