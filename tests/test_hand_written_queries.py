@@ -11,12 +11,14 @@ import uuid
 import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
+from psycopg import pq
 
 from beamclaw_project.infra.rows import row_insert, row_update, rows_insert, rows_write
 from beamclaw_project.postgres.base import connection_usable
 from sessions.models import AgentSession, Compaction, Message, Run
 from sessions.runs.context import transcript_view
 from sessions.runs.kernel import run_lock, session_lock
+from sessions.runs.lifecycle import tenant_room_locked
 from sessions.runs.step import run_for_step
 from tenants.auth import AuthError, authenticate_key, authenticate_key_for_agent
 from tenants.models import Agent, ApiKey, Tenant
@@ -165,3 +167,48 @@ def test_a_pooled_connection_whose_server_process_ended_is_not_lent(db):
         select.select([pooled.fileno()], [], [], 30)  # (the goodbye arrives as soon as the backend exits)
         assert not connection_usable(pooled)
         assert connection_usable(admin)
+
+
+class _Rollback(Exception):
+    pass
+
+
+def test_a_transaction_begins_in_the_round_trip_of_its_first_statements_and_stays_one(make_tenant, tmp_path):
+    """A run's start opens its transaction with the tenant's lock and count, sent together: BEGIN goes in
+    that round trip rather than one of its own (postgres/connection.py), and what follows is one
+    transaction all the same, undone whole by a rollback and kept whole by a commit."""
+    bundle = make_tenant()
+
+    def start(key: str, trace_to=None, fail: bool = False):
+        with transaction.atomic():
+            connection.ensure_connection()
+            pgconn = connection.connection.pgconn
+            if trace_to is not None:
+                out = open(trace_to, "w")
+                pgconn.trace(out.fileno())
+                pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            try:
+                assert tenant_room_locked(bundle.tenant.pk) > 0
+                rows_insert([AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=key)])
+                rows_insert([AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=f"{key}:second")])
+                if fail:
+                    raise _Rollback()
+            finally:
+                if trace_to is not None:
+                    pgconn.untrace()
+                    out.close()
+
+    trace = tmp_path / "libpq.trace"
+    kept = f"agent:x:{uuid.uuid4().hex}"
+    start(kept, trace_to=trace)
+    sent = [line for line in trace.read_text().splitlines() if line.startswith("F")]
+    first_round_trip = sent[:next(i for i, line in enumerate(sent) if "\tSync" in line)]
+    assert any('"BEGIN"' in line for line in first_round_trip)
+    assert any("FOR NO KEY UPDATE" in line for line in first_round_trip)
+    assert sum('"BEGIN"' in line for line in sent) == 1  # the later statements found the transaction open
+    assert AgentSession.objects.filter(key__in=[kept, f"{kept}:second"]).count() == 2
+
+    undone = f"agent:x:{uuid.uuid4().hex}"
+    with pytest.raises(_Rollback):
+        start(undone, fail=True)
+    assert not AgentSession.objects.filter(key__startswith=undone).exists()
