@@ -7,6 +7,7 @@ change what the gateway does. Every field is compared, with its type, against th
 
 import select
 import uuid
+from contextlib import contextmanager, nullcontext
 
 import psycopg
 import pytest
@@ -173,6 +174,28 @@ class _Rollback(Exception):
     pass
 
 
+@contextmanager
+def libpq_trace(path):
+    """What this thread's connection sends and receives meanwhile, written to `path` (libpq's trace)."""
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    with open(path, "w") as out:
+        pgconn.trace(out.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            yield
+        finally:
+            pgconn.untrace()
+
+
+def sent_before_first_sync(path) -> tuple[list[str], list[str]]:
+    """(the messages sent in the first round trip, all the messages sent). A round trip ends with a Sync,
+    or is a simple Query (how psycopg sends a BEGIN alone)."""
+    sent = [line for line in path.read_text().splitlines() if line.startswith("F")]
+    end = next(i for i, line in enumerate(sent) if "\tSync" in line or "\tQuery" in line)
+    return sent[:end + 1], sent
+
+
 def test_a_transaction_begins_in_the_round_trip_of_its_first_statements_and_stays_one(make_tenant, tmp_path):
     """A run's start opens its transaction with the tenant's lock and count, sent together: BEGIN goes in
     that round trip rather than one of its own (postgres/connection.py), and what follows is one
@@ -180,29 +203,17 @@ def test_a_transaction_begins_in_the_round_trip_of_its_first_statements_and_stay
     bundle = make_tenant()
 
     def start(key: str, trace_to=None, fail: bool = False):
-        with transaction.atomic():
-            connection.ensure_connection()
-            pgconn = connection.connection.pgconn
-            if trace_to is not None:
-                out = open(trace_to, "w")
-                pgconn.trace(out.fileno())
-                pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-            try:
-                assert tenant_room_locked(bundle.tenant.pk) > 0
-                rows_insert([AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=key)])
-                rows_insert([AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=f"{key}:second")])
-                if fail:
-                    raise _Rollback()
-            finally:
-                if trace_to is not None:
-                    pgconn.untrace()
-                    out.close()
+        with transaction.atomic(), (libpq_trace(trace_to) if trace_to else nullcontext()):
+            assert tenant_room_locked(bundle.tenant.pk) > 0
+            rows_insert([AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=key)])
+            rows_insert([AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=f"{key}:second")])
+            if fail:
+                raise _Rollback()
 
-    trace = tmp_path / "libpq.trace"
+    trace = tmp_path / "start.trace"
     kept = f"agent:x:{uuid.uuid4().hex}"
     start(kept, trace_to=trace)
-    sent = [line for line in trace.read_text().splitlines() if line.startswith("F")]
-    first_round_trip = sent[:next(i for i, line in enumerate(sent) if "\tSync" in line)]
+    first_round_trip, sent = sent_before_first_sync(trace)
     assert any('"BEGIN"' in line for line in first_round_trip)
     assert any("FOR NO KEY UPDATE" in line for line in first_round_trip)
     assert sum('"BEGIN"' in line for line in sent) == 1  # the later statements found the transaction open
@@ -212,3 +223,12 @@ def test_a_transaction_begins_in_the_round_trip_of_its_first_statements_and_stay
     with pytest.raises(_Rollback):
         start(undone, fail=True)
     assert not AgentSession.objects.filter(key__startswith=undone).exists()
+
+    # A message to a session that exists starts by locking it, one statement: its BEGIN goes with it too.
+    session = AgentSession.objects.get(key=kept)
+    trace = tmp_path / "lock.trace"
+    with transaction.atomic(), libpq_trace(trace):
+        assert session_lock(session.pk).pk == session.pk
+    first_round_trip, _ = sent_before_first_sync(trace)
+    assert any('"BEGIN"' in line for line in first_round_trip)
+    assert any("FOR NO KEY UPDATE OF s" in line for line in first_round_trip)

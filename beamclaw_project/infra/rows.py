@@ -94,6 +94,9 @@ def prepared_cursor(using: str = "default"):
 
 def select_one(sql: str, params) -> tuple | None:
     """The first row of a hand-written query, or None."""
+    if _opens_transaction():
+        rows = select_together((sql, params))[0]
+        return rows[0] if rows else None
     with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone()
@@ -101,9 +104,21 @@ def select_one(sql: str, params) -> tuple | None:
 
 def select_all(sql: str, params) -> list[tuple]:
     """The rows of a hand-written query."""
+    if _opens_transaction():
+        return select_together((sql, params))[0]
     with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
+
+
+def _opens_transaction(using: str = "default") -> bool:
+    """Whether the next statement opens the caller's transaction. Sent alone, its BEGIN would take a round
+    trip of its own; in a pipeline (select_together) the two go together (postgres/connection.py)."""
+    connection = connections[using]
+    return (
+        connection.in_atomic_block and connection.connection is not None
+        and connection.connection.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    )
 
 
 def _returns_rows(cursor) -> bool:
