@@ -77,22 +77,34 @@ class TaskEventsBatched(bootsteps.StartStopStep):
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
         self._timer = None
+        self._celerys = None  # the dispatcher's own settings, given back when the worker stops
 
     def start(self, consumer):
         dispatcher = consumer.event_dispatcher
-        # Celery buffers task events only with its event loop (the hub); without it each is sent at once.
-        if dispatcher is None or not dispatcher.buffer_group:
+        interval = settings.BEAMCLAW["TASK_EVENTS_FLUSH_SECONDS"]
+        # Celery buffers task events only with its event loop (the hub); without it each is sent at once. An
+        # interval of 0 leaves Celery's own publishing.
+        if dispatcher is None or not dispatcher.buffer_group or interval <= 0:
             return
+        self._celerys = (dispatcher, dispatcher.on_send_buffered, dispatcher.buffer_limit)
         dispatcher.on_send_buffered = None
         dispatcher.buffer_limit = TASK_EVENTS_BUFFER_LIMIT
-        interval = settings.BEAMCLAW["TASK_EVENTS_FLUSH_SECONDS"]
         self._timer = consumer.timer.call_repeatedly(interval, self._flush, (consumer,))
 
     def stop(self, consumer):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._celerys is not None:
+            # Without the timer, events of tasks still finishing go out as Celery sends them.
+            dispatcher, on_send_buffered, buffer_limit = self._celerys
+            dispatcher.on_send_buffered, dispatcher.buffer_limit = on_send_buffered, buffer_limit
+            self._celerys = None
             self._flush(consumer)
+
+    def shutdown(self, consumer):
+        # After the pool's last tasks, before Celery closes the dispatcher.
+        self._flush(consumer)
 
     @staticmethod
     def _flush(consumer):

@@ -205,7 +205,7 @@ def main() -> int:
     profiles = {}
     if not args.no_profile:
         print("profiling this checkout (bench/load_bench.py --profile) ...", flush=True)
-        profiled = load_bench(None, scratch / "profiled.json", profile=True)
+        profiled = load_bench(None, scratch / "profiled.json", profile=True, like_make_run=args.like_make_run)
         for process in ("daphne", "worker"):
             collapsed = Path(profiled["log_dir"] or "") / f"{process}.collapsed.txt"
             if collapsed.exists():

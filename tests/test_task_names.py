@@ -132,7 +132,8 @@ def test_a_monitored_worker_publishes_task_events_off_its_steps_path_and_as_it_s
 
     proc.stop()
     published = wait_until(lambda: task_event_messages(pubsub), timeout=15, message="the events, as the worker stops")
-    step = next(e["uuid"] for events in published for e in events if f"run={run_id}" in (e.get("args") or ""))
-    step_events = [[e["type"] for e in events if e.get("uuid") == step] for events in published]
-    assert [types for types in step_events if types] == [["task-received", "task-started", "task-succeeded"]]
     pubsub.close()
+    steps = {e["uuid"] for events in published for e in events if f"run={run_id}" in (e.get("args") or "")}
+    assert len(steps) == 1, published
+    step_events = [[e["type"] for e in events if e.get("uuid") in steps] for events in published]
+    assert [types for types in step_events if types] == [["task-received", "task-started", "task-succeeded"]]

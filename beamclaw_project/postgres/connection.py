@@ -9,9 +9,12 @@ begins with such a pipeline, so each paid a round trip for BEGIN on the way to t
 the last (docs/performance.md, "Tenth step").
 
 Here BEGIN is queued with the statements, and the connection remembers that it did so until the server's
-answer says the transaction is open (or it ends). The statements and their order are what psycopg sends
-otherwise; only the sync after BEGIN is gone. Outside a pipeline nothing changes.
+answer says the transaction is open, the pipeline ends or the transaction ends. The statements and their
+order are what psycopg sends otherwise; only the sync after BEGIN is gone. Outside a pipeline nothing
+changes.
 """
+
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import pq
@@ -34,7 +37,19 @@ class Connection(psycopg.Connection):
         yield from self._exec_command(self._get_tx_start_command())
         self._begin_queued = True
 
+    @contextmanager
+    def pipeline(self):
+        try:
+            with super().pipeline() as pipeline:
+                yield pipeline
+        finally:
+            # A pipeline syncs as it ends: from then on the server's answer says whether a transaction is open.
+            self._begin_queued = False
+
     def _commit_gen(self):
+        if self._pipeline is not None and self._begin_queued:
+            # libpq may still call the connection idle (no answer yet): sync first, or COMMIT would be skipped.
+            yield from self._pipeline._sync_gen()
         self._begin_queued = False
         return (yield from super()._commit_gen())
 
