@@ -185,6 +185,7 @@ def _owners_alive(owners: set[str]) -> set[str]:
 @signals.worker_shutting_down.connect
 def _drain_on_shutdown(sig=None, how=None, **kwargs):
     """SIGTERM (a warm shutdown): Celery stops taking tasks and waits for the running ones; running steps
-    notice the drain at their next stream event and go back to the queue for another worker."""
+    notice the drain at their next stream event (a reply being read is cut at once, see cut_on_drain) and go
+    back to the queue for another worker."""
     logger.info("%s received: handing running steps back to the queue", sig or "shutdown")
     drain_begin()

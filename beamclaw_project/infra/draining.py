@@ -8,18 +8,58 @@ within moments rather than after its longest reply. Set by the worker's shutdown
 A draining web process lets open responses finish for a while; once that time is up (`drain_expired`),
 responses still open end themselves with a "server restarting" message (beamclaw_project/daphne_hardening.py).
 While draining, event streams wake up every DRAIN_TICK_SECONDS instead of every 5 s, so they notice.
+
+A step notices the drain between stream events, and a model may say nothing for a long while (it is
+thinking, or stuck); the connections a worker is reading a reply from are therefore shut down when the
+drain begins (`cut_on_drain`), so the blocked read ends at once and the step goes back to the queue.
 """
 
+import socket
 import threading
+from contextlib import contextmanager
 
 DRAIN_TICK_SECONDS = 0.5
 
 _draining = threading.Event()
 _expired = threading.Event()
+_cut_on_drain: set[socket.socket] = set()
+_cut_on_drain_lock = threading.Lock()
 
 
 def drain_begin() -> None:
     _draining.set()
+    with _cut_on_drain_lock:
+        reading = list(_cut_on_drain)
+    for sock in reading:
+        _cut(sock)
+
+
+@contextmanager
+def cut_on_drain(sock: socket.socket | None):
+    """While inside, a drain shuts `sock` down: a read blocked on it returns (an error for the reader, who
+    sees `draining()` and hands its work back). None (no socket to be had) does nothing."""
+    if sock is None:
+        yield
+        return
+    with _cut_on_drain_lock:
+        _cut_on_drain.add(sock)
+    try:
+        # Added before the check, so a drain that began meanwhile either finds it in the set or is seen here.
+        if draining():
+            _cut(sock)
+        yield
+    finally:
+        with _cut_on_drain_lock:
+            _cut_on_drain.discard(sock)
+
+
+def _cut(sock: socket.socket) -> None:
+    try:
+        # The plain socket's shutdown, also for a TLS socket: the reader's thread owns the TLS state, and
+        # shutting the descriptor down is enough to wake its read.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 def draining() -> bool:

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import anthropic
 
 from sessions.providers import endpoints
-from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
+from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, reply_cut_on_drain
 from sessions.providers.registry import register_provider
 
 _RETRYABLE_KINDS = {"overloaded", "rate_limited", "server_error", "connection", "timeout"}
@@ -152,7 +152,8 @@ class AnthropicProvider:
         # The stream's events as plain JSON rather than the SDK's models: building a pydantic model per
         # event, and snapshots in its accumulating helper, cost more CPU than everything else here when
         # hundreds of runs stream at once. The SDK still sends the request and raises for error statuses.
-        with client.messages.with_streaming_response.create(**kwargs) as response:
+        with client.messages.with_streaming_response.create(**kwargs) as response, \
+                reply_cut_on_drain(response.http_response):
             for batch in _sse_batches(response):
                 # Text deltas that arrived in one network read go on as one: the model wrote them while
                 # this worker was busy, so joining them delays nothing, and each costs a Redis append here

@@ -27,8 +27,11 @@ retries and fallbacks (possibly to another provider) are sessions/providers/chai
 by name through sessions/providers/registry.py.
 """
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
+
+from beamclaw_project.infra.draining import cut_on_drain
 
 # The sampling parameters an edge may pass (run params, as sessions/chat.py stores them); `stop` arrives as
 # CompletionRequest.stop_sequences and `max_tokens` is always sent (the agent's own cap at most).
@@ -49,6 +52,17 @@ class ProviderError(Exception):
 
 class Aborted(Exception):
     """The run was aborted while its step was streaming."""
+
+
+def reply_cut_on_drain(http_response) -> AbstractContextManager:
+    """While a provider reads a streamed reply from `http_response` (an httpx.Response), a worker's drain
+    (SIGTERM) shuts its connection down, so a model that is silent for a while cannot hold the step: the read
+    fails at once, and the chain turns that failure into `Aborted` since `should_abort` is true."""
+    try:
+        sock = http_response.extensions["network_stream"].get_extra_info("socket")
+    except (AttributeError, KeyError):
+        sock = None
+    return cut_on_drain(sock)
 
 
 @dataclass

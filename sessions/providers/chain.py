@@ -88,6 +88,9 @@ def complete(agent, request: CompletionRequest, *, on_text: Callable[[str], None
             except Aborted:
                 raise
             except ProviderError as error:
+                if should_abort():
+                    # Stopped while reading (a drain cuts the connection): not the provider's failure.
+                    raise Aborted() from error
                 if error.kind == "unknown":
                     logger.error("provider call to %s failed unexpectedly", target, exc_info=error)
                 else:

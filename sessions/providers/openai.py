@@ -31,7 +31,7 @@ import openai
 
 from beamclaw_project.infra.address_policy import OutboundError
 from sessions.providers import endpoints
-from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
+from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, reply_cut_on_drain
 from sessions.providers.registry import register_provider
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -269,7 +269,8 @@ class OpenAIProvider:
         calls: dict[int, dict] = {}  # index → {"id", "name", "arguments": [fragments]}
         completion = Completion(content=[], stop_reason=None, model=request.model)
         finish_reason = None
-        with client.chat.completions.create(**_request_kwargs(request, base_url)) as stream:
+        with client.chat.completions.create(**_request_kwargs(request, base_url)) as stream, \
+                reply_cut_on_drain(stream.response):
             for chunk in stream:
                 if chunk.usage is not None:
                     completion.input_tokens = chunk.usage.prompt_tokens or 0

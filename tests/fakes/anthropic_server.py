@@ -20,6 +20,11 @@ when N-1 assistant turns follow that message (the last one thereafter),
 unless the last user message scripts something else. It models a model that
 answers a follow-up (a repair request, say) differently.
 
+``[[hold=KEY:N]]`` pauses a streamed reply after its Nth text delta until a
+test calls ``POST /_fake/release?key=KEY``; a released key stays released (a
+retried request streams straight through) until ``/_fake/reset``. It lets a
+test act while a stream is surely still open, however slow the machine.
+
 Image blocks are echoed as ``[image: <media type>, <N> bytes]`` (or
 ``[image: <url>]``), so a test sees what reached the model.
 
@@ -83,6 +88,9 @@ DEFAULT_ERROR_MESSAGES = {
 TOOL_JSON_CHUNK = 16
 TOKENS_PER_TOOL_USE = 10
 
+# Stands for an event's bytes where a `[[hold]]` stream pauses.
+_HOLD = object()
+
 _ALNUM = string.ascii_letters + string.digits
 _JSON_DECODER = json.JSONDecoder()
 
@@ -98,6 +106,7 @@ DIRECTIVE_KEYS = (
     "tool_loop",
     "text_before_tool",
     "replies",
+    "hold",
 )
 # Only known keys are treated as directives, so ordinary "[[wiki links]]" in a
 # prompt are echoed untouched.
@@ -291,6 +300,7 @@ class _Script:
     tools: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     text_before_tool: str | None = None
     replies: list[str] | None = None
+    hold: tuple[str, int] | None = None  # (key, text deltas before the pause)
 
     @classmethod
     def from_directives(cls, directives: list[tuple[str, str | None]]) -> _Script:
@@ -334,6 +344,11 @@ class _Script:
                 script.text_before_tool = value
             elif key == "replies":
                 script.replies = value.split("||")
+            elif key == "hold":
+                hold_key, sep, after = value.rpartition(":")
+                if not sep or not hold_key:
+                    raise DirectiveError("hold must look like [[hold=KEY:N]]")
+                script.hold = (hold_key, _int_value(key, after, 0))
         return script
 
 
@@ -431,6 +446,7 @@ class FakeAnthropicServer:
             maxlen=MAX_RECORDED_REQUESTS
         )
         self.fail_counters: dict[str, int] = {}
+        self.holds: dict[str, asyncio.Event] = {}  # set once released
 
     # ----- introspection -------------------------------------------------- #
 
@@ -448,7 +464,17 @@ class FakeAnthropicServer:
     async def reset(self, request: web.Request) -> web.Response:
         self.requests.clear()
         self.fail_counters.clear()
+        for gate in self.holds.values():
+            gate.set()  # streams still held finish rather than hang
+        self.holds.clear()
         return web.json_response({"ok": True})
+
+    async def release(self, request: web.Request) -> web.Response:
+        key = request.query.get("key")
+        if not key:
+            return _error_response(400, _random_id("req_"), "release needs ?key=KEY (the key of [[hold=KEY:N]])")
+        self.holds.setdefault(key, asyncio.Event()).set()
+        return web.json_response({"ok": True, "key": key})
 
     async def not_found(self, request: web.Request) -> web.Response:
         message = f"Not found: {request.method} {request.path}"
@@ -558,8 +584,9 @@ class FakeAnthropicServer:
         return max(1, tokens)
 
     @staticmethod
-    def _render_stream(message: dict[str, Any], script: _Script) -> list[tuple[float, bytes]]:
-        """Pre-render the whole SSE stream as (sleep-before, event bytes) pairs."""
+    def _render_stream(message: dict[str, Any], script: _Script) -> list[tuple[float, Any]]:
+        """Pre-render the whole SSE stream as (sleep-before, event bytes) pairs; a `_HOLD` in place of
+        the bytes is where `[[hold]]` pauses."""
         start_message = dict(
             message,
             content=[],
@@ -621,6 +648,10 @@ class FakeAnthropicServer:
                 cut = len(events) - 2
             error = _error_body(error_type, DEFAULT_ERROR_MESSAGES.get(error_type, "Error"))
             events = events[:cut] + [(0.0, _sse(error))]
+        if script.hold is not None:
+            after = script.hold[1]
+            at = text_delta_positions[after - 1] + 1 if 0 < after <= len(text_delta_positions) else 2
+            events.insert(min(at, len(events)), (0.0, _HOLD))
         return events
 
     async def _stream(
@@ -639,6 +670,9 @@ class FakeAnthropicServer:
             for pause, payload in events:
                 if pause:
                     await asyncio.sleep(pause)
+                if payload is _HOLD:
+                    await self.holds.setdefault(script.hold[0], asyncio.Event()).wait()
+                    continue
                 await response.write(payload)
             await response.write_eof()
         except ConnectionResetError:
@@ -653,6 +687,7 @@ def make_app() -> web.Application:
     app.router.add_post("/v1/messages", server.messages)
     app.router.add_get("/_fake/requests", server.list_requests)
     app.router.add_post("/_fake/reset", server.reset)
+    app.router.add_post("/_fake/release", server.release)
     app.router.add_get("/_fake/health", server.health)
     # Registered last so it only catches what nothing else matched.
     app.router.add_route("*", "/{tail:.*}", server.not_found)

@@ -11,6 +11,7 @@
 import json
 import sys
 import time
+import uuid
 
 import httpx
 import pytest
@@ -32,21 +33,23 @@ def _exactly_once(run_id: str, prompt: str) -> bool:
     return run.status == Run.Status.SUCCEEDED and len(users) == 1 and len(steps) == len(set(steps)) >= 1
 
 
-def test_sigterm_hands_running_steps_to_another_worker(gateway, tenant, fleet):
+def test_sigterm_hands_running_steps_to_another_worker(gateway, tenant, fleet, fake_llm):
     old = fleet("deploy-old")
-    # Streams long enough (about 15 s) to be still running once the new worker has started, on a busy machine
-    # too: a worker of the suite's database consumes hundreds of tenant queues by then, and once took 9 s to
-    # start, by when 9-s streams had ended.
+    # The fake holds each stream after its 6th delta until the test releases it, so the streams are still
+    # open when the new worker is up and the old one gets its SIGTERM, however long a worker takes to start
+    # (one of the suite's database consumes hundreds of tenant queues by then).
+    hold = f"deploy-{uuid.uuid4().hex[:8]}"
     replies = [StreamedReply(gateway, tenant.headers, f"rolling deploy {n} one two three", model="assistant",
-                             directives="[[deltas=60]] [[delay_ms=250]]").start() for n in range(3)]
-    wait_until(lambda: all(r.chunks >= 4 for r in replies), timeout=60, message="the old worker to be streaming")
+                             directives=f"[[deltas=20]] [[delay_ms=50]] [[hold={hold}:6]]").start() for n in range(3)]
+    wait_until(lambda: all(r.chunks >= 3 for r in replies), timeout=60, message="the old worker to be streaming")
     new = fleet("deploy-new")
 
-    assert not any(r.done for r in replies), "the streams ended before the SIGTERM: this machine is slower than the test allows for"
+    assert not any(r.done for r in replies)
     old.terminate()
     sigterm_at = time.monotonic()
     wait_until(lambda: not old.alive, timeout=60, message="the old worker to exit after SIGTERM")
     exited_after = time.monotonic() - sigterm_at
+    httpx.post(f"{fake_llm}/_fake/release", params={"key": hold}).raise_for_status()
 
     for reply in replies:
         reply.join()
