@@ -473,8 +473,12 @@ class FakeAnthropicServer:
         key = request.query.get("key")
         if not key:
             return _error_response(400, _random_id("req_"), "release needs ?key=KEY (the key of [[hold=KEY:N]])")
-        self.holds.setdefault(key, asyncio.Event()).set()
+        self._hold_gate(key).set()
         return web.json_response({"ok": True, "key": key})
+
+    def _hold_gate(self, key: str) -> asyncio.Event:
+        """What streams held by `[[hold=KEY:N]]` wait for; set by its release."""
+        return self.holds.setdefault(key, asyncio.Event())
 
     async def not_found(self, request: web.Request) -> web.Response:
         message = f"Not found: {request.method} {request.path}"
@@ -649,8 +653,9 @@ class FakeAnthropicServer:
             error = _error_body(error_type, DEFAULT_ERROR_MESSAGES.get(error_type, "Error"))
             events = events[:cut] + [(0.0, _sse(error))]
         if script.hold is not None:
-            after = script.hold[1]
-            at = text_delta_positions[after - 1] + 1 if 0 < after <= len(text_delta_positions) else 2
+            # After the Nth text delta (the last, if there are fewer); N=0: before the first.
+            after = min(script.hold[1], len(text_delta_positions))
+            at = text_delta_positions[after - 1] + 1 if after else 2
             events.insert(min(at, len(events)), (0.0, _HOLD))
         return events
 
@@ -671,7 +676,7 @@ class FakeAnthropicServer:
                 if pause:
                     await asyncio.sleep(pause)
                 if payload is _HOLD:
-                    await self.holds.setdefault(script.hold[0], asyncio.Event()).wait()
+                    await self._hold_gate(script.hold[0]).wait()
                     continue
                 await response.write(payload)
             await response.write_eof()

@@ -37,7 +37,7 @@ def test_sigterm_hands_running_steps_to_another_worker(gateway, tenant, fleet, f
     old = fleet("deploy-old")
     # The fake holds each stream after its 6th delta until the test releases it, so the streams are still
     # open when the new worker is up and the old one gets its SIGTERM, however long a worker takes to start
-    # (one of the suite's database consumes hundreds of tenant queues by then).
+    # (a worker on the suite's database consumes hundreds of tenant queues by then, and once took 9 s).
     hold = f"deploy-{uuid.uuid4().hex[:8]}"
     replies = [StreamedReply(gateway, tenant.headers, f"rolling deploy {n} one two three", model="assistant",
                              directives=f"[[deltas=20]] [[delay_ms=50]] [[hold={hold}:6]]").start() for n in range(3)]
