@@ -321,12 +321,15 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
     delta_head += b'"content":'
 
     yield _sse(chunk({"role": "assistant", "content": ""}))
+    # What the run's end brings (its last chunks, or an error) goes out with [DONE] in one write: each write
+    # is a trip through Django, Daphne and Twisted, and the client reads on to [DONE] anyway.
+    ending: list[bytes] = []
     try:
         async for event in follow_run(run_id):
             if drain_expired():
                 # This web process is shutting down and the run outlived the drain (daphne_hardening.py).
                 message = restarting_message(run_id)
-                yield _sse({"error": {"message": message, "type": "server_restarting", "code": "server_restarting"}})
+                ending.append(_sse({"error": {"message": message, "type": "server_restarting", "code": "server_restarting"}}))
                 break
             if event is None:
                 yield b": keep-alive\n\n"
@@ -336,22 +339,21 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
             elif event.event == events.RUN_COMPLETED:
                 payload = event.payload
                 if hold_text and payload.get("text"):
-                    yield _sse(chunk({"content": payload["text"]}))
-                for delta in _tool_call_deltas(payload.get("tool_calls") or []):
-                    yield _sse(chunk(delta))
-                yield _sse(chunk({}, FINISH_REASONS.get(payload.get("stop_reason"), "stop")))
+                    ending.append(_sse(chunk({"content": payload["text"]})))
+                ending.extend(_sse(chunk(delta)) for delta in _tool_call_deltas(payload.get("tool_calls") or []))
+                ending.append(_sse(chunk({}, FINISH_REASONS.get(payload.get("stop_reason"), "stop"))))
                 if include_usage:
-                    yield _sse({**chunk({}), "choices": [], "usage": _usage(payload.get("usage", {}))})
+                    ending.append(_sse({**chunk({}), "choices": [], "usage": _usage(payload.get("usage", {}))}))
             elif event.event == events.STREAM_INTERRUPTED:
-                yield _sse({"error": {"message": event.payload["error"], "type": "stream_interrupted", "code": "stream_lost"}})
+                ending.append(_sse({"error": {"message": event.payload["error"], "type": "stream_interrupted", "code": "stream_lost"}}))
                 break
             elif event.event in (events.RUN_FAILED, events.RUN_ABORTED):
                 payload = event.payload
                 code = payload.get("code") or ("aborted" if event.event == events.RUN_ABORTED else "run_failed")
-                yield _sse({"error": {"message": payload.get("error") or "The run failed.", "type": "upstream_error", "code": code}})
+                ending.append(_sse({"error": {"message": payload.get("error") or "The run failed.", "type": "upstream_error", "code": code}}))
     except TimeoutError as exc:
-        yield _sse({"error": {"message": str(exc), "type": "timeout", "code": "timeout"}})
-    yield b"data: [DONE]\n\n"
+        ending.append(_sse({"error": {"message": str(exc), "type": "timeout", "code": "timeout"}}))
+    yield b"".join(ending) + b"data: [DONE]\n\n"
 
 
 def restarting_message(run_id) -> str:

@@ -88,3 +88,16 @@ def test_head_on_the_event_stream_answers_like_get_without_a_body(live, tenant):
         assert api.head("/runs/00000000-0000-0000-0000-000000000000/events/").status_code == 404
         wrong = api.put(f"/runs/{run}/events/")
         assert wrong.status_code == 405 and wrong.headers["Allow"] == "GET, HEAD"
+
+
+def test_a_multipart_body_twisted_cannot_parse_is_answered_by_the_api_itself(live, tenant):
+    # Daphne hands the raw body to the application; Twisted no longer parses POST forms on the way
+    # (daphne_hardening.py, 7), so what is wrong with the upload is said by the API's own parser.
+    response = httpx.post(
+        f"{live}/api/skills/", content=b"a multipart body needs a boundary",
+        headers={**tenant.headers, "Content-Type": "multipart/form-data"}, timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    assert "malformed_http_request" not in response.text
+    assert "ultipart" in response.json()["detail"], response.text
+    assert_still_answering(live, tenant)
