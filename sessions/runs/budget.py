@@ -12,7 +12,7 @@ from datetime import timezone as dt_timezone
 from django.db.models import Sum
 
 from beamclaw_project.errors import LimitExceeded
-from beamclaw_project.infra.redis import redis_client, redis_script
+from beamclaw_project.infra.redis import ScriptCall, redis_client, redis_script
 from sessions.models import Compaction, Run
 
 
@@ -61,7 +61,18 @@ return false
 def record_tokens(*, tenant_id, tokens: int) -> None:
     if tokens <= 0:
         return
-    if redis_script(_ADD_IF_COUNTED)(keys=[_day_key(tenant_id, _today())], args=[tokens]) is None:
+    source, keys, args = record_tokens_call(tenant_id=tenant_id, tokens=tokens)
+    record_tokens_counted(tenant_id=tenant_id, result=redis_script(source)(keys=keys, args=args))
+
+
+def record_tokens_call(*, tenant_id, tokens: int) -> ScriptCall:
+    """record_tokens, to send with other calls (infra/redis.redis_scripts_call); hand its result to
+    record_tokens_counted."""
+    return _ADD_IF_COUNTED, [_day_key(tenant_id, _today())], [tokens]
+
+
+def record_tokens_counted(*, tenant_id, result) -> None:
+    if result is None:
         tokens_used_today(tenant_id=tenant_id)  # seeds the counter from Postgres, which includes these tokens
 
 

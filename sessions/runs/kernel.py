@@ -21,6 +21,7 @@ from beamclaw_project.infra.leases import (
     QUEUED,
     lease_requeue,
     lease_set,
+    lease_set_call,
     lease_ttl_ms,
     lease_values,
     leases_lost_in_transit,
@@ -28,7 +29,7 @@ from beamclaw_project.infra.leases import (
     queued_ttl_ms,
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
-from beamclaw_project.infra.redis import Command, get_call, redis_client
+from beamclaw_project.infra.redis import Command, ScriptCall, get_call, redis_client
 from beamclaw_project.infra.rows import Columns, instances, rows_write, select_one, select_together
 from beamclaw_project.infra.tasks import task_send, tasks_push_commands, tasks_send
 from sessions.models import AgentSession, Message, Run
@@ -91,18 +92,37 @@ def _session_of(row, session_id=None) -> AgentSession:
 
 
 def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] = (), new_rows: tuple = (),
-                      **fields) -> Message:
+                      also: tuple[tuple[str, list], ...] = (), **fields) -> Message:
     """Append a message; the caller holds the session row lock. `session_fields`: other fields of the
     session the caller changed, saved in the same UPDATE. `new_rows`: other new instances to insert with the
     message, in order (the run it starts; first the session itself if it is new, which is then inserted with
-    its next_seq rather than updated). The writes go to Postgres together, in one round trip."""
+    its next_seq rather than updated). `also`: statements to run after the writes (their rows are not
+    returned). The writes go to Postgres together, in one round trip."""
     seq = session.next_seq
     session.next_seq = seq + 1
     message = Message(session=session, seq=seq, **fields)
     session_is_new = any(row is session for row in new_rows)
     rows_write(updates=[] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))],
-               inserts=[*([row] for row in new_rows), [message]])
+               inserts=[*([row] for row in new_rows), [message]], reads=also)
     return message
+
+
+# --- a run's step 0 sent before its transaction commits --------------------------------------------
+# The transaction that starts a run in a session it made itself (a chat completion without a session)
+# sends step 0 before it commits, so that the commit and the step's way to a worker overlap on the way to
+# the first token. It takes this lock with the run's writes, before sending, and holds it until it commits
+# or rolls back; a worker's step 0 waits for it before reading the run (run_start_wait_statement). So no
+# step reads a run before its commit, and a step whose run was rolled back finds no run and does nothing.
+
+
+def run_start_lock_statement(run_id) -> tuple[str, list]:
+    return "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"beamclaw.run_start:{run_id}"]
+
+
+def run_start_wait_statement(run_id) -> tuple[str, list]:
+    """Waits while a transaction starting the run holds run_start_lock_statement's lock (a shared lock,
+    released as soon as the statement ends: autocommit)."""
+    return "SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", [f"beamclaw.run_start:{run_id}"]
 
 
 # --- the run lease ---------------------------------------------------------------------------------
@@ -118,6 +138,11 @@ def run_mark_queued(run_id) -> bool:
     Replaces the tools-phase marker: the step enqueued when the last tool call settles must find the
     lease free to take, or it would be skipped and wait for the reaper (a 90 s stall once)."""
     return lease_set(run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms(), replacing=(QUEUED, TOOLS_PHASE))
+
+
+def run_mark_queued_call(run_id) -> ScriptCall:
+    """run_mark_queued, to send with other calls (infra/redis.redis_scripts_call)."""
+    return lease_set_call(run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms(), replacing=(QUEUED, TOOLS_PHASE))
 
 
 def runs_mark_queued(run_ids: list) -> None:

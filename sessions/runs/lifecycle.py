@@ -18,6 +18,7 @@ from beamclaw_project.infra.rows import Columns, row_update, rows_write, select_
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.notify import session_subscribers_notify, session_watched_command
+from sessions.runs.budget import record_tokens_call, record_tokens_counted
 from sessions.runs.client_calls import client_calls_of, client_results_take_locked
 from sessions.runs.json_mode import reply_result_text
 from sessions.runs.kernel import (
@@ -25,6 +26,8 @@ from sessions.runs.kernel import (
     first_steps_commands,
     first_steps_send,
     run_mark_queued,
+    run_mark_queued_call,
+    run_start_lock_statement,
     runs_mark_queued,
     session_lock,
     transcript_append,
@@ -131,15 +134,32 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     # A new run is written with its message, and a new session not written yet with both (one round trip on
     # the way to the first token).
     new_rows = tuple(row for row in (session, run) if row._state.adding)
-    transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows)
-    run_started_announce_on_commit(run, tenant_slug=session.tenant.slug, session_is_new=session_is_new)
+    if session_is_new:
+        # Nobody waits for this session's runs or follows it: step 0 goes out before the commit (kernel.py,
+        # run_start_lock_statement), on the way to the first token.
+        transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
+                          also=(run_start_lock_statement(run.pk),))
+        run_started_send_before_commit(run, tenant_slug=session.tenant.slug)
+    else:
+        transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows)
+        run_started_announce_on_commit(run, tenant_slug=session.tenant.slug)
     return run
 
 
-def run_started_announce_on_commit(run: Run, *, tenant_slug: str, session_is_new: bool = False) -> None:
+def run_started_send_before_commit(run: Run, *, tenant_slug: str) -> None:
+    """Start a run whose row, in a session made in the caller's transaction, its caller has just written
+    as running, holding run_start_lock_statement's lock: mark it queued, publish run_started and send step 0
+    now, in one round trip; once the transaction commits, log and count it. If it rolls back instead, the
+    step finds no run, and the marker and the event lapse."""
+    run_id, session_id, trigger = run.pk, run.session_id, run.trigger
+    _runs_started_send([(run_id, session_id)], tenant_slug, watched=False, mark_queued=True)
+    transaction.on_commit(lambda: _run_started_note(run_id, session_id, trigger, tenant_slug))
+
+
+def run_started_announce_on_commit(run: Run, *, tenant_slug: str) -> None:
     """The rest of starting a run whose row its caller has just written as running: mark it queued now, and
     once the transaction commits log it, count it, publish run_started, wake the session's subscribers
-    (a session made in this transaction has none) and enqueue step 0."""
+    and enqueue step 0."""
     run_id, session_id, trigger = run.pk, run.session_id, run.trigger
     # Marked before commit: from the moment the run is visibly `running`, the reaper must not take it
     # for an orphan (a rolled-back marker only lapses).
@@ -147,7 +167,7 @@ def run_started_announce_on_commit(run: Run, *, tenant_slug: str, session_is_new
 
     def announce_and_enqueue():
         _run_started_note(run_id, session_id, trigger, tenant_slug)
-        _runs_started_send([(run_id, session_id)], tenant_slug, watched=not session_is_new)
+        _runs_started_send([(run_id, session_id)], tenant_slug, watched=True)
 
     transaction.on_commit(announce_and_enqueue)
 
@@ -173,17 +193,19 @@ def runs_started_announce_on_commit(runs: list[Run], *, tenant_slug: str) -> Non
     transaction.on_commit(announce_and_enqueue)
 
 
-def _runs_started_send(started: list[tuple], tenant_slug: str, *, watched: bool) -> None:
+def _runs_started_send(started: list[tuple], tenant_slug: str, *, watched: bool, mark_queued: bool = False) -> None:
     """Publish run.started for each (run id, session id) and send its step 0, in one Redis round trip where
     the broker is the events' Redis database (on the way to the first token), in that order: a step's first
     event must follow its run.started. `watched`: ask whether sockets follow the sessions (sessions made in
-    the runs' transaction have none) and tell them the runs started."""
+    the runs' transaction have none) and tell them the runs started. `mark_queued`: first mark the runs
+    queued (run_mark_queued), in the same round trip."""
     run_ids = [run_id for run_id, _ in started]
     steps = first_steps_commands(run_ids, tenant_slug)
+    marks = [run_mark_queued_call(run_id) for run_id in run_ids] if mark_queued else []
     publishes = [events.publish_command(run_id, events.RUN_STARTED, _run_started_payload(run_id, session_id))
                  for run_id, session_id in started]
     watches = [session_watched_command(session_id) for _, session_id in started] if watched else []
-    results = redis_scripts_call([*publishes, *watches, *(steps or [])])
+    results = redis_scripts_call([*marks, *publishes, *watches, *(steps or [])])[len(marks):]
     for (run_id, session_id), followed in zip(started, results[len(publishes):len(publishes) + len(watches)]):
         if followed:
             session_subscribers_notify(session_id, run_id)
@@ -254,11 +276,12 @@ def steering_take_locked(session: AgentSession, run: Run) -> list[dict]:
 
 
 def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSession, payload=None,
-                   step_has_calls: bool = True) -> None:
+                   step_has_calls: bool = True, tokens_spent: int = 0) -> None:
     """Mark a run terminal, announce it after commit, and start the next queued run: the session's own
     now, other sessions' of the tenant after commit if this frees a slot they wait for.
     Caller holds the session and run row locks. `step_has_calls=False`: the caller knows the current step
-    made no tool calls (its reply has no tool_use), so there are none to settle."""
+    made no tool calls (its reply has no tool_use), so there are none to settle. `tokens_spent`: the last
+    step's tokens, counted against the tenant's daily budget with the announcement (one round trip)."""
     if step_has_calls:
         open_calls_settle_locked(run, session, status)
     if status == Run.Status.FAILED and not run.messages.filter(role=Message.Role.ASSISTANT).exists():
@@ -281,11 +304,16 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
         logger.info("run %s%s", status, f": {error}" if error else "")
         run_finished_record(tenant=tenant_slug, status=status)
         # With the event, whether runs of the tenant wait for a slot (one round trip): a start tried after
-        # this run's commit finds the slot free by itself, so the hint is as good read now as later.
-        _, runs_wait = redis_scripts_call([
+        # this run's commit finds the slot free by itself, so the hint is as good read now as later. The
+        # tokens are counted first, so a client that saw the run end sees them spent.
+        counted = [record_tokens_call(tenant_id=tenant_id, tokens=tokens_spent)] if tokens_spent > 0 else []
+        *tokens_counted, _, runs_wait = redis_scripts_call([
+            *counted,
             events.publish_command(run_id, TERMINAL_EVENT[status], event_payload),
             Command("EXISTS", (_capacity_wait_key(tenant_id),)),
         ])
+        for result in tokens_counted:
+            record_tokens_counted(tenant_id=tenant_id, result=result)
         for receiver, result in run_finished.send_robust(
             sender=Run, run_id=run_id, status=status, trigger=trigger, session_ephemeral=ephemeral
         ):

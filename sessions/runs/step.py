@@ -43,6 +43,7 @@ from sessions.runs.kernel import (
     abort_flag_reason,
     run_lease_key,
     run_lock,
+    run_start_wait_statement,
     step_hand_back,
     tools_marker_ttl_ms,
     transcript_append,
@@ -250,10 +251,12 @@ def run_for_step(run_id, step: int) -> Run | None:
     its tenant's skill uploads' revision (tools/skills.py). Every step starts with these queries, so they are
     written out (beamclaw_project/infra/rows.py) and sent together."""
     run_columns, session_columns, agent_columns, tenant_columns, sql = _run_for_step_sql()
+    # Step 0 may come before its run's commit (kernel.run_start_lock_statement): the reads wait for it.
+    wait = [run_start_wait_statement(run_id)] if step == 0 else []
     rows, revision, *view_rows = select_together(
-        (sql, [step, Message.Role.ASSISTANT, run_id]), uploads_revision_statement(run_id),
+        *wait, (sql, [step, Message.Role.ASSISTANT, run_id]), uploads_revision_statement(run_id),
         *transcript_view_statements(run_id=run_id),
-    )
+    )[len(wait):]
     if not rows:
         return None
     run, session, agent, tenant = instances(rows[0], run_columns, session_columns, agent_columns, tenant_columns)
@@ -356,12 +359,13 @@ def _finish_step(run_id, session_id, step: int, completion: Completion, lease: L
             usage=completion.usage,
         )
         tokens = completion.input_tokens + completion.output_tokens
-        transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
         spent = {"input_tokens": completion.input_tokens, "output_tokens": completion.output_tokens}
         transaction.on_commit(lambda: tokens_record(tenant=session.tenant.slug, **spent))
         if tool_phase.step_tool_calls(run=run, session=session, step=step, completion=completion, lease=lease):
+            transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
             return True  # the run continues once the tool calls settle
         if json_check is not None and not json_check.valid:
+            transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
             _json_invalid_locked(run, session, step, json_check, lease)
             return False
         payload = {
@@ -374,7 +378,9 @@ def _finish_step(run_id, session_id, step: int, completion: Completion, lease: L
             "usage": run.usage,
         }
         has_calls = any(block.get("type") == "tool_use" for block in completion.content)
-        run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload, step_has_calls=has_calls)
+        # (The step's tokens are counted with the run's end, in its announcement's round trip.)
+        run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload, step_has_calls=has_calls,
+                       tokens_spent=tokens)
     return False
 
 

@@ -197,6 +197,23 @@ def test_daily_token_budget_answers_429_saying_when_it_resets(api, live, tenant)
     assert openai_refused.status_code == 429 and openai_refused.json()["error"]["code"] == "token_budget_exceeded"
 
 
+def test_the_daily_token_budget_counts_every_run_s_tokens(api, tenant):
+    from beamclaw_project.infra.redis import redis_client
+
+    session_id = new_session(api)
+    for text in ("spend some tokens", "and some more"):
+        run = send(api, session_id, text)
+        # The count goes out with the run's announcement, ahead of its run.completed event.
+        wait_until(lambda: events.RUN_COMPLETED in [e.event for e in events.read_all(run["id"])], timeout=30,
+                   message="the run's end announced")
+    spent = sum(r.input_tokens + r.output_tokens for r in Run.objects.filter(tenant=tenant.tenant))
+    assert spent > 0 and Run.objects.filter(tenant=tenant.tenant).count() == 2
+    # The first run's end started the day's counter (sessions/runs/budget.py) from Postgres; the second's
+    # added to it.
+    [counter] = redis_client().keys(f"bc:tokens:{tenant.tenant.pk}:*")
+    assert int(redis_client().get(counter)) == spent
+
+
 def test_per_key_rate_limit_answers_429_with_retry_after(live, tenant):
     ApiKey.objects.filter(tenant=tenant.tenant).update(rate_limit_per_minute=3)
     statuses = [httpx.get(f"{live}/api/agents/", headers=tenant.headers, timeout=10) for _ in range(4)]

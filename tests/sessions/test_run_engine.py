@@ -217,3 +217,60 @@ def test_a_worker_frozen_past_its_lease_adds_nothing_when_it_wakes(gateway, tena
     run = Run.objects.get(pk=reader.run_id)
     assert run.status == Run.Status.SUCCEEDED
     assert list(Message.objects.filter(run=run).values_list("role", flat=True)) == ["user", "assistant"]
+
+
+def _chat_request(text: str):
+    from sessions.chat import parse_chat_request
+
+    body = {"model": "assistant", "messages": [{"role": "user", "content": text}]}
+    return parse_chat_request(body, session_header=None, queue_mode_header=None, session_mode_header=None)
+
+
+def _asked_model(fake_requests, marker: str) -> bool:
+    return any(marker in json.dumps(request) for request in fake_requests(200))
+
+
+def _worker_holds(run_id) -> bool:
+    from sessions.runs.kernel import run_lease_key
+
+    return redis_client().get(run_lease_key(run_id)) not in (None, b"queued")
+
+
+def test_a_chat_run_s_step_sent_before_its_commit_waits_for_the_commit(worker, tenant, fake_requests):
+    # A chat completion without a session sends step 0 before its transaction commits (sessions/runs/
+    # kernel.py, run_start_lock_statement). Here the transaction stays open until a worker holds the step.
+    from django.db import transaction
+
+    from sessions.chat import chat_start
+    from tenants.selectors import agent_by_slug
+
+    agent = agent_by_slug(tenant=tenant.tenant, slug="assistant")
+    with transaction.atomic():
+        run = chat_start(tenant=tenant.tenant, agent=agent, request=_chat_request("early-step-3141")).run
+        wait_until(lambda: _worker_holds(run.pk), timeout=30, message="a worker holding step 0")
+        assert not _asked_model(fake_requests, "early-step-3141")  # it waits: the run is not committed
+    wait_until(lambda: Run.objects.get(pk=run.pk).status == Run.Status.SUCCEEDED, timeout=30, message="the run done")
+    assert _asked_model(fake_requests, "early-step-3141")
+    assert [e.event for e in events.read_all(run.pk)][::len(events.read_all(run.pk)) - 1] == [
+        events.RUN_STARTED, events.RUN_COMPLETED]
+
+
+def test_a_chat_run_rolled_back_after_its_step_was_sent_leaves_no_trace(worker, tenant, fake_requests):
+    from django.db import transaction
+
+    from sessions.chat import chat_start
+    from sessions.runs.kernel import run_lease_key
+    from tenants.selectors import agent_by_slug
+
+    agent = agent_by_slug(tenant=tenant.tenant, slug="assistant")
+    try:
+        with transaction.atomic():
+            run = chat_start(tenant=tenant.tenant, agent=agent, request=_chat_request("rolled-back-2718")).run
+            wait_until(lambda: _worker_holds(run.pk), timeout=30, message="a worker holding step 0")
+            raise RuntimeError("the request fails before its commit")
+    except RuntimeError:
+        pass
+    # The worker finds no run once the transaction is gone, and lets go of the step without asking the model.
+    wait_until(lambda: redis_client().get(run_lease_key(run.pk)) is None, timeout=30, message="the step let go")
+    assert not Run.objects.filter(pk=run.pk).exists()
+    assert not _asked_model(fake_requests, "rolled-back-2718")
