@@ -120,8 +120,10 @@ def run_start_lock_statement(run_id) -> tuple[str, list]:
 
 
 def run_start_wait_statement(run_id) -> tuple[str, list]:
-    """Waits while a transaction starting the run holds run_start_lock_statement's lock (a shared lock,
-    released as soon as the statement ends: autocommit)."""
+    """Waits while a transaction starting the run holds run_start_lock_statement's lock. The shared lock it
+    takes lasts until its own transaction ends (a pipeline's statements up to its sync share an implicit one).
+    The statements after it see the commit it waited for because each takes its own snapshot: Postgres's
+    default READ COMMITTED, which Django keeps."""
     return "SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", [f"beamclaw.run_start:{run_id}"]
 
 

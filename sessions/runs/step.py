@@ -359,13 +359,15 @@ def _finish_step(run_id, session_id, step: int, completion: Completion, lease: L
             usage=completion.usage,
         )
         tokens = completion.input_tokens + completion.output_tokens
+        # Counted after the commit, ahead of the hooks the tool phase registers (a hook that raises stops
+        # the ones after it), unless the run ends here: its end counts them in its own round trip.
+        counted_apart = [True]
+        transaction.on_commit(lambda: counted_apart[0] and record_tokens(tenant_id=run.tenant_id, tokens=tokens))
         spent = {"input_tokens": completion.input_tokens, "output_tokens": completion.output_tokens}
         transaction.on_commit(lambda: tokens_record(tenant=session.tenant.slug, **spent))
         if tool_phase.step_tool_calls(run=run, session=session, step=step, completion=completion, lease=lease):
-            transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
             return True  # the run continues once the tool calls settle
         if json_check is not None and not json_check.valid:
-            transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
             _json_invalid_locked(run, session, step, json_check, lease)
             return False
         payload = {
@@ -378,7 +380,7 @@ def _finish_step(run_id, session_id, step: int, completion: Completion, lease: L
             "usage": run.usage,
         }
         has_calls = any(block.get("type") == "tool_use" for block in completion.content)
-        # (The step's tokens are counted with the run's end, in its announcement's round trip.)
+        counted_apart[0] = False
         run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload, step_has_calls=has_calls,
                        tokens_spent=tokens)
     return False

@@ -251,6 +251,8 @@ def test_a_chat_run_s_step_sent_before_its_commit_waits_for_the_commit(worker, t
         assert not _asked_model(fake_requests, "early-step-3141")  # it waits: the run is not committed
     wait_until(lambda: Run.objects.get(pk=run.pk).status == Run.Status.SUCCEEDED, timeout=30, message="the run done")
     assert _asked_model(fake_requests, "early-step-3141")
+    # The step that waited finished the run: no second delivery (the reaper re-sends a step let go too soon).
+    assert redis_client().get(f"bc:run:{run.pk}:step:0:attempts") == b"1"
     assert [e.event for e in events.read_all(run.pk)][::len(events.read_all(run.pk)) - 1] == [
         events.RUN_STARTED, events.RUN_COMPLETED]
 
