@@ -29,7 +29,7 @@ from beamclaw_project.infra.leases import (
     queued_ttl_ms,
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
-from beamclaw_project.infra.redis import Command, ScriptCall, get_call, redis_client
+from beamclaw_project.infra.redis import Command, ScriptCall, get_call, redis_client, redis_script
 from beamclaw_project.infra.rows import Columns, instances, rows_write, select_one, select_together
 from beamclaw_project.infra.tasks import task_send, tasks_push_commands, tasks_send
 from sessions.models import AgentSession, Message, Run
@@ -139,7 +139,8 @@ def run_mark_queued(run_id) -> bool:
     enqueued either before any worker holds the run, or by the worker holding it (which then releases).
     Replaces the tools-phase marker: the step enqueued when the last tool call settles must find the
     lease free to take, or it would be skipped and wait for the reaper (a 90 s stall once)."""
-    return lease_set(run_lease_key(run_id), QUEUED, ttl_ms=queued_ttl_ms(), replacing=(QUEUED, TOOLS_PHASE))
+    source, keys, args = run_mark_queued_call(run_id)
+    return bool(redis_script(source)(keys=keys, args=args))
 
 
 def run_mark_queued_call(run_id) -> ScriptCall:

@@ -134,14 +134,13 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     # A new run is written with its message, and a new session not written yet with both (one round trip on
     # the way to the first token).
     new_rows = tuple(row for row in (session, run) if row._state.adding)
+    # Nobody waits for a new session's runs or follows it: its step 0 goes out before the commit (kernel.py,
+    # run_start_lock_statement), on the way to the first token.
+    start_lock = (run_start_lock_statement(run.pk),) if session_is_new else ()
+    transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows, also=start_lock)
     if session_is_new:
-        # Nobody waits for this session's runs or follows it: step 0 goes out before the commit (kernel.py,
-        # run_start_lock_statement), on the way to the first token.
-        transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
-                          also=(run_start_lock_statement(run.pk),))
         run_started_send_before_commit(run, tenant_slug=session.tenant.slug)
     else:
-        transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows)
         run_started_announce_on_commit(run, tenant_slug=session.tenant.slug)
     return run
 
