@@ -39,6 +39,12 @@ internals shows up as a failing test rather than as a silent regression.
    for nobody: Daphne hands the raw body to the application, whose parsers read it again. Requests are now
    made without that parsing, so a multipart body Twisted could not parse is answered by the API itself
    (the parser's own 400), not by a bare "malformed request".
+8. Writes that wait for the next turn of the event loop. Twisted never writes to a socket when asked: it
+   buffers the bytes, registers the socket for writability, and sends on the loop's next turn, then
+   unregisters it. Two epoll_ctl calls and a loop turn per write; a streamed response writes once per
+   text delta. A plain TCP connection with nothing waiting to be sent now hands the bytes to the kernel at
+   once; what the kernel does not take, and every write while something waits, goes Twisted's way, so the
+   order of bytes, flow control and closing are Twisted's. TLS connections are left as they are.
 """
 
 import json
@@ -52,7 +58,7 @@ from daphne import server as daphne_server
 from daphne.http_protocol import WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.web.http import HTTPChannel
 
 from beamclaw_project.infra.draining import DRAIN_TICK_SECONDS, drain_begin, drain_expire, drain_expired
@@ -265,6 +271,36 @@ def _web_request_init_without_form_parsing(self: WebRequest, *args, **kwargs) ->
     self._parsePOSTFormSubmission = False
 
 
+# --- 8. writes that wait for the next turn of the event loop ------------------------------------------
+
+_tcp_write = tcp.Connection.write
+
+
+def _unsent_after_writing_at_once(connection: tcp.Connection, data: bytes) -> bytes:
+    """Send `data` now if nothing else waits to be sent; what the kernel did not take (all of it if
+    something waits, the connection is closing, or the send failed: Twisted's doWrite then finds the error
+    and closes the connection as it would have)."""
+    if (
+        connection.TLS or not connection.connected or connection.disconnecting or connection._writeDisconnected
+        or connection._tempDataBuffer or connection.offset < len(connection.dataBuffer)
+    ):
+        return data
+    sent = connection.writeSomeData(data)
+    if not isinstance(sent, int) or sent <= 0:
+        return data
+    return data[sent:]
+
+
+def _write_at_once(self: tcp.Connection, data: bytes) -> None:
+    if data and (data := _unsent_after_writing_at_once(self, data)):
+        _tcp_write(self, data)
+
+
+def _write_sequence_at_once(self: tcp.Connection, iovec) -> None:
+    if data := _unsent_after_writing_at_once(self, b"".join(iovec)):
+        _tcp_write(self, data)
+
+
 _applied = False
 
 
@@ -284,3 +320,5 @@ def apply() -> None:
     Server.kill_all_applications = _drain_then_kill
     daphne_server.serverFromString = _server_from_string_with_backlog
     WebRequest.__init__ = _web_request_init_without_form_parsing
+    tcp.Connection.write = _write_at_once
+    tcp.Connection.writeSequence = _write_sequence_at_once
