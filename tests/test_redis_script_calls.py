@@ -11,6 +11,7 @@ from beamclaw_project.infra.leases import lease_values, leases_set
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import (
     Command,
+    ScriptsSent,
     get_call,
     redis_client,
     redis_script_calls,
@@ -62,6 +63,41 @@ def test_a_thread_kept_connection_that_lost_its_script_or_its_socket_still_runs_
     assert redis_script_held_call(source, [counter], [100]) == 111
     assert redis_script_held_call(source, [counter], [1000]) == 1111
     assert int(redis_client().get(counter)) == 1111
+
+
+def test_calls_sent_ahead_give_their_results_later_each_run_once():
+    """A step sends its lease, delivery count and abort-flag read, reads its run from Postgres meanwhile, then
+    reads the answers (ScriptsSent). A script Redis lacks runs once, after the others, as in a pipeline; a
+    connection Redis dropped before the answers came sends the calls again on another."""
+    counter = f"bc:test:{uuid.uuid4().hex}"
+    source = f"-- sent {counter}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"
+    with ScriptsSent([(source, [counter], [1]), get_call(counter), (source, [counter], [10])]) as sent:
+        assert int(redis_client().get(counter) or 0) == 0  # (refused: Redis has never seen the script)
+        assert sent.results() == [1, None, 11]
+
+    # A connection Redis drops while a call waits on it (a restart, a client timeout): the calls go again on
+    # another connection, and the one queued behind the wait, which never ran, runs once.
+    waiting_list = f"{counter}:list"
+    with ScriptsSent([Command("BLPOP", (waiting_list, 30)), (source, [counter], [100])]) as sent:
+        db = str(redis_client().connection_pool.connection_kwargs.get("db", 0))
+        [waiting] = [c for c in redis_client().client_list() if c["cmd"] == "blpop" and c["db"] == db]
+        redis_client().client_kill_filter(_id=waiting["id"])
+        redis_client().rpush(waiting_list, "x")  # what the calls sent again find at once
+        assert sent.results() == [(waiting_list.encode(), b"x"), 111]
+    assert int(redis_client().get(counter)) == 111
+
+
+def test_calls_sent_and_left_unread_do_not_answer_anyone_else():
+    """A step whose Postgres read fails leaves without reading Redis's answers: they must not be taken for
+    the answers of the next command sent on that connection."""
+    counter = f"bc:test:{uuid.uuid4().hex}"
+    redis_client().set(counter, "mine")
+    for _ in range(3):
+        with ScriptsSent([Command("SET", (f"{counter}:other", "theirs")), Command("GET", (f"{counter}:other",))]):
+            pass
+    for _ in range(20):  # every connection in the pool answers its own command
+        assert redis_client().get(counter) == b"mine"
+    assert redis_client().get(f"{counter}:other") == b"theirs"
 
 
 def test_runs_started_together_get_their_first_event_and_a_queued_lease_each():

@@ -120,7 +120,10 @@ def redis_scripts_call(calls: list[ScriptCall | Command]) -> list:
         else:
             source, keys, args = call
             pipe.evalsha(redis_script(source).sha, len(keys), *keys, *args)
-    results = pipe.execute(raise_on_error=False)
+    return _scripts_results(pipe.execute(raise_on_error=False), calls)
+
+
+def _scripts_results(results: list, calls: list[ScriptCall | Command]) -> list:
     for i, (result, call) in enumerate(zip(results, calls)):
         if isinstance(result, redis.exceptions.NoScriptError):
             source, keys, args = call
@@ -128,6 +131,63 @@ def redis_scripts_call(calls: list[ScriptCall | Command]) -> list:
         elif isinstance(result, Exception):
             raise result
     return results
+
+
+class ScriptsSent:
+    """redis_scripts_call's calls, sent; their results are read by `results()`, so that the caller can do
+    something else (a Postgres read) while Redis answers. Used as a context manager: a caller that leaves
+    without reading them leaves no unread reply on a connection of the pool."""
+
+    def __init__(self, calls: list[ScriptCall | Command]):
+        self.calls = calls
+        pool = redis_client().connection_pool
+        self._connection = connection = pool.get_connection()
+        commands = [
+            (call.name, *call.args) if isinstance(call, Command)
+            else ("EVALSHA", redis_script(call[0]).sha, len(call[1]), *call[1], *call[2])
+            for call in calls
+        ]
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            self._let_go(broken=True)  # results() sends them again, with redis-py's retries
+
+    def results(self) -> list:
+        """The calls' results, as redis_scripts_call returns them."""
+        connection = self._connection
+        if connection is None:
+            return redis_scripts_call(self.calls)
+        results = []
+        client = redis_client()
+        try:
+            for call in self.calls:
+                try:
+                    # (with the reply callback of its command, as a pipeline gives it)
+                    results.append(client.parse_response(connection, call.name if isinstance(call, Command) else "EVALSHA"))
+                except redis.exceptions.ResponseError as exc:
+                    results.append(exc)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            # As a pipeline whose connection broke does: sent again on another connection.
+            self._let_go(broken=True)
+            return redis_scripts_call(self.calls)
+        except BaseException:
+            self._let_go(broken=True)
+            raise
+        self._let_go(broken=False)
+        return _scripts_results(results, self.calls)
+
+    def _let_go(self, *, broken: bool) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if broken:
+                connection.disconnect()  # (a reply may be left unread on it)
+            redis_client().connection_pool.release(connection)
+
+    def __enter__(self) -> "ScriptsSent":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._let_go(broken=True)
 
 
 _COUNT_SCRIPT = """

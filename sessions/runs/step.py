@@ -23,7 +23,7 @@ from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
-from beamclaw_project.infra.redis import ScriptCall, counter_incr, counter_incr_call, redis_scripts_call
+from beamclaw_project.infra.redis import ScriptCall, ScriptsSent, counter_incr, counter_incr_call
 from beamclaw_project.infra.rows import Columns, instances, row_update, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run
@@ -165,9 +165,15 @@ def _run_step_leased(run_id, step: int) -> None:
     # One round trip for the lease, the number of this delivery of the step (a later one skips text already
     # streamed) and the run's abort flag: each on its own was a round trip on the way to the first token.
     taking_since = time.monotonic()
-    took, attempt, abort_flag = redis_scripts_call([
-        lease.acquire_call(), _count_call(run_id, step, "attempts"), abort_flag_call(run_id),
-    ])
+    with ScriptsSent([lease.acquire_call(), _count_call(run_id, step, "attempts"), abort_flag_call(run_id)]) as sent:
+        # The run is read while Redis answers (a read is harmless to a delivery that finds the step taken);
+        # a failed read is raised below, under the lease, as a failure of the step itself.
+        run, read_error = None, None
+        try:
+            run = run_for_step(run_id, step)
+        except Exception as exc:
+            read_error = exc
+        took, attempt, abort_flag = sent.results()
     if not lease.acquired(took, since=taking_since):
         logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
         return
@@ -175,7 +181,9 @@ def _run_step_leased(run_id, step: int) -> None:
     handed_back: _HandedBack | None = None
     try:
         try:
-            tools_started = _execute_step(run_id, step, int(attempt), lease, abort_flag_read(abort_flag), taking_since)
+            if read_error is not None:
+                raise read_error
+            tools_started = _execute_step(run, step, int(attempt), lease, abort_flag_read(abort_flag), taking_since)
         except _HandedBack as exc:
             handed_back = exc
         except _LeaseLost:
@@ -268,12 +276,14 @@ def run_for_step(run_id, step: int) -> Run | None:
     return run
 
 
-def _execute_step(run_id, step: int, attempt: int, lease: Lease, abort_reason: str | None, abort_read_at: float) -> bool:
-    """Run the step; True when it left the run in its tool phase. `abort_reason`: the run's abort flag, as
-    read when the step was taken (at `abort_read_at`, time.monotonic())."""
-    run = run_for_step(run_id, step)
+def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_reason: str | None,
+                  abort_read_at: float) -> bool:
+    """Run the step of `run` (run_for_step's, read as the step was taken); True when it left the run in its
+    tool phase. `abort_reason`: the run's abort flag, as read when the step was taken (at `abort_read_at`,
+    time.monotonic())."""
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
         return False
+    run_id = run.pk
     log_context_bind(tenant=run.tenant.slug, session=run.session_id)
     # The step's reply exists: its tool calls are in flight (the reaper re-sent the step); drive them.
     if run.reply_written:
