@@ -37,7 +37,7 @@ from sessions.models import AgentSession, Run, ToolCall
 from sessions.providers.base import SAMPLING_PARAMS
 from sessions.providers.chain import chain_providers
 from sessions.providers.registry import provider_sampling
-from sessions.runs import response_format_parse, run_submit, transcript_seed, transcript_seed_if_empty
+from sessions.runs import TenantAtCap, response_format_parse, run_submit, transcript_seed, transcript_seed_if_empty
 from sessions.services import SessionConflict, SessionKeyInvalid, session_get_or_create, session_key_normalize
 from tenants.models import Agent, Tenant
 
@@ -448,10 +448,11 @@ def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> ChatStarted:
         key_prefix = None
         if request.session_name:
             key_prefix = session_key_normalize(agent=agent, key=request.session_name) + ":stateless"
-        # One transaction, so one commit (a WAL flush) on the way to the first token.
-        with transaction.atomic():
-            session = _ephemeral_session(tenant, agent, request.history, key_prefix=key_prefix)
-            run = _submit(session, request, content=request.turns[-1][1], session_is_new=True)
+        try:
+            run = _ephemeral_submit(tenant, agent, request, key_prefix=key_prefix)
+        except TenantAtCap:
+            # The tenant is at its max_concurrent_runs: submitted again, the run waits queued for a slot.
+            run = _ephemeral_submit(tenant, agent, request, key_prefix=key_prefix, room_counted_first=True)
     return ChatStarted(run=run, completion_id=_completion_id(), created=int(time.time()), history=history)
 
 
@@ -495,8 +496,18 @@ def _session_continued(tenant: Tenant, agent: Agent, request: ChatRequest) -> Ag
     return session
 
 
+def _ephemeral_submit(tenant: Tenant, agent: Agent, request: ChatRequest, *, key_prefix: str | None,
+                      room_counted_first: bool = False) -> Run:
+    """The request's run in a session of its own messages (see run_submit's `session_is_new`)."""
+    # One transaction, so one commit (a WAL flush) on the way to the first token.
+    with transaction.atomic():
+        session = _ephemeral_session(tenant, agent, request.history, key_prefix=key_prefix)
+        return _submit(session, request, content=request.turns[-1][1], session_is_new=True,
+                       room_counted_first=room_counted_first)
+
+
 def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict], tool_results=None,
-            session_is_new: bool = False) -> Run:
+            session_is_new: bool = False, room_counted_first: bool = False) -> Run:
     return run_submit(
         session=session,
         content=content,
@@ -505,4 +516,5 @@ def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict],
         mode=request.queue_mode,
         tool_results=tool_results or None,
         session_is_new=session_is_new,
+        room_counted_first=room_counted_first,
     )

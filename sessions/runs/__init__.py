@@ -29,7 +29,7 @@ from sessions.runs.compaction import (
     compaction_run_requested,
 )
 from sessions.runs.json_mode import response_format_parse
-from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, run_abort, terminal_event_from_db
+from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, TenantAtCap, run_abort, terminal_event_from_db
 from sessions.runs.step import run_step
 from sessions.runs.submit import SessionClosed, run_submit, runs_submit_isolated, transcript_seed, transcript_seed_if_empty
 
@@ -42,6 +42,7 @@ __all__ = [
     "compaction_run_requested",
     "RUN_FAILED_UNANSWERED",
     "SessionClosed",
+    "TenantAtCap",
     "response_format_parse",
     "run_abort",
     "run_step",

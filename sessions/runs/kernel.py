@@ -96,15 +96,21 @@ def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] 
     """Append a message; the caller holds the session row lock. `session_fields`: other fields of the
     session the caller changed, saved in the same UPDATE. `new_rows`: other new instances to insert with the
     message, in order (the run it starts; first the session itself if it is new, which is then inserted with
-    its next_seq rather than updated). `also`: statements to run after the writes (their rows are not
-    returned). The writes go to Postgres together, in one round trip."""
+    its next_seq rather than updated). `also`: statements to run after the writes (transcript_append_reading
+    returns their rows). The writes go to Postgres together, in one round trip."""
+    return transcript_append_reading(session, session_fields=session_fields, new_rows=new_rows, also=also, **fields)[0]
+
+
+def transcript_append_reading(session: AgentSession, *, session_fields: tuple[str, ...] = (), new_rows: tuple = (),
+                              also: tuple[tuple[str, list], ...] = (), **fields) -> tuple[Message, list[list[tuple]]]:
+    """transcript_append, and the rows of each of the `also` statements."""
     seq = session.next_seq
     session.next_seq = seq + 1
     message = Message(session=session, seq=seq, **fields)
     session_is_new = any(row is session for row in new_rows)
-    rows_write(updates=[] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))],
-               inserts=[*([row] for row in new_rows), [message]], reads=also)
-    return message
+    rows = rows_write(updates=[] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))],
+                      inserts=[*([row] for row in new_rows), [message]], reads=also)
+    return message, rows
 
 
 # --- a run's step 0 sent before its transaction commits --------------------------------------------

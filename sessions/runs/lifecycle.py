@@ -30,7 +30,7 @@ from sessions.runs.kernel import (
     run_start_lock_statement,
     runs_mark_queued,
     session_lock,
-    transcript_append,
+    transcript_append_reading,
 )
 from sessions.runs.tool_calls import open_calls_settle_locked
 from sessions.signals import run_finished
@@ -59,16 +59,31 @@ def tenant_has_capacity_locked(tenant_id) -> bool:
 def tenant_room_locked(tenant_id) -> int:
     """How many more runs the tenant may start now (may be negative after its cap was lowered); locks the
     tenant row like tenant_has_capacity_locked."""
+    return _tenant_room_of(select_together(*_tenant_room_statements(tenant_id)))
+
+
+def _tenant_room_statements(tenant_id) -> tuple[tuple[str, list], tuple[str, list]]:
     # Two statements, sent together: the count must come after the lock. Read in the locking statement
     # itself, it came from the snapshot taken before waiting for the row, so a start that waited for
     # another did not count the runs that one had just started (eight starts at once ran six against a cap
     # of two). Each statement here takes its own snapshot.
-    [(limit,)], [(active,)] = select_together(
+    return (
         (f"SELECT max_concurrent_runs FROM {Tenant._meta.db_table} WHERE id = %s FOR NO KEY UPDATE", [tenant_id]),
         (f"SELECT count(*) FROM {Run._meta.db_table} WHERE tenant_id = %s AND status = ANY(%s)",
          [tenant_id, [str(status) for status in Run.ACTIVE_STATUSES]]),
     )
+
+
+def _tenant_room_of(rows: list[list[tuple]]) -> int:
+    """The room _tenant_room_statements' rows give."""
+    [(limit,)], [(active,)] = rows
     return limit - active
+
+
+class TenantAtCap(Exception):
+    """A run that counted its tenant's room with its own writes (run_start_locked's `room_counted_with_writes`)
+    found the tenant at its max_concurrent_runs: its transaction must roll back, and the run be submitted
+    again in a new one, which leaves it queued (run_submit's `room_counted_first`)."""
 
 
 # Set while runs of a tenant wait for room under its max_concurrent_runs: only then does a run's end look
@@ -120,9 +135,13 @@ def session_advance(*, session_id) -> Run | None:
         return session_advance_locked(session_lock(session_id))
 
 
-def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = False) -> Run:
+def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = False,
+                     room_counted_with_writes: bool = False) -> Run:
     """Put the run's user message in the transcript, mark it running and (after commit) enqueue step 0.
-    Saves the run, whether it is new or was waiting. `session_is_new`: see run_submit."""
+    Saves the run, whether it is new or was waiting. `session_is_new`: see run_submit.
+    `room_counted_with_writes` (a new session's run): the tenant's room was not counted yet; it is counted
+    in the round trip of the run's writes, after them (so counting this run), and TenantAtCap raised when
+    the run would take the tenant over its cap, before anything is sent to Redis."""
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.step = 0
@@ -137,7 +156,13 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     # Nobody waits for a new session's runs or follows it: its step 0 goes out before the commit (kernel.py,
     # run_start_lock_statement), on the way to the first token.
     start_lock = (run_start_lock_statement(run.pk),) if session_is_new else ()
-    transcript_append(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows, also=start_lock)
+    room = _tenant_room_statements(session.tenant_id) if room_counted_with_writes else ()
+    _, rows = transcript_append_reading(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
+                                        also=(*start_lock, *room))
+    # (The tenant's row is locked after the writes: their foreign keys took only a share of it, which
+    # concurrent starts share too, so none waits on another out of order.)
+    if room and _tenant_room_of(rows[-2:]) < 0:
+        raise TenantAtCap()
     if session_is_new:
         run_started_send_before_commit(run, tenant_slug=session.tenant.slug)
     else:

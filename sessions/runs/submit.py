@@ -35,6 +35,7 @@ def run_submit(
     mode: str | None = None,
     tool_results: dict[str, dict] | None = None,
     session_is_new: bool = False,
+    room_counted_first: bool = False,
 ) -> Run:
     """Take a user turn for a session and return the run that will answer it.
 
@@ -47,7 +48,10 @@ def run_submit(
     Raises LimitExceeded when the tenant's daily token budget is used up, SessionClosed for a closed session.
     `session_is_new`: the caller created the session in its transaction, still open, so nobody else sees it
     yet: it needs no lock and has no runs and no calls waiting for results (three queries saved). Such a
-    session may not be written yet (`_state.adding`): it is written with the run.
+    session may not be written yet (`_state.adding`): it is written with the run. Its run is started at once,
+    the tenant's room counted in the round trip of the run's writes (one less on the way to the first
+    token); where the tenant is at its cap that raises TenantAtCap, and the caller rolls its transaction
+    back and submits again with `room_counted_first`, which leaves the run queued.
     """
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode
@@ -89,6 +93,9 @@ def run_submit(
             trigger=trigger,
             params={**(params or {}), "queue_mode": mode},
         )
+        if session_is_new and not room_counted_first:
+            run_start_locked(locked, run, session_is_new=True, room_counted_with_writes=True)
+            return run
         if active is None and not queued and tenant_has_capacity_locked(locked.tenant_id):
             run_start_locked(locked, run, session_is_new=session_is_new)  # the common case: straight to running
             return run

@@ -180,6 +180,33 @@ def test_max_concurrent_runs_holds_when_many_start_at_the_same_moment(api, tenan
         assert len(overlapping) <= 1, (run.started_at, [(o.started_at, o.finished_at) for o in overlapping])
 
 
+def test_openai_requests_sent_at_once_count_each_other_against_the_cap(api, live, tenant):
+    # A request without a session counts its tenant's room in the round trip of its run's writes, after
+    # them: a burst of such requests must still never run more than the cap at once, and the ones over it
+    # must wait queued and then answer, not fail.
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=2)
+    barrier = threading.Barrier(8)
+    answers = []
+
+    def ask(i):
+        with httpx.Client(headers=tenant.headers, timeout=90) as client:
+            barrier.wait()
+            answers.append(client.post(f"{live}/v1/chat/completions",
+                                       json={"model": "assistant", "messages": [{"role": "user", "content": f"burst {i} {SLOW}"}]}))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) == [200] * 8, [a.text for a in answers if a.status_code != 200]
+    runs = list(Run.objects.filter(pk__in=[a.headers["x-run-id"] for a in answers]))
+    assert len(runs) == 8 and {run.status for run in runs} == {"succeeded"}
+    for run in runs:
+        overlapping = [o for o in runs if o.pk != run.pk and o.started_at <= run.started_at < o.finished_at]
+        assert len(overlapping) <= 1, (run.started_at, [(o.started_at, o.finished_at) for o in overlapping])
+
+
 def test_daily_token_budget_answers_429_saying_when_it_resets(api, live, tenant):
     session_id = new_session(api)
     run = send(api, session_id, "spend some tokens")
