@@ -59,6 +59,10 @@ class GatewayHandler(ASGIHandler):
 
         async def respond():
             response = await self._api_chain(request)
+            if not response.streaming and not response.has_header("Content-Length"):
+                # What CommonMiddleware does for Django's other responses: without it Twisted sends the body
+                # chunked, three writes (headers, the chunk, the last chunk) where two will do.
+                response.headers["Content-Length"] = str(len(response.content))
             with suppress(asyncio.CancelledError):
                 await self.send_response(response, send)
 

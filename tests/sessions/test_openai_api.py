@@ -53,6 +53,17 @@ def test_streaming_completion_with_openai_client(live, tenant):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_a_whole_reply_says_its_length_and_is_not_chunked(live, tenant):
+    # A client (or a proxy in front of the gateway) knows a plain reply's size before reading it, as for
+    # every other Django response; errors say theirs too.
+    for body, status in (({"model": "assistant", "messages": [{"role": "user", "content": "hi"}]}, 200),
+                         ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404)):
+        response = httpx.post(f"{live}/v1/chat/completions", headers=tenant.headers, json=body, timeout=30)
+        assert response.status_code == status, response.text
+        assert "transfer-encoding" not in response.headers
+        assert int(response.headers["content-length"]) == len(response.content)
+
+
 def test_stream_wire_format_ends_with_done(live, tenant):
     with httpx.stream(
         "POST", f"{live}/v1/chat/completions", headers=tenant.headers, timeout=30,
@@ -61,6 +72,7 @@ def test_stream_wire_format_ends_with_done(live, tenant):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-cache"
+        assert "content-length" not in response.headers  # (a stream's length is not known ahead)
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") for line in lines)
