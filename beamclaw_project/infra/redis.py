@@ -201,9 +201,10 @@ return count
 
 def counter_incr(key: str, *, ttl_seconds: int) -> int:
     """Add one to a counter that expires `ttl_seconds` after its first count; returns the new count. One
-    round trip (a pipeline object alone costs more CPU than the two commands)."""
-    _, keys, args = counter_incr_call(key, ttl_seconds=ttl_seconds)
-    return int(redis_script(_COUNT_SCRIPT)(keys=keys, args=args))
+    round trip (a pipeline object alone costs more CPU than the two commands), on the calling thread's kept
+    connection: the web process counts every request against its key's rate limit."""
+    source, keys, args = counter_incr_call(key, ttl_seconds=ttl_seconds)
+    return int(redis_script_held_call(source, keys, args))
 
 
 def counter_incr_call(key: str, *, ttl_seconds: int) -> ScriptCall:
