@@ -1,0 +1,62 @@
+"""A worker's record of the messages it fetched (beamclaw_project/infra/broker.py): kombu keeps each in the
+`unacked` hash until it is acknowledged, so that a killed worker's messages go back to their queue. The
+record is sent without waiting for Redis's answer; these tests hold that it is written all the same, and
+that an acknowledgement removes it whole."""
+
+import uuid
+
+from celery import current_app
+
+from beamclaw_project.infra.redis import redis_client
+
+
+def _fetched(channel, tag: str):
+    raw = {"body": "e30=", "content-encoding": "utf-8", "content-type": "application/json", "headers": {},
+           "properties": {"delivery_tag": tag, "delivery_info": {"exchange": "", "routing_key": "records.test"},
+                          "body_encoding": "base64", "priority": 0}}
+    return channel.Message(raw, channel=channel)
+
+
+def test_a_record_is_written_and_an_acknowledgement_removes_it():
+    with current_app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        tag = uuid.uuid4().hex
+        channel.qos.append(_fetched(channel, tag), tag)
+        # Another process (a worker's housekeeping giving back a dead worker's messages) sees it.
+        assert redis_client().hget("unacked", tag) is not None
+        assert redis_client().zscore("unacked_index", tag) is not None
+        channel.qos.ack(tag)
+        assert redis_client().hget("unacked", tag) is None
+        assert redis_client().zscore("unacked_index", tag) is None
+        assert redis_client().hget("unacked_owner", tag) is None
+
+
+def test_a_record_whose_connection_broke_before_redis_ran_it_is_written_again():
+    # Redis holds the record's transaction unrun (CLIENT PAUSE WRITE), then the connection that sent it is
+    # cut, and the transaction with it. The next look at the records (here: the next message's) finds the
+    # answer missing and writes the record again, before anything else touches the records.
+    with current_app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        qos = channel.qos
+        earlier, lost, later = (uuid.uuid4().hex for _ in range(3))
+        qos.append(_fetched(channel, earlier), earlier)
+        qos.ack(earlier)  # (the records' connection is open and idle now)
+        records = qos._record_connection
+        records.send_command("CLIENT", "ID")
+        records_id = records.read_response()
+
+        admin = redis_client()
+        admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        try:
+            qos.append(_fetched(channel, lost), lost)
+            admin.client_kill_filter(_id=records_id)
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        assert admin.hget("unacked", lost) is None  # (gone with its connection)
+
+        qos.append(_fetched(channel, later), later)
+        assert admin.hget("unacked", lost) is not None and admin.zscore("unacked_index", lost) is not None
+        assert admin.hget("unacked", later) is not None
+        for tag in (lost, later):
+            qos.ack(tag)
+            assert admin.hget("unacked", tag) is None
