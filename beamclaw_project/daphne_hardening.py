@@ -44,7 +44,9 @@ internals shows up as a failing test rather than as a silent regression.
    unregisters it. Two epoll_ctl calls and a loop turn per write; a streamed response writes once per
    text delta. A plain TCP connection with nothing waiting to be sent now hands the bytes to the kernel at
    once; what the kernel does not take, and every write while something waits, goes Twisted's way, so the
-   order of bytes, flow control and closing are Twisted's. TLS connections are left as they are.
+   order of bytes, flow control and closing are Twisted's. (A connection that turned to TLS with startTLS
+   writes through its TLS layer as before; a TLS endpoint's layer hands its encrypted bytes to such a plain
+   connection, which writes them at once like any others.)
 """
 
 import json
@@ -282,7 +284,9 @@ def _unsent_after_writing_at_once(connection: tcp.Connection, data: bytes) -> by
     and closes the connection as it would have)."""
     if (
         connection.TLS or not connection.connected or connection.disconnecting or connection._writeDisconnected
-        or connection._tempDataBuffer or connection.offset < len(connection.dataBuffer)
+        or connection._aborting or connection._tempDataBuffer or connection.offset < len(connection.dataBuffer)
+        # (a pull producer is asked for more by doWrite, which writing at once would skip)
+        or (connection.producer is not None and not connection.streamingProducer)
     ):
         return data
     sent = connection.writeSomeData(data)

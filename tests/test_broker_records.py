@@ -22,6 +22,7 @@ def test_a_record_is_written_and_an_acknowledgement_removes_it():
         channel = connection.default_channel
         tag = uuid.uuid4().hex
         channel.qos.append(_fetched(channel, tag), tag)
+        channel.qos.restore_visible()  # (what the consumer calls every few seconds: reads the record's answer)
         # Another process (a worker's housekeeping giving back a dead worker's messages) sees it.
         assert redis_client().hget("unacked", tag) is not None
         assert redis_client().zscore("unacked_index", tag) is not None

@@ -89,15 +89,14 @@ def test_calls_sent_ahead_give_their_results_later_each_run_once():
 
 def test_calls_sent_and_left_unread_do_not_answer_anyone_else():
     """A step whose Postgres read fails leaves without reading Redis's answers: they must not be taken for
-    the answers of the next command sent on that connection."""
+    the answers of the next command sent on that connection. (The answer here comes a moment late, so it
+    is not yet there for the pool's own check of a returned connection to notice.)"""
     counter = f"bc:test:{uuid.uuid4().hex}"
     redis_client().set(counter, "mine")
-    for _ in range(3):
-        with ScriptsSent([Command("SET", (f"{counter}:other", "theirs")), Command("GET", (f"{counter}:other",))]):
-            pass
-    for _ in range(20):  # every connection in the pool answers its own command
+    with ScriptsSent([Command("BLPOP", (f"{counter}:empty", 0.2))]):
+        pass
+    for _ in range(5):  # (the pool lends the connection given back last first)
         assert redis_client().get(counter) == b"mine"
-    assert redis_client().get(f"{counter}:other") == b"theirs"
 
 
 def test_runs_started_together_get_their_first_event_and_a_queued_lease_each():

@@ -36,7 +36,7 @@ such work by its lease (infra/leases.py: leases_lost_in_transit) and send it aga
 Selected with CELERY_BROKER_TRANSPORT (settings.py); the broker URL stays a plain redis:// URL.
 """
 
-import contextlib
+import logging
 import threading
 from time import time
 from typing import Callable
@@ -47,6 +47,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from beamclaw_project.infra.redis import Command
+
+logger = logging.getLogger(__name__)
 
 # "<node> <incarnation>" of this process once it consumes (set by the worker before its first fetch).
 _consumer_owner: str | None = None
@@ -81,8 +83,9 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._recording = threading.RLock()
-        self._record_connection = None  # a connection of the channel's pool (_record_pool), kept for the records
-        self._record_pool = None
+        # A connection of its own (not one of the channel's pool, which the acknowledgements share), made on
+        # the first record and again after one broke.
+        self._record_connection = None
         self._record_unread: list[tuple] | None = None  # the commands of the record whose answer is unread
 
     @property
@@ -103,8 +106,8 @@ class QoS(kombu_redis.QoS):
             self._records_settle()
             try:
                 if self._record_connection is None:
-                    self._record_pool = self.channel.pool
-                    self._record_connection = self._record_pool.get_connection()
+                    pool = self.channel.pool
+                    self._record_connection = pool.connection_class(**pool.connection_kwargs)
                 connection = self._record_connection
                 connection.send_packed_command(connection.pack_commands(commands))
                 self._record_unread = commands
@@ -115,7 +118,11 @@ class QoS(kombu_redis.QoS):
 
     def _records_settle(self) -> None:
         """Read Redis's answer to the last record sent; if the connection broke before it came, write the
-        record again the usual way (with redis-py's retries): its commands are idempotent."""
+        record again the usual way (with redis-py's retries): its commands are idempotent. A record Redis
+        refused (out of memory, say), or could not be written again, is logged, not raised: it is about a
+        message already running, and raising it here would fail whatever came next (the next message, an
+        acknowledgement). Without its record that message is still covered, as one fetched but not yet
+        recorded is: the reapers find such work by its lease."""
         with self._recording:
             commands, self._record_unread = self._record_unread, None
             if commands is None:
@@ -124,14 +131,20 @@ class QoS(kombu_redis.QoS):
             try:
                 for _ in commands:  # (every answer is read, so that none is left for the next record)
                     try:
-                        self._record_connection.read_response()
+                        answer = self._record_connection.read_response()
                     except redis.exceptions.ResponseError as exc:
-                        refused = refused or exc  # (Redis out of memory, say: as a pipeline raises it)
+                        answer = exc
+                    errors = answer if isinstance(answer, list) else [answer]  # (EXEC answers with a list)
+                    refused = refused or next((e for e in errors if isinstance(e, redis.exceptions.ResponseError)), None)
             except _CONNECTION_LOST:
                 self._record_connection_drop()
-                self._record_now(commands)
+                try:
+                    self._record_now(commands)
+                except Exception as exc:  # noqa: BLE001 - see above
+                    refused = exc
             if refused is not None:
-                raise refused
+                logger.warning("a fetched message was not recorded in Redis (%r); if this worker dies before it "
+                               "ends, its work is sent again by the reapers", refused)
 
     def _record_now(self, commands: list[tuple]) -> None:
         with self.channel.conn_or_acquire() as client:
@@ -144,8 +157,6 @@ class QoS(kombu_redis.QoS):
         connection, self._record_connection = self._record_connection, None
         if connection is not None:
             connection.disconnect()
-            with contextlib.suppress(Exception):  # (its pool may be closed by now, after a reconnect)
-                self._record_pool.release(connection)
 
     def ack(self, delivery_tag):
         self._records_settle()
@@ -158,6 +169,11 @@ class QoS(kombu_redis.QoS):
     def restore_by_tag(self, tag, client=None, leftmost=False):
         self._records_settle()
         super().restore_by_tag(tag, client=client, leftmost=leftmost)
+
+    def restore_visible(self, *args, **kwargs):
+        # Called every few seconds by the consumer: an idle worker's last record is settled here too.
+        self._records_settle()
+        return super().restore_visible(*args, **kwargs)
 
     def _remove_from_indices(self, delivery_tag, pipe=None):
         return super()._remove_from_indices(delivery_tag, pipe).hdel(self.unacked_owner_key, delivery_tag)

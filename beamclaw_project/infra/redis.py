@@ -140,17 +140,20 @@ class ScriptsSent:
 
     def __init__(self, calls: list[ScriptCall | Command]):
         self.calls = calls
-        pool = redis_client().connection_pool
-        self._connection = connection = pool.get_connection()
         commands = [
             (call.name, *call.args) if isinstance(call, Command)
             else ("EVALSHA", redis_script(call[0]).sha, len(call[1]), *call[1], *call[2])
             for call in calls
         ]
+        self._connection = None
         try:
+            self._connection = connection = redis_client().connection_pool.get_connection()
             connection.send_packed_command(connection.pack_commands(commands))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             self._let_go(broken=True)  # results() sends them again, with redis-py's retries
+        except BaseException:
+            self._let_go(broken=True)
+            raise
 
     def results(self) -> list:
         """The calls' results, as redis_scripts_call returns them."""

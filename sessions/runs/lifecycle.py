@@ -82,8 +82,8 @@ def _tenant_room_of(rows: list[list[tuple]]) -> int:
 
 class TenantAtCap(Exception):
     """A run that counted its tenant's room with its own writes (run_start_locked's `room_counted_with_writes`)
-    found the tenant at its max_concurrent_runs: its transaction must roll back, and the run be submitted
-    again in a new one, which leaves it queued (run_submit's `room_counted_first`)."""
+    found the tenant at its max_concurrent_runs: its transaction (or the savepoint it runs in) must roll
+    back, and the run be submitted again, which leaves it queued (run_submit's `room_counted_first`)."""
 
 
 # Set while runs of a tenant wait for room under its max_concurrent_runs: only then does a run's end look
@@ -159,8 +159,8 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     room = _tenant_room_statements(session.tenant_id) if room_counted_with_writes else ()
     _, rows = transcript_append_reading(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
                                         also=(*start_lock, *room))
-    # (The tenant's row is locked after the writes: their foreign keys took only a share of it, which
-    # concurrent starts share too, so none waits on another out of order.)
+    # (The tenant's row is locked after the writes, which take no lock on it: their foreign keys are
+    # checked, with a share lock, only at commit, by which time this transaction holds the row itself.)
     if room and _tenant_room_of(rows[-2:]) < 0:
         raise TenantAtCap()
     if session_is_new:

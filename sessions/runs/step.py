@@ -171,12 +171,22 @@ def _run_step_leased(run_id, step: int) -> None:
         run, read_error = None, None
         try:
             run = run_for_step(run_id, step)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - raised below, once the lease can be let go
             read_error = exc
         took, attempt, abort_flag = sent.results()
     if not lease.acquired(took, since=taking_since):
         logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
+        if read_error is not None and not isinstance(read_error, Exception):
+            raise read_error
         return
+    if int(attempt) > 1 and read_error is None:
+        # A delivery of a step that was delivered before may have read its run just before that delivery
+        # ended the step and queued the next one, then taken the next one's marker: read it again, now that
+        # the lease is held. (A first delivery cannot: no step runs before its first delivery.)
+        try:
+            run = run_for_step(run_id, step)
+        except BaseException as exc:  # noqa: BLE001
+            read_error = exc
     waits_for_tools = False
     handed_back: _HandedBack | None = None
     try:

@@ -51,7 +51,7 @@ def run_submit(
     session may not be written yet (`_state.adding`): it is written with the run. Its run is started at once,
     the tenant's room counted in the round trip of the run's writes (one less on the way to the first
     token); where the tenant is at its cap that raises TenantAtCap, and the caller rolls its transaction
-    back and submits again with `room_counted_first`, which leaves the run queued.
+    (or savepoint) back and submits again with `room_counted_first`, which leaves the run queued.
     """
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode

@@ -96,3 +96,12 @@ def test_tls_connections_write_through_their_tls_layer(connection):
     peer.setblocking(False)
     with pytest.raises(BlockingIOError):
         peer.recv(10)
+
+
+def test_an_aborted_connection_sends_nothing_more(connection):
+    conn, peer, reactor = connection
+    conn._aborting = True  # abortConnection() was called: Twisted drops what comes after
+    conn.write(b"too late")
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(10)

@@ -202,9 +202,12 @@ def test_openai_requests_sent_at_once_count_each_other_against_the_cap(api, live
     assert sorted(a.status_code for a in answers) == [200] * 8, [a.text for a in answers if a.status_code != 200]
     runs = list(Run.objects.filter(pk__in=[a.headers["x-run-id"] for a in answers]))
     assert len(runs) == 8 and {run.status for run in runs} == {"succeeded"}
+    overlaps = []
     for run in runs:
         overlapping = [o for o in runs if o.pk != run.pk and o.started_at <= run.started_at < o.finished_at]
         assert len(overlapping) <= 1, (run.started_at, [(o.started_at, o.finished_at) for o in overlapping])
+        overlaps.append(len(overlapping))
+    assert 1 in overlaps, "two ran at once: the cap is two, not one"
 
 
 def test_daily_token_budget_answers_429_saying_when_it_resets(api, live, tenant):
