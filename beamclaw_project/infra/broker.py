@@ -46,7 +46,7 @@ from celery import current_app
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
-from beamclaw_project.infra.redis import Command
+from beamclaw_project.infra.redis import CONNECTION_LOST, Command
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,6 @@ def queues_empty(names: set[str]) -> set[str]:
     with current_app.pool.acquire(block=True) as connection:
         channel = connection.default_channel
         return {name for name in names if channel._size(name) == 0}
-
-
-_CONNECTION_LOST = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 class QoS(kombu_redis.QoS):
@@ -111,7 +108,7 @@ class QoS(kombu_redis.QoS):
                 connection = self._record_connection
                 connection.send_packed_command(connection.pack_commands(commands))
                 self._record_unread = commands
-            except _CONNECTION_LOST:
+            except CONNECTION_LOST:
                 self._record_connection_drop()
                 self._record_now(commands)
         super(kombu_redis.QoS, self).append(message, delivery_tag)
@@ -136,7 +133,7 @@ class QoS(kombu_redis.QoS):
                         answer = exc
                     errors = answer if isinstance(answer, list) else [answer]  # (EXEC answers with a list)
                     refused = refused or next((e for e in errors if isinstance(e, redis.exceptions.ResponseError)), None)
-            except _CONNECTION_LOST:
+            except CONNECTION_LOST:
                 self._record_connection_drop()
                 try:
                     self._record_now(commands)

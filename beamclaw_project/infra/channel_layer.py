@@ -10,8 +10,9 @@ from their event streams, which recover on their own (sessions/run_stream.py).
 import asyncio
 import logging
 
-import redis
 from channels_redis.core import RedisChannelLayer
+
+from beamclaw_project.infra.redis import CONNECTION_LOST
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         while True:
             try:
                 return await super().receive(channel)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            except CONNECTION_LOST as exc:
                 logger.warning("channel layer: Redis unreachable (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)

@@ -11,6 +11,9 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+# What redis-py raises when a connection is gone (Redis restarted, a timeout, a reset socket).
+CONNECTION_LOST = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
 # An async read that outlives the longest XREAD block (5 s) by this much is a dead connection.
 ASYNC_SOCKET_TIMEOUT_SECONDS = 15
 
@@ -86,7 +89,7 @@ def redis_script_held_call(source: str, keys: list, args: list):
         _thread_held.connection = None
         connection.disconnect()
         redis_client().connection_pool.release(connection)
-        if not isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
+        if not isinstance(exc, CONNECTION_LOST):
             raise
     return script(keys=keys, args=args)
 
@@ -115,12 +118,16 @@ def redis_scripts_call(calls: list[ScriptCall | Command]) -> list:
         return []
     pipe = redis_client().pipeline(transaction=False)
     for call in calls:
-        if isinstance(call, Command):
-            pipe.execute_command(call.name, *call.args)
-        else:
-            source, keys, args = call
-            pipe.evalsha(redis_script(source).sha, len(keys), *keys, *args)
+        pipe.execute_command(*_command_of(call))
     return _scripts_results(pipe.execute(raise_on_error=False), calls)
+
+
+def _command_of(call: ScriptCall | Command) -> tuple:
+    """The Redis command (name first) that sends a call: a script by its SHA."""
+    if isinstance(call, Command):
+        return (call.name, *call.args)
+    source, keys, args = call
+    return ("EVALSHA", redis_script(source).sha, len(keys), *keys, *args)
 
 
 def _scripts_results(results: list, calls: list[ScriptCall | Command]) -> list:
@@ -140,16 +147,12 @@ class ScriptsSent:
 
     def __init__(self, calls: list[ScriptCall | Command]):
         self.calls = calls
-        commands = [
-            (call.name, *call.args) if isinstance(call, Command)
-            else ("EVALSHA", redis_script(call[0]).sha, len(call[1]), *call[1], *call[2])
-            for call in calls
-        ]
+        self._commands = commands = [_command_of(call) for call in calls]
         self._connection = None
         try:
             self._connection = connection = redis_client().connection_pool.get_connection()
             connection.send_packed_command(connection.pack_commands(commands))
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        except CONNECTION_LOST:
             self._let_go(broken=True)  # results() sends them again, with redis-py's retries
         except BaseException:
             self._let_go(broken=True)
@@ -163,13 +166,13 @@ class ScriptsSent:
         results = []
         client = redis_client()
         try:
-            for call in self.calls:
+            for command in self._commands:
                 try:
                     # (with the reply callback of its command, as a pipeline gives it)
-                    results.append(client.parse_response(connection, call.name if isinstance(call, Command) else "EVALSHA"))
+                    results.append(client.parse_response(connection, command[0]))
                 except redis.exceptions.ResponseError as exc:
                     results.append(exc)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        except CONNECTION_LOST:
             # As a pipeline whose connection broke does: sent again on another connection.
             self._let_go(broken=True)
             return redis_scripts_call(self.calls)

@@ -179,20 +179,17 @@ def _run_step_leased(run_id, step: int) -> None:
         if read_error is not None and not isinstance(read_error, Exception):
             raise read_error
         return
-    if int(attempt) > 1 and read_error is None:
-        # A delivery of a step that was delivered before may have read its run just before that delivery
-        # ended the step and queued the next one, then taken the next one's marker: read it again, now that
-        # the lease is held. (A first delivery cannot: no step runs before its first delivery.)
-        try:
-            run = run_for_step(run_id, step)
-        except BaseException as exc:  # noqa: BLE001
-            read_error = exc
     waits_for_tools = False
     handed_back: _HandedBack | None = None
     try:
         try:
             if read_error is not None:
                 raise read_error
+            if int(attempt) > 1:
+                # A delivery of a step that was delivered before may have read its run just before that
+                # delivery ended the step and queued the next one, then taken the next one's marker: read it
+                # again, now that the lease is held. (A first delivery cannot: no step runs before it.)
+                run = run_for_step(run_id, step)
             tools_started = _execute_step(run, step, int(attempt), lease, abort_flag_read(abort_flag), taking_since)
         except _HandedBack as exc:
             handed_back = exc
