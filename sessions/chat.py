@@ -37,7 +37,14 @@ from sessions.models import AgentSession, Run, ToolCall
 from sessions.providers.base import SAMPLING_PARAMS
 from sessions.providers.chain import chain_providers
 from sessions.providers.registry import provider_sampling
-from sessions.runs import TenantAtCap, response_format_parse, run_submit, transcript_seed, transcript_seed_if_empty
+from sessions.runs import (
+    TenantAtCap,
+    response_format_parse,
+    run_submit,
+    tenant_at_cap_from_commit,
+    transcript_seed,
+    transcript_seed_if_empty,
+)
 from sessions.services import SessionConflict, SessionKeyInvalid, session_get_or_create, session_key_normalize
 from tenants.models import Agent, Tenant
 
@@ -499,15 +506,19 @@ def _session_continued(tenant: Tenant, agent: Agent, request: ChatRequest) -> Ag
 def _ephemeral_submit(tenant: Tenant, agent: Agent, request: ChatRequest, *, key_prefix: str | None,
                       room_counted_first: bool = False) -> Run:
     """The request's run in a session of its own messages (see run_submit's `session_is_new`)."""
+    # A transaction of its own (not a savepoint in the caller's: the idempotency key's) counts the tenant's
+    # room in its commit.
+    at_commit = not room_counted_first and not transaction.get_connection().in_atomic_block
     # One transaction, so one commit (a WAL flush) on the way to the first token.
-    with transaction.atomic():
+    with tenant_at_cap_from_commit(), transaction.atomic():
         session = _ephemeral_session(tenant, agent, request.history, key_prefix=key_prefix)
         return _submit(session, request, content=request.turns[-1][1], session_is_new=True,
-                       room_counted_first=room_counted_first)
+                       room_counted_first=room_counted_first, room_counted_at_commit=at_commit)
 
 
 def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict], tool_results=None,
-            session_is_new: bool = False, room_counted_first: bool = False) -> Run:
+            session_is_new: bool = False, room_counted_first: bool = False,
+            room_counted_at_commit: bool = False) -> Run:
     return run_submit(
         session=session,
         content=content,
@@ -517,4 +528,5 @@ def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict],
         tool_results=tool_results or None,
         session_is_new=session_is_new,
         room_counted_first=room_counted_first,
+        room_counted_at_commit=room_counted_at_commit,
     )

@@ -20,7 +20,8 @@ class AgentSession(models.Model):
         INTERRUPT = "interrupt"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="sessions")
+    # (No index of its own: the unique (tenant, key) constraint's index starts with it.)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="sessions", db_index=False)
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sessions")
     key = models.CharField(max_length=255, help_text="e.g. agent:<agent>:<name>")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
@@ -62,6 +63,7 @@ class Run(models.Model):
         ABORTED = "aborted"
 
     ACTIVE_STATUSES = (Status.RUNNING, Status.AWAITING_APPROVAL)
+    UNFINISHED_STATUSES = (Status.QUEUED, *ACTIVE_STATUSES)
     TERMINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.ABORTED)
 
     class Trigger(models.TextChoices):
@@ -73,8 +75,10 @@ class Run(models.Model):
         SUBAGENT = "subagent"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="runs")
-    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="runs")
+    # (Neither has an index of its own: the (tenant, created_at) and (session, status, created_at) indexes
+    # start with them. Every index of a run is written again each time its status changes.)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="runs", db_index=False)
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="runs", db_index=False)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.API)
     # The user turn this run answers; written to the transcript when the run starts, so a message that
@@ -98,7 +102,11 @@ class Run(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["session", "status", "created_at"]),
-            models.Index(fields=["tenant", "status"]),
+            # A tenant's queued and running runs: every run start counts them. Only unfinished runs are in
+            # it, so its size is what runs now, not the tenant's history; a query finds it only when it
+            # names its statuses as literals (lifecycle._tenant_room_statements).
+            models.Index(fields=["tenant", "status"], condition=Q(status__in=["queued", "running", "awaiting_approval"]),
+                         name="run_unfinished_by_tenant"),
             models.Index(fields=["tenant", "created_at"]),
             # The sub-agent sweep's query (sessions/subagents.py), every few seconds: only runs it may act on.
             models.Index(fields=["finished_at"], condition=Q(trigger="subagent", announced_at__isnull=True),
@@ -122,7 +130,8 @@ class Message(models.Model):
         USER = "user"
         ASSISTANT = "assistant"
 
-    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="messages")
+    # (No index of its own: the unique (session, seq) constraint's index starts with it.)
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="messages", db_index=False)
     seq = models.PositiveIntegerField()
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.JSONField(help_text="Anthropic content blocks.")

@@ -19,7 +19,12 @@ from beamclaw_project.postgres.base import connection_usable
 from sessions.models import AgentSession, Compaction, Message, Run
 from sessions.runs.context import transcript_view
 from sessions.runs.kernel import run_lock, session_lock
-from sessions.runs.lifecycle import tenant_room_locked
+from sessions.runs.lifecycle import (
+    TenantAtCap,
+    tenant_at_cap_from_commit,
+    tenant_room_check_at_commit,
+    tenant_room_locked,
+)
 from sessions.runs.step import run_for_step
 from tenants.auth import AuthError, authenticate_key, authenticate_key_for_agent
 from tenants.models import Agent, ApiKey, Tenant
@@ -238,3 +243,65 @@ def test_a_transaction_begins_in_the_round_trip_of_its_first_statements_and_stay
     first_round_trip, _ = sent_before_first_sync(trace)
     assert any('"BEGIN"' in line for line in first_round_trip)
     assert statements_in(first_round_trip) == 2  # BEGIN and the lock
+
+
+def test_a_statement_sent_with_the_commit_runs_in_its_round_trip_and_its_failure_keeps_nothing(make_tenant, tmp_path):
+    """A new session's run counts its tenant's room in its COMMIT (postgres/base.py send_with_commit), so the
+    tenant's lock is held only inside Postgres: the statement goes in the commit's round trip, after the
+    transaction's writes (it sees them); if it fails, the commit raises its error and nothing the
+    transaction wrote is kept; a transaction rolled back forgets it."""
+    bundle = make_tenant()
+
+    def new_session(key: str) -> None:
+        rows_insert([AgentSession(tenant=bundle.tenant, agent=bundle.agent, key=key)])
+
+    kept = f"agent:x:{uuid.uuid4().hex}"
+    trace = tmp_path / "commit.trace"
+    with libpq_trace(trace), transaction.atomic():
+        new_session(kept)
+        connection.send_with_commit("SELECT 1 / count(*) FROM agent_sessions_agentsession WHERE key = %s", [kept])
+    sent = [line for line in trace.read_text().splitlines() if line.startswith("F")]
+    # psycopg's pipeline ends each batch it sends with a Flush: the last batch is the commit's round trip.
+    flushes = [i for i, line in enumerate(sent) if "\tFlush" in line]
+    last_round_trip = sent[flushes[-2] + 1:flushes[-1]]
+    assert statements_in(last_round_trip) == 2, last_round_trip  # the statement and COMMIT
+    assert any("SELECT 1 / count(*)" in line for line in last_round_trip)
+    assert any('"COMMIT"' in line for line in last_round_trip)
+    assert AgentSession.objects.filter(key=kept).exists()
+
+    refused = f"agent:x:{uuid.uuid4().hex}"
+    with pytest.raises(DatabaseError) as failure:
+        with transaction.atomic():
+            new_session(refused)
+            connection.send_with_commit("SELECT 1 / count(*) FROM agent_sessions_agentsession WHERE key = %s", ["none"])
+    assert failure.value.__cause__.sqlstate == "22012"  # division by zero: the count was 0
+    assert not AgentSession.objects.filter(key=refused).exists()
+
+    with pytest.raises(_Rollback), transaction.atomic():
+        connection.send_with_commit("SELECT 1 / 0", [])
+        raise _Rollback()
+    after = f"agent:x:{uuid.uuid4().hex}"
+    with transaction.atomic():
+        new_session(after)
+    assert AgentSession.objects.filter(key=after).exists(), "the rolled-back transaction's statement was dropped"
+
+
+def test_the_tenant_s_room_counted_at_commit_refuses_a_run_over_the_cap_and_keeps_one_within_it(make_tenant):
+    bundle = make_tenant()
+    Tenant.objects.filter(pk=bundle.tenant.pk).update(max_concurrent_runs=1)
+
+    def start() -> Run:
+        session = AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}")
+        with tenant_at_cap_from_commit(), transaction.atomic():
+            run = Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.OPENAI,
+                                     status=Run.Status.RUNNING, input=[{"type": "text", "text": "hi"}])
+            tenant_room_check_at_commit(bundle.tenant.pk)
+        return run
+
+    first = start()
+    assert Run.objects.filter(pk=first.pk, status=Run.Status.RUNNING).exists()
+    with pytest.raises(TenantAtCap):
+        start()
+    assert Run.objects.filter(tenant=bundle.tenant).count() == 1, "the refused run was rolled back"
+    Run.objects.filter(pk=first.pk).update(status=Run.Status.SUCCEEDED)
+    assert Run.objects.filter(pk=start().pk, status=Run.Status.RUNNING).exists()

@@ -14,6 +14,7 @@ import select
 
 import psycopg
 from django.db.backends.postgresql import base, operations
+from django.db.backends.utils import debug_transaction
 from psycopg_pool import ConnectionPool
 
 
@@ -51,6 +52,35 @@ def connection_usable(conn: psycopg.Connection) -> bool:
 
 class DatabaseWrapper(base.DatabaseWrapper):
     ops_class = DatabaseOperations
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sent_with_commit: list[tuple[str, list]] = []
+
+    def send_with_commit(self, sql: str, params: list) -> None:
+        """Run (sql, params) as the open transaction's last statement, sent with its COMMIT in one round
+        trip. If it fails, the commit raises its error (and the transaction rolls back) instead: a check that
+        must hold a lock until the commit holds it only inside Postgres, never while this process goes on."""
+        assert self.in_atomic_block, "a statement sent with the commit needs a transaction to commit"
+        self._sent_with_commit.append((sql, params))
+
+    def _commit(self):
+        statements, self._sent_with_commit = self._sent_with_commit, []
+        if not statements or self.connection is None:
+            return super()._commit()
+        with debug_transaction(self, "COMMIT"), self.wrap_database_errors:
+            with self.connection.pipeline(), self.connection.cursor() as cursor:
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+                self.connection.commit()
+
+    def _rollback(self):
+        self._sent_with_commit = []
+        return super()._rollback()
+
+    def _close(self):
+        self._sent_with_commit = []
+        return super()._close()
 
     def get_new_connection(self, conn_params):
         connection = super().get_new_connection(conn_params)

@@ -29,7 +29,13 @@ from sessions.runs.compaction import (
     compaction_run_requested,
 )
 from sessions.runs.json_mode import response_format_parse
-from sessions.runs.lifecycle import RUN_FAILED_UNANSWERED, TenantAtCap, run_abort, terminal_event_from_db
+from sessions.runs.lifecycle import (
+    RUN_FAILED_UNANSWERED,
+    TenantAtCap,
+    run_abort,
+    tenant_at_cap_from_commit,
+    terminal_event_from_db,
+)
 from sessions.runs.step import run_step
 from sessions.runs.submit import SessionClosed, run_submit, runs_submit_isolated, transcript_seed, transcript_seed_if_empty
 
@@ -43,6 +49,7 @@ __all__ = [
     "RUN_FAILED_UNANSWERED",
     "SessionClosed",
     "TenantAtCap",
+    "tenant_at_cap_from_commit",
     "response_format_parse",
     "run_abort",
     "run_step",

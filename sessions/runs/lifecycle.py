@@ -6,9 +6,10 @@ more than `max_concurrent_runs` active (counted under the tenant row lock, taken
 """
 
 import logging
+from contextlib import contextmanager
 from functools import cache
 
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from beamclaw_project.infra.log_context import log_context_bind
@@ -62,15 +63,21 @@ def tenant_room_locked(tenant_id) -> int:
     return _tenant_room_of(select_together(*_tenant_room_statements(tenant_id)))
 
 
+# Constants of the model, not input: safe to write into SQL.
+_ACTIVE_SQL = ", ".join(f"'{status}'" for status in Run.ACTIVE_STATUSES)
+
+
 def _tenant_room_statements(tenant_id) -> tuple[tuple[str, list], tuple[str, list]]:
     # Two statements, sent together: the count must come after the lock. Read in the locking statement
     # itself, it came from the snapshot taken before waiting for the row, so a start that waited for
     # another did not count the runs that one had just started (eight starts at once ran six against a cap
-    # of two). Each statement here takes its own snapshot.
+    # of two). Each statement here takes its own snapshot. The statuses are written into the statement, not
+    # sent as a parameter: only then may the planner use the index of unfinished runs (a prepared statement's
+    # generic plan cannot know that a parameter's statuses fall under an index's condition), whose size is
+    # what runs now rather than every run the tenant ever had.
     return (
         (f"SELECT max_concurrent_runs FROM {Tenant._meta.db_table} WHERE id = %s FOR NO KEY UPDATE", [tenant_id]),
-        (f"SELECT count(*) FROM {Run._meta.db_table} WHERE tenant_id = %s AND status = ANY(%s)",
-         [tenant_id, [str(status) for status in Run.ACTIVE_STATUSES]]),
+        (f"SELECT count(*) FROM {Run._meta.db_table} WHERE tenant_id = %s AND status IN ({_ACTIVE_SQL})", [tenant_id]),
     )
 
 
@@ -81,9 +88,35 @@ def _tenant_room_of(rows: list[list[tuple]]) -> int:
 
 
 class TenantAtCap(Exception):
-    """A run that counted its tenant's room with its own writes (run_start_locked's `room_counted_with_writes`)
-    found the tenant at its max_concurrent_runs: its transaction (or the savepoint it runs in) must roll
-    back, and the run be submitted again, which leaves it queued (run_submit's `room_counted_first`)."""
+    """A run that counted its tenant's room with its own writes or its commit (run_start_locked's
+    `room_counted_with_writes`, `room_counted_at_commit`) found the tenant at its max_concurrent_runs: its
+    transaction (or the savepoint it runs in) must roll back, and the run be submitted again, which leaves
+    it queued (run_submit's `room_counted_first`)."""
+
+
+# The SQLSTATE beamclaw_tenant_room_check raises (migration agent_sessions 0006).
+_TENANT_AT_CAP_SQLSTATE = "BC429"
+
+
+def tenant_room_check_at_commit(tenant_id) -> None:
+    """Lock the tenant's row and count its runs in the transaction's COMMIT: the commit fails, and the
+    transaction rolls back, if this run took the tenant over its cap. Held from there, the lock is released
+    by Postgres itself at the end of the commit: a start that locked it with its writes held it while this
+    process sent the step and came back for the commit, which under load meant waiting for the interpreter
+    lock twice, and every other start of the tenant waited behind it."""
+    connections["default"].send_with_commit("SELECT beamclaw_tenant_room_check(%s)", [tenant_id])
+
+
+@contextmanager
+def tenant_at_cap_from_commit():
+    """Around a transaction whose run start counted the tenant's room at its commit: the refused commit
+    raised as TenantAtCap (Django has rolled the transaction back)."""
+    try:
+        yield
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == _TENANT_AT_CAP_SQLSTATE:
+            raise TenantAtCap() from exc
+        raise
 
 
 # Set while runs of a tenant wait for room under its max_concurrent_runs: only then does a run's end look
@@ -136,12 +169,15 @@ def session_advance(*, session_id) -> Run | None:
 
 
 def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = False,
-                     room_counted_with_writes: bool = False) -> Run:
+                     room_counted_with_writes: bool = False, room_counted_at_commit: bool = False) -> Run:
     """Put the run's user message in the transcript, mark it running and (after commit) enqueue step 0.
     Saves the run, whether it is new or was waiting. `session_is_new`: see run_submit.
     `room_counted_with_writes` (a new session's run): the tenant's room was not counted yet; it is counted
     in the round trip of the run's writes, after them (so counting this run), and TenantAtCap raised when
-    the run would take the tenant over its cap, before anything is sent to Redis."""
+    the run would take the tenant over its cap, before anything is sent to Redis. `room_counted_at_commit`
+    (a new session's run whose transaction is the caller's own): counted in the commit instead, which fails
+    if the run took the tenant over its cap (tenant_at_cap_from_commit turns that into TenantAtCap); its
+    step 0, sent by then, finds no run."""
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.step = 0
@@ -157,6 +193,8 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     # run_start_lock_statement), on the way to the first token.
     start_lock = (run_start_lock_statement(run.pk),) if session_is_new else ()
     room = _tenant_room_statements(session.tenant_id) if room_counted_with_writes else ()
+    if room_counted_at_commit:
+        tenant_room_check_at_commit(session.tenant_id)
     _, rows = transcript_append_reading(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
                                         also=(*start_lock, *room))
     # (The tenant's row is locked after the writes, which take no lock on it: their foreign keys are

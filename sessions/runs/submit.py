@@ -36,6 +36,7 @@ def run_submit(
     tool_results: dict[str, dict] | None = None,
     session_is_new: bool = False,
     room_counted_first: bool = False,
+    room_counted_at_commit: bool = False,
 ) -> Run:
     """Take a user turn for a session and return the run that will answer it.
 
@@ -51,7 +52,10 @@ def run_submit(
     session may not be written yet (`_state.adding`): it is written with the run. Its run is started at once,
     the tenant's room counted in the round trip of the run's writes (one less on the way to the first
     token); where the tenant is at its cap that raises TenantAtCap, and the caller rolls its transaction
-    (or savepoint) back and submits again with `room_counted_first`, which leaves the run queued.
+    (or savepoint) back and submits again with `room_counted_first`, which leaves the run queued. With
+    `room_counted_at_commit` (the caller's transaction is its own, committed right after this: no savepoint
+    around it), the room is counted in the commit instead, and the caller's tenant_at_cap_from_commit raises
+    TenantAtCap after the rollback.
     """
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode
@@ -94,7 +98,8 @@ def run_submit(
             params={**(params or {}), "queue_mode": mode},
         )
         if session_is_new and not room_counted_first:
-            run_start_locked(locked, run, session_is_new=True, room_counted_with_writes=True)
+            run_start_locked(locked, run, session_is_new=True, room_counted_with_writes=not room_counted_at_commit,
+                             room_counted_at_commit=room_counted_at_commit)
             return run
         if active is None and not queued and tenant_has_capacity_locked(locked.tenant_id):
             run_start_locked(locked, run, session_is_new=session_is_new)  # the common case: straight to running
