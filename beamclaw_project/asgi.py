@@ -62,3 +62,7 @@ application = ProtocolTypeRouter(
         "websocket": URLRouter([re_path(r"^ws/dashboard/?$", dashboard_socket), *websocket_urlpatterns]),
     }
 )
+
+from beamclaw_project.infra.gc_tuning import gc_settle_after_startup  # noqa: E402
+
+gc_settle_after_startup()  # last: what the imports above built lives as long as the process

@@ -1,16 +1,28 @@
 import logging
 import threading
 
+from celery.signals import worker_ready
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from beamclaw_project.celery import app
+from beamclaw_project.infra.gc_tuning import gc_settle_after_startup
 from beamclaw_project.infra.queues import SYSTEM_QUEUE
 from beamclaw_project.worker import Housekeeping, TaskEventsBatched, worker_pool_set
 from sessions.providers.registry import providers_warm_up
 from tenants.queues import active_tenant_queues, tenant_pool_build
 
 logger = logging.getLogger(__name__)
+
+
+def _warm_up_then_settle() -> None:
+    providers_warm_up()
+    gc_settle_after_startup()  # (the SDKs' modules and clients, built after the worker was ready)
+
+
+@worker_ready.connect
+def _settle_when_ready(**_) -> None:
+    gc_settle_after_startup()
 
 
 def _slugs(value: str) -> list[str]:
@@ -61,7 +73,7 @@ class Command(BaseCommand):
         worker_pool_set(pool=pool)
         # The model SDKs take over a second to import and their clients tens of ms to build: on the side
         # while the worker starts, rather than in the first run's step (and without delaying readiness).
-        threading.Thread(target=providers_warm_up, name="providers-warm-up", daemon=True).start()
+        threading.Thread(target=_warm_up_then_settle, name="providers-warm-up", daemon=True).start()
         app.steps["consumer"].add(Housekeeping)
         app.steps["consumer"].add(TaskEventsBatched)
         argv = [
