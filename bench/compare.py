@@ -109,7 +109,10 @@ def figures(results: list[dict]) -> dict:
         "runs_per_second": lambda r: r["throughput"]["gateway"]["runs_per_second"],
         "direct_runs_per_second": lambda r: r["throughput"]["direct"]["runs_per_second"],
         "connections_lost": lambda r: r["connection_burst"]["lost"],
-        "failed": lambda r: r["cpu_per_run"]["failed"] + r["throughput"]["gateway"]["failed"],
+        "loaded_ttft_ms": lambda r: r["streaming_under_load"]["ttft_ms"]["p50"],
+        "loaded_cpu_ms_per_run": lambda r: sum(r["throughput"]["gateway"]["ms_per_run"][p] for p in ("daphne", "worker")),
+        "failed": lambda r: (r["cpu_per_run"]["failed"] + r["throughput"]["gateway"]["failed"]
+                             + r["streaming_under_load"]["failed"]),
     }
     return {name: median([get(r) for r in results]) for name, get in pick.items()}
 
@@ -174,7 +177,10 @@ def print_table(base: dict, now: dict, baseline_ref: str, slow: dict) -> None:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *table)]
     for cells in (header, ["-" * w for w in widths], *table):
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
-    print(f"\n   the fake model called directly: TTFT p50 {now['direct_ttft_ms']:.1f} ms, "
+    print(f"\n   with 32 clients: TTFT p50 of streaming runs {base['loaded_ttft_ms']:.1f} -> {now['loaded_ttft_ms']:.1f} ms, "
+          f"web + worker CPU per plain run {base['loaded_cpu_ms_per_run']:.1f} -> {now['loaded_cpu_ms_per_run']:.1f} ms "
+          "(baseline -> this checkout)")
+    print(f"   the fake model called directly: TTFT p50 {now['direct_ttft_ms']:.1f} ms, "
           f"{now['direct_runs_per_second']:.0f} runs/s with 32 clients; failed runs: baseline {base['failed']:.0f}, "
           f"this checkout {now['failed']:.0f}")
 
@@ -198,7 +204,7 @@ def main() -> int:
         for round_number in range(1, args.rounds + 1):
             for side, code in (("baseline", baseline), ("now", None)):
                 print(f"round {round_number}/{args.rounds}: measuring {'the baseline ' + args.baseline if code else 'this checkout'} "
-                      "(bench/load_bench.py, about 75 s) ...", flush=True)
+                      "(bench/load_bench.py, about 85 s) ...", flush=True)
                 runs[side].append(load_bench(code, scratch / f"{side}-{round_number}.json", like_make_run=args.like_make_run))
     finally:
         worktree_remove(baseline)

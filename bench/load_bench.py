@@ -38,6 +38,7 @@ RESULTS_PATH = gb.ROOT / "bench" / "results" / "load.json"
 CPU_RUNS = 200
 THROUGHPUT_RUNS = 600
 THROUGHPUT_CLIENTS = 32
+STREAMING_RUNS = 600
 BURST_CONNECTIONS = 300
 BURST_TIMEOUT_SECONDS = 3.0
 # 20 deltas 2 ms apart, as the latency prompt: the reply streams as a model's would, only faster.
@@ -117,8 +118,26 @@ async def measure_throughput(paths: Paths, meter: gb.CpuMeter) -> dict:
             "other_cores": round(used["other"] / wall, 2),
             # Cores each process kept busy: one at ~1.0 is bound by its own interpreter lock.
             "cores": {process: round(seconds / wall, 2) for process, seconds in used.items()},
+            "ms_per_run": {process: round(seconds * 1000 / THROUGHPUT_RUNS, 2) for process, seconds in used.items()},
         }
     return out
+
+
+async def measure_streaming_under_load(gateway: gb.GatewayClient) -> dict:
+    """TTFT when 32 clients stream at once (closed loop): what a user waits for the first token while the
+    gateway is busy; the c=1 figure cannot show runs waiting for each other (for a tenant's lock, say)."""
+    await gb.run_batch(gateway.stream, [gb.LATENCY_PROMPT] * THROUGHPUT_CLIENTS * 2, THROUGHPUT_CLIENTS)  # warm-up
+    started = time.perf_counter()
+    results = await gb.run_batch(gateway.stream, [gb.LATENCY_PROMPT] * STREAMING_RUNS, THROUGHPUT_CLIENTS)
+    wall = time.perf_counter() - started
+    ttfts = sorted(r.ttft * 1000 for r in results if r.ttft is not None)
+    return {
+        "runs": STREAMING_RUNS,
+        "clients": THROUGHPUT_CLIENTS,
+        "failed": sum(not r.is_exact(gb.LATENCY_REPLY) for r in results),
+        "runs_per_second": round(STREAMING_RUNS / wall, 1),
+        "ttft_ms": {"p50": round(gb.percentile(ttfts, 50), 1), "p99": round(gb.percentile(ttfts, 99), 1)},
+    }
 
 
 async def _open_and_ask(host: str, port: int, go: asyncio.Event) -> bool:
@@ -155,6 +174,8 @@ async def measure(services: gb.Services, agent: str, api_key: str) -> dict:
         cpu = await measure_cpu_per_run(gateway, direct, meter)
         print("measuring runs per second ...", flush=True)
         throughput = await measure_throughput(paths, meter)
+        print("measuring TTFT with 32 clients streaming ...", flush=True)
+        streaming = await measure_streaming_under_load(gateway)
         print("measuring a burst of connection opens ...", flush=True)
         burst = await measure_connection_burst(services)
     finally:
@@ -162,7 +183,7 @@ async def measure(services: gb.Services, agent: str, api_key: str) -> dict:
         await gateway.close()
         await direct.close()
         meter.close()
-    return {"cpu_per_run": cpu, "throughput": throughput, "connection_burst": burst}
+    return {"cpu_per_run": cpu, "throughput": throughput, "streaming_under_load": streaming, "connection_burst": burst}
 
 
 def print_report(results: dict) -> None:
@@ -178,6 +199,14 @@ def print_report(results: dict) -> None:
                           [[p, f"{t[p]['runs_per_second']:.1f}", t[p]["failed"], t[p]["other_cores"]] for p in t]))
     cores = t["gateway"].get("cores", {})
     print("   cores busy on the gateway path: " + ", ".join(f"{process} {used:.2f}" for process, used in cores.items()))
+    if per_run := t["gateway"].get("ms_per_run"):
+        print(f"   web + worker CPU per run meanwhile: {per_run['daphne'] + per_run['worker']:.1f} ms "
+              f"(Daphne {per_run['daphne']:.1f}, the workers {per_run['worker']:.1f}; Postgres {per_run['postgres']:.1f}, "
+              f"Redis {per_run['redis']:.1f})")
+    if streaming := results.get("streaming_under_load"):
+        print(f"\n   The same prompt as 1. from {streaming['clients']} clients streaming at once ({streaming['runs']} runs, "
+              f"{streaming['failed']} failed): TTFT p50 {streaming['ttft_ms']['p50']:.1f} ms, "
+              f"p99 {streaming['ttft_ms']['p99']:.1f} ms, {streaming['runs_per_second']:.1f} runs/s")
     b = results["connection_burst"]
     print(f"\n3. {b['connections']} connections opened at once: {b['lost']} lost (no answer within {BURST_TIMEOUT_SECONDS:g} s)")
 
