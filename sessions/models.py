@@ -63,7 +63,6 @@ class Run(models.Model):
         ABORTED = "aborted"
 
     ACTIVE_STATUSES = (Status.RUNNING, Status.AWAITING_APPROVAL)
-    UNFINISHED_STATUSES = (Status.QUEUED, *ACTIVE_STATUSES)
     TERMINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.ABORTED)
 
     class Trigger(models.TextChoices):

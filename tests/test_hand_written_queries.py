@@ -5,6 +5,7 @@ Authentication, every run step and every lock read their rows with SQL written o
 compiled QuerySet; an agent's JSON settings, a run's params or a key's scopes read any other way would
 change what the gateway does. Every field is compared, with its type, against the ORM's instance."""
 
+import re
 import select
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -12,6 +13,7 @@ from contextlib import contextmanager, nullcontext
 import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
 from psycopg import pq
 
 from beamclaw_project.infra.rows import row_insert, row_update, rows_insert, rows_write
@@ -306,3 +308,15 @@ def test_the_tenant_s_room_counted_at_commit_refuses_a_run_over_the_cap_and_keep
     assert Run.objects.filter(tenant=bundle.tenant).count() == 1, "the refused run was rolled back"
     Run.objects.filter(pk=first.pk).update(status=Run.Status.SUCCEEDED)
     assert Run.objects.filter(pk=start().pk, status=Run.Status.RUNNING).exists()
+
+
+def test_the_index_of_unfinished_runs_and_the_commit_s_count_name_the_model_s_statuses(db):
+    """Both name statuses as SQL literals (a planner uses a partial index only for a query that names what
+    its condition names); a status added to the model must be added to them too."""
+    [index] = [index for index in Run._meta.indexes if index.name == "run_unfinished_by_tenant"]
+    assert index.condition == Q(status__in=[Run.Status.QUEUED, *Run.ACTIVE_STATUSES])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_functiondef('beamclaw_tenant_room_check(bigint)'::regprocedure)")
+        [(definition,)] = cursor.fetchall()
+    named = set(re.search(r"status IN \(([^)]*)\)", definition).group(1).replace("'", "").replace(" ", "").split(","))
+    assert named == {str(status) for status in Run.ACTIVE_STATUSES}
