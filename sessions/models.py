@@ -101,9 +101,10 @@ class Run(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["session", "status", "created_at"]),
+            models.Index(fields=["tenant", "status"]),  # (a tenant's runs of one status: the REST API's filter)
             # A tenant's queued and running runs: every run start counts them. Only unfinished runs are in
             # it, so its size is what runs now, not the tenant's history; a query finds it only when it
-            # names its statuses as literals (lifecycle._tenant_room_statements).
+            # names its statuses as literals (lifecycle.tenant_room_statements).
             models.Index(fields=["tenant", "status"], condition=Q(status__in=["queued", "running", "awaiting_approval"]),
                          name="run_unfinished_by_tenant"),
             models.Index(fields=["tenant", "created_at"]),

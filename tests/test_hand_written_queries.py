@@ -26,6 +26,7 @@ from sessions.runs.lifecycle import (
     tenant_at_cap_from_commit,
     tenant_room_check_at_commit,
     tenant_room_locked,
+    tenant_room_statements,
 )
 from sessions.runs.step import run_for_step
 from tenants.auth import AuthError, authenticate_key, authenticate_key_for_agent
@@ -320,3 +321,20 @@ def test_the_index_of_unfinished_runs_and_the_commit_s_count_name_the_model_s_st
         [(definition,)] = cursor.fetchall()
     named = set(re.search(r"status IN \(([^)]*)\)", definition).group(1).replace("'", "").replace(" ", "").split(","))
     assert named == {str(status) for status in Run.ACTIVE_STATUSES}
+
+
+def test_a_run_start_counts_its_tenant_s_runs_from_the_index_of_unfinished_runs(make_tenant):
+    """The count, as a prepared statement's generic plan reads it: from the index of unfinished runs, whose size
+    is what runs now, not from an index that holds every run the tenant ever had."""
+    bundle = make_tenant()
+    [_, (count, _)] = tenant_room_statements(bundle.tenant.pk)
+    count = count.replace("%s", "$1")
+    with transaction.atomic(), connection.cursor() as cursor:
+        # (A test's few rows would be read whole otherwise.)
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute(f"PREPARE tenant_count(bigint) AS {count}")
+        cursor.execute("EXPLAIN EXECUTE tenant_count(%s)", [bundle.tenant.pk])
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+        cursor.execute("DEALLOCATE tenant_count")
+    assert "run_unfinished_by_tenant" in plan, plan

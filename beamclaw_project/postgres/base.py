@@ -62,6 +62,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         trip. If it fails, the commit raises its error (and the transaction rolls back) instead: a check that
         must hold a lock until the commit holds it only inside Postgres, never while this process goes on."""
         assert self.in_atomic_block, "a statement sent with the commit needs a transaction to commit"
+        # (Registered inside a savepoint, it would outlive the savepoint's rollback.)
+        assert not any(self.savepoint_ids), "a statement sent with the commit must not be inside a savepoint"
         self._sent_with_commit.append((sql, params))
 
     def _commit(self):

@@ -60,14 +60,14 @@ def tenant_has_capacity_locked(tenant_id) -> bool:
 def tenant_room_locked(tenant_id) -> int:
     """How many more runs the tenant may start now (may be negative after its cap was lowered); locks the
     tenant row like tenant_has_capacity_locked."""
-    return _tenant_room_of(select_together(*_tenant_room_statements(tenant_id)))
+    return _tenant_room_of(select_together(*tenant_room_statements(tenant_id)))
 
 
 # Constants of the model, not input: safe to write into SQL.
 _ACTIVE_SQL = ", ".join(f"'{status}'" for status in Run.ACTIVE_STATUSES)
 
 
-def _tenant_room_statements(tenant_id) -> tuple[tuple[str, list], tuple[str, list]]:
+def tenant_room_statements(tenant_id, *, lock: bool = True) -> tuple[tuple[str, list], tuple[str, list]]:
     # Two statements, sent together: the count must come after the lock. Read in the locking statement
     # itself, it came from the snapshot taken before waiting for the row, so a start that waited for
     # another did not count the runs that one had just started (eight starts at once ran six against a cap
@@ -75,14 +75,16 @@ def _tenant_room_statements(tenant_id) -> tuple[tuple[str, list], tuple[str, lis
     # sent as a parameter: only then may the planner use the index of unfinished runs (a prepared statement's
     # generic plan cannot know that a parameter's statuses fall under an index's condition), whose size is
     # what runs now rather than every run the tenant ever had.
+    # Without `lock`, only a first look: what has committed may already show the tenant over its cap.
     return (
-        (f"SELECT max_concurrent_runs FROM {Tenant._meta.db_table} WHERE id = %s FOR NO KEY UPDATE", [tenant_id]),
+        (f"SELECT max_concurrent_runs FROM {Tenant._meta.db_table} WHERE id = %s{' FOR NO KEY UPDATE' if lock else ''}",
+         [tenant_id]),
         (f"SELECT count(*) FROM {Run._meta.db_table} WHERE tenant_id = %s AND status IN ({_ACTIVE_SQL})", [tenant_id]),
     )
 
 
 def _tenant_room_of(rows: list[list[tuple]]) -> int:
-    """The room _tenant_room_statements' rows give."""
+    """The room tenant_room_statements' rows give."""
     [(limit,)], [(active,)] = rows
     return limit - active
 
@@ -94,8 +96,10 @@ class TenantAtCap(Exception):
     it queued (run_submit's `room_counted_first`)."""
 
 
-# The SQLSTATE beamclaw_tenant_room_check raises (migration agent_sessions 0006).
+# The SQLSTATE beamclaw_tenant_room_check raises (migration agent_sessions 0007), and Postgres's for a
+# function that does not exist.
 _TENANT_AT_CAP_SQLSTATE = "BC429"
+_UNDEFINED_FUNCTION_SQLSTATE = "42883"
 
 
 def tenant_room_check_at_commit(tenant_id) -> None:
@@ -114,7 +118,12 @@ def tenant_at_cap_from_commit():
     try:
         yield
     except DatabaseError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == _TENANT_AT_CAP_SQLSTATE:
+        sqlstate = getattr(exc.__cause__, "sqlstate", None)
+        if sqlstate == _TENANT_AT_CAP_SQLSTATE:
+            raise TenantAtCap() from exc
+        if sqlstate == _UNDEFINED_FUNCTION_SQLSTATE and "beamclaw_tenant_room_check" in str(exc):
+            # Code newer than the database: the request is submitted again the way that needs no function.
+            logger.error("The database lacks beamclaw_tenant_room_check: run `python manage.py migrate`.")
             raise TenantAtCap() from exc
         raise
 
@@ -177,7 +186,8 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     the run would take the tenant over its cap, before anything is sent to Redis. `room_counted_at_commit`
     (a new session's run whose transaction is the caller's own): counted in the commit instead, which fails
     if the run took the tenant over its cap (tenant_at_cap_from_commit turns that into TenantAtCap); its
-    step 0, sent by then, finds no run."""
+    step 0, sent by then, finds no run. Only starts racing each other to the cap's last slots get that far:
+    the writes' round trip already looks at the room without the lock."""
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.step = 0
@@ -192,7 +202,11 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     # Nobody waits for a new session's runs or follows it: its step 0 goes out before the commit (kernel.py,
     # run_start_lock_statement), on the way to the first token.
     start_lock = (run_start_lock_statement(run.pk),) if session_is_new else ()
-    room = _tenant_room_statements(session.tenant_id) if room_counted_with_writes else ()
+    room = ()
+    if room_counted_with_writes or room_counted_at_commit:
+        # (Counted at the commit, the room is also looked at here without the lock: a tenant that its
+        # committed runs already show at its cap is refused before anything reaches Redis, as with the lock.)
+        room = tenant_room_statements(session.tenant_id, lock=not room_counted_at_commit)
     if room_counted_at_commit:
         tenant_room_check_at_commit(session.tenant_id)
     _, rows = transcript_append_reading(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
