@@ -338,3 +338,22 @@ def test_a_run_start_counts_its_tenant_s_runs_from_the_index_of_unfinished_runs(
         plan = "\n".join(line for (line,) in cursor.fetchall())
         cursor.execute("DEALLOCATE tenant_count")
     assert "run_unfinished_by_tenant" in plan, plan
+
+
+def test_a_database_without_the_commit_s_count_sends_the_run_the_queuing_way(make_tenant, caplog):
+    """Code deployed before `migrate`: the commit's function is missing; the run is submitted again the way
+    that needs none (TenantAtCap), and the log says what to run."""
+    bundle = make_tenant()
+    session = AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}")
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER FUNCTION beamclaw_tenant_room_check(bigint) RENAME TO beamclaw_tenant_room_check_away")
+    try:
+        with pytest.raises(TenantAtCap), tenant_at_cap_from_commit(), transaction.atomic():
+            Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.OPENAI,
+                               status=Run.Status.RUNNING, input=[{"type": "text", "text": "hi"}])
+            tenant_room_check_at_commit(bundle.tenant.pk)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER FUNCTION beamclaw_tenant_room_check_away(bigint) RENAME TO beamclaw_tenant_room_check")
+    assert not Run.objects.filter(session=session).exists()
+    assert "manage.py migrate" in caplog.text
