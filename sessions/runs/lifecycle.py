@@ -183,11 +183,11 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     Saves the run, whether it is new or was waiting. `session_is_new`: see run_submit.
     `room_counted_with_writes` (a new session's run): the tenant's room was not counted yet; it is counted
     in the round trip of the run's writes, after them (so counting this run), and TenantAtCap raised when
-    the run would take the tenant over its cap, before anything is sent to Redis. `room_counted_at_commit`
-    (a new session's run whose transaction is the caller's own): counted in the commit instead, which fails
-    if the run took the tenant over its cap (tenant_at_cap_from_commit turns that into TenantAtCap); its
-    step 0, sent by then, finds no run. Only starts racing each other to the cap's last slots get that far:
-    the writes' round trip already looks at the room without the lock."""
+    the run would take the tenant over its cap, before anything is sent to Redis. With it,
+    `room_counted_at_commit` (the caller's transaction is its own) moves the locked count into the commit,
+    which fails if the run took the tenant over its cap (tenant_at_cap_from_commit turns that into
+    TenantAtCap; step 0, sent by then, finds no run); the writes' round trip then counts without the lock, so
+    only starts racing each other for the cap's last slots get as far as the commit."""
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.step = 0
@@ -203,12 +203,12 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     # run_start_lock_statement), on the way to the first token.
     start_lock = (run_start_lock_statement(run.pk),) if session_is_new else ()
     room = ()
-    if room_counted_with_writes or room_counted_at_commit:
+    if room_counted_with_writes:
         # (Counted at the commit, the room is also looked at here without the lock: a tenant that its
         # committed runs already show at its cap is refused before anything reaches Redis, as with the lock.)
         room = tenant_room_statements(session.tenant_id, lock=not room_counted_at_commit)
-    if room_counted_at_commit:
-        tenant_room_check_at_commit(session.tenant_id)
+        if room_counted_at_commit:
+            tenant_room_check_at_commit(session.tenant_id)
     _, rows = transcript_append_reading(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
                                         also=(*start_lock, *room))
     # (The tenant's row is locked after the writes, which take no lock on it: their foreign keys are

@@ -98,7 +98,7 @@ def run_submit(
             params={**(params or {}), "queue_mode": mode},
         )
         if session_is_new and not room_counted_first:
-            run_start_locked(locked, run, session_is_new=True, room_counted_with_writes=not room_counted_at_commit,
+            run_start_locked(locked, run, session_is_new=True, room_counted_with_writes=True,
                              room_counted_at_commit=room_counted_at_commit)
             return run
         if active is None and not queued and tenant_has_capacity_locked(locked.tenant_id):
