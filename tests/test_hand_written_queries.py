@@ -323,11 +323,12 @@ def test_the_index_of_unfinished_runs_and_the_commit_s_count_name_the_model_s_st
     assert named == {str(status) for status in Run.ACTIVE_STATUSES}
 
 
-def test_a_run_start_counts_its_tenant_s_runs_from_the_index_of_unfinished_runs(make_tenant):
+@pytest.mark.parametrize("queued", [False, True], ids=["active", "active and queued"])
+def test_a_run_start_counts_its_tenant_s_runs_from_the_index_of_unfinished_runs(make_tenant, queued):
     """The count, as a prepared statement's generic plan reads it: from the index of unfinished runs, whose size
     is what runs now, not from an index that holds every run the tenant ever had."""
     bundle = make_tenant()
-    [_, (count, _)] = tenant_room_statements(bundle.tenant.pk)
+    [_, (count, _)] = tenant_room_statements(bundle.tenant.pk, queued=queued)
     count = count.replace("%s", "$1")
     with transaction.atomic(), connection.cursor() as cursor:
         # (A test's few rows would be read whole otherwise.)

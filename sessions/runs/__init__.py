@@ -37,7 +37,15 @@ from sessions.runs.lifecycle import (
     terminal_event_from_db,
 )
 from sessions.runs.step import run_step
-from sessions.runs.submit import SessionClosed, run_submit, runs_submit_isolated, transcript_seed, transcript_seed_if_empty
+from sessions.runs.submit import (
+    SessionClosed,
+    run_submit,
+    runs_submit_isolated,
+    tenant_at_cap_note,
+    tenant_recently_at_cap,
+    transcript_seed,
+    transcript_seed_if_empty,
+)
 
 __all__ = [
     "COMPACT_TASK",
@@ -55,6 +63,8 @@ __all__ = [
     "run_step",
     "run_submit",
     "runs_submit_isolated",
+    "tenant_at_cap_note",
+    "tenant_recently_at_cap",
     "terminal_event_from_db",
     "transcript_seed",
     "transcript_seed_if_empty",

@@ -13,9 +13,12 @@ at the start of the run's user message. A session that moves on without the resu
 from any edge) gets an error result for each waiting call instead, so the transcript stays valid.
 """
 
+from functools import cache
+
 from django.utils import timezone
 
 from beamclaw_project.errors import Conflict, InvalidInput
+from beamclaw_project.infra.rows import Columns
 from sessions.models import AgentSession, Run, ToolCall
 from sessions.runs.tool_calls import result_blocks
 from tools.base import error_result
@@ -43,6 +46,28 @@ def _waiting(session: AgentSession) -> list[ToolCall]:
                 .filter(run__session=session, status=ToolCall.Status.AWAITING_CLIENT).order_by("id"))
 
 
+@cache
+def _waiting_sql() -> tuple[Columns, str]:
+    # _waiting written out, to send with other statements. The status is written into the statement: the
+    # index of waiting calls (ToolCall.Meta) is then usable by a prepared statement's generic plan.
+    call = Columns(ToolCall, "c")
+    return call, (
+        f'SELECT {call.sql} FROM "{ToolCall._meta.db_table}" c JOIN "{Run._meta.db_table}" r ON r.id = c.run_id '
+        f"WHERE r.session_id = %s AND c.status = '{ToolCall.Status.AWAITING_CLIENT}' ORDER BY c.id FOR NO KEY UPDATE OF c"
+    )
+
+
+def client_calls_waiting_statement(session_id) -> tuple[str, list]:
+    """The session's calls waiting for the client's results, locked, to send with other statements
+    (select_together); client_calls_waiting_of reads its rows. Caller holds the session lock."""
+    return _waiting_sql()[1], [session_id]
+
+
+def client_calls_waiting_of(rows: list[tuple]) -> list[ToolCall]:
+    columns, _ = _waiting_sql()
+    return [columns.instance(row) for row in rows]
+
+
 def client_results_check_locked(session: AgentSession, results: dict[str, dict]) -> None:
     """The client's results must answer exactly the calls waiting in this session. Caller holds the
     session lock."""
@@ -67,11 +92,13 @@ def client_results_check_locked(session: AgentSession, results: dict[str, dict])
         )
 
 
-def client_results_take_locked(session: AgentSession, run: Run) -> list[dict]:
+def client_results_take_locked(session: AgentSession, run: Run, waiting: list[ToolCall] | None = None) -> list[dict]:
     """At the start of `run`: settle the calls waiting for the client with the results the run brought
     (an error result for any it did not), and return the tool_result blocks of their whole step, which
-    start the run's user message. Caller holds the session and run locks."""
-    waiting = _waiting(session)
+    start the run's user message. Caller holds the session and run locks. `waiting`: the waiting calls, if
+    the caller read them (client_calls_waiting_statement) with its own statements."""
+    if waiting is None:
+        waiting = _waiting(session)
     if not waiting:
         return []
     results = run.params.get("tool_results") or {}

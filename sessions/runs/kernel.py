@@ -82,6 +82,16 @@ def session_lock(session_id) -> AgentSession:
     return _session_of(select_one(_lock_sql()[3], [session_id]), session_id)
 
 
+def session_lock_statement(session_id) -> tuple[str, list]:
+    """session_lock's statement, to send with others (select_together); session_of_lock_rows reads its rows."""
+    return _lock_sql()[3], [session_id]
+
+
+def session_of_lock_rows(rows: list[tuple], session_id) -> AgentSession:
+    """The session session_lock_statement's rows locked. Raises AgentSession.DoesNotExist."""
+    return _session_of(rows[0] if rows else None, session_id)
+
+
 def _session_of(row, session_id=None) -> AgentSession:
     session_columns, tenant_columns, *_ = _lock_sql()
     if row is None:
@@ -102,13 +112,17 @@ def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] 
 
 
 def transcript_append_reading(session: AgentSession, *, session_fields: tuple[str, ...] = (), new_rows: tuple = (),
-                              also: tuple[tuple[str, list], ...] = (), **fields) -> tuple[Message, list[list[tuple]]]:
-    """transcript_append, and the rows of each of the `also` statements."""
+                              updated_rows: tuple = (), also: tuple[tuple[str, list], ...] = (),
+                              **fields) -> tuple[Message, list[list[tuple]]]:
+    """transcript_append, and the rows of each of the `also` statements. `updated_rows`: (instance,
+    update_fields) of other saved rows the caller changed, saved first, in the same round trip (the queued
+    run the message starts)."""
     seq = session.next_seq
     session.next_seq = seq + 1
     message = Message(session=session, seq=seq, **fields)
     session_is_new = any(row is session for row in new_rows)
-    rows = rows_write(updates=[] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))],
+    session_update = [] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))]
+    rows = rows_write(updates=[*updated_rows, *session_update],
                       inserts=[*([row] for row in new_rows), [message]], reads=also)
     return message, rows
 

@@ -15,12 +15,17 @@ from django.utils import timezone
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import run_finished_record, run_started_record
 from beamclaw_project.infra.redis import Command, redis_client, redis_scripts_call
-from beamclaw_project.infra.rows import Columns, row_update, rows_write, select_all, select_together
+from beamclaw_project.infra.rows import Columns, rows_write, select_all, select_together
 from sessions import events
-from sessions.models import AgentSession, Message, Run
+from sessions.models import AgentSession, Message, Run, ToolCall
 from sessions.notify import session_subscribers_notify, session_watched_command
 from sessions.runs.budget import record_tokens_call, record_tokens_counted
-from sessions.runs.client_calls import client_calls_of, client_results_take_locked
+from sessions.runs.client_calls import (
+    client_calls_of,
+    client_calls_waiting_of,
+    client_calls_waiting_statement,
+    client_results_take_locked,
+)
 from sessions.runs.json_mode import reply_result_text
 from sessions.runs.kernel import (
     abort_flag_set,
@@ -31,6 +36,8 @@ from sessions.runs.kernel import (
     run_start_lock_statement,
     runs_mark_queued,
     session_lock,
+    session_lock_statement,
+    session_of_lock_rows,
     transcript_append_reading,
 )
 from sessions.runs.tool_calls import open_calls_settle_locked
@@ -67,7 +74,8 @@ def tenant_room_locked(tenant_id) -> int:
 _ACTIVE_SQL = ", ".join(f"'{status}'" for status in Run.ACTIVE_STATUSES)
 
 
-def tenant_room_statements(tenant_id, *, lock: bool = True) -> tuple[tuple[str, list], tuple[str, list]]:
+def tenant_room_statements(tenant_id, *, lock: bool = True,
+                           queued: bool = False) -> tuple[tuple[str, list], tuple[str, list]]:
     # Two statements, sent together: the count must come after the lock. Read in the locking statement
     # itself, it came from the snapshot taken before waiting for the row, so a start that waited for
     # another did not count the runs that one had just started (eight starts at once ran six against a cap
@@ -76,17 +84,36 @@ def tenant_room_statements(tenant_id, *, lock: bool = True) -> tuple[tuple[str, 
     # generic plan cannot know that a parameter's statuses fall under an index's condition), whose size is
     # what runs now rather than every run the tenant ever had.
     # Without `lock`, only a first look: what has committed may already show the tenant over its cap.
+    # `queued`: the queued runs are counted too, apart (tenant_waiting_of).
+    table = Run._meta.db_table
+    if queued:
+        queued_sql = f"'{Run.Status.QUEUED}'"
+        count = (f"SELECT count(*) FILTER (WHERE status <> {queued_sql}), count(*) FILTER (WHERE status = {queued_sql}) "
+                 f"FROM {table} WHERE tenant_id = %s AND status IN ({queued_sql}, {_ACTIVE_SQL})")
+    else:
+        count = f"SELECT count(*) FROM {table} WHERE tenant_id = %s AND status IN ({_ACTIVE_SQL})"
     return (
         (f"SELECT max_concurrent_runs FROM {Tenant._meta.db_table} WHERE id = %s{' FOR NO KEY UPDATE' if lock else ''}",
          [tenant_id]),
-        (f"SELECT count(*) FROM {Run._meta.db_table} WHERE tenant_id = %s AND status IN ({_ACTIVE_SQL})", [tenant_id]),
+        (count, [tenant_id]),
     )
 
 
 def _tenant_room_of(rows: list[list[tuple]]) -> int:
     """The room tenant_room_statements' rows give."""
-    [(limit,)], [(active,)] = rows
+    [(limit,)], [(active, *_)] = rows
     return limit - active
+
+
+def tenant_waiting_of(rows: list[list[tuple]]) -> int:
+    """How many runs of the tenant are queued, by tenant_room_statements(queued=True)'s rows."""
+    return rows[1][0][1]
+
+
+def tenant_room_and_waiting_locked(tenant_id) -> tuple[int, int]:
+    """The tenant's room (tenant_room_locked) and how many of its runs are queued."""
+    rows = select_together(*tenant_room_statements(tenant_id, queued=True))
+    return _tenant_room_of(rows), tenant_waiting_of(rows)
 
 
 class TenantAtCap(Exception):
@@ -149,10 +176,19 @@ def _pending_sql() -> tuple[Columns, str]:
     return run, f'SELECT {run.sql} FROM "{Run._meta.db_table}" r WHERE r.session_id = %s AND r.status = ANY(%s) ORDER BY r.created_at'
 
 
-def _pending_statement(session: AgentSession) -> tuple[str, list]:
+def _pending_statement(session_id) -> tuple[str, list]:
     """The session's queued and active runs, oldest first."""
     _, sql = _pending_sql()
-    return sql, [session.pk, [str(status) for status in (Run.Status.QUEUED, *Run.ACTIVE_STATUSES)]]
+    return sql, [session_id, [str(status) for status in (Run.Status.QUEUED, *Run.ACTIVE_STATUSES)]]
+
+
+def _next_to_start(pending_rows: list[tuple]) -> Run | None:
+    """The session's oldest queued run, if none of its runs is active (_pending_statement's rows)."""
+    columns, _ = _pending_sql()
+    pending = [columns.instance(row) for row in pending_rows]
+    if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
+        return None
+    return pending[0]
 
 
 def session_advance_locked(session: AgentSession, pending_rows: list[tuple] | None = None) -> Run | None:
@@ -161,15 +197,14 @@ def session_advance_locked(session: AgentSession, pending_rows: list[tuple] | No
     it with its own statements (a run's end)."""
     # Every run's end asks this, so it is written out (beamclaw_project/infra/rows.py).
     if pending_rows is None:
-        pending_rows = select_all(*_pending_statement(session))
-    columns, _ = _pending_sql()
-    pending = [columns.instance(row) for row in pending_rows]
-    if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
+        pending_rows = select_all(*_pending_statement(session.pk))
+    run = _next_to_start(pending_rows)
+    if run is None:
         return None
     if not tenant_has_capacity_locked(session.tenant_id):
         capacity_wait_note(session.tenant_id)
         return None
-    return run_start_locked(session, pending[0])
+    return run_start_locked(session, run)
 
 
 def session_advance(*, session_id) -> Run | None:
@@ -177,8 +212,27 @@ def session_advance(*, session_id) -> Run | None:
         return session_advance_locked(session_lock(session_id))
 
 
+def _session_advance_with_room(tenant_id, session_id) -> tuple[Run | None, int]:
+    """session_advance for a session of the tenant that waited for room: the session's lock, its runs and the
+    tenant's room (under the tenant's lock) read in one round trip. Returns the run started, or None (the
+    session got a run going meanwhile, or the tenant has no room), and the room left."""
+    with transaction.atomic():
+        session_rows, pending_rows, waiting_calls_rows, *room_rows = select_together(
+            session_lock_statement(session_id), _pending_statement(session_id),
+            client_calls_waiting_statement(session_id), *tenant_room_statements(tenant_id),
+        )
+        if not session_rows:
+            return None, _tenant_room_of(room_rows)  # (deleted meanwhile)
+        session = session_of_lock_rows(session_rows, session_id)
+        run, room = _next_to_start(pending_rows), _tenant_room_of(room_rows)
+        if run is None or room <= 0:
+            return None, room
+        return run_start_locked(session, run, waiting_calls=client_calls_waiting_of(waiting_calls_rows)), room - 1
+
+
 def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = False,
-                     room_counted_with_writes: bool = False, room_counted_at_commit: bool = False) -> Run:
+                     room_counted_with_writes: bool = False, room_counted_at_commit: bool = False,
+                     waiting_calls: list[ToolCall] | None = None) -> Run:
     """Put the run's user message in the transcript, mark it running and (after commit) enqueue step 0.
     Saves the run, whether it is new or was waiting. `session_is_new`: see run_submit.
     `room_counted_with_writes` (a new session's run): the tenant's room was not counted yet; it is counted
@@ -187,15 +241,15 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     `room_counted_at_commit` (the caller's transaction is its own) moves the locked count into the commit,
     which fails if the run took the tenant over its cap (tenant_at_cap_from_commit turns that into
     TenantAtCap; step 0, sent by then, finds no run); the writes' round trip then counts without the lock, so
-    only starts racing each other for the cap's last slots get as far as the commit."""
+    only starts racing each other for the cap's last slots get as far as the commit. `waiting_calls`: the
+    session's calls waiting for the client, if the caller read them (client_calls_waiting_statement)."""
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.step = 0
-    adding = run._state.adding
-    if not adding:
-        row_update(run, ("status", "started_at", "step"))
+    # A queued run's new status is saved with its message, in one round trip.
+    updated_rows = () if run._state.adding else ((run, ("status", "started_at", "step")),)
     # Results for tool calls the client was handed go first, as the Messages API wants (client_calls.py).
-    content = [*([] if session_is_new else client_results_take_locked(session, run)), *run.input]
+    content = [*([] if session_is_new else client_results_take_locked(session, run, waiting_calls)), *run.input]
     # A new run is written with its message, and a new session not written yet with both (one round trip on
     # the way to the first token).
     new_rows = tuple(row for row in (session, run) if row._state.adding)
@@ -205,15 +259,19 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     room = ()
     if room_counted_with_writes:
         # (Counted at the commit, the room is also looked at here without the lock: a tenant that its
-        # committed runs already show at its cap is refused before anything reaches Redis, as with the lock.)
-        room = tenant_room_statements(session.tenant_id, lock=not room_counted_at_commit)
+        # committed runs already show at its cap is refused before anything reaches Redis, as with the lock.
+        # That look counts the tenant's queued runs too: while runs wait for room, a slot that frees is
+        # theirs (a run's end starts the oldest), and a start racing them for it would mostly be refused at
+        # the commit, after sending a step 0 that finds no run.)
+        room = tenant_room_statements(session.tenant_id, lock=not room_counted_at_commit,
+                                      queued=room_counted_at_commit)
         if room_counted_at_commit:
             tenant_room_check_at_commit(session.tenant_id)
     _, rows = transcript_append_reading(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
-                                        also=(*start_lock, *room))
+                                        updated_rows=updated_rows, also=(*start_lock, *room))
     # (The tenant's row is locked after the writes, which take no lock on it: their foreign keys are
     # checked, with a share lock, only at commit, by which time this transaction holds the row itself.)
-    if room and _tenant_room_of(rows[-2:]) < 0:
+    if room and _tenant_room_of(rows[-2:]) - (tenant_waiting_of(rows[-2:]) if room_counted_at_commit else 0) < 0:
         raise TenantAtCap()
     if session_is_new:
         run_started_send_before_commit(run, tenant_slug=session.tenant.slug)
@@ -301,29 +359,38 @@ def _run_started_payload(run_id, session_id) -> dict:
     return {"run_id": str(run_id), "session_id": str(session_id)}
 
 
-def tenant_fill_slots(*, tenant_id) -> int:
-    """Start queued runs of other sessions of the tenant while it has room (after a run ended)."""
-    started = 0
-    active_sessions = Run.objects.filter(tenant_id=tenant_id, status__in=Run.ACTIVE_STATUSES).values("session_id")
-    candidates = (
-        Run.objects.filter(tenant_id=tenant_id, status=Run.Status.QUEUED)
-        .exclude(session_id__in=active_sessions)
-        .order_by("created_at")
-        .values_list("session_id", flat=True)
+def _waiting_sessions_sql() -> str:
+    # The statuses are written into the statement, as in tenant_room_statements: the index of unfinished runs.
+    table = Run._meta.db_table
+    return (
+        f'SELECT r.session_id FROM "{table}" r WHERE r.tenant_id = %s AND r.status = \'{Run.Status.QUEUED}\' '
+        f'AND r.session_id NOT IN (SELECT a.session_id FROM "{table}" a WHERE a.tenant_id = %s AND a.status IN ({_ACTIVE_SQL})) '
+        f'GROUP BY r.session_id ORDER BY min(r.created_at) LIMIT {WAITING_SESSIONS_LOOKED_AT}'
     )
-    seen = set()
-    for session_id in candidates[:200]:
-        if session_id in seen:
-            continue
-        seen.add(session_id)
-        if session_advance(session_id=session_id) is None:
-            # No room left (or the session got busy meanwhile): the next run end tries again.
-            with transaction.atomic():
-                if not tenant_has_capacity_locked(tenant_id):
-                    capacity_wait_note(tenant_id)  # runs still wait
-                    break
-            continue
-        started += 1
+
+
+# How many sessions waiting for room one run's end looks at. Each run's end starts what its own slot allows;
+# sessions skipped because they got busy meanwhile are rare.
+WAITING_SESSIONS_LOOKED_AT = 50
+
+
+def tenant_fill_slots(*, tenant_id) -> int:
+    """Start queued runs of other sessions of the tenant while it has room (after a run ended), oldest first.
+
+    While runs wait, every run's end of the tenant comes here, so what finds no room must cost little: the
+    room (a first look, without the tenant's lock) and the sessions waiting longest are read in one round trip,
+    and nothing is locked when there is no room. Each start then locks its session and the tenant and counts
+    again, in one round trip (_session_advance_with_room)."""
+    first_look = select_together(
+        *tenant_room_statements(tenant_id, lock=False), (_waiting_sessions_sql(), [tenant_id, tenant_id])
+    )
+    room, waiting = _tenant_room_of(first_look[:2]), first_look[2]
+    started = 0
+    for (session_id,) in waiting:
+        if room <= 0:
+            break  # (the runs still waiting keep the hint this run's end found set)
+        run, room = _session_advance_with_room(tenant_id, session_id)
+        started += run is not None
     return started
 
 
@@ -404,7 +471,7 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
         session.status = AgentSession.Status.CLOSED
         updates.append((session, ("status", "updated_at")))
     # The run's end, the session's, and what the session has waiting: one round trip.
-    [pending_rows] = rows_write(updates=updates, reads=[_pending_statement(session)])
+    [pending_rows] = rows_write(updates=updates, reads=[_pending_statement(session.pk)])
     session_advance_locked(session, pending_rows)
 
 

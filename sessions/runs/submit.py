@@ -1,5 +1,8 @@
 """Submitting a user turn: the run that will answer it, under the session's queue mode."""
 
+import time
+from functools import partial
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -16,7 +19,9 @@ from sessions.runs.lifecycle import (
     run_start_locked,
     runs_started_announce_on_commit,
     session_advance_locked,
+    tenant_fill_slots,
     tenant_has_capacity_locked,
+    tenant_room_and_waiting_locked,
     tenant_room_locked,
 )
 from tenants.models import Agent, Tenant
@@ -97,10 +102,11 @@ def run_submit(
             trigger=trigger,
             params={**(params or {}), "queue_mode": mode},
         )
-        if session_is_new and not room_counted_first:
-            run_start_locked(locked, run, session_is_new=True, room_counted_with_writes=True,
-                             room_counted_at_commit=room_counted_at_commit)
-            return run
+        if session_is_new:
+            if not room_counted_first:
+                return run_start_locked(locked, run, session_is_new=True, room_counted_with_writes=True,
+                                        room_counted_at_commit=room_counted_at_commit)
+            return _new_session_run_start_or_queue_locked(locked, run)
         if active is None and not queued and tenant_has_capacity_locked(locked.tenant_id):
             run_start_locked(locked, run, session_is_new=session_is_new)  # the common case: straight to running
             return run
@@ -112,6 +118,45 @@ def run_submit(
             if started is not None and started.pk == run.pk:
                 return started
     return run
+
+
+def _new_session_run_start_or_queue_locked(session: AgentSession, run: Run) -> Run:
+    """The run of a new session (run_submit's `session_is_new`) that was refused room at its first try
+    (`room_counted_first`): the tenant's runs counted again, under its lock, start it now if the tenant has
+    room and no run waits for it; else it waits, queued, written with its session in one round trip.
+    Waiting runs come first: where the tenant has room and yet runs wait (a slot that just freed, before the
+    run's end that freed it started them; a cap raised meanwhile), this run queues behind them, and the
+    oldest start once it is written."""
+    room, waiting = tenant_room_and_waiting_locked(session.tenant_id)
+    if room > 0 and not waiting:
+        return run_start_locked(session, run, session_is_new=True)
+    rows_insert(*(([session], [run]) if session._state.adding else ([run],)))
+    capacity_wait_note(session.tenant_id)
+    if room > 0:
+        transaction.on_commit(partial(tenant_fill_slots, tenant_id=session.tenant_id))
+    return run
+
+
+# When this process last saw each tenant at its max_concurrent_runs (time.monotonic()). While a tenant's runs
+# wait for room, a new session's run that first tries to start at once (counting the room with its writes and
+# in its commit) is refused and written again, queued: a second transaction, and a rollback, which also makes
+# the connection prepare its statements again. A run submitted within TENANT_AT_CAP_MEMORY_SECONDS of the
+# last run that had to wait goes the queuing way first, which still starts it at once when the tenant has
+# room then. (Not forgotten at such a start: at its cap, a tenant has room only for a moment now and then.)
+# Memory of one process only: nothing to share, and one entry per tenant.
+TENANT_AT_CAP_MEMORY_SECONDS = 1.0
+_tenants_at_cap: dict[int, float] = {}
+
+
+def tenant_recently_at_cap(tenant_id) -> bool:
+    """Whether a run of the tenant submitted here lately had to wait for room (tenant_at_cap_note)."""
+    seen = _tenants_at_cap.get(tenant_id)
+    return seen is not None and time.monotonic() - seen < TENANT_AT_CAP_MEMORY_SECONDS
+
+
+def tenant_at_cap_note(tenant_id) -> None:
+    """Remember that a run just submitted for the tenant waits for room."""
+    _tenants_at_cap[tenant_id] = time.monotonic()
 
 
 def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[dict]]], trigger: str) -> list[Run]:

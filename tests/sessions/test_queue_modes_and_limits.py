@@ -151,6 +151,39 @@ def test_openai_requests_over_the_cap_wait_their_turn_and_answer(api, live, tena
         assert transcript(run.session_id) == expected
 
 
+def test_a_run_waiting_for_room_is_not_overtaken_by_a_newer_request(api, live, tenant):
+    # While runs wait for room, room that appears is theirs, oldest first. Here the cap is raised while one
+    # waits (no run's end comes to start it): a request arriving then queues behind it, the waiting run
+    # starts at once, and the newer one when a slot frees again. (The newer request once started at once
+    # and the waiting run kept waiting.)
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=1)
+    busy = send(api, new_session(api), "holding the slot [[deltas=300]] [[delay_ms=100]]")
+    wait_status(busy["id"], "running")
+    answers = {}
+
+    def ask(name):
+        answers[name] = httpx.post(f"{live}/v1/chat/completions", headers=tenant.headers, timeout=60,
+                                   json={"model": "assistant", "messages": [{"role": "user", "content": name}]})
+
+    waiting = threading.Thread(target=ask, args=("waiting",))
+    waiting.start()
+    wait_until(lambda: Run.objects.filter(tenant=tenant.tenant, status=Run.Status.QUEUED).exists(), timeout=30,
+               message="the request over the cap to wait queued")
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=2)
+    newer = threading.Thread(target=ask, args=("newer",))
+    newer.start()
+    for thread in (waiting, newer):
+        thread.join()
+    assert Run.objects.get(pk=busy["id"]).status == Run.Status.RUNNING, "all this while the slot stayed busy"
+    assert api.post(f"/runs/{busy['id']}/abort/").status_code == 200  # (not needed any longer)
+    assert [answers[name].status_code for name in ("waiting", "newer")] == [200, 200]
+    first, second = (Run.objects.get(pk=answers[name].headers["x-run-id"]) for name in ("waiting", "newer"))
+    assert first.created_at < second.created_at
+    assert first.started_at < second.started_at, "the run that waited started first"
+    assert second.started_at >= first.finished_at, "the newer one waited for the slot the first one freed"
+    wait_status(busy["id"], "aborted")
+
+
 def test_max_concurrent_runs_holds_when_many_start_at_the_same_moment(api, tenant):
     # A hostile client sending many requests at once must not get past the cap: each start counts the
     # runs of the starts that held the tenant's row before it (the count once read a snapshot taken before
