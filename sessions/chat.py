@@ -42,7 +42,6 @@ from sessions.runs import (
     response_format_parse,
     run_submit,
     tenant_at_cap_from_commit,
-    tenant_at_cap_note,
     tenant_recently_at_cap,
     transcript_seed,
     transcript_seed_if_empty,
@@ -458,13 +457,13 @@ def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> ChatStarted:
         if request.session_name:
             key_prefix = session_key_normalize(agent=agent, key=request.session_name) + ":stateless"
         try:
+            # (A tenant this process just saw at its cap goes the second way at once: submit.py.)
             run = _ephemeral_submit(tenant, agent, request, key_prefix=key_prefix,
                                     room_counted_first=tenant_recently_at_cap(tenant.pk))
         except TenantAtCap:
-            # The tenant is at its max_concurrent_runs: submitted again, the run waits queued for a slot.
+            # The tenant is at its max_concurrent_runs, or runs wait for its room: submitted again, the run is
+            # counted under the tenant's lock and starts, or waits queued for a slot.
             run = _ephemeral_submit(tenant, agent, request, key_prefix=key_prefix, room_counted_first=True)
-        if run.status == Run.Status.QUEUED:
-            tenant_at_cap_note(tenant.pk)
     return ChatStarted(run=run, completion_id=_completion_id(), created=int(time.time()), history=history)
 
 

@@ -24,6 +24,7 @@ from sessions.runs.kernel import run_lock, session_lock
 from sessions.runs.lifecycle import (
     TenantAtCap,
     tenant_at_cap_from_commit,
+    tenant_room_and_waiting_locked,
     tenant_room_check_at_commit,
     tenant_room_locked,
     tenant_room_statements,
@@ -309,6 +310,26 @@ def test_the_tenant_s_room_counted_at_commit_refuses_a_run_over_the_cap_and_keep
     assert Run.objects.filter(tenant=bundle.tenant).count() == 1, "the refused run was rolled back"
     Run.objects.filter(pk=first.pk).update(status=Run.Status.SUCCEEDED)
     assert Run.objects.filter(pk=start().pk, status=Run.Status.RUNNING).exists()
+
+
+def test_runs_waiting_for_room_are_those_queued_in_sessions_with_no_active_run(make_tenant):
+    """A run queued behind its own session's active run waits for that run, not for the tenant's room: a new
+    request is not sent the queuing way because of it."""
+    bundle = make_tenant()
+    Tenant.objects.filter(pk=bundle.tenant.pk).update(max_concurrent_runs=5)
+
+    def run_in(session, status):
+        return Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.OPENAI, status=status,
+                                  input=[{"type": "text", "text": "hi"}])
+
+    busy, idle = (AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}")
+                  for _ in range(2))
+    run_in(busy, Run.Status.RUNNING)
+    run_in(busy, Run.Status.QUEUED)  # (a follow-up)
+    run_in(idle, Run.Status.QUEUED)
+    run_in(idle, Run.Status.SUCCEEDED)
+    with transaction.atomic():
+        assert tenant_room_and_waiting_locked(bundle.tenant.pk) == (4, 1)
 
 
 def test_the_index_of_unfinished_runs_and_the_commit_s_count_name_the_model_s_statuses(db):

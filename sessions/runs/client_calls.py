@@ -48,8 +48,7 @@ def _waiting(session: AgentSession) -> list[ToolCall]:
 
 @cache
 def _waiting_sql() -> tuple[Columns, str]:
-    # _waiting written out, to send with other statements. The status is written into the statement: the
-    # index of waiting calls (ToolCall.Meta) is then usable by a prepared statement's generic plan.
+    # _waiting written out, to send with other statements (the same rows, lock and order).
     call = Columns(ToolCall, "c")
     return call, (
         f'SELECT {call.sql} FROM "{ToolCall._meta.db_table}" c JOIN "{Run._meta.db_table}" r ON r.id = c.run_id '

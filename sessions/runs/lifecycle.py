@@ -7,7 +7,7 @@ more than `max_concurrent_runs` active (counted under the tenant row lock, taken
 
 import logging
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, partial
 
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
@@ -84,18 +84,23 @@ def tenant_room_statements(tenant_id, *, lock: bool = True,
     # generic plan cannot know that a parameter's statuses fall under an index's condition), whose size is
     # what runs now rather than every run the tenant ever had.
     # Without `lock`, only a first look: what has committed may already show the tenant over its cap.
-    # `queued`: the queued runs are counted too, apart (tenant_waiting_of).
+    # `queued`: the runs that wait for room are counted too, apart (tenant_waiting_of): queued runs of sessions
+    # with no active run (a run queued behind its own session's active run waits for that one, not for room).
     table = Run._meta.db_table
     if queued:
         queued_sql = f"'{Run.Status.QUEUED}'"
-        count = (f"SELECT count(*) FILTER (WHERE status <> {queued_sql}), count(*) FILTER (WHERE status = {queued_sql}) "
-                 f"FROM {table} WHERE tenant_id = %s AND status IN ({queued_sql}, {_ACTIVE_SQL})")
+        count = (f"SELECT count(*) FILTER (WHERE r.status <> {queued_sql}), "
+                 f"count(*) FILTER (WHERE r.status = {queued_sql} AND r.session_id NOT IN ("
+                 f"SELECT a.session_id FROM {table} a WHERE a.tenant_id = %s AND a.status IN ({_ACTIVE_SQL}))) "
+                 f"FROM {table} r WHERE r.tenant_id = %s AND r.status IN ({queued_sql}, {_ACTIVE_SQL})")
+        count_params = [tenant_id, tenant_id]
     else:
         count = f"SELECT count(*) FROM {table} WHERE tenant_id = %s AND status IN ({_ACTIVE_SQL})"
+        count_params = [tenant_id]
     return (
         (f"SELECT max_concurrent_runs FROM {Tenant._meta.db_table} WHERE id = %s{' FOR NO KEY UPDATE' if lock else ''}",
          [tenant_id]),
-        (count, [tenant_id]),
+        (count, count_params),
     )
 
 
@@ -106,21 +111,22 @@ def _tenant_room_of(rows: list[list[tuple]]) -> int:
 
 
 def tenant_waiting_of(rows: list[list[tuple]]) -> int:
-    """How many runs of the tenant are queued, by tenant_room_statements(queued=True)'s rows."""
+    """How many runs of the tenant wait for room, by tenant_room_statements(queued=True)'s rows."""
     return rows[1][0][1]
 
 
 def tenant_room_and_waiting_locked(tenant_id) -> tuple[int, int]:
-    """The tenant's room (tenant_room_locked) and how many of its runs are queued."""
+    """The tenant's room (tenant_room_locked) and how many of its runs wait for room."""
     rows = select_together(*tenant_room_statements(tenant_id, queued=True))
     return _tenant_room_of(rows), tenant_waiting_of(rows)
 
 
 class TenantAtCap(Exception):
     """A run that counted its tenant's room with its own writes or its commit (run_start_locked's
-    `room_counted_with_writes`, `room_counted_at_commit`) found the tenant at its max_concurrent_runs: its
-    transaction (or the savepoint it runs in) must roll back, and the run be submitted again, which leaves
-    it queued (run_submit's `room_counted_first`)."""
+    `room_counted_with_writes`, `room_counted_at_commit`) found the tenant at its max_concurrent_runs, or runs
+    of it waiting for room: its transaction (or the savepoint it runs in) must roll back, and the run be
+    submitted again with run_submit's `room_counted_first`, which counts under the tenant's lock and starts
+    or queues it."""
 
 
 # The SQLSTATE beamclaw_tenant_room_check raises (migration agent_sessions 0007), and Postgres's for a
@@ -213,9 +219,10 @@ def session_advance(*, session_id) -> Run | None:
 
 
 def _session_advance_with_room(tenant_id, session_id) -> tuple[Run | None, int]:
-    """session_advance for a session of the tenant that waited for room: the session's lock, its runs and the
-    tenant's room (under the tenant's lock) read in one round trip. Returns the run started, or None (the
-    session got a run going meanwhile, or the tenant has no room), and the room left."""
+    """session_advance for a session of the tenant that waited for room: the session's lock, its runs, its
+    calls waiting for the client and the tenant's room (under the tenant's lock) read in one round trip.
+    Returns the run started, or None (the session got a run going meanwhile, has none queued any longer or
+    is gone, or the tenant has no room), and the room left."""
     with transaction.atomic():
         session_rows, pending_rows, waiting_calls_rows, *room_rows = select_together(
             session_lock_statement(session_id), _pending_statement(session_id),
@@ -260,19 +267,23 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     if room_counted_with_writes:
         # (Counted at the commit, the room is also looked at here without the lock: a tenant that its
         # committed runs already show at its cap is refused before anything reaches Redis, as with the lock.
-        # That look counts the tenant's queued runs too: while runs wait for room, a slot that frees is
-        # theirs (a run's end starts the oldest), and a start racing them for it would mostly be refused at
-        # the commit, after sending a step 0 that finds no run.)
-        room = tenant_room_statements(session.tenant_id, lock=not room_counted_at_commit,
-                                      queued=room_counted_at_commit)
+        # Runs waiting for room count as taking it: a slot that frees is theirs (a run's end starts the
+        # oldest), and a start racing them for it would mostly be refused at the commit, after sending a
+        # step 0 that finds no run.)
+        room = tenant_room_statements(session.tenant_id, lock=not room_counted_at_commit, queued=True)
         if room_counted_at_commit:
             tenant_room_check_at_commit(session.tenant_id)
     _, rows = transcript_append_reading(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
                                         updated_rows=updated_rows, also=(*start_lock, *room))
     # (The tenant's row is locked after the writes, which take no lock on it: their foreign keys are
     # checked, with a share lock, only at commit, by which time this transaction holds the row itself.)
-    if room and _tenant_room_of(rows[-2:]) - (tenant_waiting_of(rows[-2:]) if room_counted_at_commit else 0) < 0:
-        raise TenantAtCap()
+    if room:
+        waiting = tenant_waiting_of(rows[-2:])
+        if _tenant_room_of(rows[-2:]) - waiting < 0:
+            raise TenantAtCap()
+        if waiting:
+            # Room for them as well (a cap raised meanwhile): they need not wait for a run's end.
+            transaction.on_commit(partial(tenant_fill_slots, tenant_id=session.tenant_id), robust=True)
     if session_is_new:
         run_started_send_before_commit(run, tenant_slug=session.tenant.slug)
     else:
@@ -369,29 +380,35 @@ def _waiting_sessions_sql() -> str:
     )
 
 
-# How many sessions waiting for room one run's end looks at. Each run's end starts what its own slot allows;
-# sessions skipped because they got busy meanwhile are rare.
+# How many sessions waiting for room one look reads; a start that finds more room looks again.
 WAITING_SESSIONS_LOOKED_AT = 50
 
 
 def tenant_fill_slots(*, tenant_id) -> int:
-    """Start queued runs of other sessions of the tenant while it has room (after a run ended), oldest first.
+    """Start queued runs of other sessions of the tenant while it has room, oldest first: after a run's end
+    that found runs waiting (the capacity hint), or where a run's start found room for runs that wait.
 
     While runs wait, every run's end of the tenant comes here, so what finds no room must cost little: the
     room (a first look, without the tenant's lock) and the sessions waiting longest are read in one round trip,
     and nothing is locked when there is no room. Each start then locks its session and the tenant and counts
     again, in one round trip (_session_advance_with_room)."""
-    first_look = select_together(
-        *tenant_room_statements(tenant_id, lock=False), (_waiting_sessions_sql(), [tenant_id, tenant_id])
-    )
-    room, waiting = _tenant_room_of(first_look[:2]), first_look[2]
     started = 0
-    for (session_id,) in waiting:
-        if room <= 0:
-            break  # (the runs still waiting keep the hint this run's end found set)
-        run, room = _session_advance_with_room(tenant_id, session_id)
-        started += run is not None
-    return started
+    while True:
+        first_look = select_together(
+            *tenant_room_statements(tenant_id, lock=False), (_waiting_sessions_sql(), [tenant_id, tenant_id])
+        )
+        room, waiting = _tenant_room_of(first_look[:2]), first_look[2]
+        started_before = started
+        for (session_id,) in waiting:
+            if room <= 0:
+                # Runs still wait: the hint that brings the next run's end here lives on (it expires).
+                capacity_wait_note(tenant_id)
+                return started
+            run, room = _session_advance_with_room(tenant_id, session_id)
+            started += run is not None
+        # Another look only if this one was full and started something (sessions found busy stay listed).
+        if room <= 0 or len(waiting) < WAITING_SESSIONS_LOOKED_AT or started == started_before:
+            return started
 
 
 def steering_take_locked(session: AgentSession, run: Run) -> list[dict]:

@@ -7,7 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from beamclaw_project.errors import Conflict
-from beamclaw_project.infra.rows import row_insert, rows_insert
+from beamclaw_project.infra.rows import rows_insert
 from sessions.models import AgentSession, Message, Run
 from sessions.runs.budget import check_token_budget
 from sessions.runs.client_calls import client_results_check_locked
@@ -56,8 +56,9 @@ def run_submit(
     yet: it needs no lock and has no runs and no calls waiting for results (three queries saved). Such a
     session may not be written yet (`_state.adding`): it is written with the run. Its run is started at once,
     the tenant's room counted in the round trip of the run's writes (one less on the way to the first
-    token); where the tenant is at its cap that raises TenantAtCap, and the caller rolls its transaction
-    (or savepoint) back and submits again with `room_counted_first`, which leaves the run queued. With
+    token); where the tenant is at its cap, or runs of it wait for room, that raises TenantAtCap, and the
+    caller rolls its transaction (or savepoint) back and submits again with `room_counted_first`, which
+    counts under the tenant's lock first and starts the run or queues it (_new_session_run_start_or_queue_locked). With
     `room_counted_at_commit` (the caller's transaction is its own, committed right after this: no savepoint
     around it), the room is counted in the commit instead, and the caller's tenant_at_cap_from_commit raises
     TenantAtCap after the rollback.
@@ -108,10 +109,8 @@ def run_submit(
                                         room_counted_at_commit=room_counted_at_commit)
             return _new_session_run_start_or_queue_locked(locked, run)
         if active is None and not queued and tenant_has_capacity_locked(locked.tenant_id):
-            run_start_locked(locked, run, session_is_new=session_is_new)  # the common case: straight to running
+            run_start_locked(locked, run)  # the common case: straight to running
             return run
-        if locked._state.adding:
-            row_insert(locked)
         run.save()
         if active is None:
             started = session_advance_locked(locked)
@@ -132,8 +131,11 @@ def _new_session_run_start_or_queue_locked(session: AgentSession, run: Run) -> R
         return run_start_locked(session, run, session_is_new=True)
     rows_insert(*(([session], [run]) if session._state.adding else ([run],)))
     capacity_wait_note(session.tenant_id)
-    if room > 0:
-        transaction.on_commit(partial(tenant_fill_slots, tenant_id=session.tenant_id))
+    if room <= 0:
+        tenant_at_cap_note(session.tenant_id)
+    else:
+        # (Robust: a failure here is logged, and the request that queued its run goes on to wait for it.)
+        transaction.on_commit(partial(tenant_fill_slots, tenant_id=session.tenant_id), robust=True)
     return run
 
 
@@ -141,21 +143,22 @@ def _new_session_run_start_or_queue_locked(session: AgentSession, run: Run) -> R
 # wait for room, a new session's run that first tries to start at once (counting the room with its writes and
 # in its commit) is refused and written again, queued: a second transaction, and a rollback, which also makes
 # the connection prepare its statements again. A run submitted within TENANT_AT_CAP_MEMORY_SECONDS of the
-# last run that had to wait goes the queuing way first, which still starts it at once when the tenant has
-# room then. (Not forgotten at such a start: at its cap, a tenant has room only for a moment now and then.)
+# last count under the tenant's lock that found no room goes the queuing way first, which still starts it at
+# once when the tenant has room then. (Not forgotten at such a start: at its cap, a tenant has room only for a
+# moment now and then.)
 # Memory of one process only: nothing to share, and one entry per tenant.
 TENANT_AT_CAP_MEMORY_SECONDS = 1.0
 _tenants_at_cap: dict[int, float] = {}
 
 
 def tenant_recently_at_cap(tenant_id) -> bool:
-    """Whether a run of the tenant submitted here lately had to wait for room (tenant_at_cap_note)."""
+    """Whether a run of the tenant submitted here lately found it without room (tenant_at_cap_note)."""
     seen = _tenants_at_cap.get(tenant_id)
     return seen is not None and time.monotonic() - seen < TENANT_AT_CAP_MEMORY_SECONDS
 
 
 def tenant_at_cap_note(tenant_id) -> None:
-    """Remember that a run just submitted for the tenant waits for room."""
+    """Remember that the tenant had no room for a run just submitted here."""
     _tenants_at_cap[tenant_id] = time.monotonic()
 
 

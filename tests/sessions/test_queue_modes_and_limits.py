@@ -157,25 +157,30 @@ def test_a_run_waiting_for_room_is_not_overtaken_by_a_newer_request(api, live, t
     # starts at once, and the newer one when a slot frees again. (The newer request once started at once
     # and the waiting run kept waiting.)
     Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=1)
-    busy = send(api, new_session(api), "holding the slot [[deltas=300]] [[delay_ms=100]]")
-    wait_status(busy["id"], "running")
+    # (Aborted at the end: it only has to outlast the rest.)
+    busy = send(api, new_session(api), "holding the slot [[deltas=3000]] [[delay_ms=100]]")
     answers = {}
 
     def ask(name):
         answers[name] = httpx.post(f"{live}/v1/chat/completions", headers=tenant.headers, timeout=60,
                                    json={"model": "assistant", "messages": [{"role": "user", "content": name}]})
 
-    waiting = threading.Thread(target=ask, args=("waiting",))
-    waiting.start()
-    wait_until(lambda: Run.objects.filter(tenant=tenant.tenant, status=Run.Status.QUEUED).exists(), timeout=30,
-               message="the request over the cap to wait queued")
-    Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=2)
-    newer = threading.Thread(target=ask, args=("newer",))
-    newer.start()
-    for thread in (waiting, newer):
-        thread.join()
-    assert Run.objects.get(pk=busy["id"]).status == Run.Status.RUNNING, "all this while the slot stayed busy"
-    assert api.post(f"/runs/{busy['id']}/abort/").status_code == 200  # (not needed any longer)
+    threads = [threading.Thread(target=ask, args=(name,)) for name in ("waiting", "newer")]
+    try:
+        wait_status(busy["id"], "running")
+        threads[0].start()
+        wait_until(lambda: Run.objects.filter(tenant=tenant.tenant, status=Run.Status.QUEUED).exists(), timeout=30,
+                   message="the request over the cap to wait queued")
+        Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=2)
+        threads[1].start()
+        for thread in threads:
+            thread.join()
+        assert Run.objects.get(pk=busy["id"]).status == Run.Status.RUNNING, "all this while the slot stayed busy"
+    finally:
+        assert api.post(f"/runs/{busy['id']}/abort/").status_code == 200
+        for thread in threads:
+            if thread.is_alive():
+                thread.join()
     assert [answers[name].status_code for name in ("waiting", "newer")] == [200, 200]
     first, second = (Run.objects.get(pk=answers[name].headers["x-run-id"]) for name in ("waiting", "newer"))
     assert first.created_at < second.created_at
