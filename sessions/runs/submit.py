@@ -131,9 +131,8 @@ def _new_session_run_start_or_queue_locked(session: AgentSession, run: Run) -> R
         return run_start_locked(session, run, session_is_new=True)
     rows_insert(*(([session], [run]) if session._state.adding else ([run],)))
     capacity_wait_note(session.tenant_id)
-    if room <= 0:
-        tenant_at_cap_note(session.tenant_id)
-    else:
+    tenant_at_cap_note(session.tenant_id)
+    if room > 0:
         # (Robust: a failure here is logged, and the request that queued its run goes on to wait for it.)
         transaction.on_commit(partial(tenant_fill_slots, tenant_id=session.tenant_id), robust=True)
     return run
@@ -143,22 +142,22 @@ def _new_session_run_start_or_queue_locked(session: AgentSession, run: Run) -> R
 # wait for room, a new session's run that first tries to start at once (counting the room with its writes and
 # in its commit) is refused and written again, queued: a second transaction, and a rollback, which also makes
 # the connection prepare its statements again. A run submitted within TENANT_AT_CAP_MEMORY_SECONDS of the
-# last count under the tenant's lock that found no room goes the queuing way first, which still starts it at
-# once when the tenant has room then. (Not forgotten at such a start: at its cap, a tenant has room only for a
-# moment now and then.)
+# last one that the count under the tenant's lock queued (no room, or runs waiting for it) goes the queuing
+# way first, which still starts it at once when the tenant has room and nobody waits. (Not forgotten at such
+# a start: at its cap, a tenant has room only for a moment now and then.)
 # Memory of one process only: nothing to share, and one entry per tenant.
 TENANT_AT_CAP_MEMORY_SECONDS = 1.0
 _tenants_at_cap: dict[int, float] = {}
 
 
 def tenant_recently_at_cap(tenant_id) -> bool:
-    """Whether a run of the tenant submitted here lately found it without room (tenant_at_cap_note)."""
+    """Whether a run of the tenant submitted here lately had to wait for room (tenant_at_cap_note)."""
     seen = _tenants_at_cap.get(tenant_id)
     return seen is not None and time.monotonic() - seen < TENANT_AT_CAP_MEMORY_SECONDS
 
 
 def tenant_at_cap_note(tenant_id) -> None:
-    """Remember that the tenant had no room for a run just submitted here."""
+    """Remember that a run just submitted here for the tenant waits for room."""
     _tenants_at_cap[tenant_id] = time.monotonic()
 
 
