@@ -51,7 +51,10 @@ def test_web_and_worker_write_json_lines_with_the_ids_of_a_run(fleet, service_en
         ids = {"tenant": tenant.tenant.slug, "session": str(run.session_id), "run": str(run.pk)}
         web_lines = json_lines(web.log_path)
         assert any(line["message"] == "run started (openai)" and line.items() >= ids.items() for line in web_lines)
-        assert any(line["logger"] == "daphne.access" and "POST /v1/chat/completions" in line["message"] for line in web_lines)
+        # Daphne logs a request once its reply has gone out, which the client may see first.
+        wait_until(lambda: any(line["logger"] == "daphne.access" and "POST /v1/chat/completions" in line["message"]
+                               for line in json_lines(web.log_path)),
+                   timeout=10, message="Daphne's access line for the request")
         # The run's end is logged before it is announced, so the line is there once the reply is.
         worker_lines = json_lines(worker.log_path)
         assert any(line["message"] == "run succeeded" and line.items() >= ids.items() for line in worker_lines)
