@@ -18,7 +18,7 @@ from functools import cache
 from django.utils import timezone
 
 from beamclaw_project.errors import Conflict, InvalidInput
-from beamclaw_project.infra.rows import Columns
+from beamclaw_project.infra.rows import Columns, select_all
 from sessions.models import AgentSession, Run, ToolCall
 from sessions.runs.tool_calls import result_blocks
 from tools.base import error_result
@@ -42,13 +42,12 @@ def client_calls_of(run: Run, step: int) -> list[dict]:
 
 
 def _waiting(session: AgentSession) -> list[ToolCall]:
-    return list(ToolCall.objects.select_for_update(no_key=True, of=("self",))
-                .filter(run__session=session, status=ToolCall.Status.AWAITING_CLIENT).order_by("id"))
+    return client_calls_waiting_of(select_all(*client_calls_waiting_statement(session.pk)))
 
 
 @cache
 def _waiting_sql() -> tuple[Columns, str]:
-    # _waiting written out, to send with other statements (the same rows, lock and order).
+    # Written out, so that it can also be sent with other statements (a run's start after a wait for room).
     call = Columns(ToolCall, "c")
     return call, (
         f'SELECT {call.sql} FROM "{ToolCall._meta.db_table}" c JOIN "{Run._meta.db_table}" r ON r.id = c.run_id '

@@ -283,7 +283,7 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
             raise TenantAtCap()
         if waiting:
             # Room for them as well (a cap raised meanwhile): they need not wait for a run's end.
-            transaction.on_commit(partial(tenant_fill_slots, tenant_id=session.tenant_id), robust=True)
+            tenant_fill_slots_on_commit(session.tenant_id)
     if session_is_new:
         run_started_send_before_commit(run, tenant_slug=session.tenant.slug)
     else:
@@ -370,6 +370,7 @@ def _run_started_payload(run_id, session_id) -> dict:
     return {"run_id": str(run_id), "session_id": str(session_id)}
 
 
+@cache
 def _waiting_sessions_sql() -> str:
     # The statuses are written into the statement, as in tenant_room_statements: the index of unfinished runs.
     table = Run._meta.db_table
@@ -409,6 +410,12 @@ def tenant_fill_slots(*, tenant_id) -> int:
         # Another look only if this one was full and started something (sessions found busy stay listed).
         if room <= 0 or len(waiting) < WAITING_SESSIONS_LOOKED_AT or started == started_before:
             return started
+
+
+def tenant_fill_slots_on_commit(tenant_id) -> None:
+    """tenant_fill_slots once the caller's transaction commits. Robust: a failure there is logged, and the
+    request whose transaction it is goes on (its own run is written by then)."""
+    transaction.on_commit(partial(tenant_fill_slots, tenant_id=tenant_id), robust=True)
 
 
 def steering_take_locked(session: AgentSession, run: Run) -> list[dict]:

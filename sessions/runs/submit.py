@@ -1,7 +1,6 @@
 """Submitting a user turn: the run that will answer it, under the session's queue mode."""
 
 import time
-from functools import partial
 
 from django.db import transaction
 from django.utils import timezone
@@ -19,7 +18,7 @@ from sessions.runs.lifecycle import (
     run_start_locked,
     runs_started_announce_on_commit,
     session_advance_locked,
-    tenant_fill_slots,
+    tenant_fill_slots_on_commit,
     tenant_has_capacity_locked,
     tenant_room_and_waiting_locked,
     tenant_room_locked,
@@ -133,8 +132,7 @@ def _new_session_run_start_or_queue_locked(session: AgentSession, run: Run) -> R
     capacity_wait_note(session.tenant_id)
     tenant_at_cap_note(session.tenant_id)
     if room > 0:
-        # (Robust: a failure here is logged, and the request that queued its run goes on to wait for it.)
-        transaction.on_commit(partial(tenant_fill_slots, tenant_id=session.tenant_id), robust=True)
+        tenant_fill_slots_on_commit(session.tenant_id)
     return run
 
 
