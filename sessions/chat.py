@@ -38,6 +38,7 @@ from sessions.providers.base import SAMPLING_PARAMS
 from sessions.providers.chain import chain_providers
 from sessions.providers.registry import provider_sampling
 from sessions.runs import (
+    UNSTREAMED_PARAM,
     TenantAtCap,
     response_format_parse,
     run_submit,
@@ -523,11 +524,14 @@ def _ephemeral_submit(tenant: Tenant, agent: Agent, request: ChatRequest, *, key
 def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict], tool_results=None,
             session_is_new: bool = False, room_counted_first: bool = False,
             room_counted_at_commit: bool = False) -> Run:
+    # A reply that is not streamed is read whole at the run's end: its deltas may travel in fewer, larger
+    # pieces meanwhile (delta_window.py).
+    params = request.params if request.stream else {**request.params, UNSTREAMED_PARAM: True}
     return run_submit(
         session=session,
         content=content,
         trigger=Run.Trigger.OPENAI,
-        params=request.params,
+        params=params,
         mode=request.queue_mode,
         tool_results=tool_results or None,
         session_is_new=session_is_new,

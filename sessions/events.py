@@ -52,7 +52,7 @@ if seq == 1 and ARGV[5] ~= '0' then
 end
 redis.call('XADD', KEYS[1], string.format('0-%d', seq), 'e', ARGV[1], 'd', ARGV[2])
 local message = string.format('%d', seq) .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2]
-redis.call('PUBLISH', KEYS[1], message)
+local readers = redis.call('PUBLISH', KEYS[1], message)
 if ARGV[4] == '1' then
   -- The terminal event, also for readers waiting only for the end (ending_channel).
   redis.call('PUBLISH', KEYS[1] .. ':end', message)
@@ -60,6 +60,10 @@ end
 if seq == 1 or ARGV[4] == '1' then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+if ARGV[6] == '1' then
+  -- How many processes follow the stream (publish_delta).
+  return readers
 end
 return seq
 """
@@ -92,6 +96,13 @@ def publish(run_id, event: str, payload: dict) -> int:
     """Append an event to the run's stream and return its seq."""
     keys, args = _append_call(run_id, event, payload)
     return int(redis_script_held_call(_APPEND_SCRIPT, keys, args))
+
+
+def publish_delta(run_id, payload: dict) -> bool:
+    """Append a text delta; whether a reader follows the run's stream (a process subscribed to its pushed
+    events: a reader of the run's end only is not one)."""
+    keys, args = _append_call(run_id, TEXT_DELTA, payload)
+    return int(redis_script_held_call(_APPEND_SCRIPT, keys, [*args, "1"])) > 0
 
 
 def publish_command(run_id, event: str, payload: dict) -> Command:

@@ -28,6 +28,7 @@ from sessions.runs.compaction import (
     compaction_request,
     compaction_run_requested,
 )
+from sessions.runs.delta_window import UNSTREAMED_PARAM
 from sessions.runs.json_mode import response_format_parse
 from sessions.runs.lifecycle import (
     RUN_FAILED_UNANSWERED,
@@ -57,6 +58,7 @@ __all__ = [
     "SessionClosed",
     "TenantAtCap",
     "tenant_at_cap_from_commit",
+    "UNSTREAMED_PARAM",
     "response_format_parse",
     "run_abort",
     "run_step",

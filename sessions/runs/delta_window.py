@@ -8,6 +8,13 @@ any that arrive meanwhile. No delta waits longer than the window: a process-wide
 is due even when the model pauses. Deltas of a model writing slower than the window (a person's reading
 pace) all go out as they come.
 
+A run whose submitter waits for the whole reply (a chat completion without `stream`: UNSTREAMED_PARAM) has
+nobody reading its deltas as they come, unless someone follows the run meanwhile (the dashboard, a WebSocket
+subscribed to its session). Its deltas wait QUIET_WINDOW_SECONDS, the first one too, while the last append
+found no reader following the stream (`quiet`); a reader that arrives gets what waits within that window,
+and every delta after as it comes. A plain reply shorter than the window is one append instead of one per
+delta (docs/performance.md, "Fifteenth step").
+
 `close()` sends what is still waiting; the step calls it before it publishes anything else, so events stay
 in order. A failure to send from the flusher thread is raised in the step at its next delta or at
 `close()`, as a failure to send from the step itself would be.
@@ -20,28 +27,41 @@ import time
 from typing import Callable
 
 WINDOW_SECONDS = 0.002
+QUIET_WINDOW_SECONDS = 0.5
+# The run param (true) of a run whose submitter reads only its end, set by the edge that starts it.
+UNSTREAMED_PARAM = "unstreamed"
 
 
 class DeltaWindow:
-    def __init__(self, send: Callable[[str], None], window: float = WINDOW_SECONDS):
+    """`send(text)` returns whether a reader follows the stream (None: not known); a quiet window goes by
+    it."""
+
+    def __init__(self, send: Callable[[str], bool | None], window: float = WINDOW_SECONDS, *,
+                 quiet_window: float | None = None):
         self._send = send
-        self._window = window
+        self._short_window = window
+        self._quiet_window = quiet_window
+        self._window = window if quiet_window is None else quiet_window
         self._lock = threading.Lock()
         self._waiting: list[str] = []
-        self._sent_at = float("-inf")
+        # When the last delta went out. A quiet window holds the first one too (nobody waits for it): its
+        # window starts when it comes.
+        self._sent_at: float | None = float("-inf") if quiet_window is None else None
         self._error: Exception | None = None
 
     def add(self, text: str) -> None:
         self._raise_error()
         with self._lock:
             now = time.monotonic()
+            if self._sent_at is None:
+                self._sent_at = now
             if self._waiting or now - self._sent_at < self._window:
                 if not self._waiting:
                     _flusher.schedule(self._sent_at + self._window, self)
                 self._waiting.append(text)
                 return
             self._sent_at = now
-            self._send(text)
+            self._sent(self._send(text))
 
     def close(self) -> None:
         """Send what waits now, and raise what a send from the flusher raised."""
@@ -56,9 +76,13 @@ class DeltaWindow:
             self._waiting = []
             self._sent_at = time.monotonic()
             try:
-                self._send(text)
+                self._sent(self._send(text))
             except Exception as exc:  # noqa: BLE001 - kept for the step's thread, which raises it
                 self._error = exc
+
+    def _sent(self, followed: bool | None) -> None:
+        if self._quiet_window is not None and followed is not None:
+            self._window = self._short_window if followed else self._quiet_window
 
     def _raise_error(self) -> None:
         if self._error is not None:

@@ -33,7 +33,7 @@ from sessions.runs import tool_phase
 from sessions.runs.budget import record_tokens
 from sessions.runs.compaction import compaction_if_needed
 from sessions.runs.context import transcript_view, transcript_view_of, transcript_view_statements
-from sessions.runs.delta_window import DeltaWindow
+from sessions.runs.delta_window import QUIET_WINDOW_SECONDS, UNSTREAMED_PARAM, DeltaWindow
 from sessions.runs.json_mode import INVALID_JSON, REPAIR_PARAM, ReplyCheck, failure_message, repair_prompt, reply_check
 from sessions.runs.kernel import (
     TOOLS_PHASE,
@@ -62,10 +62,12 @@ class _DeltaPublisher:
     """Publishes text deltas, skipping the first `skip` characters (already streamed by a crashed attempt),
     and none once the lease is lost (the worker that took the step over streams them). The first text of a
     run's first step is its first token (metrics); an attempt that resumes a stream is past it. Deltas
-    that come within a couple of milliseconds of each other go out together (delta_window.py); `close()`
-    sends what waits, before the step publishes anything else."""
+    that come within a couple of milliseconds of each other go out together, those of a run nobody streams
+    within half a second (delta_window.py); `close()` sends what waits, before the step publishes anything
+    else."""
 
-    def __init__(self, run_id, step: int, skip: int, lease: Lease, *, tenant: str, run_started_at: datetime | None):
+    def __init__(self, run_id, step: int, skip: int, lease: Lease, *, tenant: str, run_started_at: datetime | None,
+                 unstreamed: bool = False):
         self.run_id = run_id
         self.step = step
         self.skip = skip
@@ -74,7 +76,7 @@ class _DeltaPublisher:
         self.parts: list[str] = []
         self.tenant = tenant
         self.first_token_from = run_started_at if step == 0 and skip == 0 else None
-        self.window = DeltaWindow(self._send)
+        self.window = DeltaWindow(self._send, quiet_window=QUIET_WINDOW_SECONDS if unstreamed else None)
 
     @property
     def text(self) -> str:
@@ -98,9 +100,10 @@ class _DeltaPublisher:
     def close(self) -> None:
         self.window.close()
 
-    def _send(self, text: str) -> None:
-        if not self.lease.lost():  # (again: a joined delta may be sent a moment after it came)
-            events.publish(self.run_id, events.TEXT_DELTA, {"text": text, "step": self.step})
+    def _send(self, text: str) -> bool | None:
+        if self.lease.lost():  # (again: a joined delta may be sent a moment after it came)
+            return None
+        return events.publish_delta(self.run_id, {"text": text, "step": self.step})
 
 
 class _HandedBack(Exception):
@@ -326,7 +329,7 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
     tenant_slug = run.tenant.slug
     already_streamed = events.published_text(run_id, step) if attempt > 1 else ""
     publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed), lease=lease, tenant=tenant_slug,
-                                    run_started_at=run.started_at)
+                                    run_started_at=run.started_at, unstreamed=bool(run.params.get(UNSTREAMED_PARAM)))
     callbacks = _CallbackFailures()
 
     try:

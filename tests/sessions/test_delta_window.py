@@ -54,3 +54,42 @@ def test_a_failed_send_from_the_flusher_is_raised_in_the_step():
     with pytest.raises(ConnectionError):
         window.close()
     assert sent.sent == ["one"]
+
+
+class Reader(Recorder):
+    """A send that answers whether a reader follows the stream, as events.publish_delta does."""
+
+    def __init__(self):
+        super().__init__()
+        self.following = False
+
+    def __call__(self, text: str) -> bool:
+        super().__call__(text)
+        return self.following
+
+
+def test_a_quiet_window_holds_the_first_delta_too_and_sends_all_at_close():
+    sent = Reader()
+    window = DeltaWindow(sent, window=0, quiet_window=3600)
+    for text in ("Hel", "lo", ", ", "world"):
+        window.add(text)
+    assert sent.sent == [], "nobody reads a quiet run's first delta as it comes"
+    window.close()
+    assert sent.sent == ["Hello, world"]
+
+
+def test_a_quiet_window_goes_by_whether_a_reader_follows():
+    sent = Reader()
+    window = DeltaWindow(sent, window=0, quiet_window=3600)  # (a short window of 0: nothing waits)
+    window.add("a")
+    sent.following = True  # a reader arrives (the dashboard, say)
+    window.flush()  # the window's end, as the flusher would
+    window.add("b")
+    window.add("c")
+    assert sent.sent == ["a", "b", "c"], "while a reader follows, deltas go as they come"
+    sent.following = False
+    window.add("d")
+    window.add("e")
+    assert sent.sent == ["a", "b", "c", "d"], "once none does, they wait again"
+    window.close()
+    assert sent.sent == ["a", "b", "c", "d", "e"]

@@ -125,6 +125,35 @@ def test_a_reader_of_the_ending_alone_is_pushed_the_terminal_event_and_not_the_d
     assert [(e.seq, e.event) for e in late] == [(5, events.RUN_COMPLETED)]  # (a reader that came after the end)
 
 
+def test_a_delta_append_tells_whether_a_reader_follows_the_run():
+    """A whole reply's deltas wait longer while nobody follows the run (sessions/runs/delta_window.py): the
+    append says whether a process is subscribed to the run's pushed events. A reader of the ending alone (a
+    reply that is not streamed) does not follow it."""
+    run_id = uuid.uuid4()
+
+    async def scenario():
+        events.publish(run_id, events.RUN_STARTED, {"run_id": str(run_id)})
+        followed = [events.publish_delta(run_id, _text(1))]
+        ending = events.tail_ending(run_id, block_seconds=BLOCK_SECONDS)
+        await anext(ending)  # (subscribed to the ending)
+        followed.append(events.publish_delta(run_id, _text(2)))
+        reader = events.tail(run_id, block_seconds=BLOCK_SECONDS)
+        await _take(reader, 3)  # (subscribed, and read what the stream held)
+        followed.append(events.publish_delta(run_id, _text(3)))
+        assert (await _take(reader, 1))[0].payload == _text(3)
+        await reader.aclose()
+        await ending.aclose()
+        for attempt in range(100):  # (the unsubscription reaches Redis on the subscriber's own connection)
+            if not events.publish_delta(run_id, _text(4 + attempt)):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            followed.append(True)
+        return followed
+
+    assert asyncio.run(scenario()) == [False, False, True]
+
+
 def test_a_reader_of_the_ending_alone_hears_the_run_go_on_and_finds_an_ending_whose_push_it_missed():
     """Every few seconds without its ending, the reader looks at the stream: an event appended since says
     the run goes on (a reply waiting for a long run does not time out while the run works), and a terminal

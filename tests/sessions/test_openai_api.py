@@ -4,6 +4,7 @@ import httpx
 import openai
 import pytest
 
+from sessions import events
 from sessions.models import AgentSession, Message, Run
 from tests.conftest import assert_whole_deltas, openai_client
 
@@ -51,6 +52,28 @@ def test_streaming_completion_with_openai_client(live, tenant):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == 5
     assert len({c.id for c in chunks}) == 1
+
+
+def test_a_whole_reply_is_not_streamed_delta_by_delta_meanwhile(live, tenant):
+    """Nobody reads a plain completion's deltas as they come (the request waits for the run's end), so its
+    run streams them joined (sessions/runs/delta_window.py): a short reply is one event where a streamed one
+    is several, and the reply is whole."""
+    client = openai_client(live, tenant)
+    messages = [{"role": "user", "content": "one two three four five six [[delay_ms=20]]"}]
+    plain = client.chat.completions.with_raw_response.create(model="assistant", messages=messages)
+    assert plain.parse().choices[0].message.content == "Echo: one two three four five six"
+    with client.chat.completions.with_streaming_response.create(model="assistant", messages=messages,
+                                                               stream=True) as streamed:
+        chunks = list(streamed.parse())
+        streamed_run = streamed.headers["X-Run-Id"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: one two three four five six"
+
+    def deltas(run_id) -> list[str]:
+        return [e.payload["text"] for e in events.read_all(run_id) if e.event == events.TEXT_DELTA]
+
+    # The model sent 7 deltas 20 ms apart; the worker joins those that come within 2 ms when streaming.
+    assert "".join(deltas(plain.headers["X-Run-Id"])) == "Echo: one two three four five six"
+    assert len(deltas(plain.headers["X-Run-Id"])) < 7 and len(deltas(streamed_run)) > 1
 
 
 def test_a_whole_reply_says_its_length_and_is_not_chunked(live, tenant):
