@@ -69,6 +69,15 @@ def answered_announcement(parent: AgentSession) -> Run:
     return wait_until(answered, timeout=60, message="a parent run to answer the announcement")
 
 
+def _first_text(body: dict) -> str:
+    """The text that opens a request's first message. The fake's log holds other tests' requests too, whose
+    first message may open with something else (an image, a tool result, nothing)."""
+    content = body["messages"][0]["content"]
+    if isinstance(content, str):
+        return content
+    return content[0].get("text", "") if content else ""
+
+
 def test_spawn_returns_at_once_and_the_parent_hears_the_result_once(live, tenant, fake_requests):
     parent = new_session(tenant)
     task = "count the stars [[reply=There are 42 stars.]]"
@@ -93,12 +102,12 @@ def test_spawn_returns_at_once_and_the_parent_hears_the_result_once(live, tenant
     assert Run.objects.get(pk=child_run.pk).announced_at is not None
     # The model answering the parent's next turn saw the child's result.
     seen = [r["body"] for r in fake_requests(100) if "There are 42 stars." in json.dumps(r["body"]["messages"])
-            and r["body"]["messages"][0]["content"][0].get("text", "").startswith("delegate")]
+            and _first_text(r["body"]).startswith("delegate")]
     assert seen, "a parent request carried the announcement"
     reply = Message.objects.filter(run=answer, role="assistant").order_by("-seq").first()
     assert "There are 42 stars." in reply.text
     # The child was told who it works for, through its run's extra system prompt.
-    child_request = next(r["body"] for r in fake_requests(100) if r["body"]["messages"][0]["content"][0].get("text") == task)
+    child_request = next(r["body"] for r in fake_requests(100) if _first_text(r["body"]) == task)
     assert parent.key in child_request["system"] and "sub-agent" in child_request["system"]
 
 
