@@ -45,13 +45,16 @@ from cron.delivery import DeliveryError, deliver_keep_masked, deliver_send
 from cron.models import CronJob, CronRun
 from cron.selectors import cron_run_reply_text
 from sessions.models import AgentSession, Run
-from sessions.runs import SessionClosed, run_abort, run_submit, runs_submit_isolated
+from sessions.runs import UNSTREAMED_PARAM, SessionClosed, run_abort, run_submit, runs_submit_isolated
 from sessions.services import SessionConflict, session_get_or_create
 from tenants.models import Agent, Tenant
 
 logger = logging.getLogger(__name__)
 
 DELIVER_TASK = "cron.deliver"
+# An occurrence's reply is delivered whole once its run ends: its deltas may travel joined (a reader that
+# follows the run meanwhile still gets them as they come: sessions/runs/delta_window.py).
+_RUN_PARAMS = {UNSTREAMED_PARAM: True}
 DELIVERY_KIND = "cron-run"
 
 # beat's wake-up may come a little before the occurrence (clock skew between the beat and worker hosts);
@@ -217,7 +220,8 @@ def _start(job: CronJob, cron_run: CronRun) -> CronRun:
     Called after the claim committed, holding no lock (module docstring)."""
     try:
         session = _session_for(job, cron_run)
-        run = run_submit(session=session, content=[{"type": "text", "text": job.prompt}], trigger=Run.Trigger.CRON)
+        run = run_submit(session=session, content=[{"type": "text", "text": job.prompt}], trigger=Run.Trigger.CRON,
+                         params=_RUN_PARAMS)
     except LimitExceeded as exc:
         return _not_started(job, cron_run, CronRun.Status.SKIPPED, exc.message)
     except (SessionClosed, SessionConflict) as exc:
@@ -253,6 +257,7 @@ def _start_isolated(tenant: Tenant, claimed: list[tuple[CronJob, CronRun]]) -> N
                 turns=[(job.agent, _isolated_session_key(job, cron_run), [{"type": "text", "text": job.prompt}])
                        for job, cron_run in claimed],
                 trigger=Run.Trigger.CRON,
+                params=_RUN_PARAMS,
             )
             for (_, cron_run), run in zip(claimed, runs):
                 cron_run.session_id, cron_run.run_id = run.session_id, run.pk

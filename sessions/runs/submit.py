@@ -159,7 +159,8 @@ def tenant_at_cap_note(tenant_id) -> None:
     _tenants_at_cap[tenant_id] = time.monotonic()
 
 
-def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[dict]]], trigger: str) -> list[Run]:
+def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[dict]]], trigger: str,
+                         params: dict | None = None) -> list[Run]:
     """One run in each of len(turns) new ephemeral sessions (agent, session key, content), all in one
     transaction: what run_submit does for a turn in a new session, in a handful of statements for the whole
     batch (cron's burst, where a minute's many occurrences each get a session of their own). Runs past
@@ -177,7 +178,8 @@ def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[d
         ]
         now = timezone.now()
         runs = [
-            Run(tenant=tenant, session=session, input=content, trigger=trigger, params={"queue_mode": session.queue_mode},
+            Run(tenant=tenant, session=session, input=content, trigger=trigger,
+                params={**(params or {}), "queue_mode": session.queue_mode},
                 **({"status": Run.Status.RUNNING, "started_at": now, "step": 0} if i < starting else {}))
             for i, (session, (_, _, content)) in enumerate(zip(sessions, turns))
         ]

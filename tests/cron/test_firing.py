@@ -13,6 +13,7 @@ from django_celery_beat.models import PeriodicTask
 from cron.models import CronJob, CronRun
 from cron.schedule import schedule_parse
 from cron.services import cron_job_create, cron_job_fire, cron_job_run_now, cron_sweep
+from sessions import events
 from sessions.models import AgentSession, Run
 from tests.conftest import Process, wait_until
 from tests.cron.conftest import finished
@@ -164,6 +165,19 @@ def test_three_errors_in_a_row_disable_the_job_and_a_success_resets_the_count(wo
     assert (job.enabled, job.consecutive_errors, job.next_run_at) == (False, 3, None)
     assert job.disabled_reason.startswith("disabled after 3 consecutive errors; last: ") and last.error in job.disabled_reason
     assert PeriodicTask.objects.get(name=f"cron-job-{job.pk}").enabled is False
+
+
+@pytest.mark.parametrize("session_target", ["main", "isolated"])
+def test_an_occurrence_s_reply_is_not_streamed_delta_by_delta(worker, tenant, session_target):
+    """Nobody reads a cron run's deltas as they come (its reply is delivered at its end), so they travel
+    joined (sessions/runs/delta_window.py); the model sent 7 deltas 20 ms apart. Both ways a run starts: in
+    the main session, and in a fresh one with the tenant's other isolated occurrences."""
+    job = make_job(tenant, prompt="one two three four five six [[delay_ms=20]]", session_target=session_target)
+    make_due(job)
+    cron_run = finished(fire(job).pk)
+    assert cron_run.status == "succeeded", cron_run.error
+    deltas = [e.payload["text"] for e in events.read_all(cron_run.run_id) if e.event == events.TEXT_DELTA]
+    assert "".join(deltas) == "Echo: one two three four five six" and len(deltas) < 7
 
 
 def test_a_run_stuck_past_its_timeout_is_marked_failed_and_aborted(worker, tenant):
