@@ -10,6 +10,7 @@ from beamclaw_project.infra.rows import rows_insert
 from sessions.models import AgentSession, Message, Run
 from sessions.runs.budget import check_token_budget
 from sessions.runs.client_calls import client_results_check_locked
+from sessions.runs.delta_window import UNSTREAMED_PARAM
 from sessions.runs.kernel import session_lock
 from sessions.runs.lifecycle import (
     capacity_wait_note,
@@ -86,7 +87,12 @@ def run_submit(
             )
             if waiting is not None:
                 waiting.input = [*waiting.input, *content]
-                waiting.save(update_fields=["input"])
+                fields = ["input"]
+                if waiting.params.get(UNSTREAMED_PARAM) and not (params or {}).get(UNSTREAMED_PARAM):
+                    # This submitter may stream the reply (it follows the run it joins): its deltas go as they come.
+                    waiting.params = {k: v for k, v in waiting.params.items() if k != UNSTREAMED_PARAM}
+                    fields.append("params")
+                waiting.save(update_fields=fields)
                 return waiting
         if active is not None and mode == AgentSession.QueueMode.INTERRUPT:
             for superseded in queued:

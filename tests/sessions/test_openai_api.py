@@ -71,9 +71,10 @@ def test_a_whole_reply_is_not_streamed_delta_by_delta_meanwhile(live, tenant):
     def deltas(run_id) -> list[str]:
         return [e.payload["text"] for e in events.read_all(run_id) if e.event == events.TEXT_DELTA]
 
-    # The model sent 7 deltas 20 ms apart; the worker joins those that come within 2 ms when streaming.
+    # The model sent 7 deltas 20 ms apart, in ~120 ms: a plain reply holds them up to 500 ms (a stall of the
+    # worker past that may split them once); a streamed one joins only those within 2 ms.
     assert "".join(deltas(plain.headers["X-Run-Id"])) == "Echo: one two three four five six"
-    assert len(deltas(plain.headers["X-Run-Id"])) < 7 and len(deltas(streamed_run)) > 1
+    assert len(deltas(plain.headers["X-Run-Id"])) <= 2 and len(deltas(streamed_run)) > 1
 
 
 def test_a_whole_reply_says_its_length_and_is_not_chunked(live, tenant):

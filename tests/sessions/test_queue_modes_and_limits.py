@@ -8,6 +8,7 @@ import pytest
 
 from sessions import events
 from sessions.models import AgentSession, Run
+from sessions.runs import UNSTREAMED_PARAM, run_submit
 from tenants.models import ApiKey, Tenant
 from tests.conftest import wait_until
 
@@ -64,6 +65,22 @@ def test_collect_batches_waiting_messages_into_one_run(api):
     assert [block["text"] for block in messages[2].content] == ["second", "third"]
     assert Run.objects.filter(session_id=session_id).count() == 2
     assert first["id"] != second["id"]
+
+
+def test_a_message_collected_into_a_waiting_unstreamed_run_gets_its_deltas_as_they_come(api):
+    """A run waiting in `collect` mode for a submitter that reads only its end (a plain chat completion: its
+    deltas travel joined, sessions/runs/delta_window.py) is joined by a message whose sender follows the
+    run as it streams: from then on the run streams as any other."""
+    session_id = new_session(api, queue_mode="collect")
+    send(api, session_id, f"first {SLOW}")
+    session = AgentSession.objects.get(pk=session_id)
+    waiting = run_submit(session=session, content=[{"type": "text", "text": "plain"}], trigger=Run.Trigger.OPENAI,
+                         params={UNSTREAMED_PARAM: True})
+    assert waiting.status == "queued" and waiting.params[UNSTREAMED_PARAM] is True
+    joined = send(api, session_id, "streamed")
+    assert joined["id"] == str(waiting.pk)
+    assert UNSTREAMED_PARAM not in Run.objects.get(pk=waiting.pk).params
+    wait_status(waiting.pk, "succeeded")
 
 
 def test_interrupt_aborts_the_active_run_and_answers_the_new_message(api):
