@@ -196,6 +196,8 @@ def _validate(body: dict[str, Any]) -> str | None:
     messages = body["messages"]
     if not isinstance(messages, list):
         return "messages: Input should be a valid list"
+    if not messages:
+        return "messages: at least one message is required"
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"

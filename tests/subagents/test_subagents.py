@@ -71,7 +71,9 @@ def answered_announcement(parent: AgentSession) -> Run:
 
 def _first_text(body: dict) -> str:
     """The text that opens a request's first message. The fake's log holds other tests' requests too, whose
-    first message may open with something else (an image, a tool result, nothing)."""
+    first message may open with something else (an image, a tool result), or that the fake refused."""
+    if not body["messages"]:
+        return ""
     content = body["messages"][0]["content"]
     if isinstance(content, str):
         return content
