@@ -38,7 +38,7 @@ from django.utils import timezone
 from beamclaw_project.errors import Conflict, Forbidden, InvalidInput, LimitExceeded, NotFound
 from sessions.content import content_parse
 from sessions.models import AgentSession, Message, Run
-from sessions.runs import SessionClosed, run_abort, run_submit
+from sessions.runs import UNSTREAMED_PARAM, SessionClosed, run_abort, run_submit
 from tenants.models import Agent
 
 logger = logging.getLogger(__name__)
@@ -143,10 +143,16 @@ def subagent_spawn(
             session=child,
             content=content_parse(task, where="task"),
             trigger=Run.Trigger.SUBAGENT,
-            params={"system": CHILD_SYSTEM_PROMPT.format(parent=locked.key)},
+            params=_child_run_params(locked.key),
         )
     logger.info("session %s spawned sub-agent %s (run %s)", parent.key, child.key, run.pk)
     return child, run
+
+
+def _child_run_params(parent_key: str) -> dict:
+    """A child's run: told who it works for, and unstreamed (its reply is announced whole to the parent; a
+    reader that follows it meanwhile still gets its deltas as they come: sessions/runs/delta_window.py)."""
+    return {"system": CHILD_SYSTEM_PROMPT.format(parent=parent_key), UNSTREAMED_PARAM: True}
 
 
 def _child_create(parent: AgentSession, agent: Agent, label: str, spawned_by_id) -> AgentSession:
@@ -267,7 +273,7 @@ def session_send(*, caller: AgentSession, ref: str, message: str) -> Run:
         mode, params = AgentSession.QueueMode.STEER, None
     else:
         text = f"[message from parent session {caller.key}]\n{message}"
-        mode, params = None, {"system": CHILD_SYSTEM_PROMPT.format(parent=caller.key)}
+        mode, params = None, _child_run_params(caller.key)
     return run_submit(
         session=target, content=[{"type": "text", "text": text}], trigger=Run.Trigger.SUBAGENT, mode=mode,
         params=params,

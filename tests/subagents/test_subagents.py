@@ -69,6 +69,20 @@ def answered_announcement(parent: AgentSession) -> Run:
     return wait_until(answered, timeout=60, message="a parent run to answer the announcement")
 
 
+def test_a_child_s_reply_is_not_streamed_delta_by_delta(live, tenant):
+    """The parent reads a child's reply whole, in its announcement, so the child's deltas travel joined
+    (sessions/runs/delta_window.py): the model sent 6 deltas 20 ms apart."""
+    parent = new_session(tenant)
+    task = "one two three four five [[delay_ms=20]]"
+    parent_run = ask(parent, "delegate " + tool("sessions_spawn", {"task": task, "label": "paced"}))
+    result = spawn_result(parent_run)
+    assert result["ok"], result
+    child_run = finished(result["output"]["run_id"])
+    assert child_run.status == "succeeded", child_run.error
+    deltas = [e.payload["text"] for e in events.read_all(child_run.pk) if e.event == events.TEXT_DELTA]
+    assert "".join(deltas) == "Echo: one two three four five" and len(deltas) <= 2
+
+
 def _first_text(body: dict) -> str:
     """The text that opens a request's first message. The fake's log holds other tests' requests too, whose
     first message may open with something else (an image, a tool result), or that the fake refused."""
