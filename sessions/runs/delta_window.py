@@ -8,12 +8,12 @@ any that arrive meanwhile. No delta waits longer than the window: a process-wide
 is due even when the model pauses. Deltas of a model writing slower than the window (a person's reading
 pace) all go out as they come.
 
-A run whose submitter waits for the whole reply (a chat completion without `stream`: UNSTREAMED_PARAM) has
-nobody reading its deltas as they come, unless someone follows the run meanwhile (the dashboard, a WebSocket
-subscribed to its session). Its deltas wait QUIET_WINDOW_SECONDS, the first one too, while the last append
-found no reader following the stream (`quiet`); a reader that arrives gets what waits within that window,
-and every delta after as it comes. A plain reply shorter than the window is one append instead of one per
-delta (docs/performance.md, "Fifteenth step").
+A run whose submitter waits for the whole reply (a chat completion without `stream`, a cron occurrence, a
+sub-agent: UNSTREAMED_PARAM) has nobody reading its deltas as they come, unless someone follows the run
+meanwhile (the dashboard, a WebSocket subscribed to its session). Its window is QUIET_WINDOW_SECONDS, and
+holds the first delta too, as long as the last append found no reader following the stream; a reader that
+arrives gets what waits within that window, and every delta after as it comes. A plain reply shorter than
+the window is one append instead of one per delta (docs/performance.md, "Fifteenth step").
 
 `close()` sends what is still waiting; the step calls it before it publishes anything else, so events stay
 in order. A failure to send from the flusher thread is raised in the step at its next delta or at

@@ -170,8 +170,8 @@ def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[d
     """One run in each of len(turns) new ephemeral sessions (agent, session key, content), all in one
     transaction: what run_submit does for a turn in a new session, in a handful of statements for the whole
     batch (cron's burst, where a minute's many occurrences each get a session of their own). Runs past
-    the tenant's room wait queued, as run_submit's would. Raises LimitExceeded when the tenant's daily
-    token budget is used up."""
+    the tenant's room wait queued, as run_submit's would. `params`: every run's. Raises LimitExceeded when the
+    tenant's daily token budget is used up."""
     check_token_budget(tenant=tenant)
     # (No savepoint: a caller's transaction cannot go on from a failure here, and sending one is a round trip.)
     with transaction.atomic(savepoint=False):
