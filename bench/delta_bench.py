@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gateway_bench as gb  # noqa: E402
@@ -40,7 +40,7 @@ async def send_all(url: str, api_key: str, agent: str, *, stream: bool, deltas: 
     remaining = iter(range(runs))
     whole = 0
 
-    async with httpx.AsyncClient(timeout=gb.REQUEST_TIMEOUT) as http:
+    async with httpx2.AsyncClient(timeout=gb.REQUEST_TIMEOUT) as http:
         async def lane():
             nonlocal whole
             for _ in remaining:

@@ -6,7 +6,7 @@ Redis db (14), starts the fake Anthropic server, the workers (as `make run`: one
 bench/results/latest.json and stops every process it started, also on Ctrl-C, SIGTERM or an error.
 
 1. Added latency: the same streaming request through the gateway (POST /v1/chat/completions, parsed
-   with httpx) and straight to the fake server (anthropic.AsyncAnthropic); p50/p99 of time to first
+   by hand on httpx2, the HTTP client the official SDKs run on) and straight to the fake server (anthropic.AsyncAnthropic); p50/p99 of time to first
    token and of total stream time, at concurrency 1 and 50.
 2. Capacity: bursts of N simultaneous ~1 s streams; every stream must carry exactly the expected text
    in exactly the expected number of deltas, end with [DONE] and carry no error.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -34,12 +35,12 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import anthropic
-import httpx
+import httpx2
 import psycopg
 import redis
 
@@ -85,7 +86,7 @@ CAPACITY_REPLY_CHARS = 200
 TARGET_ADDED_TTFT_P50_MS = 15.0
 TARGET_ZERO_LOSS_STREAMS = 200
 
-REQUEST_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+REQUEST_TIMEOUT = httpx2.Timeout(60.0, connect=10.0)
 BATCH_TIMEOUT_SECONDS = 120.0  # no batch comes close when things work; this bounds a hang
 STARTUP_TIMEOUT_SECONDS = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -191,8 +192,8 @@ def start_services(env: dict, log_dir: Path, started: list[Process], worker_conc
 
     def worker_ready() -> bool:
         try:
-            response = httpx.get(f"{gateway_url}/health", timeout=2)
-        except httpx.HTTPError:
+            response = httpx2.get(f"{gateway_url}/health", timeout=2)
+        except httpx2.HTTPError:
             return False
         return response.status_code == 200 and response.json()["checks"]["workers"].get("count", 0) >= WORKER_PROCESSES
 
@@ -338,6 +339,7 @@ class StreamResult:
     error: str | None
     run_id: str | None = None  # the gateway's X-Run-Id, to look a bad stream up in the database
     first_byte_at: float | None = None  # gateway only: when the first SSE bytes (the role chunk) arrived
+    text_at: list[float] = field(default_factory=list)  # when each text chunk arrived
 
     @property
     def ttft(self) -> float | None:
@@ -362,10 +364,12 @@ class StreamResult:
 
 
 class GatewayClient:
-    """POST /v1/chat/completions with stream=true on httpx, parsing the SSE by hand.
+    """POST /v1/chat/completions with stream=true on httpx2, parsing the SSE by hand.
 
-    Chosen over openai.AsyncOpenAI, which runs the same httpx underneath plus a pydantic model per chunk:
-    the less the client spends per chunk, the more of the measured time is the gateway's.
+    httpx2 is the HTTP client the official openai and anthropic SDKs run on; openai.AsyncOpenAI itself adds a
+    pydantic model per chunk, and the less the client spends per chunk, the more of the measured time is the
+    gateway's. (httpx 0.28, used here before, let requests wait seconds in its own connection pool before
+    writing a byte once 32 or more streams ran at once: docs/performance.md, sixteenth step.)
     """
 
     def __init__(self, base_url: str, api_key: str, agent: str):
@@ -373,8 +377,8 @@ class GatewayClient:
         self.agent = agent
         self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         # Limits far above the largest burst: the client's pool must never be what queues a request.
-        self.http = httpx.AsyncClient(
-            timeout=REQUEST_TIMEOUT, limits=httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+        self.http = httpx2.AsyncClient(
+            timeout=REQUEST_TIMEOUT, limits=httpx2.Limits(max_connections=2000, max_keepalive_connections=2000)
         )
 
     async def close(self) -> None:
@@ -385,6 +389,7 @@ class GatewayClient:
         request = {"model": self.agent, "messages": [{"role": "user", "content": prompt}], "stream": True}
         body = json.dumps(request).encode()
         parts: list[str] = []
+        text_at: list[float] = []
         first_token_at = first_byte_at = None
         done = False
         error = None
@@ -414,14 +419,16 @@ class GatewayClient:
                                 continue
                             content = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
                             if content:
+                                text_at.append(time.perf_counter())
                                 if first_token_at is None:
-                                    first_token_at = time.perf_counter()
+                                    first_token_at = text_at[-1]
                                 parts.append(content)
-        except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+        except (httpx2.HTTPError, ValueError, KeyError, IndexError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         ended_at = time.perf_counter()
         return StreamResult(
-            started_at, first_token_at, ended_at, "".join(parts), len(parts), done, error, run_id, first_byte_at
+            started_at, first_token_at, ended_at, "".join(parts), len(parts), done, error, run_id, first_byte_at,
+            text_at,
         )
 
 
@@ -436,6 +443,7 @@ class DirectClient:
 
     async def stream(self, prompt: str) -> StreamResult:
         parts: list[str] = []
+        text_at: list[float] = []
         first_token_at = None
         done = False
         error = None
@@ -450,14 +458,16 @@ class DirectClient:
             async with stream:
                 async for event in stream:
                     if event.type == "content_block_delta" and event.delta.type == "text_delta" and event.delta.text:
+                        text_at.append(time.perf_counter())
                         if first_token_at is None:
-                            first_token_at = time.perf_counter()
+                            first_token_at = text_at[-1]
                         parts.append(event.delta.text)
                     elif event.type == "message_stop":
                         done = True
         except anthropic.APIError as exc:
             error = f"{type(exc).__name__}: {exc}"
-        return StreamResult(started_at, first_token_at, time.perf_counter(), "".join(parts), len(parts), done, error)
+        return StreamResult(started_at, first_token_at, time.perf_counter(), "".join(parts), len(parts), done, error,
+                            text_at=text_at)
 
 
 async def run_batch(stream_one, prompts: list[str], concurrency: int) -> list[StreamResult]:
@@ -574,7 +584,7 @@ def traced_prompt(index: int) -> str:
     return f"{LATENCY_TEXT} (trace {index}) {LATENCY_DIRECTIVES}"
 
 
-async def fake_receive_times(http: httpx.AsyncClient, fake_url: str) -> dict[int, float]:
+async def fake_receive_times(http: httpx2.AsyncClient, fake_url: str) -> dict[int, float]:
     """time.time() at which the fake server got each traced request, by trace number."""
     recorded = (await http.get(f"{fake_url}/_fake/requests", params={"limit": BREAKDOWN_REQUESTS})).json()
     times = {}
@@ -618,6 +628,18 @@ async def measure_ttft_breakdown(gateway: GatewayClient, direct: DirectClient, f
 # --------------------------------------------------------------------------------------------------
 
 
+def added_gaps_ms(results: list[StreamResult], delay_ms: int) -> dict:
+    """What comes on top of the fake's own pace (a delta every delay_ms) between two text chunks of a stream,
+    p50/p99 in ms: deltas that travel joined show as a longer gap. While a burst's runs start, their starts
+    compete with the streams already running; `steady` counts only the gaps after every stream had its first
+    token."""
+    gaps = [(earlier, later - earlier - delay_ms / 1000)
+            for r in results for earlier, later in itertools.pairwise(r.text_at)]
+    all_started = max((r.first_token_at for r in results if r.first_token_at is not None), default=0.0)
+    return {"all": p50_p99_ms([gap for _, gap in gaps]),
+            "steady": p50_p99_ms([gap for at, gap in gaps if at >= all_started])}
+
+
 def capacity_reply(level: int, index: int) -> str:
     """A reply unique to each stream, so a delta that went to the wrong stream shows as a mismatch."""
     head = f"level {level} stream {index:04d}: "
@@ -629,11 +651,14 @@ def capacity_prompt(reply: str, delay_ms: int) -> str:
     return f"capacity [[reply={reply}]][[deltas={CAPACITY_DELTAS}]][[delay_ms={delay_ms}]]"
 
 
-async def measure_capacity(gateway: GatewayClient, meter: CpuMeter, levels: list[int], delay_ms: int) -> dict:
+async def measure_capacity(gateway: GatewayClient, direct: DirectClient, meter: CpuMeter, levels: list[int],
+                           delay_ms: int) -> dict:
     rows = []
     for level in levels:
         replies = [capacity_reply(level, i) for i in range(level)]
         prompts = [capacity_prompt(reply, delay_ms) for reply in replies]
+        direct_results = await run_batch(direct.stream, prompts, level)
+        await asyncio.sleep(1.0)
         results, cpu, wall = await metered_batch(meter, gateway.stream, prompts, level)
         bad = [(r, reply) for r, reply in zip(results, replies) if not r.is_exact(reply)]
         rows.append(
@@ -654,6 +679,9 @@ async def measure_capacity(gateway: GatewayClient, meter: CpuMeter, levels: list
                 "peak_overlap": peak_overlap(results),
                 "ttft_ms": p50_p99_ms([r.ttft for r in results if r.ttft is not None]),
                 "stream_ms": p50_p99_ms([r.total for r in results if r.error is None]),
+                "gap_over_pace_ms": added_gaps_ms(results, delay_ms),
+                # The same burst straight to the fake: the gaps the fake server and this client add themselves.
+                "direct_gap_over_pace_ms": added_gaps_ms(direct_results, delay_ms),
                 "cpu": cpu,
             }
         )
@@ -687,7 +715,7 @@ async def measure(services: Services, agent: str, api_key: str, args: argparse.N
         latency = await measure_latency(gateway, direct, meter)
         breakdown = await measure_ttft_breakdown(gateway, direct, services.fake_url)
         print("measuring concurrent streams ...", flush=True)
-        capacity = await measure_capacity(gateway, meter, args.levels, args.stream_delay_ms)
+        capacity = await measure_capacity(gateway, direct, meter, args.levels, args.stream_delay_ms)
         return {"latency": latency, "ttft_breakdown_ms": breakdown, "capacity": capacity}
 
     work = asyncio.create_task(all_phases())
@@ -758,13 +786,15 @@ def latency_table(rows: list[dict]) -> str:
 def capacity_table(capacity: dict) -> str:
     headers = [
         "streams", "ok/total", "lost", "extra", "errors", "chunks", "peak overlap", "wall s", "chars/s",
-        "TTFT p50 ms", "TTFT p99 ms", "stream p50 ms", "stream p99 ms",
+        "TTFT p50 ms", "TTFT p99 ms", "stream p50 ms", "stream p99 ms", "gap over pace p50/p99 ms", "once all started", "direct, all started",
     ]
     lines = [
         [
             str(r["level"]), f"{r['ok']}/{r['total']}", str(r["lost_chars"]), str(r["extra_chars"]), str(r["errors"]),
             f"{r['chunks_per_stream']:g}", str(r["peak_overlap"]), f"{r['wall_s']:.2f}", str(r["chars_per_s"]),
             ms(r["ttft_ms"]["p50"]), ms(r["ttft_ms"]["p99"]), ms(r["stream_ms"]["p50"]), ms(r["stream_ms"]["p99"]),
+            *(f"{signed_ms(gaps['p50'])} / {signed_ms(gaps['p99'])}" for gaps in (
+                r["gap_over_pace_ms"]["all"], r["gap_over_pace_ms"]["steady"], r["direct_gap_over_pace_ms"]["steady"])),
         ]
         for r in capacity["levels"]
     ]
@@ -817,7 +847,7 @@ def print_report(results: dict, targets: list[dict]) -> None:
     print("1. Added latency: gateway vs the fake Anthropic server called directly")
     print(
         f"   same prompt on both paths: {LATENCY_DELTAS} deltas, ttft_ms=20, delay_ms=2, stream=true; "
-        "gateway client: httpx + hand-parsed SSE; direct client: anthropic.AsyncAnthropic"
+        "gateway client: httpx2 + hand-parsed SSE; direct client: anthropic.AsyncAnthropic"
     )
     print("   added = gateway - direct and ratio = gateway / direct, per percentile")
     print("   failed = streams without exactly the expected text and deltas, or not ending cleanly (direct/gateway)")
@@ -877,7 +907,7 @@ def write_results(results: dict, targets: list[dict], worker_concurrency: int, l
             "latency_prompt": LATENCY_PROMPT,
             "latency_plan": [{"concurrency": c, "requests": n} for c, n in LATENCY_PLAN],
             "capacity_deltas": CAPACITY_DELTAS,
-            "gateway_client": "httpx.AsyncClient, SSE parsed by hand",
+            "gateway_client": "httpx2.AsyncClient, SSE parsed by hand",
             "direct_client": "anthropic.AsyncAnthropic, raw messages.create(stream=True)",
         },
         **results,

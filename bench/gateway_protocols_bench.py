@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
+import httpx2
 from websockets.asyncio.client import connect as ws_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +62,7 @@ NOISY_B_SPACING_SECONDS = 1.0
 DRAIN_TIMEOUT_SECONDS = 120.0
 
 TERMINAL_EVENTS = ("run.completed", "run.failed", "run.aborted")
-HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+HTTP_TIMEOUT = httpx2.Timeout(60.0, connect=10.0)
 
 
 def loadavg() -> str:
@@ -201,11 +201,11 @@ class RestClient:
 
     def __init__(self, base_url: str, api_key: str, agent: str):
         self.agent = agent
-        self.http = httpx.AsyncClient(
+        self.http = httpx2.AsyncClient(
             base_url=f"{base_url}/api",
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=HTTP_TIMEOUT,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=1000),
         )
 
     async def close(self) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import anthropic
-import httpx
+import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gateway_bench as gb  # noqa: E402
@@ -65,7 +65,7 @@ class Paths:
     """One plain (non-streaming) request on each path; True when the reply came back whole."""
 
     def __init__(self, services: gb.Services, api_key: str, agent: str):
-        self.http = httpx.AsyncClient(timeout=gb.REQUEST_TIMEOUT, limits=httpx.Limits(max_connections=200))
+        self.http = httpx2.AsyncClient(timeout=gb.REQUEST_TIMEOUT, limits=httpx2.Limits(max_connections=200))
         self.sdk = anthropic.AsyncAnthropic(base_url=services.fake_url, api_key="bench-key", max_retries=0)
         self.url = f"{services.gateway_url}/v1/chat/completions"
         self.headers = {"Authorization": f"Bearer {api_key}"}
@@ -223,10 +223,10 @@ def start_flower_as_make_run(env: dict, log_dir: Path, children: list, services:
 
     def flower_sees_tasks() -> bool:
         try:
-            httpx.post(f"{services.gateway_url}/v1/chat/completions", json=body,
+            httpx2.post(f"{services.gateway_url}/v1/chat/completions", json=body,
                        headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
-            tasks = httpx.get(f"http://127.0.0.1:{port}/api/tasks", auth=("bench", "bench"), timeout=2)
-        except httpx.HTTPError:
+            tasks = httpx2.get(f"http://127.0.0.1:{port}/api/tasks", auth=("bench", "bench"), timeout=2)
+        except httpx2.HTTPError:
             return False
         return tasks.status_code == 200 and bool(tasks.json())
 
