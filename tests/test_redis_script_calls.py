@@ -2,6 +2,7 @@
 to take its lease, what runs started together use to mark their leases, and what a run's start uses to
 publish its first event and send its first step."""
 
+import threading
 import uuid
 
 from django.test import override_settings
@@ -12,6 +13,7 @@ from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import (
     Command,
     ScriptsSent,
+    counter_incr,
     get_call,
     redis_client,
     redis_script_calls,
@@ -57,12 +59,34 @@ def test_a_thread_kept_connection_that_lost_its_script_or_its_socket_still_runs_
     assert redis_script_held_call(source, [counter], [1]) == 1  # (a script Redis has never seen)
     assert redis_script_held_call(source, [counter], [10]) == 11
 
-    held = infra_redis._thread_held.connection
+    held = infra_redis._thread_held.held.connection
     held.send_command("CLIENT", "ID")
     redis_client().client_kill_filter(_id=held.read_response())
     assert redis_script_held_call(source, [counter], [100]) == 111
     assert redis_script_held_call(source, [counter], [1000]) == 1111
     assert int(redis_client().get(counter)) == 1111
+
+
+def test_threads_that_ended_give_their_kept_connections_back():
+    """Django serves each REST request's sync view on a thread of its own, and the rate limit counts every
+    request on its thread's kept connection. Those threads end: their connections must go back to the pool,
+    or the web process runs out of connections (and answers 503) after as many requests as its pool holds."""
+    counter = f"bc:test:{uuid.uuid4().hex}"
+    requests = redis_client().connection_pool.max_connections + 50
+    failures = []
+
+    def one_request():
+        try:
+            counter_incr(counter, ttl_seconds=60)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    for _ in range(requests):
+        thread = threading.Thread(target=one_request)
+        thread.start()
+        thread.join()
+    assert failures == []
+    assert int(redis_client().get(counter)) == requests
 
 
 def test_calls_sent_ahead_give_their_results_later_each_run_once():

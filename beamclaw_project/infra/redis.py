@@ -64,19 +64,42 @@ def redis_script(source: str):
     return redis_client().register_script(source)
 
 
+class _HeldConnection:
+    """A pool connection one thread keeps (in `_thread_held`), given back to the pool when that thread ends:
+    its thread-local data goes then, and this with it. Threads come and go: Django runs each request's sync
+    view, and Channels each socket's sync handlers, on a thread of their own, and a connection kept by a
+    thread that ended would never come back. The web process ran out of its pool's 1,000 connections after
+    as many REST requests, each counted against its key's rate limit on its own thread."""
+
+    def __init__(self):
+        self.pool = redis_client().connection_pool
+        self.connection = self.pool.get_connection()
+
+    def let_go(self, *, broken: bool) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            if broken:
+                connection.disconnect()  # (a reply may be left unread on it)
+            self.pool.release(connection)
+
+    def __del__(self):
+        self.let_go(broken=False)
+
+
 _thread_held = threading.local()
 
 
 def redis_script_held_call(source: str, keys: list, args: list):
-    """redis_script(source)(keys=keys, args=args), on a connection the calling thread keeps for such calls:
-    for a call made many times a second by the same thread (a step's text deltas). Taking a connection from
-    the pool and giving it back (a readiness poll each time) and redis-py's layers around a command were
-    half of such a call's CPU. A call that finds the script gone, or cannot reach Redis on that connection,
-    is made again the usual way (which loads the script, and retries as redis-py does)."""
+    """redis_script(source)(keys=keys, args=args), on a connection the calling thread keeps for such calls
+    while it lives: for a call made many times a second by the same thread (a step's text deltas). Taking a
+    connection from the pool and giving it back (a readiness poll each time) and redis-py's layers around a
+    command were half of such a call's CPU. A call that finds the script gone, or cannot reach Redis on that
+    connection, is made again the usual way (which loads the script, and retries as redis-py does)."""
     script = redis_script(source)
-    connection = getattr(_thread_held, "connection", None)
-    if connection is None:
-        connection = _thread_held.connection = redis_client().connection_pool.get_connection()
+    held = getattr(_thread_held, "held", None)
+    if held is None:
+        held = _thread_held.held = _HeldConnection()
+    connection = held.connection
     try:
         connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
         return connection.read_response()
@@ -86,9 +109,8 @@ def redis_script_held_call(source: str, keys: list, args: list):
         raise  # the script's own error, read whole
     except BaseException as exc:
         # A reply may be left unread on the connection: it must not answer the next call.
-        _thread_held.connection = None
-        connection.disconnect()
-        redis_client().connection_pool.release(connection)
+        _thread_held.held = None
+        held.let_go(broken=True)
         if not isinstance(exc, CONNECTION_LOST):
             raise
     return script(keys=keys, args=args)
