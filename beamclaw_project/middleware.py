@@ -6,6 +6,8 @@ OpenAI-compatible API, /health and the run event stream are async views authenti
 need no sessions, CSRF, messages or clickjacking headers, and are called directly.
 """
 
+import logging
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -14,6 +16,8 @@ from django.urls import Resolver404, resolve
 
 from beamclaw_project import json_input
 from beamclaw_project.infra.outages import RETRY_AFTER_SECONDS, outage_of
+
+logger = logging.getLogger(__name__)
 
 FAST_PATH_PREFIXES = ("/v1/", "/health", "/api/runs/")
 # Where every request body is read as JSON by some view, whatever its Content-Type says.
@@ -52,7 +56,7 @@ async def api_view_call(request):
     except Exception as exc:
         if (store := outage_of(exc)) is None:
             raise
-        return outage_response(request, store)
+        return outage_response(request, store, exc)
 
 
 class ApiFastPathMiddleware(_AsyncMiddleware):
@@ -66,9 +70,12 @@ class ApiFastPathMiddleware(_AsyncMiddleware):
         return await self.get_response(request)
 
 
-def outage_response(request, store: str) -> JsonResponse:
+def outage_response(request, store: str, exc: BaseException) -> JsonResponse:
     """503 with Retry-After, in the shape of the edge the request came to: OpenAI's error object under
-    /v1/, the REST `detail`/`code` object under /api/ (and elsewhere)."""
+    /v1/, the REST `detail`/`code` object under /api/ (and elsewhere). The failure itself is logged: the
+    client is told only which store, the operator needs what went wrong with it."""
+    logger.warning("%s %s answered 503: %s is unavailable (%s: %s)", request.method, request.path,
+                   store, type(exc).__name__, exc)
     message = f"{store} is unavailable right now; the request was not carried out. Try again in a few seconds."
     if request.path_info.startswith("/v1/"):
         body = {"error": {"message": message, "type": "service_unavailable", "param": None, "code": "service_unavailable"}}
@@ -88,7 +95,7 @@ class OutageMiddleware(_AsyncMiddleware):
 
     def process_exception(self, request, exception):
         store = outage_of(exception)
-        return outage_response(request, store) if store is not None else None
+        return outage_response(request, store, exception) if store is not None else None
 
 
 class RequestBodyLimitMiddleware(_AsyncMiddleware):
