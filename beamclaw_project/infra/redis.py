@@ -64,6 +64,14 @@ def redis_script(source: str):
     return redis_client().register_script(source)
 
 
+def _give_back(pool: redis.ConnectionPool, connection, *, broken: bool) -> None:
+    """Return a connection taken from `pool`; a broken one (a reply may be left unread on it) is closed first,
+    so that reply cannot answer the next command sent on it."""
+    if broken:
+        connection.disconnect()
+    pool.release(connection)
+
+
 class _HeldConnection:
     """A pool connection one thread keeps (in `_thread_held`), given back to the pool when that thread ends:
     its thread-local data goes then, and this with it. Threads come and go: Django runs each request's sync
@@ -78,9 +86,7 @@ class _HeldConnection:
     def let_go(self, *, broken: bool) -> None:
         connection, self.connection = self.connection, None
         if connection is not None:
-            if broken:
-                connection.disconnect()  # (a reply may be left unread on it)
-            self.pool.release(connection)
+            _give_back(self.pool, connection, broken=broken)
 
     def __del__(self):
         self.let_go(broken=False)
@@ -207,9 +213,7 @@ class ScriptsSent:
     def _let_go(self, *, broken: bool) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            if broken:
-                connection.disconnect()  # (a reply may be left unread on it)
-            redis_client().connection_pool.release(connection)
+            _give_back(redis_client().connection_pool, connection, broken=broken)
 
     def __enter__(self) -> "ScriptsSent":
         return self
