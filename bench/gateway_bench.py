@@ -6,10 +6,12 @@ Redis db (14), starts the fake Anthropic server, the workers (as `make run`: one
 bench/results/latest.json and stops every process it started, also on Ctrl-C, SIGTERM or an error.
 
 1. Added latency: the same streaming request through the gateway (POST /v1/chat/completions, parsed
-   by hand on httpx2, the HTTP client the official SDKs run on) and straight to the fake server (anthropic.AsyncAnthropic); p50/p99 of time to first
-   token and of total stream time, at concurrency 1 and 50.
-2. Capacity: bursts of N simultaneous ~1 s streams; every stream must carry exactly the expected text
-   in exactly the expected number of deltas, end with [DONE] and carry no error.
+   by hand on httpx2, the HTTP client the official SDKs run on) and straight to the fake server
+   (anthropic.AsyncAnthropic); p50/p99 of time to first token and of total stream time, at concurrency 1
+   and 50.
+2. Capacity: bursts of N simultaneous ~1 s streams; every stream must carry exactly the expected text, end
+   with [DONE] and carry no error. Each text chunk's gap over the fake's pace is shown next to the same
+   burst's sent straight to the fake.
 3. CPU per stream of every process on the path, read from /proc around each measured batch, to show
    where the gateway's time goes.
 4. Time to first token at concurrency 1 split into segments, using the moment the fake server received
@@ -658,7 +660,6 @@ async def measure_capacity(gateway: GatewayClient, direct: DirectClient, meter: 
         replies = [capacity_reply(level, i) for i in range(level)]
         prompts = [capacity_prompt(reply, delay_ms) for reply in replies]
         direct_results = await run_batch(direct.stream, prompts, level)
-        await asyncio.sleep(1.0)
         results, cpu, wall = await metered_batch(meter, gateway.stream, prompts, level)
         bad = [(r, reply) for r, reply in zip(results, replies) if not r.is_exact(reply)]
         rows.append(
