@@ -105,6 +105,16 @@ def publish_delta(run_id, payload: dict) -> bool:
     return int(redis_script_held_call(_APPEND_SCRIPT, keys, [*args, "1"])) > 0
 
 
+def followers_call(run_id) -> Command:
+    """How many processes follow the run's stream as it comes (publish_delta's readers), to send with other
+    calls (redis_scripts_call): hand its result to followers_read."""
+    return Command("PUBSUB", ("NUMSUB", stream_key(run_id)))
+
+
+def followers_read(result: list) -> int:
+    return int(result[1])
+
+
 def publish_command(run_id, event: str, payload: dict) -> Command:
     """publish, to send with commands that must follow it (a run's first step after its run.started), in
     one round trip (redis_scripts_call); its result is the seq. Sent as EVAL, with the script's text: an

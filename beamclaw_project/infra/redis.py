@@ -3,6 +3,7 @@ for the event loop (Daphne). Redis holds only what can be rebuilt or may lapse (
 counters, heartbeats); Postgres is the source of truth."""
 
 import asyncio
+import sys
 import threading
 from functools import lru_cache, wraps
 from typing import NamedTuple
@@ -89,7 +90,9 @@ class _HeldConnection:
             _give_back(self.pool, connection, broken=broken)
 
     def __del__(self):
-        self.let_go(broken=False)
+        # At the interpreter's exit the module may be torn down already; its pool goes with the process.
+        if not sys.is_finalizing():
+            self.let_go(broken=False)
 
 
 _thread_held = threading.local()

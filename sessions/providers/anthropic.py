@@ -1,4 +1,5 @@
-"""Anthropic Messages API provider on the official SDK: one streamed attempt per call.
+"""Anthropic Messages API provider on the official SDK: one attempt per call, streamed unless nobody reads
+the reply as it comes (`CompletionRequest.whole_reply`).
 
 The SDK's own retries are off: a retry is only safe before any text reached the user, which only the
 engine can know, so retries and fallbacks live in sessions/providers/chain.py, around the stream. An agent
@@ -15,9 +16,13 @@ from typing import Callable, Iterator
 import anthropic
 
 from sessions.providers import endpoints
-from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, reply_cut_on_drain
+from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
 from sessions.providers.registry import register_provider
 
+# The longest reply asked for whole: it comes in one read once the model has written all of it, and the SDK
+# refuses longer ones unstreamed for some models. A longer one is streamed, as any other.
+WHOLE_REPLY_MAX_TOKENS = 8192
+_EXTRA_USAGE = ("cache_creation_input_tokens", "cache_read_input_tokens")
 _RETRYABLE_KINDS = {"overloaded", "rate_limited", "server_error", "connection", "timeout"}
 _KIND_BY_ERROR_TYPE = {
     "overloaded_error": "overloaded",
@@ -32,10 +37,12 @@ _KIND_BY_ERROR_TYPE = {
 
 
 @lru_cache(maxsize=endpoints.CLIENT_CACHE_SIZE)
-def _client(api_key: str) -> anthropic.Anthropic:
-    """One client per key (the SDK reads ANTHROPIC_BASE_URL itself)."""
+def _client(api_key: str) -> tuple[anthropic.Anthropic, bool]:
+    """One client per key (the SDK reads ANTHROPIC_BASE_URL itself), and whether a drain or an abort can cut
+    its reads (every read: a whole reply's wait for its headers too)."""
     timeout = anthropic.Timeout(endpoints.timeout_seconds(), connect=endpoints.CONNECT_TIMEOUT_SECONDS)
-    return anthropic.Anthropic(api_key=api_key, max_retries=0, timeout=timeout)
+    client = anthropic.Anthropic(api_key=api_key, max_retries=0, timeout=timeout)
+    return client, endpoints.reads_made_cuttable(client._client)
 
 
 def warm_up() -> None:
@@ -113,11 +120,42 @@ class AnthropicProvider:
                 kind="auth",
             )
         try:
-            return self._stream_once(request, _client(api_key), on_text=on_text, should_abort=should_abort)
+            client, cuttable = _client(api_key)
+            if request.whole_reply and cuttable and request.max_tokens <= WHOLE_REPLY_MAX_TOKENS:
+                return self._whole_once(request, client, on_text=on_text, should_abort=should_abort)
+            return self._stream_once(request, client, on_text=on_text, should_abort=should_abort)
         except (Aborted, ProviderError):
             raise
         except Exception as exc:  # noqa: BLE001 - every SDK failure is classified
             raise _classify(exc, request) from exc
+
+    def _whole_once(
+        self,
+        request: CompletionRequest,
+        client: anthropic.Anthropic,
+        *,
+        on_text: Callable[[str], None],
+        should_abort: Callable[[], bool],
+    ) -> Completion:
+        """The reply asked for whole: one JSON body to read, where a stream is an event per token (a real
+        model sends one every 10-20 ms, each a network read and a parse here)."""
+        # (A drain or an abort cuts the wait: _client's reads.)
+        with client.messages.with_streaming_response.create(**_request_kwargs(request, stream=False)) as response:
+            body = json.loads(response.http_response.read())
+        if should_abort():
+            raise Aborted()
+        usage = body.get("usage") or {}
+        completion = Completion(
+            content=[_without_nulls(block) for block in body.get("content") or ()],
+            stop_reason=body.get("stop_reason"),
+            model=request.model,
+            input_tokens=usage.get("input_tokens") or 0,
+            output_tokens=usage.get("output_tokens") or 0,
+            extra_usage={name: usage[name] for name in _EXTRA_USAGE if usage.get(name)},
+        )
+        if text := completion.text:
+            on_text(text)
+        return completion
 
     def _stream_once(
         self,
@@ -127,33 +165,12 @@ class AnthropicProvider:
         on_text: Callable[[str], None],
         should_abort: Callable[[], bool],
     ) -> Completion:
-        model = request.model
-        kwargs = {"model": model, "max_tokens": request.max_tokens, "messages": request.messages, "stream": True}
-        if request.system:
-            kwargs["system"] = request.system
-        if request.stop_sequences:
-            kwargs["stop_sequences"] = list(request.stop_sequences)
-        if request.effort:
-            kwargs["output_config"] = {"effort": request.effort}
-        # The pinned SDK has no typed argument for the sampling knobs the Messages API still takes; its
-        # documented way to send such fields is extra_body (a TypeError here once broke every request).
-        sampling = {name: value for name, value in (("temperature", _temperature(request.temperature)),
-                                                    ("top_p", request.top_p))
-                    if value is not None}
-        if sampling:
-            kwargs["extra_body"] = sampling
-        if request.tools:
-            kwargs["tools"] = list(request.tools)
-            if request.tool_choice:
-                kwargs["tool_choice"] = dict(request.tool_choice)
-
-        completion = Completion(content=[], stop_reason=None, model=model)
+        completion = Completion(content=[], stop_reason=None, model=request.model)
         partial_json: dict[int, list[str]] = {}
         # The stream's events as plain JSON rather than the SDK's models: building a pydantic model per
         # event, and snapshots in its accumulating helper, cost more CPU than everything else here when
         # hundreds of runs stream at once. The SDK still sends the request and raises for error statuses.
-        with client.messages.with_streaming_response.create(**kwargs) as response, \
-                reply_cut_on_drain(response.http_response):
+        with client.messages.with_streaming_response.create(**_request_kwargs(request, stream=True)) as response:
             for batch in _sse_batches(response):
                 # Text deltas that arrived in one network read go on as one: the model wrote them while
                 # this worker was busy, so joining them delays nothing, and each costs a Redis append here
@@ -176,6 +193,29 @@ class AnthropicProvider:
         return completion
 
 
+def _request_kwargs(request: CompletionRequest, *, stream: bool) -> dict:
+    """The Messages API request, as the SDK's create() takes it."""
+    kwargs = {"model": request.model, "max_tokens": request.max_tokens, "messages": request.messages, "stream": stream}
+    if request.system:
+        kwargs["system"] = request.system
+    if request.stop_sequences:
+        kwargs["stop_sequences"] = list(request.stop_sequences)
+    if request.effort:
+        kwargs["output_config"] = {"effort": request.effort}
+    # The pinned SDK has no typed argument for the sampling knobs the Messages API still takes; its
+    # documented way to send such fields is extra_body (a TypeError here once broke every request).
+    sampling = {name: value for name, value in (("temperature", _temperature(request.temperature)),
+                                                ("top_p", request.top_p))
+                if value is not None}
+    if sampling:
+        kwargs["extra_body"] = sampling
+    if request.tools:
+        kwargs["tools"] = list(request.tools)
+        if request.tool_choice:
+            kwargs["tool_choice"] = dict(request.tool_choice)
+    return kwargs
+
+
 def _apply_event(event: dict, completion: Completion, partial_json: dict[int, list[str]]) -> None:
     """Record a stream event other than a text delta: a content block starting or ending (a tool_use's input
     arrives in JSON pieces, joined at its end), the usage, the stop reason."""
@@ -196,7 +236,7 @@ def _apply_event(event: dict, completion: Completion, partial_json: dict[int, li
         usage = event["message"].get("usage") or {}
         completion.input_tokens = usage.get("input_tokens") or 0
         completion.output_tokens = usage.get("output_tokens") or 0
-        for name in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+        for name in _EXTRA_USAGE:
             if usage.get(name):
                 completion.extra_usage[name] = usage[name]
     elif kind == "message_delta":

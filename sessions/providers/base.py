@@ -100,6 +100,10 @@ class CompletionRequest:
     tool_choice: dict | None = None
     base_url: str = ""
     api_key: str = field(default="", repr=False)
+    # Nobody reads the reply as it comes (a plain chat completion, a cron occurrence, a sub-agent, and no
+    # one following the run): a provider may ask its API for the reply whole, and hand its text to
+    # `on_text` once. A provider that streams anyway is just as right.
+    whole_reply: bool = False
 
 
 def request_sampling(params: dict) -> dict:
@@ -119,7 +123,10 @@ class Provider(Protocol):
     """One reply per `stream` call, one attempt on `request.model`. `on_text` gets each piece of reply text
     as it arrives (the engine publishes it at once, so it cannot be taken back: the chain retries only
     before the first piece); `should_abort` is polled between stream events, and `Aborted` raised once it is
-    true. Failures are `ProviderError`s.
+    true. Failures are `ProviderError`s. A provider that asks its API for a `whole_reply` has no events to
+    poll between: its connection's reads, the wait for the response's headers included, must be ones a drain
+    and an abort can cut (sessions/providers/endpoints.py, `reads_made_cuttable`), and it polls
+    `should_abort` once it has the reply.
 
     `sampling` names the SAMPLING_PARAMS the provider takes; a provider without the attribute (an older
     plug-in) is taken to accept them all."""

@@ -11,12 +11,18 @@ Building an SDK client costs about 22 ms of CPU (measured for both SDKs; most of
 so clients are kept per (base_url, key), which also keeps their connections open for the next call.
 """
 
+import logging
+
+import httpcore2
 import httpx
 from django.conf import settings
 from rest_framework.exceptions import ValidationError
 
 from beamclaw_project.infra import address_policy
+from beamclaw_project.infra.draining import cut_on_drain
 from sessions.providers.base import ProviderError
+
+logger = logging.getLogger(__name__)
 
 CLIENT_CACHE_SIZE = 256
 
@@ -70,3 +76,61 @@ def base_url_clean(value) -> str:
     except address_policy.TargetRefused as exc:
         raise ValidationError(f"base_url is refused: {exc.message}.") from None
     return value
+
+
+# --- reads a drain (or an abort) can cut -----------------------------------------------------------
+
+
+def reads_made_cuttable(http_client) -> bool:
+    """Make every read of `http_client`'s connections (an httpx2.Client, the anthropic SDK's) one that a
+    worker's drain, or the reading thread's `cut_also_by` (a run's abort), can cut short
+    (beamclaw_project/infra/draining.py); False when the client is not built as this pinned httpx2 builds
+    it. Wrapping the read itself, not the response, covers the wait for a reply's headers, which a reply asked
+    for whole sends only once the model has written all of it. httpx2 has no public way to give its
+    transports a network backend, so the wrapper goes into each transport's connection pool."""
+    transports = [http_client._transport, *(t for t in http_client._mounts.values() if t is not None)]
+    pools = [getattr(transport, "_pool", None) for transport in transports]
+    if not all(isinstance(getattr(pool, "_network_backend", None), httpcore2.NetworkBackend) for pool in pools):
+        logger.warning("the model client's connections cannot be cut on drain or abort (httpx2's layout "
+                       "changed); replies are streamed, never asked for whole")
+        return False
+    for pool in pools:
+        if not isinstance(pool._network_backend, _CuttableBackend):
+            pool._network_backend = _CuttableBackend(pool._network_backend)
+    return True
+
+
+class _CuttableBackend(httpcore2.NetworkBackend):
+    def __init__(self, backend: httpcore2.NetworkBackend):
+        self._backend = backend
+
+    def connect_tcp(self, *args, **kwargs) -> httpcore2.NetworkStream:
+        return _CuttableStream(self._backend.connect_tcp(*args, **kwargs))
+
+    def connect_unix_socket(self, *args, **kwargs) -> httpcore2.NetworkStream:
+        return _CuttableStream(self._backend.connect_unix_socket(*args, **kwargs))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _CuttableStream(httpcore2.NetworkStream):
+    def __init__(self, stream: httpcore2.NetworkStream):
+        self._stream = stream
+        self._socket = stream.get_extra_info("socket")
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        with cut_on_drain(self._socket):
+            return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, *args, **kwargs) -> httpcore2.NetworkStream:
+        return _CuttableStream(self._stream.start_tls(*args, **kwargs))
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)

@@ -7,16 +7,22 @@
 - `transcript_append`: the only way a message enters a session's transcript (gap-free `seq` from the
   session row, which the caller has locked).
 - `step_enqueue`: mark the run's lease `queued`, then send `sessions.run_step` to the tenant's queue.
-- The abort flag: a Redis key a running step polls between stream events.
+- The abort flag: a Redis key a running step polls between stream events (or, while it waits for a reply
+  asked for whole, a thread of the process polls for it, and cuts the reply's connection).
 - The run lease (`bc:run:<id>:lease`): which worker runs the step, or that a step is queued, or that
   the run's tool calls are in flight (`tools`).
 """
 
+import logging
+import socket
+import threading
 import time
+from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 
 from django.conf import settings
 
+from beamclaw_project.infra.draining import cut_also_by, socket_cut
 from beamclaw_project.infra.leases import (
     QUEUED,
     lease_requeue,
@@ -39,6 +45,8 @@ RUN_STEP_TASK = "sessions.run_step"
 # Held while a run's tool calls are in flight and no step is queued or running (see tool_phase.py).
 TOOLS_PHASE = "tools"
 ABORT_CHECK_INTERVAL = 0.2
+
+logger = logging.getLogger(__name__)
 
 
 # --- locks and the transcript ----------------------------------------------------------------------
@@ -277,10 +285,67 @@ class AbortCheck:
         the first token."""
         self.key = _abort_key(run_id)
         self.next_check = 0.0 if read_at is None else read_at + ABORT_CHECK_INTERVAL
+        self.seen = False  # once found set (here, or by the watch of abort_cuts_reads), it stays
 
     def __call__(self) -> bool:
         now = time.monotonic()
-        if now < self.next_check:
-            return False
+        if self.seen or now < self.next_check:
+            return self.seen
         self.next_check = now + ABORT_CHECK_INTERVAL
-        return bool(redis_client().exists(self.key))
+        self.seen = self.seen or bool(redis_client().exists(self.key))
+        return self.seen
+
+
+def abort_cuts_reads(check: AbortCheck) -> AbstractContextManager:
+    """While inside, the connection this thread reads a model's reply from (under cut_on_drain) is shut down
+    once `check`'s run is aborted, and `check` then says so: a step that asked for its reply whole has no
+    stream events between which to poll the flag, and would otherwise notice an abort only once the model
+    had written everything."""
+    return cut_also_by(lambda sock: _abort_watch.watching(check, sock))
+
+
+class _AbortWatch:
+    """One daemon thread per process that polls the abort flags of the runs whose replies are read whole,
+    every ABORT_CHECK_INTERVAL, all in one round trip (MGET), and cuts the connection of each one aborted."""
+
+    def __init__(self):
+        self._watched: dict[int, tuple[AbortCheck, socket.socket]] = {}
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def watching(self, check: AbortCheck, sock: socket.socket):
+        with self._changed:
+            self._watched[id(check)] = (check, sock)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="abort-watch", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._watched.pop(id(check), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._watched:
+                    self._changed.wait()
+            time.sleep(ABORT_CHECK_INTERVAL)
+            with self._changed:
+                watched = list(self._watched.values())
+            if not watched:
+                continue
+            try:
+                flags = redis_client().mget([check.key for check, _ in watched])
+            except Exception as exc:  # noqa: BLE001 - an outage: the next tick tries again
+                logger.debug("abort watch: could not read the abort flags (%s)", exc)
+                continue
+            for (check, sock), flag in zip(watched, flags):
+                if flag is not None:
+                    check.seen = True
+                    socket_cut(sock)
+
+
+_abort_watch = _AbortWatch()

@@ -11,6 +11,7 @@ one whose worker is shutting down goes back to the queue at its next stream even
 
 import logging
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from functools import cache
 
@@ -38,6 +39,7 @@ from sessions.runs.json_mode import INVALID_JSON, REPAIR_PARAM, ReplyCheck, fail
 from sessions.runs.kernel import (
     TOOLS_PHASE,
     AbortCheck,
+    abort_cuts_reads,
     abort_flag_call,
     abort_flag_read,
     abort_flag_reason,
@@ -168,7 +170,8 @@ def _run_step_leased(run_id, step: int) -> None:
     # One round trip for the lease, the number of this delivery of the step (a later one skips text already
     # streamed) and the run's abort flag: each on its own was a round trip on the way to the first token.
     taking_since = time.monotonic()
-    with ScriptsSent([lease.acquire_call(), _count_call(run_id, step, "attempts"), abort_flag_call(run_id)]) as sent:
+    with ScriptsSent([lease.acquire_call(), _count_call(run_id, step, "attempts"), abort_flag_call(run_id),
+                      events.followers_call(run_id)]) as sent:
         # The run is read while Redis answers (a read is harmless to a delivery that finds the step taken);
         # a failed read is raised below, under the lease, as a failure of the step itself.
         run, read_error = None, None
@@ -176,7 +179,7 @@ def _run_step_leased(run_id, step: int) -> None:
             run = run_for_step(run_id, step)
         except BaseException as exc:  # noqa: BLE001 - raised below, once the lease can be let go
             read_error = exc
-        took, attempt, abort_flag = sent.results()
+        took, attempt, abort_flag, followers = sent.results()
     if not lease.acquired(took, since=taking_since):
         logger.info("run %s step %s is held by another worker; skipping this delivery", run_id, step)
         if read_error is not None and not isinstance(read_error, Exception):
@@ -193,7 +196,8 @@ def _run_step_leased(run_id, step: int) -> None:
                 # delivery ended the step and queued the next one, then taken the next one's marker: read it
                 # again, now that the lease is held. (A first delivery cannot: no step runs before it.)
                 run = run_for_step(run_id, step)
-            tools_started = _execute_step(run, step, int(attempt), lease, abort_flag_read(abort_flag), taking_since)
+            tools_started = _execute_step(run, step, int(attempt), lease, abort_flag_read(abort_flag), taking_since,
+                                          followed=events.followers_read(followers) > 0)
         except _HandedBack as exc:
             handed_back = exc
         except _LeaseLost:
@@ -287,10 +291,10 @@ def run_for_step(run_id, step: int) -> Run | None:
 
 
 def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_reason: str | None,
-                  abort_read_at: float) -> bool:
+                  abort_read_at: float, *, followed: bool) -> bool:
     """Run the step of `run` (run_for_step's, read as the step was taken); True when it left the run in its
     tool phase. `abort_reason`: the run's abort flag, as read when the step was taken (at `abort_read_at`,
-    time.monotonic())."""
+    time.monotonic()); `followed`: whether anyone followed the run's stream then."""
     if run is None or run.status != Run.Status.RUNNING or run.step != step:
         return False
     run_id = run.pk
@@ -311,6 +315,10 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
     agent = run.session.agent
     began = time.monotonic()
     view = run.view
+    unstreamed = bool(run.params.get(UNSTREAMED_PARAM))
+    # Nobody reads this reply as it comes: ask the model for it whole (one read instead of one per token).
+    # Whoever starts following the run meanwhile gets it whole at the end.
+    whole_reply = unstreamed and not followed
     # Older turns are summarized first when the context nears the agent's budget (compaction.py).
     if compaction_if_needed(run=run, agent=agent, view=view) is not None:
         view = transcript_view(run.session_id)
@@ -322,6 +330,7 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
         **request_sampling(run.params),
         tools=tool_phase.offered_tools(agent, run.session, run.params),
         tool_choice=tool_phase.tool_choice_for(run.params, step),
+        whole_reply=whole_reply,
     )
     # Streaming takes seconds; give the Postgres connection back to the pool meanwhile.
     close_old_connections()
@@ -329,14 +338,16 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
     tenant_slug = run.tenant.slug
     already_streamed = events.published_text(run_id, step) if attempt > 1 else ""
     publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed), lease=lease, tenant=tenant_slug,
-                                    run_started_at=run.started_at, unstreamed=bool(run.params.get(UNSTREAMED_PARAM)))
+                                    run_started_at=run.started_at, unstreamed=unstreamed)
     callbacks = _CallbackFailures()
+    stop_check = _StopCheck(run_id, lease, abort_read_at=abort_read_at)
 
     try:
         try:
-            completion = complete(
-                agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(_StopCheck(run_id, lease, abort_read_at=abort_read_at))
-            )
+            with abort_cuts_reads(stop_check.aborted) if whole_reply else nullcontext():
+                completion = complete(
+                    agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(stop_check)
+                )
         finally:
             publish_delta.flush()  # what waits goes out before anything else is published
         publish_delta.close()

@@ -20,8 +20,8 @@ when N-1 assistant turns follow that message (the last one thereafter),
 unless the last user message scripts something else. It models a model that
 answers a follow-up (a repair request, say) differently.
 
-``[[hold=KEY:N]]`` pauses a streamed reply after its Nth text delta until a
-test calls ``POST /_fake/release?key=KEY``; a released key stays released (a
+``[[hold=KEY:N]]`` pauses a streamed reply after its Nth text delta (holds a
+reply asked for whole) until a test calls ``POST /_fake/release?key=KEY``; a released key stays released (a
 retried request streams straight through) until ``/_fake/reset``. It lets a
 test act while a stream is surely still open, however slow the machine.
 
@@ -551,15 +551,7 @@ class FakeAnthropicServer:
 
         if body.get("stream"):
             return await self._stream(request, request_id, message, script)
-
-        if script.midstream is not None:
-            error_type = script.midstream[0]
-            return _error_response(
-                STATUS_BY_ERROR_TYPE.get(error_type, 500), request_id, error_type=error_type
-            )
-        if script.ttft:
-            await asyncio.sleep(script.ttft)
-        return web.json_response(message, headers={"request-id": request_id}, dumps=_dumps)
+        return await self._whole(request_id, message, script)
 
     @staticmethod
     def _build_content(
@@ -660,6 +652,28 @@ class FakeAnthropicServer:
             at = text_delta_positions[after - 1] + 1 if after else 2
             events.insert(min(at, len(events)), (0.0, _HOLD))
         return events
+
+    async def _whole(
+        self, request_id: str, message: dict[str, Any], script: _Script
+    ) -> web.Response:
+        """A reply asked for whole (no `stream`) comes when its stream would have ended: a model writes it
+        at the same pace. A `[[hold]]` holds it until released; a `[[midstream_error]]` makes it that
+        error, when the stream would have failed."""
+        waited = 0.0
+        for pause, payload in self._render_stream(message, script):
+            waited += pause
+            if payload is _HOLD:
+                await asyncio.sleep(waited)
+                waited = 0.0
+                await self._hold_gate(script.hold[0]).wait()
+        if waited:
+            await asyncio.sleep(waited)
+        if script.midstream is not None:
+            error_type = script.midstream[0]
+            return _error_response(
+                STATUS_BY_ERROR_TYPE.get(error_type, 500), request_id, error_type=error_type
+            )
+        return web.json_response(message, headers={"request-id": request_id}, dumps=_dumps)
 
     async def _stream(
         self, request: web.Request, request_id: str, message: dict[str, Any], script: _Script

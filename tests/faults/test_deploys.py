@@ -10,6 +10,7 @@
 
 import json
 import sys
+import threading
 import time
 import uuid
 
@@ -65,6 +66,39 @@ def test_sigterm_hands_running_steps_to_another_worker(gateway, tenant, fleet, f
     assert "lost its worker" not in new.log_path.read_text()
     print(f"\n[fault report] worker SIGTERM: {len(replies)} streaming runs handed over, exited after "
           f"{exited_after:.1f}s, every reply complete {continued_after:.1f}s after the signal")
+
+
+def test_sigterm_hands_a_step_waiting_for_a_whole_reply_to_another_worker(gateway, tenant, fleet, fake_llm):
+    """A plain chat completion's step asks the model for the reply whole, so it reads nothing until the model
+    has written all of it: the drain cuts that wait too, and the step goes to another worker at once."""
+    old = fleet("deploy-old-whole")
+    marker = uuid.uuid4().hex
+    session_key = f"agent:assistant:deploy-whole-{marker}"
+    body = {"model": "assistant", "messages": [{"role": "user", "content": f"plain deploy {marker} [[hold={marker}:0]]"}]}
+    answers: list[httpx.Response] = []
+    request = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{gateway}/v1/chat/completions", headers={**tenant.headers, "X-Session-Key": session_key}, json=body,
+        timeout=240)))
+    request.start()
+    try:
+        def asked() -> int:
+            received = httpx.get(f"{fake_llm}/_fake/requests", params={"limit": 200}).json()
+            return sum(marker in json.dumps(r["body"]) and r["body"].get("stream") is False for r in received)
+
+        wait_until(lambda: asked() == 1, timeout=60, message="the old worker to wait for the whole reply")
+        new = fleet("deploy-new-whole")
+        old.terminate()
+        wait_until(lambda: not old.alive, timeout=60, message="the old worker to exit after SIGTERM")
+        wait_until(lambda: asked() == 2, timeout=60, message="the new worker to ask the model again")
+    finally:
+        httpx.post(f"{fake_llm}/_fake/release", params={"key": marker}).raise_for_status()
+        request.join()
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[0].json()["choices"][0]["message"]["content"] == f"Echo: plain deploy {marker}"
+    run_id = answers[0].headers["x-run-id"]
+    assert _exactly_once(run_id, marker)
+    assert f"run {run_id} step 0 handed back" in old.log_path.read_text(), old.log_tail()
+    assert "lost its worker" not in new.log_path.read_text()
 
 
 def _sse_until_broken(response) -> list[dict]:

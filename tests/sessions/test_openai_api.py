@@ -1,12 +1,16 @@
 """The OpenAI-compatible endpoints, driven with the official `openai` client and with raw HTTP."""
 
+import json
+import threading
+import uuid
+
 import httpx
 import openai
 import pytest
 
 from sessions import events
 from sessions.models import AgentSession, Message, Run
-from tests.conftest import assert_whole_deltas, openai_client
+from tests.conftest import assert_whole_deltas, openai_client, wait_until
 
 
 def test_models_lists_only_the_tenants_agents(live, make_tenant):
@@ -54,27 +58,59 @@ def test_streaming_completion_with_openai_client(live, tenant):
     assert len({c.id for c in chunks}) == 1
 
 
-def test_a_whole_reply_is_not_streamed_delta_by_delta_meanwhile(live, tenant):
-    """Nobody reads a plain completion's deltas as they come (the request waits for the run's end), so its
-    run streams them joined (sessions/runs/delta_window.py): a short reply is one event where a streamed one
-    is several, and the reply is whole."""
+def test_a_plain_completion_asks_the_model_for_its_reply_whole(live, tenant, fake_requests):
+    """Nobody reads a plain completion's reply as it comes (the request waits for the run's end): its step asks
+    the model for the reply whole, one read instead of one per token, and the run's stream holds it as one
+    delta. A streamed completion is streamed from the model on, delta by delta."""
     client = openai_client(live, tenant)
-    messages = [{"role": "user", "content": "one two three four five six [[delay_ms=20]]"}]
+    marker = uuid.uuid4().hex
+    messages = [{"role": "user", "content": f"one two three four five six {marker} [[delay_ms=20]]"}]
+    expected = f"Echo: one two three four five six {marker}"
     plain = client.chat.completions.with_raw_response.create(model="assistant", messages=messages)
-    assert plain.parse().choices[0].message.content == "Echo: one two three four five six"
+    assert plain.parse().choices[0].message.content == expected
     with client.chat.completions.with_streaming_response.create(model="assistant", messages=messages,
                                                                stream=True) as streamed:
         chunks = list(streamed.parse())
         streamed_run = streamed.headers["X-Run-Id"]
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: one two three four five six"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+
+    asked = [r["body"]["stream"] for r in fake_requests() if marker in json.dumps(r["body"])]
+    assert asked == [False, True], "the plain run asked for the reply whole, the streamed one for a stream"
 
     def deltas(run_id) -> list[str]:
         return [e.payload["text"] for e in events.read_all(run_id) if e.event == events.TEXT_DELTA]
 
-    # The model sent 7 deltas 20 ms apart, in ~120 ms: a plain reply holds them up to 500 ms (a stall of the
-    # worker past that may split them once); a streamed one joins only those within 2 ms.
-    assert "".join(deltas(plain.headers["X-Run-Id"])) == "Echo: one two three four five six"
-    assert len(deltas(plain.headers["X-Run-Id"])) <= 2 and len(deltas(streamed_run)) > 1
+    assert deltas(plain.headers["X-Run-Id"]) == [expected]
+    assert "".join(deltas(streamed_run)) == expected and len(deltas(streamed_run)) > 1
+
+
+def test_a_plain_completion_aborted_while_the_model_writes_is_answered_at_once(live, tenant, fake_requests, fake_llm):
+    """A reply asked for whole has no stream events between which its step could notice an abort: the
+    worker cuts the model's connection when the run is aborted, rather than wait for the whole reply."""
+    marker = uuid.uuid4().hex
+    session_key = f"agent:assistant:abort-whole-{marker}"
+    headers = {**tenant.headers, "X-Session-Key": session_key}
+    # The fake holds the reply until the test releases it: the model is still writing when the run is aborted.
+    body = {"model": "assistant", "messages": [{"role": "user", "content": f"{marker} [[hold={marker}:0]]"}]}
+    answers: list[httpx.Response] = []
+    request = threading.Thread(target=lambda: answers.append(
+        httpx.post(f"{live}/v1/chat/completions", headers=headers, json=body, timeout=180)))
+    request.start()
+    try:
+        wait_until(lambda: any(marker in json.dumps(r["body"]) for r in fake_requests()), timeout=30,
+                   message="the model to be writing the reply")
+        run = Run.objects.get(session__key=session_key)
+        aborted = httpx.post(f"{live}/api/runs/{run.pk}/abort/", headers=tenant.headers, timeout=30)
+        assert aborted.status_code == 200, aborted.text
+        request.join(timeout=60)
+        assert answers, "the request still waited for the model's reply a minute after the abort"
+    finally:
+        httpx.post(f"{fake_llm}/_fake/release", params={"key": marker}).raise_for_status()
+        request.join()
+    assert answers[0].status_code == 409 and answers[0].json()["error"]["code"] == "aborted"
+    run.refresh_from_db()
+    assert run.status == Run.Status.ABORTED
+    assert [m.role for m in Message.objects.filter(session=run.session_id)] == ["user"], "no reply was written"
 
 
 def test_a_whole_reply_says_its_length_and_is_not_chunked(live, tenant):

@@ -152,16 +152,21 @@ def test_a_result_arriving_while_the_parent_run_is_active_joins_it(live, make_te
     assert set(Run.objects.filter(session=parent).values_list("pk", flat=True)) == {parent_run.pk, steer.pk}
 
 
-def test_a_child_whose_worker_is_killed_mid_stream_is_announced_exactly_once(gateway, tenant, crash_recovery):
-    """A crash-recovery test: leases of 2 s (CRASH_RECOVERY_TIMINGS), so the rescuer takes the step over soon."""
+def test_a_child_whose_worker_is_killed_mid_reply_is_announced_exactly_once(gateway, tenant, crash_recovery, fake_llm):
+    """A crash-recovery test: leases of 2 s (CRASH_RECOVERY_TIMINGS), so the rescuer takes the step over soon.
+    Nobody follows the child's run, so its step asks the model for the reply whole (5 s to write it)."""
     victim = crash_recovery("victim")
     parent = new_session(tenant)
-    words = " ".join(f"w{i}" for i in range(40))
+    words = " ".join(f"w{i}" for i in range(40)) + f" {uuid.uuid4().hex}"
     parent_run = ask(parent, tool("sessions_spawn", {"task": f"{words} [[deltas=50]][[delay_ms=100]]"}))
     child_run_id = spawn_result(parent_run)["output"]["run_id"]
+
+    def child_asked() -> bool:
+        received = httpx.get(f"{fake_llm}/_fake/requests", params={"limit": 100}).json()
+        return any(words in json.dumps(r["body"]) and r["body"].get("stream") is False for r in received)
+
     try:
-        wait_until(lambda: sum(e.event == events.TEXT_DELTA for e in events.read_all(child_run_id)) >= 5,
-                   timeout=30, message="the child to be mid-stream")
+        wait_until(child_asked, timeout=30, message="the model to be writing the child's reply")
         victim.kill()
         assert Run.objects.get(pk=child_run_id).status == Run.Status.RUNNING
     finally:
