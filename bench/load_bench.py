@@ -44,6 +44,9 @@ BURST_TIMEOUT_SECONDS = 3.0
 # 20 deltas 2 ms apart, as the latency prompt: the reply streams as a model's would, only faster.
 PROMPT = "Hello from the BeamClaw load benchmark. [[deltas=20]][[delay_ms=2]]"
 REPLY = "Echo: Hello from the BeamClaw load benchmark."
+# --paced: as a model writes, a delta every 10 ms (one per character of REPLY), which the worker reads one
+# network read at a time.
+PACED_DIRECTIVES = f"[[deltas={len(REPLY)}]][[delay_ms=10]]"
 
 
 async def closed_loop(call, total: int, clients: int) -> tuple[list, float]:
@@ -243,7 +246,14 @@ def main() -> int:
     )
     parser.add_argument("--code", type=Path, help="measure the gateway of this checkout (default: this one)")
     parser.add_argument("--json", type=Path, default=RESULTS_PATH, help="where to write the results")
+    parser.add_argument(
+        "--paced", action="store_true",
+        help="the plain completions of section 2 get replies paced like a model's (a delta every 10 ms)",
+    )
     args = parser.parse_args()
+    if args.paced:
+        global PROMPT
+        PROMPT = PROMPT.replace("[[deltas=20]][[delay_ms=2]]", PACED_DIRECTIVES)
     if args.code:
         gb.CODE_ROOT = args.code.resolve()
     began = time.monotonic()
