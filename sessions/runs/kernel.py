@@ -343,9 +343,14 @@ class _AbortWatch:
                 logger.debug("abort watch: could not read the abort flags (%s)", exc)
                 continue
             for (check, sock), flag in zip(watched, flags):
-                if flag is not None:
-                    check.seen = True
-                    socket_cut(sock)
+                if flag is None:
+                    continue
+                with self._changed:
+                    # Only while the step still reads from it: once its read is over the connection goes back
+                    # to the pool, and another step's request may be on it by now.
+                    if self._watched.get(id(check)) == (check, sock):
+                        check.seen = True
+                        socket_cut(sock)
 
 
 _abort_watch = _AbortWatch()
