@@ -10,13 +10,14 @@ takes only its own HTTP client, which the outbound address policy does not provi
 
 import json
 import os
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Callable, Iterator
 
 import anthropic
 
 from sessions.providers import endpoints
-from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError
+from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, reply_cut_on_drain
 from sessions.providers.registry import register_provider
 
 # The longest reply asked for whole: it comes in one read once the model has written all of it, and the SDK
@@ -123,7 +124,7 @@ class AnthropicProvider:
             client, cuttable = _client(api_key)
             if request.whole_reply and cuttable and request.max_tokens <= WHOLE_REPLY_MAX_TOKENS:
                 return self._whole_once(request, client, on_text=on_text, should_abort=should_abort)
-            return self._stream_once(request, client, on_text=on_text, should_abort=should_abort)
+            return self._stream_once(request, client, cuttable, on_text=on_text, should_abort=should_abort)
         except (Aborted, ProviderError):
             raise
         except Exception as exc:  # noqa: BLE001 - every SDK failure is classified
@@ -161,6 +162,7 @@ class AnthropicProvider:
         self,
         request: CompletionRequest,
         client: anthropic.Anthropic,
+        cuttable: bool,
         *,
         on_text: Callable[[str], None],
         should_abort: Callable[[], bool],
@@ -170,7 +172,10 @@ class AnthropicProvider:
         # The stream's events as plain JSON rather than the SDK's models: building a pydantic model per
         # event, and snapshots in its accumulating helper, cost more CPU than everything else here when
         # hundreds of runs stream at once. The SDK still sends the request and raises for error statuses.
-        with client.messages.with_streaming_response.create(**_request_kwargs(request, stream=True)) as response:
+        # A drain cuts the stream's reads: every read of _client's connections, or (when those could not be
+        # made cuttable) those of this response.
+        with client.messages.with_streaming_response.create(**_request_kwargs(request, stream=True)) as response, \
+                nullcontext() if cuttable else reply_cut_on_drain(response.http_response):
             for batch in _sse_batches(response):
                 # Text deltas that arrived in one network read go on as one: the model wrote them while
                 # this worker was busy, so joining them delays nothing, and each costs a Redis append here

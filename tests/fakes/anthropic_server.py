@@ -21,8 +21,9 @@ unless the last user message scripts something else. It models a model that
 answers a follow-up (a repair request, say) differently.
 
 ``[[hold=KEY:N]]`` pauses a streamed reply after its Nth text delta (holds a
-reply asked for whole) until a test calls ``POST /_fake/release?key=KEY``; a released key stays released (a
-retried request streams straight through) until ``/_fake/reset``. It lets a
+reply asked for whole) until a test calls ``POST /_fake/release?key=KEY``; a
+released key stays released (a retried request streams straight through)
+until ``/_fake/reset``. It lets a
 test act while a stream is surely still open, however slow the machine.
 
 Image blocks are echoed as ``[image: <media type>, <N> bytes]`` (or
