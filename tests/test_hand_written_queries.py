@@ -17,8 +17,9 @@ from django.db.models import Q
 from psycopg import pq
 
 from beamclaw_project.infra.rows import row_insert, row_update, rows_insert, rows_write
-from beamclaw_project.postgres.base import connection_usable
+from beamclaw_project.postgres.base import PreparedCursor, connection_usable
 from sessions.models import AgentSession, Compaction, Message, Run
+from sessions.providers.base import Completion
 from sessions.runs.context import transcript_view
 from sessions.runs.kernel import run_lock, session_lock
 from sessions.runs.lifecycle import (
@@ -29,7 +30,7 @@ from sessions.runs.lifecycle import (
     tenant_room_locked,
     tenant_room_statements,
 )
-from sessions.runs.step import run_for_step
+from sessions.runs.step import run_for_step, step_finish
 from tenants.auth import AuthError, authenticate_key, authenticate_key_for_agent
 from tenants.models import Agent, ApiKey, Tenant
 
@@ -386,3 +387,59 @@ def test_a_database_without_the_commit_s_count_sends_the_run_the_queuing_way(mak
             cursor.execute("ALTER FUNCTION beamclaw_tenant_room_check_away(bigint) RENAME TO beamclaw_tenant_room_check")
     assert not Run.objects.filter(session=session).exists()
     assert "manage.py migrate" in caplog.text
+
+
+def round_trips_in(sent: list[str]) -> int:
+    """How many round trips the messages took: each ends with a Sync (a pipeline's, or an extended-protocol
+    statement's) or is a simple Query."""
+    return sum("\tSync" in line or "\tQuery" in line for line in sent)
+
+
+def test_a_run_s_end_takes_two_round_trips_its_writes_going_with_the_commit(make_tenant, tmp_path):
+    """A reply that ends its run is written in two round trips: the locks with what the session has waiting,
+    then the reply, the run's end and the session's with the COMMIT (lifecycle.run_end_locked's
+    `pending_rows`). What is written is what the four round trips wrote before: the message at the
+    session's next seq, the run succeeded with its tokens, the session's counters and its close."""
+    bundle = make_tenant()
+    session = AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}",
+                                          ephemeral=True, next_seq=2)
+    # Not submitted: no worker takes it.
+    run = Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.OPENAI, status=Run.Status.RUNNING,
+                             input=[{"type": "text", "text": "hi"}], params={})
+    reply = Completion(content=[{"type": "text", "text": "Hello there."}], stop_reason="end_turn", model="m",
+                       input_tokens=11, output_tokens=3)
+    trace = tmp_path / "end.trace"
+    with libpq_trace(trace):
+        assert step_finish(run.pk, session.pk, 0, reply, lease=None, json_check=None) is False
+    first, sent = sent_before_first_sync(trace)
+    assert statements_in(first) == 4  # BEGIN, the session's lock, the run's, the session's runs
+    commit = next(i for i, line in enumerate(sent) if '"COMMIT"' in line)
+    assert statements_in(sent[len(first):commit]) == 3  # the run's end, the session's, the reply
+    # The transaction ends with the first sync after its COMMIT (later: a query after the commit, seeding
+    # the tenant's token count for the day).
+    ended = next(i for i in range(commit, len(sent)) if "\tSync" in sent[i])
+    assert round_trips_in(sent[:ended + 1]) == 2, sent
+
+    run.refresh_from_db()
+    session.refresh_from_db()
+    assert (run.status, run.input_tokens, run.output_tokens, run.finished_at is not None) == ("succeeded", 11, 3, True)
+    assert (session.status, session.next_seq, session.input_tokens, session.output_tokens) == ("closed", 3, 11, 3)
+    message = Message.objects.get(session=session, seq=2)
+    assert (message.role, message.run_id, message.step, message.content) == ("assistant", run.pk, 0, reply.content)
+    assert message.usage == {"input_tokens": 11, "output_tokens": 3}
+
+
+def test_a_statement_s_error_read_as_its_pipeline_ends_is_raised_rather_than_the_commit_it_aborted(db):
+    """A check sent with the commit fails: its error is what the commit raises, whenever the server's answer
+    was read. psycopg reads it while it sends the pipeline's sync if it has come by then (here: waited for),
+    and then raised the COMMIT's "pipeline aborted" over it, which the web process answered as Postgres
+    being down (503) rather than as the tenant at its cap."""
+    connection.ensure_connection()
+    raw = connection.connection
+    with pytest.raises(psycopg.errors.DivisionByZero), transaction.atomic():
+        with raw.pipeline(), PreparedCursor(raw) as cursor:
+            cursor.execute("SELECT 1 / %s", [0])
+            # The server's answer has come: the pipeline's end reads it while it sends.
+            assert select.select([raw.pgconn.socket], [], [], 30)[0]
+            raw.commit_queued()
+    assert Tenant.objects.exists() is not None  # the connection is usable after the rollback

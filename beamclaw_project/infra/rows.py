@@ -245,6 +245,20 @@ def rows_write(*, updates: Iterable[tuple[Model, Iterable[str]]] = (), inserts: 
     return list(results)
 
 
+def rows_write_at_commit(*, updates: Iterable[tuple[Model, Iterable[str]]] = (),
+                         inserts: Iterable[list[Model]] = ()) -> None:
+    """rows_write's writes, sent with the open transaction's COMMIT, in its round trip (postgres/base.py
+    send_with_commit), rather than now: for a transaction's last writes, which nothing in it reads after
+    them. What they return is not read: an inserted instance's generated key stays unknown, and an updated
+    row that is gone goes unnoticed (lock the rows first)."""
+    connection = connections["default"]
+    for instance, names in updates:
+        connection.send_with_commit(*_row_update_statement(instance, tuple(names)))
+    for group in inserts:
+        for sql, params in rows_insert_statements(group):
+            connection.send_with_commit(sql, params)
+
+
 def row_insert(instance: Model, using: str = "default") -> Model:
     """INSERT a new instance (what `save()` does for one whose key the database generates, or whose key
     has a default such as a UUID) and return it."""

@@ -71,10 +71,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if not statements or self.connection is None:
             return super()._commit()
         with debug_transaction(self, "COMMIT"), self.wrap_database_errors:
-            with self.connection.pipeline(), self.connection.cursor() as cursor:
+            # Prepared, as the hand-written statements everywhere else (a run's end sends its writes here).
+            with self.connection.pipeline(), PreparedCursor(self.connection) as cursor:
                 for sql, params in statements:
                     cursor.execute(sql, params)
-                self.connection.commit()
+                self.connection.commit_queued()  # (the pipeline's end sends it: one round trip in all)
 
     def _rollback(self):
         self._sent_with_commit = []

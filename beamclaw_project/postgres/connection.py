@@ -42,6 +42,14 @@ class Connection(psycopg.Connection):
         try:
             with super().pipeline() as pipeline:
                 yield pipeline
+        except psycopg.errors.PipelineAborted as aborted:
+            # As a pipeline ends, psycopg reads the answers still due; when the error of a statement was
+            # among those read while it sent its sync, it then reads the next statement's "aborted" in a
+            # `finally` and raises that instead. The statement's error is what happened (a COMMIT queued
+            # after a failed check, say: commit_queued).
+            if isinstance(aborted.__context__, psycopg.Error):
+                raise aborted.__context__ from None
+            raise
         finally:
             # A pipeline syncs as it ends: from then on the server's answer says whether a transaction is open.
             self._begin_queued = False
@@ -52,6 +60,14 @@ class Connection(psycopg.Connection):
             yield from self._pipeline._sync_gen()
         self._begin_queued = False
         return (yield from super()._commit_gen())
+
+    def commit_queued(self) -> None:
+        """COMMIT, queued in the open pipeline: the pipeline's own sync as it ends sends it and reads its
+        answer (and raises the error of any statement queued before it). commit() would sync for it first,
+        a round trip of its own before the pipeline's."""
+        assert self._pipeline is not None, "commit_queued needs an open pipeline"
+        self.wait(self._exec_command(b"COMMIT"))
+        self._begin_queued = False
 
     def _rollback_gen(self):
         self._begin_queued = False

@@ -5,7 +5,7 @@
   run capacity). Nothing that holds a later lock takes an earlier one; tools/invoke's in-flight cap
   takes the tenant row before it creates the invocation, holding nothing else.
 - `transcript_append`: the only way a message enters a session's transcript (gap-free `seq` from the
-  session row, which the caller has locked).
+  session row, which the caller has locked), or `transcript_message` for a run's end to write with its own.
 - `step_enqueue`: mark the run's lease `queued`, then send `sessions.run_step` to the tenant's queue.
 - The abort flag: a Redis key a running step polls between stream events (or, while it waits for a reply
   asked for whole, a thread of the process polls for it, and cuts the reply's connection).
@@ -77,12 +77,18 @@ def run_lock(run_id, session_id=None) -> tuple[Run, AgentSession]:
     AgentSession.DoesNotExist."""
     if session_id is None:
         session_id = Run.objects.values_list("session_id", flat=True).get(pk=run_id)
+    run, session, _ = run_lock_reading(run_id, session_id)
+    return run, session
+
+
+def run_lock_reading(run_id, session_id, also: tuple[tuple[str, list], ...] = ()) -> tuple[Run, AgentSession, list]:
+    """run_lock, and the rows of each of the `also` statements, run after the locks in the same round trip."""
     _, _, run_columns, session_sql, run_sql = _lock_sql()
-    session_rows, run_rows = select_together((session_sql, [session_id]), (run_sql, [run_id]))
+    session_rows, run_rows, *also_rows = select_together((session_sql, [session_id]), (run_sql, [run_id]), *also)
     session = _session_of(session_rows[0] if session_rows else None, session_id)
     if not run_rows:
         raise Run.DoesNotExist(f"run {run_id} does not exist")
-    return run_columns.instance(run_rows[0]), session
+    return run_columns.instance(run_rows[0]), session, also_rows
 
 
 def session_lock(session_id) -> AgentSession:
@@ -119,15 +125,22 @@ def transcript_append(session: AgentSession, *, session_fields: tuple[str, ...] 
     return transcript_append_reading(session, session_fields=session_fields, new_rows=new_rows, also=also, **fields)[0]
 
 
+def transcript_message(session: AgentSession, **fields) -> Message:
+    """The session's next message, not written yet: its seq is taken from the session (the caller holds its
+    row lock), and the caller writes the two together, the message and the session's `next_seq` (what
+    transcript_append does, or a run's end with its reply: lifecycle.run_end_locked)."""
+    seq = session.next_seq
+    session.next_seq = seq + 1
+    return Message(session=session, seq=seq, **fields)
+
+
 def transcript_append_reading(session: AgentSession, *, session_fields: tuple[str, ...] = (), new_rows: tuple = (),
                               updated_rows: tuple = (), also: tuple[tuple[str, list], ...] = (),
                               **fields) -> tuple[Message, list[list[tuple]]]:
     """transcript_append, and the rows of each of the `also` statements. `updated_rows`: (instance,
     update_fields) of other saved rows the caller changed, saved first, in the same round trip (the queued
     run the message starts)."""
-    seq = session.next_seq
-    session.next_seq = seq + 1
-    message = Message(session=session, seq=seq, **fields)
+    message = transcript_message(session, **fields)
     session_is_new = any(row is session for row in new_rows)
     session_update = [] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))]
     rows = rows_write(updates=[*updated_rows, *session_update],

@@ -15,7 +15,7 @@ from django.utils import timezone
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import run_finished_record, run_started_record
 from beamclaw_project.infra.redis import Command, redis_client, redis_scripts_call
-from beamclaw_project.infra.rows import Columns, rows_write, select_all, select_together
+from beamclaw_project.infra.rows import Columns, rows_write, rows_write_at_commit, select_all, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run, ToolCall
 from sessions.notify import session_subscribers_notify, session_watched_command
@@ -180,6 +180,12 @@ def capacity_wait_note(tenant_id) -> None:
 def _pending_sql() -> tuple[Columns, str]:
     run = Columns(Run, "r")
     return run, f'SELECT {run.sql} FROM "{Run._meta.db_table}" r WHERE r.session_id = %s AND r.status = ANY(%s) ORDER BY r.created_at'
+
+
+def pending_runs_statement(session_id) -> tuple[str, list]:
+    """The session's queued and active runs, oldest first: for a run's end to read with its locks
+    (run_end_locked's `pending_rows`)."""
+    return _pending_statement(session_id)
 
 
 def _pending_statement(session_id) -> tuple[str, list]:
@@ -443,12 +449,18 @@ def steering_take_locked(session: AgentSession, run: Run) -> list[dict]:
 
 
 def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSession, payload=None,
-                   step_has_calls: bool = True, tokens_spent: int = 0) -> None:
+                   step_has_calls: bool = True, tokens_spent: int = 0, reply: Message | None = None,
+                   session_fields: tuple[str, ...] = (), pending_rows: list[tuple] | None = None) -> None:
     """Mark a run terminal, announce it after commit, and start the next queued run: the session's own
     now, other sessions' of the tenant after commit if this frees a slot they wait for.
     Caller holds the session and run row locks. `step_has_calls=False`: the caller knows the current step
     made no tool calls (its reply has no tool_use), so there are none to settle. `tokens_spent`: the last
-    step's tokens, counted against the tenant's daily budget with the announcement (one round trip)."""
+    step's tokens, counted against the tenant's daily budget with the announcement (one round trip).
+    `reply`: the last step's reply, not written yet (kernel.transcript_message), written with the run's end;
+    `session_fields`: other fields of the session the caller changed, saved with it.
+    `pending_rows`: pending_runs_statement's rows, read with the caller's locks (this run among them): when
+    the session has no run to start next, the run's end is written with the commit, in its round trip, and
+    nothing in the transaction may come after this call."""
     if step_has_calls:
         open_calls_settle_locked(run, session, status)
     if status == Run.Status.FAILED and not run.messages.filter(role=Message.Role.ASSISTANT).exists():
@@ -459,6 +471,7 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     run.error = error
     run.finished_at = timezone.now()
     updates = [(run, ("status", "error", "error_code", "finished_at", "input_tokens", "output_tokens"))]
+    session_changed = [*session_fields, *(("next_seq",) if reply is not None else ())]
     event_payload = payload or {"run_id": str(run.pk), "error": error, "code": run.error_code, "usage": run.usage}
     run_id = run.pk
     tenant_id = run.tenant_id
@@ -493,9 +506,19 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     if session.ephemeral and not (payload or {}).get("tool_calls"):
         # (A run that handed tool calls to the client leaves its session open for the client's results.)
         session.status = AgentSession.Status.CLOSED
-        updates.append((session, ("status", "updated_at")))
-    # The run's end, the session's, and what the session has waiting: one round trip.
-    [pending_rows] = rows_write(updates=updates, reads=[_pending_statement(session.pk)])
+        session_changed.append("status")
+    if session_changed:
+        updates.append((session, tuple(dict.fromkeys(("updated_at", *session_changed)))))
+    inserts = [[reply]] if reply is not None else []
+    if pending_rows is None:
+        # The run's end, the session's, and what the session has waiting: one round trip.
+        [pending_rows] = rows_write(updates=updates, inserts=inserts, reads=[_pending_statement(session.pk)])
+    else:
+        pending_rows = [row for row in pending_rows if _pending_sql()[0].instance(row).pk != run_id]
+        if _next_to_start(pending_rows) is None:
+            rows_write_at_commit(updates=updates, inserts=inserts)
+            return
+        rows_write(updates=updates, inserts=inserts)
     session_advance_locked(session, pending_rows)
 
 

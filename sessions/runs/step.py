@@ -45,12 +45,14 @@ from sessions.runs.kernel import (
     abort_flag_reason,
     run_lease_key,
     run_lock,
+    run_lock_reading,
     run_start_wait_statement,
     step_hand_back,
     tools_marker_ttl_ms,
     transcript_append,
+    transcript_message,
 )
-from sessions.runs.lifecycle import run_end_locked
+from sessions.runs.lifecycle import pending_runs_statement, run_end_locked
 from sessions.runs.prompt import system_prompt_for
 from tenants.models import Agent, Tenant
 from tools.skills import uploads_revision_known, uploads_revision_statement
@@ -370,35 +372,38 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
         step_duration_observe(tenant=tenant_slug, seconds=time.monotonic() - began)
     # Checked before the transaction: a schema check of a long reply need not hold the run's locks.
     json_check = reply_check(run.params.get("response_format"), completion)
-    return _finish_step(run_id, run.session_id, step, completion, lease, json_check)
+    return step_finish(run_id, run.session_id, step, completion, lease, json_check)
 
 
-def _finish_step(run_id, session_id, step: int, completion: Completion, lease: Lease, json_check: ReplyCheck | None) -> bool:
+def step_finish(run_id, session_id, step: int, completion: Completion, lease: Lease, json_check: ReplyCheck | None) -> bool:
     """Write the reply, then end the run, start its tool calls (True), or (JSON mode) ask for a repair."""
+    ends_run = not tool_phase.reply_calls_tools(completion) and (json_check is None or json_check.valid)
+    has_calls = any(block.get("type") == "tool_use" for block in completion.content)
+    # A reply that ends the run (most do) takes two round trips: the locks with what the session has
+    # waiting, then the writes with the commit (run_end_locked's `pending_rows`).
+    written_at_end = ends_run and not has_calls
     with transaction.atomic():
-        run, session = run_lock(run_id, session_id)
+        run, session, also_rows = run_lock_reading(
+            run_id, session_id, also=(pending_runs_statement(session_id),) if written_at_end else ()
+        )
         if run.status != Run.Status.RUNNING or run.step != step:
             return False
         _add_usage(run, session, completion.input_tokens, completion.output_tokens)
-        message = transcript_append(
-            session,
-            session_fields=("input_tokens", "output_tokens"),
-            role=Message.Role.ASSISTANT,
-            content=completion.content,
-            run=run,
-            step=step,
-            usage=completion.usage,
-        )
+        reply = dict(role=Message.Role.ASSISTANT, content=completion.content, run=run, step=step, usage=completion.usage)
+        session_fields = ("input_tokens", "output_tokens")
+        if written_at_end:
+            message = transcript_message(session, **reply)
+        else:
+            message = transcript_append(session, session_fields=session_fields, **reply)
         tokens = completion.input_tokens + completion.output_tokens
-        # Counted after the commit, ahead of the hooks the tool phase registers (a hook that raises stops
-        # the ones after it), unless the run ends here: its end counts them in its own round trip.
-        counted_apart = [True]
-        transaction.on_commit(lambda: counted_apart[0] and record_tokens(tenant_id=run.tenant_id, tokens=tokens))
         spent = {"input_tokens": completion.input_tokens, "output_tokens": completion.output_tokens}
         transaction.on_commit(lambda: tokens_record(tenant=session.tenant.slug, **spent))
-        if tool_phase.step_tool_calls(run=run, session=session, step=step, completion=completion, lease=lease):
-            return True  # the run continues once the tool calls settle
-        if json_check is not None and not json_check.valid:
+        if not ends_run:
+            # Counted after the commit, ahead of the hooks the tool phase registers (a hook that raises stops
+            # the ones after it); a run that ends here counts them in its end's round trip.
+            transaction.on_commit(lambda: record_tokens(tenant_id=run.tenant_id, tokens=tokens))
+            if tool_phase.step_tool_calls(run=run, session=session, step=step, completion=completion, lease=lease):
+                return True  # the run continues once the tool calls settle
             _json_invalid_locked(run, session, step, json_check, lease)
             return False
         payload = {
@@ -410,10 +415,9 @@ def _finish_step(run_id, session_id, step: int, completion: Completion, lease: L
             "model": completion.model,
             "usage": run.usage,
         }
-        has_calls = any(block.get("type") == "tool_use" for block in completion.content)
-        counted_apart[0] = False
+        end_with = dict(reply=message, session_fields=session_fields, pending_rows=also_rows[0]) if written_at_end else {}
         run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload, step_has_calls=has_calls,
-                       tokens_spent=tokens)
+                       tokens_spent=tokens, **end_with)
     return False
 
 

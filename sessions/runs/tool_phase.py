@@ -58,13 +58,18 @@ def tool_choice_for(params: dict, step: int) -> dict | None:
     return choice
 
 
+def reply_calls_tools(completion) -> bool:
+    """Whether a reply asks for tool calls (step_tool_calls starts them): it stopped for them and has some."""
+    return completion.stop_reason == "tool_use" and any(b.get("type") == "tool_use" for b in completion.content)
+
+
 def step_tool_calls(*, run: Run, session: AgentSession, step: int, completion, lease=None) -> bool:
     """Start the tool calls of a reply. Caller holds the Run and session row locks and has written the
     assistant message, under the step's `lease`. Returns False when the reply asks for no tools (the run
     ends as usual)."""
-    blocks = [b for b in completion.content if b.get("type") == "tool_use"]
-    if completion.stop_reason != "tool_use" or not blocks:
+    if not reply_calls_tools(completion):
         return False
+    blocks = [b for b in completion.content if b.get("type") == "tool_use"]
     agent = session.agent
     client_names = client_tool_names(run.params)
     allowed = {spec.name: spec for spec in registry.allowed_tools(agent)}
