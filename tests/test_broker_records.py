@@ -17,6 +17,21 @@ def _fetched(channel, tag: str):
     return channel.Message(raw, channel=channel)
 
 
+def _cut_unrun(qos, send) -> None:
+    """Redis holds what `send` sends on the records' connection unrun (CLIENT PAUSE WRITE), then that
+    connection is cut, and what it sent with it. The connection must be open and idle."""
+    records = qos._record_connection
+    records.send_command("CLIENT", "ID")
+    records_id = records.read_response()
+    admin = redis_client()
+    admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        send()
+        admin.client_kill_filter(_id=records_id)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+
+
 def test_a_record_is_written_and_an_acknowledgement_removes_it():
     with current_app.pool.acquire(block=True) as connection:
         channel = connection.default_channel
@@ -27,6 +42,7 @@ def test_a_record_is_written_and_an_acknowledgement_removes_it():
         assert redis_client().hget("unacked", tag) is not None
         assert redis_client().zscore("unacked_index", tag) is not None
         channel.qos.ack(tag)
+        channel.qos.restore_visible()  # (reads the acknowledgement's answer, also sent without waiting)
         assert redis_client().hget("unacked", tag) is None
         assert redis_client().zscore("unacked_index", tag) is None
         assert redis_client().hget("unacked_owner", tag) is None
@@ -41,18 +57,10 @@ def test_a_record_whose_connection_broke_before_redis_ran_it_is_written_again():
         qos = channel.qos
         earlier, lost, later = (uuid.uuid4().hex for _ in range(3))
         qos.append(_fetched(channel, earlier), earlier)
-        qos.ack(earlier)  # (the records' connection is open and idle now)
-        records = qos._record_connection
-        records.send_command("CLIENT", "ID")
-        records_id = records.read_response()
-
+        qos.ack(earlier)
+        qos.restore_visible()  # (the records' connection is open and idle now)
+        _cut_unrun(qos, lambda: qos.append(_fetched(channel, lost), lost))
         admin = redis_client()
-        admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-        try:
-            qos.append(_fetched(channel, lost), lost)
-            admin.client_kill_filter(_id=records_id)
-        finally:
-            admin.execute_command("CLIENT", "UNPAUSE")
         assert admin.hget("unacked", lost) is None  # (gone with its connection)
 
         qos.append(_fetched(channel, later), later)
@@ -60,4 +68,23 @@ def test_a_record_whose_connection_broke_before_redis_ran_it_is_written_again():
         assert admin.hget("unacked", later) is not None
         for tag in (lost, later):
             qos.ack(tag)
+            qos.restore_visible()
             assert admin.hget("unacked", tag) is None
+
+
+def test_an_acknowledgement_whose_connection_broke_before_redis_ran_it_is_written_again():
+    # As a record: the acknowledgement is sent without waiting, Redis holds it unrun, its connection is cut.
+    # The next look at the records sends it again, so the message is not handed out again an hour later.
+    with current_app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        qos = channel.qos
+        tag = uuid.uuid4().hex
+        qos.append(_fetched(channel, tag), tag)
+        qos.restore_visible()
+        _cut_unrun(qos, lambda: qos.ack(tag))
+        admin = redis_client()
+        assert admin.hget("unacked", tag) is not None  # (gone with its connection)
+
+        qos.restore_visible()
+        assert admin.hget("unacked", tag) is None and admin.zscore("unacked_index", tag) is None
+        assert admin.hget("unacked_owner", tag) is None

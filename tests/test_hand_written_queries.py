@@ -16,12 +16,14 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from psycopg import pq
 
+from beamclaw_project.infra.leases import Lease
+from beamclaw_project.infra.redis import redis_client
 from beamclaw_project.infra.rows import row_insert, row_update, rows_insert, rows_write
 from beamclaw_project.postgres.base import PreparedCursor, connection_usable
 from sessions.models import AgentSession, Compaction, Message, Run
 from sessions.providers.base import Completion
 from sessions.runs.context import transcript_view
-from sessions.runs.kernel import run_lock, session_lock
+from sessions.runs.kernel import run_lease_key, run_lock, session_lock
 from sessions.runs.lifecycle import (
     TenantAtCap,
     tenant_at_cap_from_commit,
@@ -408,9 +410,13 @@ def test_a_run_s_end_takes_two_round_trips_its_writes_going_with_the_commit(make
                              input=[{"type": "text", "text": "hi"}], params={})
     reply = Completion(content=[{"type": "text", "text": "Hello there."}], stop_reason="end_turn", model="m",
                        input_tokens=11, output_tokens=3)
+    lease = Lease(run_lease_key(run.pk))
+    assert lease.acquire()
     trace = tmp_path / "end.trace"
     with libpq_trace(trace):
-        assert step_finish(run.pk, session.pk, 0, reply, lease=None, json_check=None) is False
+        assert step_finish(run.pk, session.pk, 0, reply, lease=lease, json_check=None) is False
+    # The step's lease went back with the run's end announced (one Redis round trip after the commit).
+    assert lease.released and redis_client().get(run_lease_key(run.pk)) is None
     first, sent = sent_before_first_sync(trace)
     assert statements_in(first) == 4  # BEGIN, the session's lock, the run's, the session's runs
     commit = next(i for i, line in enumerate(sent) if '"COMMIT"' in line)

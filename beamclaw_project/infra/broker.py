@@ -26,8 +26,10 @@ deliveries make the second copy a no-op.
 
 A message's record is sent and its task started without waiting for Redis's answer, which is read
 before anything else touches the records (the next record, an acknowledgement, a restore): a round trip
-off every task's start, and no acknowledgement removes a record before it is written. A record whose
-connection broke before the answer came is written again then.
+off every task's start, and no acknowledgement removes a record before it is written. Acknowledgements go
+the same way, on the same connection (Redis runs its commands in order): a round trip off the consumer's
+loop for every task. A record or an acknowledgement whose connection broke before the answer came is
+written again then.
 
 Not covered here: a message Redis has handed over (BRPOP) that the worker had not yet recorded when it
 was killed, which on a busy worker can take tens of milliseconds; it is gone from Redis. The reapers find
@@ -99,6 +101,13 @@ class QoS(kombu_redis.QoS):
             *([("HSET", self.unacked_owner_key, delivery_tag, _consumer_owner)] if _consumer_owner is not None else []),
             ("EXEC",),
         ]
+        self._record_send(commands)
+        super(kombu_redis.QoS, self).append(message, delivery_tag)
+
+    def _record_send(self, commands: list[tuple]) -> None:
+        """Send a transaction on the records (a record, an acknowledgement) without waiting for its answer,
+        once the answer to the last one is read; on the records' own connection, so Redis runs them in the
+        order they were sent."""
         with self._recording:
             self._records_settle()
             try:
@@ -111,15 +120,16 @@ class QoS(kombu_redis.QoS):
             except CONNECTION_LOST:
                 self._record_connection_drop()
                 self._record_now(commands)
-        super(kombu_redis.QoS, self).append(message, delivery_tag)
 
     def _records_settle(self) -> None:
-        """Read Redis's answer to the last record sent; if the connection broke before it came, write the
-        record again the usual way (with redis-py's retries): its commands are idempotent. A record Redis
-        refused (out of memory, say), or could not be written again, is logged, not raised: it is about a
+        """Read Redis's answer to the last record (or acknowledgement) sent; if the connection broke before
+        it came, write it again the usual way (with redis-py's retries): its commands are idempotent. A record
+        Redis refused (out of memory, say), or could not be written again, is logged, not raised: it is about a
         message already running, and raising it here would fail whatever came next (the next message, an
         acknowledgement). Without its record that message is still covered, as one fetched but not yet
-        recorded is: the reapers find such work by its lease."""
+        recorded is: the reapers find such work by its lease. An acknowledgement not written leaves the
+        message to be handed out again after the visibility timeout, where its work's lease or state makes it
+        a no-op."""
         with self._recording:
             commands, self._record_unread = self._record_unread, None
             if commands is None:
@@ -139,7 +149,10 @@ class QoS(kombu_redis.QoS):
                     self._record_now(commands)
                 except Exception as exc:  # noqa: BLE001 - see above
                     refused = exc
-            if refused is not None:
+            if refused is not None and commands[1][0] == "ZREM":
+                logger.warning("a message's acknowledgement was not written to Redis (%r): it is handed out again "
+                               "after the visibility timeout, and does nothing then", refused)
+            elif refused is not None:
                 logger.warning("a fetched message was not recorded in Redis (%r); if this worker dies before it "
                                "ends, its work is sent again by the reapers", refused)
 
@@ -156,8 +169,17 @@ class QoS(kombu_redis.QoS):
             connection.disconnect()
 
     def ack(self, delivery_tag):
-        self._records_settle()
-        super().ack(delivery_tag)
+        # kombu's acknowledgement (the record and its owner removed, in one transaction), sent without
+        # waiting for Redis, as a record is: the consumer's loop, which acknowledges, goes on a round trip
+        # sooner. If the connection breaks before the answer, it is sent again at the next look at the records.
+        self._record_send([
+            ("MULTI",),
+            ("ZREM", self.unacked_index_key, delivery_tag),
+            ("HDEL", self.unacked_key, delivery_tag),
+            ("HDEL", self.unacked_owner_key, delivery_tag),
+            ("EXEC",),
+        ])
+        super(kombu_redis.QoS, self).ack(delivery_tag)
 
     def reject(self, delivery_tag, requeue=False):
         self._records_settle()

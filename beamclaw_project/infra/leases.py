@@ -194,6 +194,7 @@ class Lease:
         self.takes_over = (QUEUED, *takes_over)
         self.confirmed_at = 0.0  # time.monotonic() when Redis last confirmed this lease is ours
         self.gone = False
+        self.released = False
         self._ttl_seconds = lease_ttl_ms() / 1000  # (lost() is asked at every stream event)
 
     def acquire(self) -> bool:
@@ -233,5 +234,14 @@ class Lease:
         redis_script(_SWAP_SCRIPT)(keys=[self.key], args=[self.token, value, ttl_ms])
 
     def release(self) -> None:
+        if self.released:
+            return
         _keeper.drop(self)
         redis_script(_RELEASE_SCRIPT)(keys=[self.key], args=[self.token])
+
+    def release_call(self) -> ScriptCall:
+        """release, to send with other calls (redis_scripts_call); release() does nothing after it. Should
+        the calls not reach Redis, the lease lapses after its time, unrenewed."""
+        self.released = True
+        _keeper.drop(self)
+        return _RELEASE_SCRIPT, [self.key], [self.token]

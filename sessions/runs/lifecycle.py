@@ -12,6 +12,7 @@ from functools import cache, partial
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
+from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import run_finished_record, run_started_record
 from beamclaw_project.infra.redis import Command, redis_client, redis_scripts_call
@@ -450,7 +451,8 @@ def steering_take_locked(session: AgentSession, run: Run) -> list[dict]:
 
 def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSession, payload=None,
                    step_has_calls: bool = True, tokens_spent: int = 0, reply: Message | None = None,
-                   session_fields: tuple[str, ...] = (), pending_rows: list[tuple] | None = None) -> None:
+                   session_fields: tuple[str, ...] = (), pending_rows: list[tuple] | None = None,
+                   releasing: Lease | None = None) -> None:
     """Mark a run terminal, announce it after commit, and start the next queued run: the session's own
     now, other sessions' of the tenant after commit if this frees a slot they wait for.
     Caller holds the session and run row locks. `step_has_calls=False`: the caller knows the current step
@@ -460,7 +462,8 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     `session_fields`: other fields of the session the caller changed, saved with it.
     `pending_rows`: pending_runs_statement's rows, read with the caller's locks (this run among them): when
     the session has no run to start next, the run's end is written with the commit, in its round trip, and
-    nothing in the transaction may come after this call."""
+    nothing in the transaction may come after this call. `releasing`: the ending step's lease, given back in
+    the announcement's round trip (after the commit; a rollback leaves it to the caller)."""
     if step_has_calls:
         open_calls_settle_locked(run, session, status)
     if status == Run.Status.FAILED and not run.messages.filter(role=Message.Role.ASSISTANT).exists():
@@ -487,11 +490,13 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
         # this run's commit finds the slot free by itself, so the hint is as good read now as later. The
         # tokens are counted first, so a client that saw the run end sees them spent.
         counted = [record_tokens_call(tenant_id=tenant_id, tokens=tokens_spent)] if tokens_spent > 0 else []
-        *tokens_counted, _, runs_wait = redis_scripts_call([
+        results = redis_scripts_call([
             *counted,
             events.publish_command(run_id, TERMINAL_EVENT[status], event_payload),
             Command("EXISTS", (_capacity_wait_key(tenant_id),)),
+            *([releasing.release_call()] if releasing is not None else []),
         ])
+        tokens_counted, runs_wait = results[:len(counted)], results[len(counted) + 1]
         for result in tokens_counted:
             record_tokens_counted(tenant_id=tenant_id, result=result)
         for receiver, result in run_finished.send_robust(

@@ -417,7 +417,7 @@ def step_finish(run_id, session_id, step: int, completion: Completion, lease: Le
         }
         end_with = dict(reply=message, session_fields=session_fields, pending_rows=also_rows[0]) if written_at_end else {}
         run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload, step_has_calls=has_calls,
-                       tokens_spent=tokens, **end_with)
+                       tokens_spent=tokens, releasing=lease, **end_with)
     return False
 
 
