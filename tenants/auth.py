@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from beamclaw_project.errors import LimitExceeded
 from beamclaw_project.infra.rows import Columns, instances, select_one
-from tenants.limits import check_rate_limit
+from tenants.limits import RequestCounted
 from tenants.models import Agent, ApiKey, Tenant
 from tenants.scopes import missing_scope_message, websocket_scope
 
@@ -62,16 +62,16 @@ def bearer_token(authorization_header: str | None) -> str | None:
 def authenticate_key(raw_key: str | None, *, scope: str | None = None, what: str = "this request") -> Principal:
     """The key's principal, or AuthError. With `scope`, a key without that scope is refused (403, naming
     the scope and `what` needs it)."""
-    key, _ = _key_lookup(raw_key)
-    return _authenticated(key, scope=scope, what=what)
+    key, _, counted = _key_lookup(raw_key)
+    return _authenticated(key, counted, scope=scope, what=what)
 
 
 def authenticate_key_for_agent(raw_key: str | None, agent_slug: str, *, scope: str | None = None,
                                what: str = "this request") -> tuple[Principal, Agent | None]:
     """authenticate_key, and the key's tenant's agent `agent_slug` (None if it has none) from the same query:
     the OpenAI-compatible edge names an agent in every request."""
-    key, agent = _key_lookup(raw_key, agent_slug=agent_slug)
-    return _authenticated(key, scope=scope, what=what), agent
+    key, agent, counted = _key_lookup(raw_key, agent_slug=agent_slug)
+    return _authenticated(key, counted, scope=scope, what=what), agent
 
 
 @cache
@@ -91,15 +91,20 @@ def _lookup_sql() -> tuple[Columns, Columns, Columns, str, str]:
     return key, tenant, agent, plain, with_agent
 
 
-def _key_lookup(raw_key: str | None, *, agent_slug: str | None = None) -> tuple[ApiKey | None, Agent | None]:
-    """The key (its tenant loaded) and, when `agent_slug` is given, that agent of its tenant if it has one."""
+def _key_lookup(raw_key: str | None, *,
+                agent_slug: str | None = None) -> tuple[ApiKey | None, Agent | None, RequestCounted | None]:
+    """The key (its tenant loaded), when `agent_slug` is given that agent of its tenant if it has one, and the
+    request counted against the key's rate limit (in Redis, while Postgres looks the key up)."""
     if not raw_key:
         raise AuthError("Missing API key: send it as 'Authorization: Bearer bc_...'.")
     key_columns, tenant_columns, agent_columns, plain, with_agent = _lookup_sql()
     key_hash = ApiKey.hash_key(raw_key)
-    row = select_one(plain, [key_hash]) if agent_slug is None else select_one(with_agent, [agent_slug, key_hash])
-    if row is None:
-        return None, None
+    with RequestCounted(key_hash) as counted:
+        row = select_one(plain, [key_hash]) if agent_slug is None else select_one(with_agent, [agent_slug, key_hash])
+        if row is None:
+            counted.forget()
+            return None, None, None
+        counted.count()  # (read now: the connection it came on is the thread's again)
     if agent_slug is None:
         key, tenant = instances(row, key_columns, tenant_columns)
         agent = None
@@ -108,10 +113,10 @@ def _key_lookup(raw_key: str | None, *, agent_slug: str | None = None) -> tuple[
     key.tenant = tenant
     if agent is not None:
         agent.tenant = tenant
-    return key, agent
+    return key, agent, counted
 
 
-def _authenticated(key: ApiKey | None, *, scope: str | None, what: str) -> Principal:
+def _authenticated(key: ApiKey | None, counted: RequestCounted | None, *, scope: str | None, what: str) -> Principal:
     if key is None:
         raise AuthError("Invalid API key.")
     if key.revoked_at is not None:
@@ -121,7 +126,7 @@ def _authenticated(key: ApiKey | None, *, scope: str | None, what: str) -> Princ
     principal = Principal(tenant=key.tenant, api_key=key)
     principal.require(scope, what)
     try:
-        check_rate_limit(api_key=key)
+        counted.check(api_key=key)
     except LimitExceeded as exc:
         raise AuthError(exc.message, status=429, code=exc.code, retry_after=exc.retry_after)
     # Touch last_used_at at most once a minute: a write per request would cost more than the auth itself.

@@ -125,6 +125,65 @@ def redis_script_held_call(source: str, keys: list, args: list):
     return script(keys=keys, args=args)
 
 
+class HeldCallSent:
+    """redis_script_held_call, sent: `result()` reads its answer, so that the thread can do something else
+    (a Postgres read) while Redis answers. Used as a context manager: a caller that leaves without reading
+    it drops the connection, whose unread answer must not answer the thread's next call."""
+
+    def __init__(self, source: str, keys: list, args: list):
+        self.call = (source, keys, args)
+        self._held: _HeldConnection | None = None
+        try:
+            script = redis_script(source)
+            # The thread's kept connection is taken out until the answer is read (a call in between gets another).
+            self._held = getattr(_thread_held, "held", None) or _HeldConnection()
+            _thread_held.held = None
+            self._held.connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except BaseException as exc:
+            self._drop()
+            if not isinstance(exc, CONNECTION_LOST):
+                raise  # (otherwise result() makes the call again, the usual way)
+
+    def result(self):
+        held, self._held = self._held, None
+        if held is not None:
+            try:
+                answer = held.connection.read_response()
+            except redis.exceptions.NoScriptError:
+                self._keep(held)  # (its reply was read whole: the connection stays good)
+            except redis.exceptions.ResponseError:
+                self._keep(held)
+                raise  # the script's own error, read whole
+            except BaseException as exc:
+                held.let_go(broken=True)
+                if not isinstance(exc, CONNECTION_LOST):
+                    raise
+            else:
+                self._keep(held)
+                return answer
+        # Not sent, the script gone, or the connection lost: the usual way (loads the script, retries).
+        source, keys, args = self.call
+        return redis_script(source)(keys=keys, args=args)
+
+    @staticmethod
+    def _keep(held: "_HeldConnection") -> None:
+        if getattr(_thread_held, "held", None) is None:
+            _thread_held.held = held
+        else:
+            held.let_go(broken=False)
+
+    def _drop(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.let_go(broken=True)
+
+    def __enter__(self) -> "HeldCallSent":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._drop()
+
+
 def redis_script_calls(source: str, calls: list[tuple[list, list]]) -> list:
     """The script called once per (keys, args), in one round trip (redis_scripts_call)."""
     return redis_scripts_call([(source, keys, args) for keys, args in calls])

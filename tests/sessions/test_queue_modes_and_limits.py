@@ -2,10 +2,12 @@
 
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
 
+from beamclaw_project.infra.redis import redis_client
 from sessions import events
 from sessions.models import AgentSession, Run
 from sessions.runs import UNSTREAMED_PARAM, run_submit
@@ -312,6 +314,17 @@ def test_per_key_rate_limit_answers_429_with_retry_after(live, tenant):
     assert 1 <= int(statuses[3].headers["Retry-After"]) <= 60
     openai = httpx.get(f"{live}/v1/models", headers=tenant.headers, timeout=10)
     assert openai.status_code == 429 and openai.headers["Retry-After"]
+
+
+def test_a_key_nobody_has_is_refused_and_leaves_no_rate_counter_behind(live, tenant):
+    # A request is counted against its key's rate while the key is looked up (tenants/limits.py), by the
+    # key's hash: a made-up key must not leave a counter in Redis for every key a client tries.
+    made_up = f"bc_{uuid.uuid4().hex}"
+    refused = httpx.get(f"{live}/v1/models", headers={"Authorization": f"Bearer {made_up}"}, timeout=10)
+    assert refused.status_code == 401 and "Invalid API key" in refused.text
+    assert not list(redis_client().scan_iter(f"bc:rate:{ApiKey.hash_key(made_up)}:*"))
+    assert httpx.get(f"{live}/v1/models", headers=tenant.headers, timeout=10).status_code == 200
+    assert list(redis_client().scan_iter(f"bc:rate:{ApiKey.hash_key(tenant.api_key)}:*"))
 
 
 def test_suspended_tenant_is_403_everywhere(live, tenant):
