@@ -85,10 +85,24 @@ def _prepared_cursor_new(connection):
         return connection._prepare_cursor(PreparedCursor(connection.connection))
 
 
+def _prepared_cursors_new(connection, count: int) -> list:
+    """`count` cursors as _prepared_cursor_new's, for statements sent together, which the caller runs inside
+    `connection.wrap_database_errors`. Django's wrapper of each (~20 µs of CPU a statement: its error wrapping,
+    at every execute and fetch, and its checks) is left out where nothing would see it: no execute wrapper
+    installed and queries not logged (DEBUG, or a test capturing them)."""
+    connection.ensure_connection()
+    if connection.execute_wrappers or connection.queries_logged:
+        return [_prepared_cursor_new(connection) for _ in range(count)]
+    connection.validate_thread_sharing()
+    connection.validate_no_broken_transaction()  # (what the wrapper checks before each statement)
+    return [PreparedCursor(connection.connection) for _ in range(count)]
+
+
 @contextmanager
 def prepared_cursor(using: str = "default"):
     """A prepared-statement cursor (see above), closed on the way out."""
-    with _prepared_cursor_new(connections[using]) as cursor:
+    connection = connections[using]
+    with connection.wrap_database_errors, _prepared_cursors_new(connection, 1)[0] as cursor:
         yield cursor
 
 
@@ -133,8 +147,8 @@ def select_together(*statements: tuple[str, list]) -> list[list[tuple]]:
     pipeline), and run in order, each with its own snapshot. A statement that returns no rows (an UPDATE
     without RETURNING) gives []."""
     connection = connections["default"]
-    cursors = [_prepared_cursor_new(connection) for _ in statements]
     with connection.wrap_database_errors:
+        cursors = _prepared_cursors_new(connection, len(statements))
         with connection.connection.pipeline():
             for cursor, (sql, params) in zip(cursors, statements):
                 cursor.execute(sql, params)
