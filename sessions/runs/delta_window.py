@@ -101,11 +101,15 @@ class _Flusher:
 
     def schedule(self, at: float, window: DeltaWindow) -> None:
         with self._wake:
-            heapq.heappush(self._due, (at, next(self._order), window))
+            entry = (at, next(self._order), window)
+            heapq.heappush(self._due, entry)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="delta-window-flusher", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            # Woken only when this is due first: otherwise the thread already wakes in time for it (a wake-up
+            # per run's reply, under load, for every run whose window another's precedes).
+            if self._due[0] is entry:
+                self._wake.notify()
 
     def _run(self) -> None:
         while True:

@@ -45,6 +45,22 @@ def test_a_waiting_delta_goes_out_without_another_delta_or_close():
     assert sent.sent == ["first", " second"]
 
 
+def test_a_window_due_after_another_s_is_flushed_without_waking_the_flusher_for_it():
+    # The flusher is woken only for the window due first; one due later waits for that wake-up, and must go
+    # out all the same, after the earlier one.
+    early_sent, late_sent = Recorder(), Recorder()
+    early, late = DeltaWindow(early_sent, window=0.05), DeltaWindow(late_sent, window=0.1)
+    early.add("early")
+    late.add("late")
+    early.add(" again")
+    late.add(" again")
+    assert early_sent.arrived.wait(10) and late_sent.arrived.wait(10)
+    early_sent.arrived.clear()
+    late_sent.arrived.clear()
+    assert late_sent.arrived.wait(10) and early_sent.arrived.wait(10), "both waiting deltas went out"
+    assert (early_sent.sent, late_sent.sent) == (["early", " again"], ["late", " again"])
+
+
 def test_a_failed_send_from_the_flusher_is_raised_in_the_step():
     sent = Recorder(fail_after=1)
     window = DeltaWindow(sent, window=3600)
