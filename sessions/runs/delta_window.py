@@ -68,6 +68,14 @@ class DeltaWindow:
         self.flush()
         self._raise_error()
 
+    def take(self) -> str:
+        """What waits, taken unsent: the caller publishes it with what it publishes next (and raises what a
+        send from the flusher raised)."""
+        self._raise_error()
+        with self._lock:
+            text, self._waiting = "".join(self._waiting), []
+        return text
+
     def flush(self) -> None:
         with self._lock:
             if not self._waiting:

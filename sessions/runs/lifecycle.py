@@ -452,7 +452,7 @@ def steering_take_locked(session: AgentSession, run: Run) -> list[dict]:
 def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSession, payload=None,
                    step_has_calls: bool = True, tokens_spent: int = 0, reply: Message | None = None,
                    session_fields: tuple[str, ...] = (), pending_rows: list[tuple] | None = None,
-                   releasing: Lease | None = None) -> None:
+                   releasing: Lease | None = None, text_delta: dict | None = None) -> None:
     """Mark a run terminal, announce it after commit, and start the next queued run: the session's own
     now, other sessions' of the tenant after commit if this frees a slot they wait for.
     Caller holds the session and run row locks. `step_has_calls=False`: the caller knows the current step
@@ -463,7 +463,8 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     `pending_rows`: pending_runs_statement's rows, read with the caller's locks (this run among them): when
     the session has no run to start next, the run's end is written with the commit, in its round trip, and
     nothing in the transaction may come after this call. `releasing`: the ending step's lease, given back in
-    the announcement's round trip (after the commit; a rollback leaves it to the caller)."""
+    the announcement's round trip (after the commit; a rollback leaves it to the caller). `text_delta`: the
+    last step's last text delta, not published yet: it goes first in that round trip."""
     if step_has_calls:
         open_calls_settle_locked(run, session, status)
     if status == Run.Status.FAILED and not run.messages.filter(role=Message.Role.ASSISTANT).exists():
@@ -490,13 +491,15 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
         # this run's commit finds the slot free by itself, so the hint is as good read now as later. The
         # tokens are counted first, so a client that saw the run end sees them spent.
         counted = [record_tokens_call(tenant_id=tenant_id, tokens=tokens_spent)] if tokens_spent > 0 else []
+        delta = [events.publish_command(run_id, events.TEXT_DELTA, text_delta)] if text_delta is not None else []
         results = redis_scripts_call([
             *counted,
+            *delta,
             events.publish_command(run_id, TERMINAL_EVENT[status], event_payload),
             Command("EXISTS", (_capacity_wait_key(tenant_id),)),
             *([releasing.release_call()] if releasing is not None else []),
         ])
-        tokens_counted, runs_wait = results[:len(counted)], results[len(counted) + 1]
+        tokens_counted, runs_wait = results[:len(counted)], results[len(counted) + len(delta) + 1]
         for result in tokens_counted:
             record_tokens_counted(tenant_id=tenant_id, result=result)
         for receiver, result in run_finished.send_robust(

@@ -101,6 +101,11 @@ class _DeltaPublisher:
         """Send what waits now (a failure to send is kept for close())."""
         self.window.flush()
 
+    def take(self) -> dict | None:
+        """The delta still waiting, taken unsent (the caller publishes it with what it publishes next), or None."""
+        text = self.window.take()
+        return {"text": text, "step": self.step} if text else None
+
     def close(self) -> None:
         self.window.close()
 
@@ -344,14 +349,20 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
     callbacks = _CallbackFailures()
     stop_check = _StopCheck(run_id, lease, abort_read_at=abort_read_at)
 
+    held_delta = None
     try:
         try:
             with abort_cuts_reads(stop_check.aborted) if whole_reply else nullcontext():
                 completion = complete(
                     agent, request, on_text=callbacks.guard(publish_delta), should_abort=callbacks.guard(stop_check)
                 )
-        finally:
+        except BaseException:
             publish_delta.flush()  # what waits goes out before anything else is published
+            raise
+        if whole_reply:
+            # The reply's text (it waits in its quiet window) goes out with what the step publishes next: the
+            # run's end, in one round trip, when the reply ends the run (step_finish).
+            held_delta = publish_delta.take()
         publish_delta.close()
     except Aborted:
         if lease.lost():
@@ -372,16 +383,21 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
         step_duration_observe(tenant=tenant_slug, seconds=time.monotonic() - began)
     # Checked before the transaction: a schema check of a long reply need not hold the run's locks.
     json_check = reply_check(run.params.get("response_format"), completion)
-    return step_finish(run_id, run.session_id, step, completion, lease, json_check)
+    return step_finish(run_id, run.session_id, step, completion, lease, json_check, held_delta=held_delta)
 
 
-def step_finish(run_id, session_id, step: int, completion: Completion, lease: Lease, json_check: ReplyCheck | None) -> bool:
-    """Write the reply, then end the run, start its tool calls (True), or (JSON mode) ask for a repair."""
+def step_finish(run_id, session_id, step: int, completion: Completion, lease: Lease, json_check: ReplyCheck | None,
+                *, held_delta: dict | None = None) -> bool:
+    """Write the reply, then end the run, start its tool calls (True), or (JSON mode) ask for a repair.
+    `held_delta`: the reply's last text delta, not published yet: it goes out with the run's end, or first."""
     ends_run = not tool_phase.reply_calls_tools(completion) and (json_check is None or json_check.valid)
     has_calls = any(block.get("type") == "tool_use" for block in completion.content)
     # A reply that ends the run (most do) takes two round trips: the locks with what the session has
     # waiting, then the writes with the commit (run_end_locked's `pending_rows`).
     written_at_end = ends_run and not has_calls
+    if held_delta is not None and not written_at_end:
+        events.publish_delta(run_id, held_delta)
+        held_delta = None
     with transaction.atomic():
         run, session, also_rows = run_lock_reading(
             run_id, session_id, also=(pending_runs_statement(session_id),) if written_at_end else ()
@@ -417,7 +433,7 @@ def step_finish(run_id, session_id, step: int, completion: Completion, lease: Le
         }
         end_with = dict(reply=message, session_fields=session_fields, pending_rows=also_rows[0]) if written_at_end else {}
         run_end_locked(run, Run.Status.SUCCEEDED, session=session, payload=payload, step_has_calls=has_calls,
-                       tokens_spent=tokens, releasing=lease, **end_with)
+                       tokens_spent=tokens, releasing=lease, text_delta=held_delta, **end_with)
     return False
 
 

@@ -81,6 +81,9 @@ def test_a_plain_completion_asks_the_model_for_its_reply_whole(live, tenant, fak
         return [e.payload["text"] for e in events.read_all(run_id) if e.event == events.TEXT_DELTA]
 
     assert deltas(plain.headers["X-Run-Id"]) == [expected]
+    # The delta goes out with the run's end, in one round trip, and before it.
+    assert [e.event for e in events.read_all(plain.headers["X-Run-Id"])] == [
+        events.RUN_STARTED, events.TEXT_DELTA, events.RUN_COMPLETED]
     assert "".join(deltas(streamed_run)) == expected and len(deltas(streamed_run)) > 1
 
 
