@@ -5,7 +5,7 @@ import math
 import time
 
 from beamclaw_project.errors import LimitExceeded
-from beamclaw_project.infra.redis import HeldCallSent, counter_incr_call, redis_client
+from beamclaw_project.infra.redis import CONNECTION_LOST, HeldCallSent, counter_incr_call, redis_client
 
 # The window's counter outlives its minute by a second: a request at its very end still finds it.
 _COUNTER_TTL_SECONDS = 61
@@ -31,8 +31,11 @@ class RequestCounted:
 
     def forget(self) -> None:
         """No key has this hash: drop its counter rather than keep one for every key a client made up."""
-        self.count()
-        redis_client().delete(self.counter)
+        try:
+            self.count()
+            redis_client().delete(self.counter)
+        except CONNECTION_LOST:
+            pass  # Redis is away: no counter to drop, and the request is refused for its key all the same
 
     def check(self, *, api_key) -> None:
         """Raise LimitExceeded, with the seconds left in the window, if the key is over its rate this minute."""

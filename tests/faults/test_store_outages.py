@@ -4,6 +4,7 @@ would have it. Each test prints a report line: runs affected, runs completed exa
 
 import json
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler
 
 import httpx
@@ -195,3 +196,21 @@ def test_a_delivery_whose_retry_was_lost_with_redis_is_sent_again(stack):
             timeout=90, message="the delivery to be sent again and accepted",
         )
     assert len(received) == 2  # within 90 s: not the retry the webhook asked for in 250 s
+
+
+def test_with_redis_down_a_made_up_key_is_still_refused_and_a_real_one_is_told_to_retry(stack):
+    # A request is counted against its key's rate while the key is looked up (tenants/limits.py): with Redis
+    # down, a key nobody has is refused for what it is (401, as before the count), and a real key's request,
+    # which cannot be counted, is answered 503 with Retry-After, not a 500.
+    tenant = stack.tenant()
+    made_up = {"Authorization": f"Bearer bc_{uuid.uuid4().hex}"}
+    stack.redis.stop()
+    try:
+        refused = httpx.get(f"{stack.web_url}/v1/models", headers=made_up, timeout=60)
+        waiting = httpx.get(f"{stack.web_url}/v1/models", headers=tenant.headers, timeout=60)
+    finally:
+        stack.redis.start()
+    assert refused.status_code == 401, refused.text
+    assert waiting.status_code == 503 and waiting.headers["Retry-After"].isdigit(), waiting.text
+    wait_until(lambda: httpx.get(f"{stack.web_url}/v1/models", headers=tenant.headers, timeout=10).status_code == 200,
+               timeout=60, message="the key to work again once Redis is back")
