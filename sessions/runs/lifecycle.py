@@ -184,19 +184,14 @@ def _pending_sql() -> tuple[Columns, str]:
 
 
 def pending_runs_statement(session_id) -> tuple[str, list]:
-    """The session's queued and active runs, oldest first: for a run's end to read with its locks
-    (run_end_locked's `pending_rows`)."""
-    return _pending_statement(session_id)
-
-
-def _pending_statement(session_id) -> tuple[str, list]:
-    """The session's queued and active runs, oldest first."""
+    """The session's queued and active runs, oldest first (a run's end may read them with its locks:
+    run_end_locked's `pending_rows`)."""
     _, sql = _pending_sql()
     return sql, [session_id, [str(status) for status in (Run.Status.QUEUED, *Run.ACTIVE_STATUSES)]]
 
 
 def _next_to_start(pending_rows: list[tuple]) -> Run | None:
-    """The session's oldest queued run, if none of its runs is active (_pending_statement's rows)."""
+    """The session's oldest queued run, if none of its runs is active (pending_runs_statement's rows)."""
     columns, _ = _pending_sql()
     pending = [columns.instance(row) for row in pending_rows]
     if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
@@ -206,11 +201,11 @@ def _next_to_start(pending_rows: list[tuple]) -> Run | None:
 
 def session_advance_locked(session: AgentSession, pending_rows: list[tuple] | None = None) -> Run | None:
     """Start the session's oldest queued run if none is active and the tenant has room for it.
-    Caller holds the session row lock. `pending_rows`: the rows of _pending_statement, if the caller sent
+    Caller holds the session row lock. `pending_rows`: the rows of pending_runs_statement, if the caller sent
     it with its own statements (a run's end)."""
     # Every run's end asks this, so it is written out (beamclaw_project/infra/rows.py).
     if pending_rows is None:
-        pending_rows = select_all(*_pending_statement(session.pk))
+        pending_rows = select_all(*pending_runs_statement(session.pk))
     run = _next_to_start(pending_rows)
     if run is None:
         return None
@@ -232,7 +227,7 @@ def _session_advance_with_room(tenant_id, session_id) -> tuple[Run | None, int]:
     is gone, or the tenant has no room), and the room left."""
     with transaction.atomic():
         session_rows, pending_rows, waiting_calls_rows, *room_rows = select_together(
-            session_lock_statement(session_id), _pending_statement(session_id),
+            session_lock_statement(session_id), pending_runs_statement(session_id),
             client_calls_waiting_statement(session_id), *tenant_room_statements(tenant_id),
         )
         if not session_rows:
@@ -520,7 +515,7 @@ def run_end_locked(run: Run, status: str, *, error: str = "", session: AgentSess
     inserts = [[reply]] if reply is not None else []
     if pending_rows is None:
         # The run's end, the session's, and what the session has waiting: one round trip.
-        [pending_rows] = rows_write(updates=updates, inserts=inserts, reads=[_pending_statement(session.pk)])
+        [pending_rows] = rows_write(updates=updates, inserts=inserts, reads=[pending_runs_statement(session.pk)])
     else:
         pending_rows = [row for row in pending_rows if _pending_sql()[0].instance(row).pk != run_id]
         if _next_to_start(pending_rows) is None:
