@@ -104,30 +104,12 @@ def redis_script_held_call(source: str, keys: list, args: list):
     connection from the pool and giving it back (a readiness poll each time) and redis-py's layers around a
     command were half of such a call's CPU. A call that finds the script gone, or cannot reach Redis on that
     connection, is made again the usual way (which loads the script, and retries as redis-py does)."""
-    script = redis_script(source)
-    held = getattr(_thread_held, "held", None)
-    if held is None:
-        held = _thread_held.held = _HeldConnection()
-    connection = held.connection
-    try:
-        connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        return connection.read_response()
-    except redis.exceptions.NoScriptError:
-        pass  # (its reply was read whole: the connection stays good)
-    except redis.exceptions.ResponseError:
-        raise  # the script's own error, read whole
-    except BaseException as exc:
-        # A reply may be left unread on the connection: it must not answer the next call.
-        _thread_held.held = None
-        held.let_go(broken=True)
-        if not isinstance(exc, CONNECTION_LOST):
-            raise
-    return script(keys=keys, args=args)
+    return HeldCallSent(source, keys, args).result()
 
 
 class HeldCallSent:
-    """redis_script_held_call, sent: `result()` reads its answer, so that the thread can do something else
-    (a Postgres read) while Redis answers. Used as a context manager: a caller that leaves without reading
+    """redis_script_held_call in two halves: the call is sent now, `result()` reads its answer, so that the
+    thread can do something else (a Postgres read) while Redis answers. Used as a context manager: a caller that leaves without reading
     it drops the connection, whose unread answer must not answer the thread's next call."""
 
     def __init__(self, source: str, keys: list, args: list):
