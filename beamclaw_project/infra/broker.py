@@ -172,13 +172,7 @@ class QoS(kombu_redis.QoS):
         # kombu's acknowledgement (the record and its owner removed, in one transaction), sent without
         # waiting for Redis, as a record is: the consumer's loop, which acknowledges, goes on a round trip
         # sooner. If the connection breaks before the answer, it is sent again at the next look at the records.
-        self._record_send([
-            ("MULTI",),
-            ("ZREM", self.unacked_index_key, delivery_tag),
-            ("HDEL", self.unacked_key, delivery_tag),
-            ("HDEL", self.unacked_owner_key, delivery_tag),
-            ("EXEC",),
-        ])
+        self._record_send([("MULTI",), *self._removal_commands(delivery_tag), ("EXEC",)])
         super(kombu_redis.QoS, self).ack(delivery_tag)
 
     def reject(self, delivery_tag, requeue=False):
@@ -194,8 +188,20 @@ class QoS(kombu_redis.QoS):
         self._records_settle()
         return super().restore_visible(*args, **kwargs)
 
+    def _removal_commands(self, delivery_tag) -> list[tuple]:
+        """What removes a message's record: kombu's two, and its owner."""
+        return [
+            ("ZREM", self.unacked_index_key, delivery_tag),
+            ("HDEL", self.unacked_key, delivery_tag),
+            ("HDEL", self.unacked_owner_key, delivery_tag),
+        ]
+
     def _remove_from_indices(self, delivery_tag, pipe=None):
-        return super()._remove_from_indices(delivery_tag, pipe).hdel(self.unacked_owner_key, delivery_tag)
+        # kombu's, with the owner: for its restores, which give a message back in the same transaction.
+        with self.pipe_or_acquire(pipe) as pipe:
+            for command in self._removal_commands(delivery_tag):
+                pipe.execute_command(*command)
+            return pipe
 
     def orphans_restore(self, owners_alive: Callable[[set[str]], set[str]], *, fetched_before: float) -> int:
         """Put back in their queues the unacknowledged messages whose owner is no longer alive and that
