@@ -43,8 +43,13 @@ get_resolver().url_patterns
 
 from beamclaw_project.infra.tasks import task_sending_warm_up  # noqa: E402
 
-# Likewise the task modules and the broker connection the first run's step is sent with (~70 ms).
+# Likewise the task modules and the broker connection the first run's step is sent with (~70 ms), and the
+# database's and Redis's first connections.
 task_sending_warm_up()
+
+from beamclaw_project.infra.warm_up import connections_warm_up  # noqa: E402
+
+connections_warm_up()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

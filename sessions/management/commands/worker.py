@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from beamclaw_project.celery import app
 from beamclaw_project.infra.gc_tuning import gc_settle_after_startup
 from beamclaw_project.infra.queues import SYSTEM_QUEUE
+from beamclaw_project.infra.warm_up import connections_warm_up
 from beamclaw_project.worker import Housekeeping, TaskEventsBatched, worker_pool_set
 from sessions.providers.registry import providers_warm_up
 from tenants.queues import active_tenant_queues, tenant_pool_build
@@ -16,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def _warm_up_then_settle() -> None:
+    connections_warm_up()
     providers_warm_up()
     gc_settle_after_startup()  # (the SDKs' modules and clients, built after the worker was ready)
 
