@@ -38,7 +38,14 @@ _CONFLICT_CODES = ((IdempotencyConflict, "idempotency_key_reused"), (SessionClos
 
 
 def openai_error(status: int, message: str, *, type: str = "invalid_request_error", code=None, param=None) -> JsonResponse:
-    return JsonResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status=status)
+    response = JsonResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status=status)
+    if status == 409:
+        # The official `openai` client sends a request answered 409 again by default (for OpenAI, a lock that
+        # timed out). Here a conflict is a state the same request meets again (a session closed or another
+        # agent's, an Idempotency-Key used with another body), and an aborted run's request sent again would run
+        # again, undoing the abort. The client obeys this header.
+        response["X-Should-Retry"] = "false"
+    return response
 
 
 def domain_error_response(exc: DomainError) -> JsonResponse:

@@ -89,15 +89,24 @@ def test_a_plain_completion_asks_the_model_for_its_reply_whole(live, tenant, fak
 
 def test_a_plain_completion_aborted_while_the_model_writes_is_answered_at_once(live, tenant, fake_requests, fake_llm):
     """A reply asked for whole has no stream events between which its step could notice an abort: the
-    worker cuts the model's connection when the run is aborted, rather than wait for the whole reply."""
+    worker cuts the model's connection when the run is aborted, rather than wait for the whole reply. The
+    official client, with its default retries, gets the abort and does not send the request again (it resends
+    a 409 unless told not to): a second run would undo the abort."""
     marker = uuid.uuid4().hex
     session_key = f"agent:assistant:abort-whole-{marker}"
-    headers = {**tenant.headers, "X-Session-Key": session_key}
+    client = openai.OpenAI(base_url=f"{live}/v1", api_key=tenant.api_key, timeout=180,
+                           default_headers={"X-Session-Key": session_key})
     # The fake holds the reply until the test releases it: the model is still writing when the run is aborted.
-    body = {"model": "assistant", "messages": [{"role": "user", "content": f"{marker} [[hold={marker}:0]]"}]}
-    answers: list[httpx.Response] = []
-    request = threading.Thread(target=lambda: answers.append(
-        httpx.post(f"{live}/v1/chat/completions", headers=headers, json=body, timeout=180)))
+    messages = [{"role": "user", "content": f"{marker} [[hold={marker}:0]]"}]
+    answers: list = []
+
+    def ask():
+        try:
+            answers.append(client.chat.completions.create(model="assistant", messages=messages))
+        except openai.APIStatusError as exc:
+            answers.append(exc)
+
+    request = threading.Thread(target=ask)
     request.start()
     try:
         wait_until(lambda: any(marker in json.dumps(r["body"]) for r in fake_requests()), timeout=30,
@@ -110,7 +119,9 @@ def test_a_plain_completion_aborted_while_the_model_writes_is_answered_at_once(l
     finally:
         httpx.post(f"{fake_llm}/_fake/release", params={"key": marker}).raise_for_status()
         request.join()
-    assert answers[0].status_code == 409 and answers[0].json()["error"]["code"] == "aborted"
+    assert isinstance(answers[0], openai.ConflictError), answers[0]
+    assert answers[0].body["code"] == "aborted" and answers[0].response.headers["X-Should-Retry"] == "false"
+    assert Run.objects.filter(session__key=session_key).count() == 1, "the client sent the request again"
     run.refresh_from_db()
     assert run.status == Run.Status.ABORTED
     assert [m.role for m in Message.objects.filter(session=run.session_id)] == ["user"], "no reply was written"
