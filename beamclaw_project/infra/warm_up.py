@@ -1,9 +1,9 @@
 """The connections a process's first request or step would open, opened as the process starts instead.
 
 After `make run`, the first request paid for the database pool (it is built, and its first connection
-made, at first use: a new PostgreSQL backend) and for a Redis connection: ~15 ms of its time to first token,
-and each worker's first step as much again. Opened on the side, so that a store that is down delays
-nothing: the first request then connects, or reports the outage, as it would have.
+made, at first use: a new PostgreSQL backend) and for a Redis connection: ~15 ms of its time to first token;
+each worker's first step paid for its own. Opened on the side, so that a store that is down delays nothing:
+the first request then connects, or reports the outage, as it would have.
 """
 
 import logging
