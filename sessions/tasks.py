@@ -7,13 +7,13 @@ the provider's own timeout (BEAMCLAW_PROVIDER_TIMEOUT_SECONDS) bounds a step ins
 
 from celery import shared_task
 
-from sessions.runs import COMPACT_TASK, compaction_run_requested
+from sessions.runs import COMPACT_TASK, FIRST_STEP_READS_HEADER, compaction_run_requested
 from sessions.runs import run_step as step_run
 
 
-@shared_task(name="sessions.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def run_step(run_id: str, step: int) -> None:
-    step_run(run_id=run_id, step=step)
+@shared_task(name="sessions.run_step", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_step(self, run_id: str, step: int) -> None:
+    step_run(run_id=run_id, step=step, reads=getattr(self.request, FIRST_STEP_READS_HEADER, None))
 
 
 # Acknowledged on receipt (not acks_late): a manual compaction lost with its worker is not run again behind

@@ -5,6 +5,7 @@ Authentication, every run step and every lock read their rows with SQL written o
 compiled QuerySet; an agent's JSON settings, a run's params or a key's scopes read any other way would
 change what the gateway does. Every field is compared, with its type, against the ORM's instance."""
 
+import json
 import re
 import select
 import uuid
@@ -14,16 +15,17 @@ import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
+from django.utils import timezone
 from psycopg import pq
 
 from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.redis import redis_client
-from beamclaw_project.infra.rows import row_insert, row_update, rows_insert, rows_write
+from beamclaw_project.infra.rows import row_insert, row_update, rows_insert, rows_write, select_one
 from beamclaw_project.postgres.base import PreparedCursor, connection_usable
 from sessions.models import AgentSession, Compaction, Message, Run
 from sessions.providers.base import Completion
 from sessions.runs.context import transcript_view
-from sessions.runs.kernel import run_lease_key, run_lock, session_lock
+from sessions.runs.kernel import first_step_reads, run_lease_key, run_lock, session_lock
 from sessions.runs.lifecycle import (
     TenantAtCap,
     tenant_at_cap_from_commit,
@@ -32,9 +34,11 @@ from sessions.runs.lifecycle import (
     tenant_room_locked,
     tenant_room_statements,
 )
-from sessions.runs.step import run_for_step, step_finish
+from sessions.runs.step import run_for_step, run_of_first_step_reads, step_finish
 from tenants.auth import AuthError, authenticate_key, authenticate_key_for_agent
 from tenants.models import Agent, ApiKey, Tenant
+from tools.models import Skill
+from tools.skills import tenant_uploads_revision_statement
 
 
 def assert_same(mine, model, pk, *, read=True):
@@ -99,6 +103,41 @@ def test_a_step_and_the_locks_load_the_run_and_session_as_the_orm_does(make_tena
             session_lock(uuid.uuid4())
         with pytest.raises(Run.DoesNotExist):
             run_lock(uuid.uuid4(), session.pk)
+
+
+def test_a_new_session_s_first_step_gets_with_its_message_what_it_would_read(make_tenant):
+    # A chat completion's step 0 takes its run from what the web process sent with it (sessions/runs/kernel.py,
+    # first_step_reads), as JSON in the message's header: every field, with its type, as run_for_step reads it.
+    bundle = make_tenant()
+    Agent.objects.filter(pk=bundle.agent.pk).update(
+        tool_policy={"allow": ["exec"], "deny": []}, fallbacks=["fake-echo"], compaction={"keep_recent_tokens": 900}
+    )
+    session = AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}",
+                                          ephemeral=True)
+    earlier = [("user", [{"type": "text", "text": "earlier"}]), ("assistant", [{"type": "text", "text": "reply"}])]
+    for seq, (role, content) in enumerate(earlier, 1):
+        Message.objects.create(session=session, seq=seq, role=role, content=content)
+    run = Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.OPENAI, status=Run.Status.RUNNING,
+                             started_at=timezone.now(), input=[{"type": "text", "text": "hi"}],
+                             params={"max_tokens": 64, "temperature": 0.5, "stop": ["x"]})
+    Message.objects.create(session=session, seq=3, role="user", content=run.input, run=run)
+    Skill.objects.create(tenant=bundle.tenant, name="notes", description="d", skill_md="---", archive=b"", digest="0",
+                         file_count=1, size=1)
+
+    session = AgentSession.objects.select_related("agent__tenant", "tenant").get(pk=session.pk)
+    session.seeded_turns = earlier
+    revision = select_one(*tenant_uploads_revision_statement(bundle.tenant.pk))
+    reads = json.loads(json.dumps(first_step_reads(session, Run.objects.get(pk=run.pk), run.input, revision)))
+    carried, read = run_of_first_step_reads(run.pk, reads), run_for_step(run.pk, 0)
+    assert_same(carried, Run, run.pk)
+    assert_same(carried.session, AgentSession, session.pk)
+    assert_same(carried.session.agent, Agent, bundle.agent.pk)
+    assert_same(carried.tenant, Tenant, bundle.tenant.pk)
+    assert carried.session.agent.tenant is carried.tenant and carried.reply_written is False
+    assert carried.view.turns() == read.view.turns()
+    assert carried.session.agent._uploads_revision == read.session.agent._uploads_revision == revision
+    assert run_of_first_step_reads(uuid.uuid4(), reads) is None  # another run's
+    assert run_of_first_step_reads(run.pk, {**reads, "agent": reads["agent"][:-1]}) is None  # another version's
 
 
 def test_hand_written_writes_store_what_save_would(make_tenant):

@@ -401,6 +401,12 @@ def uploads_revision_statement(run_id) -> tuple[str, list]:
     return _REVISION_SQL.format(skills=Skill._meta.db_table, tenant=tenant), [run_id]
 
 
+def tenant_uploads_revision_statement(tenant_id) -> tuple[str, list]:
+    """uploads_revision_statement for a tenant named by its id (a new session's run carries the row to its first
+    step: sessions/runs/kernel.py, first_step_reads)."""
+    return _REVISION_SQL.format(skills=Skill._meta.db_table, tenant="%s"), [tenant_id]
+
+
 def uploads_revision_known(agent, row: tuple) -> None:
     """Give a loaded agent row its tenant's uploads' revision, read just now with other statements: its
     skills are then worked out without asking again."""

@@ -19,10 +19,13 @@ it needs 1.21 or newer, which keeps protocol-level prepared statements (docs/ope
 
 from collections.abc import Iterable
 from contextlib import contextmanager
+from datetime import date, datetime, time
+from decimal import Decimal
 from functools import cache
+from uuid import UUID
 
 from django.db import DatabaseError, connections
-from django.db.models import Model
+from django.db.models import JSONField, Model
 from psycopg import pq
 
 from beamclaw_project.postgres.base import PreparedCursor
@@ -74,6 +77,33 @@ def instances(row, *columns: Columns) -> list[Model | None]:
         missing = table._key_at is not None and values[table._key_at] is None
         found.append(None if missing else table.instance(values))
     return found
+
+
+# --- rows carried to another process ----------------------------------------------------------------
+
+
+def instance_json(instance: Model) -> list:
+    """An instance's concrete fields' values, in their order, as JSON takes them (times and UUIDs as text):
+    for instance_of_json to give the instance back in another process, as read from the database."""
+    return [_json_value(field.value_from_object(instance)) for field in instance._meta.concrete_fields]
+
+
+def instance_of_json(model: type[Model], values: list) -> Model:
+    """instance_json's instance, each value back as its field's Python value."""
+    fields = model._meta.concrete_fields
+    if len(values) != len(fields):
+        raise ValueError(f"{model.__name__} has {len(fields)} columns, not {len(values)}")
+    return model.from_db("default", [field.attname for field in fields],
+                         [value if isinstance(field, JSONField) else field.to_python(value)
+                          for field, value in zip(fields, values)])
+
+
+def _json_value(value):
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, UUID | Decimal):
+        return str(value)
+    return value
 
 
 def _prepared_cursor_new(connection):

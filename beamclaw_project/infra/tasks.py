@@ -21,6 +21,7 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Iterable
 
 from celery import Task, current_app
 from celery.signals import before_task_publish
@@ -127,28 +128,31 @@ def task_send(name: str, args: list, *, queue: str, priority: int = 0) -> None:
         connection.default_channel.message_put(queue, _task_message(name, args, queue=queue, priority=priority))
 
 
-def tasks_push_commands(tasks: list[tuple[str, list, str, int]]) -> list[Command] | None:
-    """The Redis commands with which tasks_send would push each (name, args, queue, priority), to send with
-    other commands to redis_client()'s database in one round trip (infra/redis.redis_scripts_call), or None
+def tasks_push_commands(tasks: list[tuple]) -> list[Command] | None:
+    """The Redis commands with which tasks_send would push each (name, args, queue, priority[, headers]), to send
+    with other commands to redis_client()'s database in one round trip (infra/redis.redis_scripts_call), or None
     when the broker is another database (CELERY_BROKER_URL set apart from REDIS_URL): then use tasks_send."""
     if settings.CELERY_BROKER_URL != settings.REDIS_URL or settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix"):
         return None
     with current_app.pool.acquire(block=True) as connection:
         channel = connection.default_channel
-        return [command for name, args, queue, priority in tasks
-                for command in channel.message_put_commands(queue, _task_message(name, args, queue=queue, priority=priority))]
+        return [command for name, args, queue, priority, *headers in tasks
+                for command in channel.message_put_commands(
+                    queue, _task_message(name, args, queue=queue, priority=priority, more_headers=headers))]
 
 
-def tasks_send(tasks: list[tuple[str, list, str, int]]) -> None:
-    """task_send for each (name, args, queue, priority), in one round trip."""
+def tasks_send(tasks: list[tuple]) -> None:
+    """task_send for each (name, args, queue, priority[, headers]), in one round trip. `headers`: more headers of
+    the message, which the task reads from its request (`self.request`) and a worker that knows none ignores."""
     if not tasks:
         return
-    messages = [(queue, _task_message(name, args, queue=queue, priority=priority)) for name, args, queue, priority in tasks]
+    messages = [(queue, _task_message(name, args, queue=queue, priority=priority, more_headers=headers))
+                for name, args, queue, priority, *headers in tasks]
     with current_app.pool.acquire(block=True) as connection:
         connection.default_channel.messages_put(messages)
 
 
-def _task_message(name: str, args: list, *, queue: str, priority: int) -> dict:
+def _task_message(name: str, args: list, *, queue: str, priority: int, more_headers: Iterable[dict | None] = ()) -> dict:
     task_id = str(uuid.uuid4())
     parent = current_app.current_worker_task
     parent_id = parent.request.id if parent else None
@@ -159,6 +163,8 @@ def _task_message(name: str, args: list, *, queue: str, priority: int) -> dict:
         "argsrepr": task_label(name=name, routing_key=queue, args=args, kwargs={}), "kwargsrepr": "",
         "origin": _ORIGIN, "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }
+    for more in more_headers:
+        headers.update(more or {})
     body = json.dumps([list(args), {}, _NO_CALLBACKS]).encode()
     return {
         "body": base64.b64encode(body).decode(),

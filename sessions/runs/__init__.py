@@ -30,6 +30,7 @@ from sessions.runs.compaction import (
 )
 from sessions.runs.delta_window import UNSTREAMED_PARAM
 from sessions.runs.json_mode import response_format_parse
+from sessions.runs.kernel import FIRST_STEP_READS_HEADER
 from sessions.runs.lifecycle import (
     RUN_FAILED_UNANSWERED,
     TenantAtCap,
@@ -49,6 +50,7 @@ from sessions.runs.submit import (
 
 __all__ = [
     "COMPACT_TASK",
+    "FIRST_STEP_READS_HEADER",
     "compaction_outcome_await",
     "compaction_outcome_wait",
     "compaction_pending_message",

@@ -422,6 +422,14 @@ def _pause_key(session_id) -> str:
     return f"bc:session:{session_id}:compaction-paused"
 
 
+def compaction_due(*, agent, session_id, view: TranscriptView) -> bool:
+    """Whether a step with this view would compact its session first (compaction_if_needed), a pause after a
+    failed compaction aside."""
+    config = compaction_config(agent)
+    return config.enabled and context_tokens_estimate(
+        session_id=session_id, system=agent.system_prompt, view=view) > config.threshold_tokens
+
+
 def compaction_if_needed(*, run, agent, view: TranscriptView) -> Compaction | None:
     """Before a step: compact the run's session when its context (`view`, read for the step) is over the
     agent's threshold. Never raises for the compaction's own failures (see the module docstring); an outage

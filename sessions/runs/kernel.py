@@ -13,6 +13,7 @@
   the run's tool calls are in flight (`tools`).
 """
 
+import json
 import logging
 import socket
 import threading
@@ -36,7 +37,7 @@ from beamclaw_project.infra.leases import (
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import Command, ScriptCall, get_call, redis_client, redis_script
-from beamclaw_project.infra.rows import Columns, instances, rows_write, select_one, select_together
+from beamclaw_project.infra.rows import Columns, instance_json, instances, rows_write, select_one, select_together
 from beamclaw_project.infra.tasks import task_send, tasks_push_commands, tasks_send
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Tenant
@@ -152,8 +153,20 @@ def transcript_append_reading(session: AgentSession, *, session_fields: tuple[st
 # The transaction that starts a run in a session it made itself (a chat completion without a session)
 # sends step 0 before it commits, so that the commit and the step's way to a worker overlap on the way to
 # the first token. It takes this lock with the run's writes, before sending, and holds it until it commits
-# or rolls back; a worker's step 0 waits for it before reading the run (run_start_wait_statement). So no
-# step reads a run before its commit, and a step whose run was rolled back finds no run and does nothing.
+# or rolls back. A step that reads its run waits for it first (run_start_wait_statement): no step reads a
+# run before its commit, and a step whose run was rolled back finds no run and does nothing.
+#
+# Such a step 0 would read only what its web process has just written: the run, its session, the session's
+# agent and tenant, the transcript (the request's messages) and the tenant's skill uploads' revision. The web
+# process sends them with the step, in a message header (a worker of an earlier version ignores it), and the
+# step's first delivery takes its run from them instead of reading it (sessions/runs/step.py,
+# run_of_first_step_reads): that round trip was ~2 ms of the first token at c=1 (docs/performance.md, "Twentieth
+# step"). Such a step asks the model at once, but waits for the commit before it writes anything, and writes
+# nothing if the start was rolled back (run_started_statements).
+
+# The message header, and the most sent in it (JSON): a bigger request's step reads its run, as later steps do.
+FIRST_STEP_READS_HEADER = "first_step_reads"
+FIRST_STEP_READS_MAX_BYTES = 64 * 1024
 
 
 def run_start_lock_statement(run_id) -> tuple[str, list]:
@@ -166,6 +179,32 @@ def run_start_wait_statement(run_id) -> tuple[str, list]:
     The statements after it see the commit it waited for because each takes its own snapshot: Postgres's
     default READ COMMITTED, which Django keeps."""
     return "SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", [f"beamclaw.run_start:{run_id}"]
+
+
+def run_started_statements(run_id) -> list[tuple[str, list]]:
+    """Wait for the commit of the transaction that starts the run (run_start_wait_statement), then say whether the
+    run exists: a step that took its run from first_step_reads sends these before it writes anything."""
+    return [run_start_wait_statement(run_id), (f'SELECT EXISTS (SELECT 1 FROM "{Run._meta.db_table}" WHERE id = %s)', [run_id])]
+
+
+def first_step_reads_carried(session: AgentSession) -> bool:
+    """Whether the first step of a run in `session` (new, in the caller's transaction) gets its reads with it:
+    not when its agent has a key of its own, which is kept out of the broker's messages."""
+    return not session.agent.api_key
+
+
+def first_step_reads(session: AgentSession, run: Run, content: list[dict], uploads_revision: tuple) -> dict | None:
+    """What step 0 of `run` would read, as the caller has just written it: the rows (rows.instance_json), the
+    transcript's turns (what transcript_seed wrote of the request's earlier turns, then the run's user message
+    `content`) and the tenant's skill uploads' revision (tools/skills.py). None when it is too big to send."""
+    count, updated = uploads_revision
+    reads = {
+        "run": instance_json(run), "session": instance_json(session), "agent": instance_json(session.agent),
+        "tenant": instance_json(session.tenant),
+        "turns": [*getattr(session, "seeded_turns", ()), (Message.Role.USER.value, content)],
+        "uploads_revision": [count, updated.isoformat() if updated is not None else None],
+    }
+    return reads if len(json.dumps(reads)) <= FIRST_STEP_READS_MAX_BYTES else None
 
 
 # --- the run lease ---------------------------------------------------------------------------------
@@ -235,15 +274,16 @@ def step_enqueue(run_id, step: int, tenant_slug: str, *, only_if_free: bool = Fa
     return True
 
 
-def first_steps_send(run_ids: list, tenant_slug: str) -> None:
-    """Send step 0 of runs the caller marked queued (runs_mark_queued), in one round trip."""
-    tasks_send([_step_task(run_id, 0, tenant_slug) for run_id in run_ids])
+def first_steps_send(run_ids: list, tenant_slug: str, reads: dict | None = None) -> None:
+    """Send step 0 of runs the caller marked queued (runs_mark_queued), in one round trip. `reads`: run id ->
+    what its step would read (first_step_reads), sent with it."""
+    tasks_send([_step_task(run_id, 0, tenant_slug, (reads or {}).get(run_id)) for run_id in run_ids])
 
 
-def first_steps_commands(run_ids: list, tenant_slug: str) -> list[Command] | None:
+def first_steps_commands(run_ids: list, tenant_slug: str, reads: dict | None = None) -> list[Command] | None:
     """first_steps_send's Redis commands, to send with others; None when the broker is another Redis
     database than the events' (then first_steps_send)."""
-    return tasks_push_commands([_step_task(run_id, 0, tenant_slug) for run_id in run_ids])
+    return tasks_push_commands([_step_task(run_id, 0, tenant_slug, (reads or {}).get(run_id)) for run_id in run_ids])
 
 
 def step_resend(run_id, step: int, tenant_slug: str) -> bool:
@@ -255,13 +295,15 @@ def step_resend(run_id, step: int, tenant_slug: str) -> bool:
 
 
 def _step_send(run_id, step: int, tenant_slug: str) -> None:
-    name, args, queue, priority = _step_task(run_id, step, tenant_slug)
+    name, args, queue, priority, _ = _step_task(run_id, step, tenant_slug)
     task_send(name, args, queue=queue, priority=priority)
 
 
-def _step_task(run_id, step: int, tenant_slug: str) -> tuple[str, list, str, int]:
-    """A run step's task: its name, arguments, the tenant's queue and the priority work travels at."""
-    return RUN_STEP_TASK, [str(run_id), step], tenant_queue(tenant_slug), WORK_PRIORITY
+def _step_task(run_id, step: int, tenant_slug: str, reads: dict | None = None) -> tuple[str, list, str, int, dict]:
+    """A run step's task: its name, arguments, the tenant's queue, the priority work travels at, and its
+    message's own headers (`reads`: first_step_reads's, for a new session's step 0)."""
+    return (RUN_STEP_TASK, [str(run_id), step], tenant_queue(tenant_slug), WORK_PRIORITY,
+            {FIRST_STEP_READS_HEADER: reads} if reads is not None else {})
 
 
 # --- the abort flag --------------------------------------------------------------------------------

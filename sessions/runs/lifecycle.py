@@ -30,6 +30,8 @@ from sessions.runs.client_calls import (
 from sessions.runs.json_mode import reply_result_text
 from sessions.runs.kernel import (
     abort_flag_set,
+    first_step_reads,
+    first_step_reads_carried,
     first_steps_commands,
     first_steps_send,
     run_mark_queued,
@@ -44,6 +46,7 @@ from sessions.runs.kernel import (
 from sessions.runs.tool_calls import open_calls_settle_locked
 from sessions.signals import run_finished
 from tenants.models import Tenant
+from tools.skills import tenant_uploads_revision_statement
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +268,8 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     # Nobody waits for a new session's runs or follows it: its step 0 goes out before the commit (kernel.py,
     # run_start_lock_statement), on the way to the first token.
     start_lock = (run_start_lock_statement(run.pk),) if session_is_new else ()
+    # What else such a step 0 would read, it gets with its message (kernel.first_step_reads).
+    uploads = (tenant_uploads_revision_statement(session.tenant_id),) if session_is_new and first_step_reads_carried(session) else ()
     room = ()
     if room_counted_with_writes:
         # (Counted at the commit, the room is also looked at here without the lock: a tenant that its
@@ -276,7 +281,7 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
         if room_counted_at_commit:
             tenant_room_check_at_commit(session.tenant_id)
     _, rows = transcript_append_reading(session, role=Message.Role.USER, content=content, run=run, new_rows=new_rows,
-                                        updated_rows=updated_rows, also=(*start_lock, *room))
+                                        updated_rows=updated_rows, also=(*start_lock, *uploads, *room))
     # (The tenant's row is locked after the writes, which take no lock on it: their foreign keys are
     # checked, with a share lock, only at commit, by which time this transaction holds the row itself.)
     if room:
@@ -287,19 +292,21 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
             # Room for them as well (a cap raised meanwhile): they need not wait for a run's end.
             tenant_fill_slots_on_commit(session.tenant_id)
     if session_is_new:
-        run_started_send_before_commit(run, tenant_slug=session.tenant.slug)
+        reads = first_step_reads(session, run, content, rows[len(start_lock)][0]) if uploads else None
+        run_started_send_before_commit(run, tenant_slug=session.tenant.slug, reads=reads)
     else:
         run_started_announce_on_commit(run, tenant_slug=session.tenant.slug)
     return run
 
 
-def run_started_send_before_commit(run: Run, *, tenant_slug: str) -> None:
+def run_started_send_before_commit(run: Run, *, tenant_slug: str, reads: dict | None = None) -> None:
     """Start a run whose row, in a session made in the caller's transaction, its caller has just written
     as running, holding run_start_lock_statement's lock: mark it queued, publish run_started and send step 0
-    now, in one round trip; once the transaction commits, log and count it. If it rolls back instead, the
-    step finds no run, and the marker and the event lapse."""
+    (with `reads`: kernel.first_step_reads) now, in one round trip; once the transaction commits, log and
+    count it. If it rolls back instead, the step finds no run, and the marker and the event lapse."""
     run_id, session_id, trigger = run.pk, run.session_id, run.trigger
-    _runs_started_send([(run_id, session_id)], tenant_slug, watched=False, mark_queued=True)
+    _runs_started_send([(run_id, session_id)], tenant_slug, watched=False, mark_queued=True,
+                       reads={run_id: reads} if reads is not None else None)
     transaction.on_commit(lambda: _run_started_note(run_id, session_id, trigger, tenant_slug))
 
 
@@ -340,14 +347,16 @@ def runs_started_announce_on_commit(runs: list[Run], *, tenant_slug: str) -> Non
     transaction.on_commit(announce_and_enqueue)
 
 
-def _runs_started_send(started: list[tuple], tenant_slug: str, *, watched: bool, mark_queued: bool = False) -> None:
+def _runs_started_send(started: list[tuple], tenant_slug: str, *, watched: bool, mark_queued: bool = False,
+                       reads: dict | None = None) -> None:
     """Publish run.started for each (run id, session id) and send its step 0, in one Redis round trip where
     the broker is the events' Redis database (on the way to the first token), in that order: a step's first
     event must follow its run.started. `watched`: ask whether sockets follow the sessions (sessions made in
     the runs' transaction have none) and tell them the runs started. `mark_queued`: first mark the runs
-    queued (run_mark_queued), in the same round trip."""
+    queued (run_mark_queued), in the same round trip. `reads`: run id -> what its step 0 would read
+    (kernel.first_step_reads)."""
     run_ids = [run_id for run_id, _ in started]
-    steps = first_steps_commands(run_ids, tenant_slug)
+    steps = first_steps_commands(run_ids, tenant_slug, reads)
     marks = [run_mark_queued_call(run_id) for run_id in run_ids] if mark_queued else []
     publishes = [events.publish_command(run_id, events.RUN_STARTED, _run_started_payload(run_id, session_id))
                  for run_id, session_id in started]
@@ -357,7 +366,7 @@ def _runs_started_send(started: list[tuple], tenant_slug: str, *, watched: bool,
         if followed:
             session_subscribers_notify(session_id, run_id)
     if steps is None:  # the broker is another Redis database
-        first_steps_send(run_ids, tenant_slug)
+        first_steps_send(run_ids, tenant_slug, reads)
 
 
 def _run_started_note(run_id, session_id, trigger: str, tenant_slug: str) -> None:

@@ -25,15 +25,21 @@ from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import ScriptCall, ScriptsSent, counter_incr, counter_incr_call
-from beamclaw_project.infra.rows import Columns, instances, row_update, select_together
+from beamclaw_project.infra.rows import Columns, instance_of_json, instances, row_update, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, request_sampling
 from sessions.providers.chain import complete
 from sessions.runs import tool_phase
 from sessions.runs.budget import record_tokens
-from sessions.runs.compaction import compaction_if_needed
-from sessions.runs.context import transcript_view, transcript_view_of, transcript_view_statements
+from sessions.runs.compaction import compaction_due, compaction_if_needed
+from sessions.runs.context import (
+    TranscriptView,
+    VisibleMessage,
+    transcript_view,
+    transcript_view_of,
+    transcript_view_statements,
+)
 from sessions.runs.delta_window import QUIET_WINDOW_SECONDS, UNSTREAMED_PARAM, DeltaWindow
 from sessions.runs.json_mode import INVALID_JSON, REPAIR_PARAM, ReplyCheck, failure_message, repair_prompt, reply_check
 from sessions.runs.kernel import (
@@ -47,6 +53,7 @@ from sessions.runs.kernel import (
     run_lock,
     run_lock_reading,
     run_start_wait_statement,
+    run_started_statements,
     step_hand_back,
     tools_marker_ttl_ms,
     transcript_append,
@@ -159,9 +166,10 @@ class _CallbackFailures:
         return call
 
 
-def run_step(*, run_id, step: int) -> None:
+def run_step(*, run_id, step: int, reads: dict | None = None) -> None:
+    """`reads`: what a new session's step 0 would read, sent with it (kernel.first_step_reads)."""
     try:
-        _run_step_leased(run_id, step)
+        _run_step_leased(run_id, step, reads if step == 0 else None)
     except Exception as exc:
         store = outage_of(exc)
         if store is None:
@@ -171,7 +179,7 @@ def run_step(*, run_id, step: int) -> None:
         logger.warning("run %s step %s paused: %s is unavailable (%s); it resumes once it is back", run_id, step, store, exc)
 
 
-def _run_step_leased(run_id, step: int) -> None:
+def _run_step_leased(run_id, step: int, reads: dict | None = None) -> None:
     # A step may be picked up over the tools marker: a re-sent step only drives the open calls (step_resume).
     lease = Lease(run_lease_key(run_id), takes_over=(TOOLS_PHASE,))
     # One round trip for the lease, the number of this delivery of the step (a later one skips text already
@@ -183,7 +191,9 @@ def _run_step_leased(run_id, step: int) -> None:
         # a failed read is raised below, under the lease, as a failure of the step itself.
         run, read_error = None, None
         try:
-            run = run_for_step(run_id, step)
+            run = run_of_first_step_reads(run_id, reads) if reads is not None else None
+            if run is None:
+                run = run_for_step(run_id, step)
         except BaseException as exc:  # noqa: BLE001 - raised below, once the lease can be let go
             read_error = exc
         took, attempt, abort_flag, followers = sent.results()
@@ -297,6 +307,49 @@ def run_for_step(run_id, step: int) -> Run | None:
     return run
 
 
+def run_of_first_step_reads(run_id, reads: dict) -> Run | None:
+    """A new session's run as its web process wrote it, from what it sent with step 0 (kernel.first_step_reads),
+    with what run_for_step gives. Its start may not have committed yet: the step finds out before it writes
+    (_start_committed). None when the step reads its run after all: its context is due for compaction first (which
+    writes), or what came cannot be used (a web process of another version, say)."""
+    try:
+        run, session = instance_of_json(Run, reads["run"]), instance_of_json(AgentSession, reads["session"])
+        agent, tenant = instance_of_json(Agent, reads["agent"]), instance_of_json(Tenant, reads["tenant"])
+        view = TranscriptView(compaction=None, messages=[
+            VisibleMessage(seq, role, content, {}, None) for seq, (role, content) in enumerate(reads["turns"], 1)])
+        count, updated = reads["uploads_revision"]
+        revision = (count, datetime.fromisoformat(updated) if updated is not None else None)
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.warning("run %s: what came with its first step could not be used (%r); the step reads its run", run_id, exc)
+        return None
+    if str(run.pk) != str(run_id) or run.session_id != session.pk or session.agent_id != agent.pk:
+        logger.warning("run %s: what came with its first step is another run's; the step reads its run", run_id)
+        return None
+    if compaction_due(agent=agent, session_id=session.pk, view=view):
+        return None
+    run.session, session.agent = session, agent
+    run.tenant = session.tenant = agent.tenant = tenant
+    run.reply_written = False
+    run.view = view
+    uploads_revision_known(agent, revision)
+    run.start_uncommitted = True
+    return run
+
+
+def _start_committed(run: Run) -> bool:
+    """Whether the run's start committed, which a step must know before it writes anything: at once for a run read
+    from the database; for one that came with its step (run_of_first_step_reads), after waiting for the commit
+    (by the time the model has replied it is usually long done). False when the start was rolled back (a tenant's
+    last slot, raced for at its commit): nothing is written, and the reply is dropped."""
+    if not getattr(run, "start_uncommitted", False):
+        return True
+    _, exists = select_together(*run_started_statements(run.pk))
+    run.start_uncommitted = False
+    if not exists[0][0]:
+        logger.info("run %s: its start was rolled back; its first step's reply is dropped", run.pk)
+    return exists[0][0]
+
+
 def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_reason: str | None,
                   abort_read_at: float, *, followed: bool) -> bool:
     """Run the step of `run` (run_for_step's, read as the step was taken); True when it left the run in its
@@ -311,7 +364,8 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
         tool_phase.step_resume(run, step, lease)
         return True
     if abort_reason is not None:
-        _finish_aborted(run_id, step, partial_text="")
+        if _start_committed(run):
+            _finish_aborted(run_id, step, partial_text="")
         return False
     if step >= settings.BEAMCLAW["STEP_CAP"]:
         _finish_failed(
@@ -371,18 +425,22 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
             # Stopped for the shutdown, not by a user: another worker runs the step again, and what
             # already reached clients is not streamed twice.
             raise _HandedBack(tenant_slug)
-        _finish_aborted(run_id, step, partial_text=publish_delta.text)
+        if _start_committed(run):
+            _finish_aborted(run_id, step, partial_text=publish_delta.text)
         return False
     except ProviderError as exc:
         if callbacks.error is not None:
             # Our own callback failed (Redis went away while publishing): not the provider's error.
             raise callbacks.error from exc
-        _finish_failed(run_id, step, exc.message, code=exc.kind)
+        if _start_committed(run):
+            _finish_failed(run_id, step, exc.message, code=exc.kind)
         return False
     finally:
         step_duration_observe(tenant=tenant_slug, seconds=time.monotonic() - began)
     # Checked before the transaction: a schema check of a long reply need not hold the run's locks.
     json_check = reply_check(run.params.get("response_format"), completion)
+    if not _start_committed(run):
+        return False
     return step_finish(run_id, run.session_id, step, completion, lease, json_check, held_delta=held_delta)
 
 

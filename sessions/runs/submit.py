@@ -219,3 +219,5 @@ def transcript_seed(session: AgentSession, turns: list[tuple[str, list[dict]]]) 
         )
         session.next_seq = len(turns) + 1
         session.save(update_fields=["next_seq", "updated_at"])
+        # What a new session's first step will read of them (kernel.first_step_reads), kept on the instance.
+        session.seeded_turns = [(role, blocks) for role, blocks in turns]

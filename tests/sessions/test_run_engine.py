@@ -4,8 +4,10 @@ import json
 import os
 import signal
 import threading
+import uuid
 
 import httpx
+import pytest
 
 from beamclaw_project.celery import app
 from beamclaw_project.infra.queues import WORK_PRIORITY, queue_depths
@@ -219,10 +221,10 @@ def test_a_worker_frozen_past_its_lease_adds_nothing_when_it_wakes(gateway, tena
     assert list(Message.objects.filter(run=run).values_list("role", flat=True)) == ["user", "assistant"]
 
 
-def _chat_request(text: str):
+def _chat_request(text: str, *, stream: bool = False):
     from sessions.chat import parse_chat_request
 
-    body = {"model": "assistant", "messages": [{"role": "user", "content": text}]}
+    body = {"model": "assistant", "messages": [{"role": "user", "content": text}], "stream": stream}
     return parse_chat_request(body, session_header=None, queue_mode_header=None, session_mode_header=None)
 
 
@@ -236,43 +238,73 @@ def _worker_holds(run_id) -> bool:
     return redis_client().get(run_lease_key(run_id)) not in (None, b"queued")
 
 
-def test_a_chat_run_s_step_sent_before_its_commit_waits_for_the_commit(worker, tenant, fake_requests):
-    # A chat completion without a session sends step 0 before its transaction commits (sessions/runs/
-    # kernel.py, run_start_lock_statement). Here the transaction stays open until a worker holds the step.
-    from django.db import transaction
+def _event_kinds(run_id) -> list[str]:
+    return [event.event for event in events.read_all(run_id)]
 
-    from sessions.chat import chat_start
+
+def _assistant(tenant, *, own_key: bool):
     from tenants.selectors import agent_by_slug
 
     agent = agent_by_slug(tenant=tenant.tenant, slug="assistant")
+    if own_key:
+        agent.api_key = "sk-the-agents-own-key"
+        agent.save(update_fields=["api_key"])
+    return agent
+
+
+# A chat completion without a session sends step 0 before its transaction commits (sessions/runs/kernel.py,
+# run_start_lock_statement), with what the step would read (first_step_reads), unless its agent has a key of its
+# own (kept out of the broker's messages): then the step reads its run, which waits for the commit. In these
+# tests the transaction stays open until a worker holds the step.
+@pytest.mark.parametrize("own_key", [False, True], ids=["reads-sent-with-the-step", "agent-with-its-own-key"])
+def test_a_chat_run_s_step_sent_before_its_commit_ends_the_run_only_after_it(worker, tenant, fake_requests, own_key):
+    from django.db import transaction
+
+    from sessions.chat import chat_start
+
+    agent = _assistant(tenant, own_key=own_key)
+    marker = f"early-step-{uuid.uuid4().hex[:8]}"
     with transaction.atomic():
-        run = chat_start(tenant=tenant.tenant, agent=agent, request=_chat_request("early-step-3141")).run
+        run = chat_start(tenant=tenant.tenant, agent=agent, request=_chat_request(marker, stream=True)).run
         wait_until(lambda: _worker_holds(run.pk), timeout=30, message="a worker holding step 0")
-        assert not _asked_model(fake_requests, "early-step-3141")  # it waits: the run is not committed
+        if own_key:
+            assert not _asked_model(fake_requests, marker)  # it waits to read the run
+        else:
+            # The model is asked at once, and its text streams; the run's end waits for the commit.
+            wait_until(lambda: events.TEXT_DELTA in _event_kinds(run.pk), timeout=30, message="the reply streaming")
+            assert _asked_model(fake_requests, marker)
+        assert events.RUN_COMPLETED not in _event_kinds(run.pk)
     wait_until(lambda: Run.objects.get(pk=run.pk).status == Run.Status.SUCCEEDED, timeout=30, message="the run done")
-    assert _asked_model(fake_requests, "early-step-3141")
+    assert _asked_model(fake_requests, marker)
+    assert [m.content[0]["text"] for m in Message.objects.filter(run_id=run.pk, role="assistant")] == [f"Echo: {marker}"]
     # The step that waited finished the run: no second delivery (the reaper re-sends a step let go too soon).
     assert redis_client().get(f"bc:run:{run.pk}:step:0:attempts") == b"1"
-    assert [e.event for e in events.read_all(run.pk)][::len(events.read_all(run.pk)) - 1] == [
-        events.RUN_STARTED, events.RUN_COMPLETED]
+    kinds = _event_kinds(run.pk)
+    assert [kinds[0], kinds[-1]] == [events.RUN_STARTED, events.RUN_COMPLETED]
 
 
-def test_a_chat_run_rolled_back_after_its_step_was_sent_leaves_no_trace(worker, tenant, fake_requests):
+@pytest.mark.parametrize("own_key", [False, True], ids=["reads-sent-with-the-step", "agent-with-its-own-key"])
+def test_a_chat_run_rolled_back_after_its_step_was_sent_leaves_no_trace(worker, tenant, fake_requests, own_key):
     from django.db import transaction
 
     from sessions.chat import chat_start
     from sessions.runs.kernel import run_lease_key
-    from tenants.selectors import agent_by_slug
 
-    agent = agent_by_slug(tenant=tenant.tenant, slug="assistant")
+    agent = _assistant(tenant, own_key=own_key)
+    marker = f"rolled-back-{uuid.uuid4().hex[:8]}"
     try:
         with transaction.atomic():
-            run = chat_start(tenant=tenant.tenant, agent=agent, request=_chat_request("rolled-back-2718")).run
+            run = chat_start(tenant=tenant.tenant, agent=agent, request=_chat_request(marker, stream=True)).run
             wait_until(lambda: _worker_holds(run.pk), timeout=30, message="a worker holding step 0")
+            if not own_key:
+                wait_until(lambda: events.TEXT_DELTA in _event_kinds(run.pk), timeout=30, message="the reply streaming")
             raise RuntimeError("the request fails before its commit")
     except RuntimeError:
         pass
-    # The worker finds no run once the transaction is gone, and lets go of the step without asking the model.
+    # Once the transaction is gone the worker lets go of the step: it wrote nothing and ended nothing (with the
+    # run read, it did not even ask the model).
     wait_until(lambda: redis_client().get(run_lease_key(run.pk)) is None, timeout=30, message="the step let go")
     assert not Run.objects.filter(pk=run.pk).exists()
-    assert not _asked_model(fake_requests, "rolled-back-2718")
+    assert not Message.objects.filter(run_id=run.pk).exists()
+    assert not {events.RUN_COMPLETED, events.RUN_FAILED} & set(_event_kinds(run.pk))
+    assert _asked_model(fake_requests, marker) is not own_key

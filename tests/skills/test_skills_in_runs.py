@@ -132,3 +132,22 @@ def test_the_sandbox_sees_skill_folders_read_only(live, make_tenant, skills_dir)
     assert "uploaded body" in output and "served body" in output, output
     assert "Read-only file system" in output and "WRITE-REFUSED" in output and "DELETE-REFUSED" in output, output
     assert not (skills_dir.path / "served" / "new.txt").exists()
+
+
+def test_a_skill_uploaded_is_in_the_next_chat_completion_s_prompt(live, make_tenant, fake_requests):
+    # A chat completion's first step gets its tenant's uploads' revision with its message (sessions/runs/
+    # kernel.py, first_step_reads): a worker that listed the tenant's uploads before must list them again.
+    bundle = make_tenant(system_prompt="You are Ada.")
+
+    def prompt_of_a_chat_completion() -> str:
+        marker = f"marker-{uuid.uuid4().hex[:8]}"
+        response = httpx.post(f"{live}/v1/chat/completions", headers=bundle.headers, timeout=30, json={
+            "model": bundle.agent.slug, "messages": [{"role": "user", "content": marker}]})
+        assert response.status_code == 200, response.text
+        return system_prompt_seen(fake_requests, marker)
+
+    upload(live, bundle, skill_md("pdf-tools", "Extract text from PDF files."))
+    first = prompt_of_a_chat_completion()
+    assert "- pdf-tools: Extract text from PDF files." in first and "csv-tools" not in first
+    upload(live, bundle, skill_md("csv-tools", "Sort CSV files."))
+    assert "- csv-tools: Sort CSV files." in prompt_of_a_chat_completion()
