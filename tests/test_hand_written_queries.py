@@ -114,12 +114,14 @@ def test_a_new_session_s_first_step_gets_with_its_message_what_it_would_read(mak
     )
     session = AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}",
                                           ephemeral=True)
+    # (Keys in an order jsonb does not keep: what the model is sent must be the same bytes either way.)
     earlier = [("user", [{"type": "text", "text": "earlier"}]), ("assistant", [{"type": "text", "text": "reply"}])]
     for seq, (role, content) in enumerate(earlier, 1):
         Message.objects.create(session=session, seq=seq, role=role, content=content)
     run = Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.OPENAI, status=Run.Status.RUNNING,
                              started_at=timezone.now(), input=[{"type": "text", "text": "hi"}],
-                             params={"max_tokens": 64, "temperature": 0.5, "stop": ["x"]})
+                             params={"temperature": 0.5, "max_tokens": 64, "stop": ["x"],
+                                     "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {}}}})
     Message.objects.create(session=session, seq=3, role="user", content=run.input, run=run)
     Skill.objects.create(tenant=bundle.tenant, name="notes", description="d", skill_md="---", archive=b"", digest="0",
                          file_count=1, size=1)
@@ -127,14 +129,18 @@ def test_a_new_session_s_first_step_gets_with_its_message_what_it_would_read(mak
     session = AgentSession.objects.select_related("agent__tenant", "tenant").get(pk=session.pk)
     session.seeded_turns = earlier
     revision = select_one(*tenant_uploads_revision_statement(bundle.tenant.pk))
-    reads = json.loads(json.dumps(first_step_reads(session, Run.objects.get(pk=run.pk), run.input, revision)))
+    session.agent.skills = {"enabled": ["notes"], "disabled": []}  # (as saved: in the caller's order)
+    Agent.objects.filter(pk=bundle.agent.pk).update(skills=session.agent.skills)
+    reads = json.loads(json.dumps(first_step_reads(session, run, run.input, revision)))
     carried, read = run_of_first_step_reads(run.pk, reads), run_for_step(run.pk, 0)
     assert_same(carried, Run, run.pk)
     assert_same(carried.session, AgentSession, session.pk)
     assert_same(carried.session.agent, Agent, bundle.agent.pk)
     assert_same(carried.tenant, Tenant, bundle.tenant.pk)
     assert carried.session.agent.tenant is carried.tenant and carried.reply_written is False
-    assert carried.view.turns() == read.view.turns()
+    assert json.dumps(carried.view.turns()) == json.dumps(read.view.turns())
+    assert json.dumps(carried.params) == json.dumps(read.params)
+    assert json.dumps(carried.session.agent.skills) == json.dumps(read.session.agent.skills)
     assert carried.session.agent._uploads_revision == read.session.agent._uploads_revision == revision
     assert run_of_first_step_reads(uuid.uuid4(), reads) is None  # another run's
     assert run_of_first_step_reads(run.pk, {**reads, "agent": reads["agent"][:-1]}) is None  # another version's

@@ -89,13 +89,27 @@ def instance_json(instance: Model) -> list:
 
 
 def instance_of_json(model: type[Model], values: list) -> Model:
-    """instance_json's instance, each value back as its field's Python value."""
+    """instance_json's instance, each value back as its field's Python value (a JSON field's in jsonb_ordered's
+    order, as read from the database)."""
     fields = model._meta.concrete_fields
     if len(values) != len(fields):
         raise ValueError(f"{model.__name__} has {len(fields)} columns, not {len(values)}")
     return model.from_db("default", [field.attname for field in fields],
-                         [value if isinstance(field, JSONField) else field.to_python(value)
+                         [jsonb_ordered(value) if isinstance(field, JSONField) else field.to_python(value)
                           for field, value in zip(fields, values)])
+
+
+def jsonb_ordered(value):
+    """A JSON value with its objects' keys in the order Postgres's jsonb keeps them (shorter first, then by their
+    UTF-8 bytes), as a value read from a jsonb column has them. What reaches the model is serialized in that order:
+    a step that took a value from elsewhere must send the same bytes as one that read it (a prompt cache matches
+    bytes, from the tools on)."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda key: (len(key.encode()), key.encode()))
+        return {key: jsonb_ordered(value[key]) for key in keys}
+    if isinstance(value, list):
+        return [jsonb_ordered(item) for item in value]
+    return value
 
 
 def _json_value(value):

@@ -25,7 +25,7 @@ from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
 from beamclaw_project.infra.redis import ScriptCall, ScriptsSent, counter_incr, counter_incr_call
-from beamclaw_project.infra.rows import Columns, instance_of_json, instances, row_update, select_together
+from beamclaw_project.infra.rows import Columns, instance_of_json, instances, jsonb_ordered, row_update, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, request_sampling
@@ -316,7 +316,7 @@ def run_of_first_step_reads(run_id, reads: dict) -> Run | None:
         run, session = instance_of_json(Run, reads["run"]), instance_of_json(AgentSession, reads["session"])
         agent, tenant = instance_of_json(Agent, reads["agent"]), instance_of_json(Tenant, reads["tenant"])
         view = TranscriptView(compaction=None, messages=[
-            VisibleMessage(seq, role, content, {}, None) for seq, (role, content) in enumerate(reads["turns"], 1)])
+            VisibleMessage(seq, role, jsonb_ordered(content), {}, None) for seq, (role, content) in enumerate(reads["turns"], 1)])
         count, updated = reads["uploads_revision"]
         revision = (count, datetime.fromisoformat(updated) if updated is not None else None)
     except (KeyError, TypeError, ValueError) as exc:
