@@ -196,7 +196,8 @@ def first_step_reads_carried(session: AgentSession) -> bool:
 def first_step_reads(session: AgentSession, run: Run, content: list[dict], uploads_revision: tuple) -> dict | None:
     """What step 0 of `run` would read, as the caller has just written it: the rows (rows.instance_json), the
     transcript's turns (what transcript_seed wrote of the request's earlier turns, then the run's user message
-    `content`) and the tenant's skill uploads' revision (tools/skills.py). None when it is too big to send."""
+    `content`) and the tenant's skill uploads' revision (tools/skills.py). None when it is too big to send, or
+    holds what JSON cannot carry."""
     count, updated = uploads_revision
     reads = {
         "run": instance_json(run), "session": instance_json(session), "agent": instance_json(session.agent),
@@ -204,7 +205,11 @@ def first_step_reads(session: AgentSession, run: Run, content: list[dict], uploa
         "turns": [*getattr(session, "seeded_turns", ()), (Message.Role.USER.value, content)],
         "uploads_revision": [count, updated.isoformat() if updated is not None else None],
     }
-    return reads if len(json.dumps(reads)) <= FIRST_STEP_READS_MAX_BYTES else None
+    try:
+        size = len(json.dumps(reads))
+    except (TypeError, ValueError):  # a value JSON cannot carry: the step reads it, as from a web process without this
+        return None
+    return reads if size <= FIRST_STEP_READS_MAX_BYTES else None
 
 
 # --- the run lease ---------------------------------------------------------------------------------
