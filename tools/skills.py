@@ -415,7 +415,7 @@ def uploads_revision_known(agent, row: tuple) -> None:
 
 def _upload_entries(tenant_id: int, revision: tuple | None = None) -> list[SkillEntry]:
     if revision is None:
-        revision = select_one(_REVISION_SQL.format(skills=Skill._meta.db_table, tenant="%s"), [tenant_id])
+        revision = select_one(*tenant_uploads_revision_statement(tenant_id))
     with _UPLOADS_LOCK:
         cached = _UPLOADS.get(tenant_id)
     if cached is not None and cached[0] == revision:

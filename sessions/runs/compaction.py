@@ -425,20 +425,24 @@ def _pause_key(session_id) -> str:
 def compaction_due(*, agent, session_id, view: TranscriptView) -> bool:
     """Whether a step with this view would compact its session first (compaction_if_needed), a pause after a
     failed compaction aside."""
+    return _tokens_over_threshold(agent, session_id, view) is not None
+
+
+def _tokens_over_threshold(agent, session_id, view: TranscriptView) -> int | None:
+    """The context's estimated tokens when the agent compacts and they are over its threshold, else None."""
     config = compaction_config(agent)
-    return config.enabled and context_tokens_estimate(
-        session_id=session_id, system=agent.system_prompt, view=view) > config.threshold_tokens
+    if not config.enabled:
+        return None
+    tokens = context_tokens_estimate(session_id=session_id, system=agent.system_prompt, view=view)
+    return tokens if tokens > config.threshold_tokens else None
 
 
 def compaction_if_needed(*, run, agent, view: TranscriptView) -> Compaction | None:
     """Before a step: compact the run's session when its context (`view`, read for the step) is over the
     agent's threshold. Never raises for the compaction's own failures (see the module docstring); an outage
     of Redis or Postgres goes up, so the step pauses as it does for any outage."""
-    config = compaction_config(agent)
-    if not config.enabled:
-        return None
-    tokens = context_tokens_estimate(session_id=run.session_id, system=agent.system_prompt, view=view)
-    if tokens <= config.threshold_tokens or redis_client().exists(_pause_key(run.session_id)):
+    tokens = _tokens_over_threshold(agent, run.session_id, view)
+    if tokens is None or redis_client().exists(_pause_key(run.session_id)):
         return None
     abort_check = AbortCheck(run.pk)
     try:
@@ -450,7 +454,7 @@ def compaction_if_needed(*, run, agent, view: TranscriptView) -> Compaction | No
         return None  # the step's own call stops too, and says why
     except (NothingToCompact, CompactionBusy) as exc:
         logger.info("session %s is over its compaction threshold (%s > %s tokens) but was not compacted: %s",
-                    run.session_id, tokens, config.threshold_tokens, exc.message)
+                    run.session_id, tokens, compaction_config(agent).threshold_tokens, exc.message)
         return None
     except Exception as exc:
         if outage_of(exc) is not None:

@@ -299,11 +299,19 @@ def run_for_step(run_id, step: int) -> Run | None:
     if not rows:
         return None
     run, session, agent, tenant = instances(rows[0], run_columns, session_columns, agent_columns, tenant_columns)
+    return _run_joined(run, session, agent, tenant, reply_written=rows[0][-1], view=transcript_view_of(*view_rows),
+                       uploads_revision=revision[0])
+
+
+def _run_joined(run: Run, session: AgentSession, agent: Agent, tenant: Tenant, *, reply_written: bool,
+                view: TranscriptView, uploads_revision: tuple) -> Run:
+    """The run as a step uses it: its session, agent and tenant joined, `reply_written`, `view`, and the agent
+    knowing its tenant's skill uploads' revision."""
     run.session, session.agent = session, agent
     run.tenant = session.tenant = agent.tenant = tenant
-    run.reply_written = rows[0][-1]
-    run.view = transcript_view_of(*view_rows)
-    uploads_revision_known(agent, revision[0])
+    run.reply_written = reply_written
+    run.view = view
+    uploads_revision_known(agent, uploads_revision)
     return run
 
 
@@ -327,11 +335,7 @@ def run_of_first_step_reads(run_id, reads: dict) -> Run | None:
         return None
     if compaction_due(agent=agent, session_id=session.pk, view=view):
         return None
-    run.session, session.agent = session, agent
-    run.tenant = session.tenant = agent.tenant = tenant
-    run.reply_written = False
-    run.view = view
-    uploads_revision_known(agent, revision)
+    run = _run_joined(run, session, agent, tenant, reply_written=False, view=view, uploads_revision=revision)
     run.start_uncommitted = True
     return run
 
