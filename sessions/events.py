@@ -26,7 +26,13 @@ from django.conf import settings
 
 from beamclaw_project.infra.draining import DRAIN_TICK_SECONDS, draining
 from beamclaw_project.infra.pubsub import RESYNC, channel_hub
-from beamclaw_project.infra.redis import Command, async_redis, redis_client, redis_script_held_call
+from beamclaw_project.infra.redis import (
+    Command,
+    UnawaitedScriptCalls,
+    async_redis,
+    redis_client,
+    redis_script_held_call,
+)
 
 RUN_STARTED = "run.started"
 TEXT_DELTA = "text.delta"
@@ -103,6 +109,22 @@ def publish_delta(run_id, payload: dict) -> bool:
     events: a reader of the run's end only is not one)."""
     keys, args = _append_call(run_id, TEXT_DELTA, payload)
     return int(redis_script_held_call(_APPEND_SCRIPT, keys, [*args, "1"])) > 0
+
+
+class DeltaAppends:
+    """A streamed step's text deltas, each appended without waiting for Redis's answer (UnawaitedScriptCalls):
+    `settle()` before the run publishes anything else, which must come after them in its stream."""
+
+    def __init__(self, run_id):
+        self.run_id = run_id
+        self._calls = UnawaitedScriptCalls(_APPEND_SCRIPT)
+
+    def send(self, payload: dict) -> None:
+        keys, args = _append_call(self.run_id, TEXT_DELTA, payload)
+        self._calls.send(keys, args)
+
+    def settle(self) -> None:
+        self._calls.settle()
 
 
 def followers_call(run_id) -> Command:

@@ -291,3 +291,69 @@ def counter_incr_call(key: str, *, ttl_seconds: int) -> ScriptCall:
 def get_call(key: str) -> Command:
     """GET, to send with script calls (redis_scripts_call); its result is the value or None."""
     return Command("GET", (key,))
+
+
+class UnawaitedScriptCalls:
+    """Calls of one Lua script sent one after another on one connection, none waiting for its answer: a step's
+    text deltas. Waiting for each answer (the thread's sleep and wake-up) was most of what a delta's append
+    cost the worker's thread.
+
+    Redis runs a connection's commands in the order they were sent, so the calls land in order, and a lost
+    connection leaves a prefix of them run. `settle()` reads the answers and raises the first failure (a
+    lost connection, or the script's own error, which a call after it does not undo). Nothing sent on
+    another connection is ordered after these calls until `settle()` returns: call it before anything that
+    must follow them is sent.
+
+    Each call is sent as EVAL, with the script's text. An EVALSHA that found the script gone (SCRIPT FLUSH)
+    would run nothing, and the calls after it would run once the script was loaded again. That would leave a
+    hole, and nobody could fill it in order."""
+
+    # Answers read now and then on a long stream, so they do not pile up unread.
+    SETTLE_EVERY = 64
+
+    def __init__(self, source: str):
+        self._source = source
+        self._lock = threading.Lock()
+        self._connection = None
+        self._unread = 0
+
+    def send(self, keys: list, args: list) -> None:
+        with self._lock:
+            if self._connection is None:
+                self._connection = redis_client().connection_pool.get_connection()
+            try:
+                # A health check (a PING, its answer read) only before the first call: later, the answer it
+                # would read is one of the calls'.
+                self._connection.send_command(
+                    "EVAL", self._source, len(keys), *keys, *args, check_health=self._unread == 0
+                )
+            except BaseException:
+                self._let_go(broken=True)
+                raise
+            self._unread += 1
+            if self._unread >= self.SETTLE_EVERY:
+                self._read_answers()
+
+    def settle(self) -> None:
+        """Read the answers of every call sent (raising the first failure: a lost connection, the script's own
+        error); the connection goes back to the pool."""
+        with self._lock:
+            if self._connection is None:
+                return
+            self._read_answers()
+            self._let_go(broken=False)
+
+    def _read_answers(self) -> None:
+        try:
+            while self._unread:
+                self._connection.read_response()
+                self._unread -= 1
+        except BaseException:
+            self._let_go(broken=True)  # (the answers after the failure stay unread: they must not answer anyone)
+            raise
+
+    def _let_go(self, *, broken: bool) -> None:
+        connection, self._connection = self._connection, None
+        self._unread = 0
+        if connection is not None:
+            _give_back(redis_client().connection_pool, connection, broken=broken)

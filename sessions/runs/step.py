@@ -11,7 +11,7 @@ one whose worker is shutting down goes back to the queue at its next stream even
 
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from datetime import datetime
 from functools import cache
 
@@ -24,7 +24,7 @@ from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.log_context import log_context_bind
 from beamclaw_project.infra.metrics import first_token_observe, step_duration_observe, tokens_record
 from beamclaw_project.infra.outages import outage_of
-from beamclaw_project.infra.redis import ScriptCall, ScriptsSent, counter_incr, counter_incr_call
+from beamclaw_project.infra.redis import CONNECTION_LOST, ScriptCall, ScriptsSent, counter_incr, counter_incr_call
 from beamclaw_project.infra.rows import Columns, instance_of_json, instances, jsonb_ordered, row_update, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run
@@ -69,13 +69,15 @@ logger = logging.getLogger(__name__)
 MAX_STEP_FAILURES = 3
 
 
-class _DeltaPublisher:
+class DeltaPublisher:
     """Publishes text deltas, skipping the first `skip` characters (already streamed by a crashed attempt),
     and none once the lease is lost (the worker that took the step over streams them). The first text of a
     run's first step is its first token (metrics); an attempt that resumes a stream is past it. Deltas
     that come within a couple of milliseconds of each other go out together, those of a run nobody streams
     within half a second (delta_window.py); `close()` sends what waits, before the step publishes anything
-    else."""
+    else. A streamed run's deltas are appended without waiting for each answer (events.DeltaAppends):
+    `flush()`, `take()` and `close()` read the answers, so what the step publishes next comes after them. If
+    the appends' connection breaks, what did not land is appended again (`_append_what_was_lost`)."""
 
     def __init__(self, run_id, step: int, skip: int, lease: Lease, *, tenant: str, run_started_at: datetime | None,
                  unstreamed: bool = False):
@@ -88,6 +90,10 @@ class _DeltaPublisher:
         self.tenant = tenant
         self.first_token_from = run_started_at if step == 0 and skip == 0 else None
         self.window = DeltaWindow(self._send, quiet_window=QUIET_WINDOW_SECONDS if unstreamed else None)
+        # A quiet window needs each append's answer: whether a reader follows the stream (delta_window.py).
+        self.appends = None if unstreamed else events.DeltaAppends(run_id)
+        # The length of the step's text in its stream once every append sent has landed.
+        self.streamed = skip
 
     @property
     def text(self) -> str:
@@ -105,21 +111,52 @@ class _DeltaPublisher:
         self.window.add(text[max(0, self.skip - start):])
 
     def flush(self) -> None:
-        """Send what waits now (a failure to send is kept for close())."""
+        """Send what waits now, and read what Redis answered (the step is failing: a failure to send is kept
+        for close(), and one of the answers' is the step's failure's to report)."""
         self.window.flush()
+        with suppress(Exception):
+            self._settle()
 
     def take(self) -> dict | None:
         """The delta still waiting, taken unsent (the caller publishes it with what it publishes next), or None."""
         text = self.window.take()
+        self._settle()
         return {"text": text, "step": self.step} if text else None
 
     def close(self) -> None:
         self.window.close()
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.appends is None:
+            return
+        try:
+            self.appends.settle()
+        except CONNECTION_LOST as lost:
+            self._append_what_was_lost(lost)
 
     def _send(self, text: str) -> bool | None:
         if self.lease.lost():  # (again: a joined delta may be sent a moment after it came)
             return None
-        return events.publish_delta(self.run_id, {"text": text, "step": self.step})
+        payload = {"text": text, "step": self.step}
+        if self.appends is None:
+            return events.publish_delta(self.run_id, payload)
+        self.streamed += len(text)
+        try:
+            self.appends.send(payload)
+        except CONNECTION_LOST as lost:
+            self._append_what_was_lost(lost)
+        return None
+
+    def _append_what_was_lost(self, lost: Exception) -> None:
+        """The appends' connection broke (a client timeout, a restart): those that landed are the first of
+        those sent, in order. The rest is appended again as one delta, waiting for Redis's answer (with
+        redis-py's retries; Redis still away is the step's outage): each character reaches the stream once."""
+        landed = len(events.published_text(self.run_id, self.step))
+        if not self.skip <= landed <= self.streamed:
+            raise lost  # the stream is not this step's to mend (Redis lost it): readers are told it was lost
+        if landed < self.streamed:
+            events.publish_delta(self.run_id, {"text": self.text[landed:self.streamed], "step": self.step})
 
 
 class _HandedBack(Exception):
@@ -402,7 +439,7 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
 
     tenant_slug = run.tenant.slug
     already_streamed = events.published_text(run_id, step) if attempt > 1 else ""
-    publish_delta = _DeltaPublisher(run_id, step, skip=len(already_streamed), lease=lease, tenant=tenant_slug,
+    publish_delta = DeltaPublisher(run_id, step, skip=len(already_streamed), lease=lease, tenant=tenant_slug,
                                     run_started_at=run.started_at, unstreamed=unstreamed)
     callbacks = _CallbackFailures()
     stop_check = _StopCheck(run_id, lease, abort_read_at=abort_read_at)
