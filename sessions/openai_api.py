@@ -22,6 +22,7 @@ from beamclaw_project.infra.draining import drain_expired
 from sessions import events
 from sessions.chat import chat_start, parse_chat_request
 from sessions.client_tools import openai_tool_calls
+from sessions.idempotency import HEADER as IDEMPOTENCY_HEADER
 from sessions.idempotency import IdempotencyConflict, IdempotencyKeyInvalid, idempotency_key_from
 from sessions.run_stream import follow_run
 from sessions.runs import SessionClosed
@@ -44,6 +45,16 @@ def openai_error(status: int, message: str, *, type: str = "invalid_request_erro
         # timed out). Here a conflict is a state the same request meets again (a session closed or another
         # agent's, an Idempotency-Key used with another body), and an aborted run's request sent again would run
         # again, undoing the abort. The client obeys this header.
+        response["X-Should-Retry"] = "false"
+    return response
+
+
+def run_goes_on(response: JsonResponse, request) -> JsonResponse:
+    """`response`, a 503 (the server restarting) or 504 (no progress in time) for a run that goes on. The
+    official `openai` client sends a 503 or 504 again by default: the same request without an
+    Idempotency-Key, which would find this run, starts a second one (a second reply, billed again, and the
+    user's message twice in a session). The client obeys X-Should-Retry."""
+    if request.headers.get(IDEMPOTENCY_HEADER) is None:
         response["X-Should-Retry"] = "false"
     return response
 
@@ -238,7 +249,7 @@ async def chat_completions(request):
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
     else:
-        response = await _complete(run.pk, completion_id, created, chat.model)
+        response = await _complete(request, run.pk, completion_id, created, chat.model)
     response["X-Run-Id"] = str(run.pk)
     response["X-Session-Id"] = str(run.session_id)
     response["X-Session-Key"] = outcome.session_key
@@ -254,14 +265,14 @@ def _reply_message(payload: dict) -> dict:
     return {"role": "assistant", "content": payload.get("text") or None, "tool_calls": openai_tool_calls(calls)}
 
 
-async def _complete(run_id, completion_id: str, created: int, model: str):
+async def _complete(request, run_id, completion_id: str, created: int, model: str):
     try:
         async for event in follow_run(run_id, ending_only=True):
             if drain_expired():
                 response = openai_error(503, restarting_message(run_id), type="server_restarting", code="server_restarting")
                 response["Retry-After"] = "1"
                 response["X-Run-Id"] = str(run_id)
-                return response
+                return run_goes_on(response, request)
             if event is None or event.event not in events.TERMINAL_EVENTS:
                 continue
             payload = event.payload
@@ -290,7 +301,9 @@ async def _complete(run_id, completion_id: str, created: int, model: str):
                 }
             )
     except TimeoutError as exc:
-        return openai_error(504, f"{exc}; the run continues, see its status in the admin.", type="timeout", code="timeout")
+        return run_goes_on(
+            openai_error(504, f"{exc}; the run continues: GET /api/runs/{run_id}/.", type="timeout", code="timeout"), request
+        )
 
 
 

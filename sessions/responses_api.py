@@ -33,6 +33,7 @@ from sessions.openai_api import (
     require_GET,
     require_POST,
     restarting_message,
+    run_goes_on,
     run_start_or_error,
 )
 from sessions.responses import (
@@ -84,7 +85,7 @@ async def create_response(request):
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
     else:
-        response = await _complete(shell)
+        response = await _complete(request, shell)
     response["X-Run-Id"] = str(run.pk)
     response["X-Session-Id"] = str(run.session_id)
     return response
@@ -219,7 +220,7 @@ def _ended_badly(shell: _Shell, event: events.RunEvent) -> dict:
 # --- non-streaming -----------------------------------------------------------------------------------
 
 
-async def _complete(shell: _Shell):
+async def _complete(request, shell: _Shell):
     """Wait for the run's end. A failed run is an HTTP error, as on Chat Completions: a client that does not
     look at `status` must not take an empty output for an answer."""
     run_id = shell.run_id
@@ -228,7 +229,7 @@ async def _complete(shell: _Shell):
             if drain_expired():
                 response = openai_error(503, restarting_message(run_id), type="server_restarting", code="server_restarting")
                 response["Retry-After"] = "1"
-                return response
+                return run_goes_on(response, request)
             if event is None or event.event not in events.TERMINAL_EVENTS:
                 continue
             payload = event.payload
@@ -241,8 +242,8 @@ async def _complete(shell: _Shell):
                 return openai_error(409, f"The run was aborted: {payload.get('error')}", type="run_aborted", code="aborted")
             return JsonResponse(_completed(shell, payload))
     except TimeoutError as exc:
-        return openai_error(504, f"{exc}; the run continues: GET /v1/responses/{response_id(run_id)}.",
-                            type="timeout", code="timeout")
+        return run_goes_on(openai_error(504, f"{exc}; the run continues: GET /v1/responses/{response_id(run_id)}.",
+                                        type="timeout", code="timeout"), request)
 
 
 # --- streaming -----------------------------------------------------------------------------------------

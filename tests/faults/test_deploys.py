@@ -5,7 +5,8 @@
 - The web process SIGKILLed under an SSE reader: the reader reconnects to a second web process with
   Last-Event-ID and gets the rest, each event once.
 - SIGTERM to a web process drains it: WebSockets close with 1012, SSE readers are told to reconnect,
-  OpenAI streams finish within the drain time or are told the server is restarting.
+  OpenAI streams finish within the drain time or are told the server is restarting; so are plain
+  completions, which the `openai` client then does not send again (that would start the run a second time).
 """
 
 import json
@@ -15,6 +16,7 @@ import time
 import uuid
 
 import httpx
+import openai
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -101,6 +103,48 @@ def test_sigterm_hands_a_step_waiting_for_a_whole_reply_to_another_worker(gatewa
     assert "lost its worker" not in new.log_path.read_text()
 
 
+class _PlainCompletions:
+    """Two plain (not streamed) chat completions of `prompt`, whose replies take longer than a drain: one
+    from the official `openai` client with its default retries, counting what it sends, and one with an
+    Idempotency-Key, answered to httpx."""
+
+    def __init__(self, url: str, api_key: str, prompt: str):
+        self.prompt = prompt
+        self.client_sends = 0
+        self.client_error = None
+        self.keyed_answer = None
+
+        def counted(request):
+            self.client_sends += 1
+
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key,
+                               http_client=httpx.Client(timeout=120, event_hooks={"request": [counted]}))
+        messages = [{"role": "user", "content": f"{prompt} [[deltas=60]] [[delay_ms=250]]"}]
+
+        def by_the_client():
+            try:
+                client.chat.completions.create(model="assistant", messages=messages)
+            except openai.APIStatusError as exc:
+                self.client_error = exc
+
+        def with_a_key():
+            self.keyed_answer = httpx.post(
+                f"{url}/v1/chat/completions", json={"model": "assistant", "messages": messages}, timeout=120,
+                headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": uuid.uuid4().hex},
+            )
+
+        self.threads = [threading.Thread(target=by_the_client), threading.Thread(target=with_a_key)]
+        for thread in self.threads:
+            thread.start()
+
+    def runs_started(self) -> int:
+        return Run.objects.filter(messages__content__icontains=self.prompt.split()[2]).distinct().count()
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(120)
+
+
 def _sse_until_broken(response) -> list[dict]:
     """The SSE events of a streaming response until it ends or its web process dies under it."""
     received = []
@@ -153,8 +197,10 @@ def test_web_sigterm_drains_open_streams(gateway, worker, tenant, service_env, l
     socket = connect(old_url.replace("http://", "ws://") + "/ws/", open_timeout=10)
     socket.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {"token": tenant.api_key}}))
     assert json.loads(socket.recv(timeout=10))["ok"]
+    plain = _PlainCompletions(old_url, tenant.api_key, f"plain drain {uuid.uuid4().hex} " + long_prompt)
     with httpx.stream("GET", f"{old_url}/api/runs/{followed}/events/", headers=tenant.headers, timeout=60) as response:
         wait_until(lambda: short.chunks >= 2 and long.chunks >= 2, timeout=30, message="the streams to be under way")
+        wait_until(lambda: plain.runs_started() == 2, timeout=30, message="the plain completions' runs to start")
         old_web.terminate()
         before = _sse_until_broken(response)
     assert before and before[-1]["event"] != "run.completed"
@@ -180,4 +226,18 @@ def test_web_sigterm_drains_open_streams(gateway, worker, tenant, service_env, l
     assert [e["code"] for e in long.errors] == ["server_restarting"] and long.done
     wait_until(lambda: api.get(f"/runs/{long.run_id}/").json()["status"] == "succeeded", timeout=60,
                message="the long run to finish after its web process left")
+
+    # The plain completions outlived the drain too: told the server is restarting and where their runs'
+    # results are. The `openai` client, with its default retries, sent its request once: sent again, it would
+    # start the run a second time. With an Idempotency-Key, which finds the same run, a resend is welcome.
+    plain.join()
+    assert plain.client_error.status_code == 503 and plain.client_error.code == "server_restarting"
+    assert plain.client_sends == 1
+    keyed = plain.keyed_answer
+    assert keyed.status_code == 503 and keyed.json()["error"]["code"] == "server_restarting"
+    assert "x-should-retry" not in keyed.headers and keyed.headers["retry-after"] == "1"
+    for run_id in (plain.client_error.response.headers["x-run-id"], keyed.headers["x-run-id"]):
+        wait_until(lambda: api.get(f"/runs/{run_id}/").json()["status"] == "succeeded", timeout=60,
+                   message="a plain completion's run to finish after its web process left")
+    assert plain.runs_started() == 2
     wait_until(lambda: not old_web.alive, timeout=30, message="the old web process to exit")
