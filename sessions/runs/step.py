@@ -152,6 +152,8 @@ class DeltaPublisher:
         """The appends' connection broke (a client timeout, a restart): those that landed are the first of
         those sent, in order. The rest is appended again as one delta, waiting for Redis's answer (with
         redis-py's retries; Redis still away is the step's outage): each character reaches the stream once."""
+        if self.lease.lost():
+            return  # (the worker that took the step over streams what is missing)
         landed = len(events.published_text(self.run_id, self.step))
         if not self.skip <= landed <= self.streamed:
             raise lost  # the stream is not this step's to mend (Redis lost it): readers are told it was lost
@@ -440,7 +442,7 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
     tenant_slug = run.tenant.slug
     already_streamed = events.published_text(run_id, step) if attempt > 1 else ""
     publish_delta = DeltaPublisher(run_id, step, skip=len(already_streamed), lease=lease, tenant=tenant_slug,
-                                    run_started_at=run.started_at, unstreamed=unstreamed)
+                                   run_started_at=run.started_at, unstreamed=unstreamed)
     callbacks = _CallbackFailures()
     stop_check = _StopCheck(run_id, lease, abort_read_at=abort_read_at)
 
