@@ -20,6 +20,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 
 import redis
 from django.conf import settings
@@ -28,10 +29,12 @@ from beamclaw_project.infra.draining import DRAIN_TICK_SECONDS, draining
 from beamclaw_project.infra.pubsub import RESYNC, channel_hub
 from beamclaw_project.infra.redis import (
     Command,
-    UnawaitedScriptCalls,
+    UnawaitedCommands,
     async_redis,
     redis_client,
     redis_script_held_call,
+    resp_array_head,
+    resp_bulks,
 )
 
 RUN_STARTED = "run.started"
@@ -112,19 +115,32 @@ def publish_delta(run_id, payload: dict) -> bool:
 
 
 class DeltaAppends:
-    """A streamed step's text deltas, each appended without waiting for Redis's answer (UnawaitedScriptCalls):
-    `settle()` before the run publishes anything else, which must come after them in its stream."""
+    """A streamed step's text deltas, each appended without waiting for Redis's answer (UnawaitedCommands):
+    `settle()` before the run publishes anything else, which must come after them in its stream.
+
+    Each append is the append script sent as EVAL, with its text: an EVALSHA refused because Redis lost its
+    scripts (SCRIPT FLUSH) would run nothing, while the appends after it would run once another process loaded
+    the script again, a hole in the text nobody could fill in order. The command's bytes are built once, all
+    but the delta and the time: packing the script's text and json.dumps per delta were most of an append's
+    cost in a thread that had just woken for the model's next event."""
 
     def __init__(self, run_id):
         self.run_id = run_id
-        self._calls = UnawaitedScriptCalls(_APPEND_SCRIPT)
+        keys, (event, _, ttl, refresh_ttl, _) = _append_call(run_id, TEXT_DELTA, {})
+        # EVAL, the script, its keys, the event; then the payload; the TTLs; the time (_append_call's order).
+        head = ("EVAL", _APPEND_SCRIPT, len(keys), *keys, event)
+        self._head = resp_array_head(len(head) + 4) + resp_bulks(*head)
+        self._ttls = resp_bulks(ttl, refresh_ttl)
+        self._commands = UnawaitedCommands()
 
     def send(self, payload: dict) -> None:
-        keys, args = _append_call(self.run_id, TEXT_DELTA, payload)
-        self._calls.send(keys, args)
+        """`payload`: {"text", "step"}, appended as publish_delta appends it."""
+        data = b'{"text":%b,"step":%d}' % (encode_basestring_ascii(payload["text"]).encode(), payload["step"])
+        restart_seq = b"%d" % (time.time_ns() // 1_000_000)
+        self._commands.send(self._head + resp_bulks(data) + self._ttls + resp_bulks(restart_seq))
 
     def settle(self) -> None:
-        self._calls.settle()
+        self._commands.settle()
 
 
 def followers_call(run_id) -> Command:

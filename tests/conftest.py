@@ -314,6 +314,15 @@ def queued_message_pop(queue: str, priority: int) -> dict:
     return message
 
 
+def redis_connection_drop(connection) -> None:
+    """Redis drops this redis-py connection of this process (as on a client timeout, or a restart): found by
+    its address, since other connections of the suite's database may have sent the same command last."""
+    from beamclaw_project.infra.redis import redis_client
+
+    host, port = connection._sock.getsockname()[:2]
+    redis_client().client_kill(f"{host}:{port}")
+
+
 def sse_events(lines):
     """Server-Sent Events from an iterator of lines, each as {"id", "event", "data"} (data parsed as JSON)."""
     current = {}

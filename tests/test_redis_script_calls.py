@@ -15,18 +15,19 @@ from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import (
     Command,
     ScriptsSent,
-    UnawaitedScriptCalls,
+    UnawaitedCommands,
     counter_incr,
     get_call,
     redis_client,
     redis_script_calls,
     redis_script_held_call,
     redis_scripts_call,
+    resp_command,
 )
 from beamclaw_project.infra.tasks import tasks_push_commands
 from sessions import events
 from sessions.runs.kernel import RUN_STEP_TASK
-from tests.conftest import queued_message_pop
+from tests.conftest import queued_message_pop, redis_connection_drop
 
 
 def test_a_script_redis_does_not_hold_is_loaded_and_every_call_runs_once():
@@ -106,9 +107,7 @@ def test_calls_sent_ahead_give_their_results_later_each_run_once():
     # another connection, and the one queued behind the wait, which never ran, runs once.
     waiting_list = f"{counter}:list"
     with ScriptsSent([Command("BLPOP", (waiting_list, 30)), (source, [counter], [100])]) as sent:
-        db = str(redis_client().connection_pool.connection_kwargs.get("db", 0))
-        [waiting] = [c for c in redis_client().client_list() if c["cmd"] == "blpop" and c["db"] == db]
-        redis_client().client_kill_filter(_id=waiting["id"])
+        redis_connection_drop(sent._connection)
         redis_client().rpush(waiting_list, "x")  # what the calls sent again find at once
         assert sent.results() == [(waiting_list.encode(), b"x"), 111]
     assert int(redis_client().get(counter)) == 111
@@ -126,61 +125,59 @@ def test_calls_sent_and_left_unread_do_not_answer_anyone_else():
         assert redis_client().get(counter) == b"mine"
 
 
-def _pushing_script(key: str) -> str:
-    return f"-- unawaited {key}\nreturn redis.call('RPUSH', KEYS[1], ARGV[1])"
+def _push(key: str, value: str) -> bytes:
+    return resp_command("RPUSH", key, value)
 
 
-def test_calls_sent_without_waiting_land_in_order_and_leave_no_answer_behind():
-    """A streamed step appends its deltas without waiting for each answer (UnawaitedScriptCalls): however
-    many it sends, they land in the order sent, and once settled the connection goes back to the pool with
-    no answer left on it to be taken for someone else's."""
+def test_commands_sent_without_waiting_land_in_order_and_leave_no_answer_behind():
+    """A streamed step appends its deltas without waiting for each answer (UnawaitedCommands): however many
+    it sends, they land in the order sent, and once settled the connection goes back to the pool with no
+    answer left on it to be taken for someone else's."""
     key = f"bc:test:{uuid.uuid4().hex}"
-    calls = UnawaitedScriptCalls(_pushing_script(key))
-    sent = [str(i) for i in range(UnawaitedScriptCalls.SETTLE_EVERY * 2 + 5)]
+    commands = UnawaitedCommands()
+    sent = [str(i) for i in range(UnawaitedCommands.SETTLE_EVERY * 2 + 5)]
     for value in sent:
-        calls.send([key], [value])
-    calls.settle()
+        commands.send(_push(key, value))
+    commands.settle()
     assert [value.decode() for value in redis_client().lrange(key, 0, -1)] == sent
     redis_client().set(f"{key}:mine", "mine")
     for _ in range(5):  # (the pool lends the connection given back last first)
         assert redis_client().get(f"{key}:mine") == b"mine"
-    calls.settle()  # (nothing sent since: nothing to read)
+    commands.settle()  # (nothing sent since: nothing to read)
 
 
-def test_a_health_check_falling_due_between_calls_sent_without_waiting_takes_none_of_their_answers():
+def test_a_health_check_falling_due_between_commands_sent_without_waiting_takes_none_of_their_answers():
     """redis-py PINGs a connection idle past its health-check interval before sending on it, and reads the
-    answer: between calls sent without waiting, that answer would be one of theirs, and the wait for the
+    answer: between commands sent without waiting, that answer would be one of theirs, and the wait for the
     last one would never end. (A pause between two deltas of a reply longer than the interval; the interval
     is made to lapse here rather than waited out.)"""
     key = f"bc:test:{uuid.uuid4().hex}"
-    calls = UnawaitedScriptCalls(_pushing_script(key))
-    calls.send([key], ["before the pause"])
-    calls._connection.next_health_check = 0
-    calls.send([key], ["after it"])
-    calls.settle()
+    commands = UnawaitedCommands()
+    commands.send(_push(key, "before the pause"))
+    commands._connection.next_health_check = 0
+    commands.send(_push(key, "after it"))
+    commands.settle()
     assert redis_client().lrange(key, 0, -1) == [b"before the pause", b"after it"]
 
 
-def test_calls_sent_without_waiting_on_a_connection_redis_drops_raise_and_leave_the_first_ones_landed():
+def test_commands_sent_without_waiting_on_a_connection_redis_drops_raise_and_leave_the_first_ones_landed():
     """What a step learns when the connection its deltas go on breaks (a client timeout, a restart): an error
-    when it reads the answers, and of the calls sent, those that landed are the first ones, in order (the
-    step appends the rest again: tests/sessions/test_delta_appends.py). The next call takes another
+    when it reads the answers, and of the commands sent, those that landed are the first ones, in order (the
+    step appends the rest again: tests/sessions/test_delta_appends.py). The next command takes another
     connection."""
     key = f"bc:test:{uuid.uuid4().hex}"
-    calls = UnawaitedScriptCalls(_pushing_script(key))
+    commands = UnawaitedCommands()
     sent = [str(i) for i in range(5)]
     for value in sent:
-        calls.send([key], [value])
-    db = str(redis_client().connection_pool.connection_kwargs.get("db", 0))
-    [sending] = [c for c in redis_client().client_list() if c["cmd"] == "eval" and c["db"] == db]
-    redis_client().client_kill_filter(_id=sending["id"])
+        commands.send(_push(key, value))
+    redis_connection_drop(commands._connection)
     with pytest.raises(redis.exceptions.ConnectionError):
-        calls.send([key], ["after the drop"])
-        calls.settle()
+        commands.send(_push(key, "after the drop"))
+        commands.settle()
     landed = [value.decode() for value in redis_client().lrange(key, 0, -1)]
     assert landed == sent[:len(landed)]
-    calls.send([key], ["next"])
-    calls.settle()
+    commands.send(_push(key, "next"))
+    commands.settle()
     assert redis_client().lrange(key, -1, -1) == [b"next"]
 
 

@@ -293,40 +293,51 @@ def get_call(key: str) -> Command:
     return Command("GET", (key,))
 
 
-class UnawaitedScriptCalls:
-    """Calls of one Lua script sent one after another on one connection, none waiting for its answer: a step's
-    text deltas. Waiting for each answer (the thread's sleep and wake-up) was most of what a delta's append
-    cost the worker's thread.
 
-    Redis runs a connection's commands in the order they were sent, so the calls land in order, and a lost
-    connection leaves a prefix of them run. `settle()` reads the answers and raises the first failure (a
-    lost connection, or the script's own error, which a call after it does not undo). Nothing sent on
-    another connection is ordered after these calls until `settle()` returns: call it before anything that
-    must follow them is sent.
+def resp_command(*parts: bytes | str | int) -> bytes:
+    """A command as Redis reads it off the wire (RESP), the bytes redis-py would send (UnawaitedCommands)."""
+    return resp_array_head(len(parts)) + resp_bulks(*parts)
 
-    Each call is sent as EVAL, with the script's text. An EVALSHA that found the script gone (SCRIPT FLUSH)
-    would run nothing, and the calls after it would run once the script was loaded again. That would leave a
-    hole, and nobody could fill it in order."""
+
+def resp_array_head(count: int) -> bytes:
+    """What comes before a command's `count` parts (resp_bulks), for a caller that builds most of a command
+    once and sends it many times."""
+    return b"*%d\r\n" % count
+
+
+def resp_bulks(*parts: bytes | str | int) -> bytes:
+    encoded = [part if isinstance(part, bytes) else str(part).encode() for part in parts]
+    return b"".join(b"$%d\r\n%b\r\n" % (len(part), part) for part in encoded)
+
+
+class UnawaitedCommands:
+    """Commands sent one after another on one connection, none waiting for its answer: a step's text deltas.
+    Waiting for each answer (the thread's sleep and wake-up) was most of what a delta's append cost the
+    worker's thread.
+
+    Redis runs a connection's commands in the order they were sent, so they land in order, and a lost
+    connection leaves a prefix of them run. `settle()` reads the answers and raises the first failure (a lost
+    connection, or a command's own error, which a command after it does not undo). Nothing sent on another
+    connection is ordered after these commands until `settle()` returns: call it before anything that must
+    follow them is sent."""
 
     # Answers read now and then on a long stream, so they do not pile up unread.
     SETTLE_EVERY = 64
 
-    def __init__(self, source: str):
-        self._source = source
+    def __init__(self):
         self._lock = threading.Lock()
         self._connection = None
         self._unread = 0
 
-    def send(self, keys: list, args: list) -> None:
+    def send(self, command: bytes) -> None:
+        """`command` packed (resp_command)."""
         with self._lock:
             if self._connection is None:
                 self._connection = redis_client().connection_pool.get_connection()
             try:
-                # A health check (a PING, its answer read) only before the first call: later, the answer it
-                # would read is one of the calls'.
-                self._connection.send_command(
-                    "EVAL", self._source, len(keys), *keys, *args, check_health=self._unread == 0
-                )
+                # A health check (a PING, its answer read) only before the first command: later, the answer it
+                # would read is one of the commands'.
+                self._connection.send_packed_command([command], check_health=self._unread == 0)
             except BaseException:
                 self._let_go(broken=True)
                 raise
@@ -335,8 +346,8 @@ class UnawaitedScriptCalls:
                 self._read_answers()
 
     def settle(self) -> None:
-        """Read the answers of every call sent (raising the first failure: a lost connection, the script's own
-        error); the connection goes back to the pool."""
+        """Read the answers of every command sent (raising the first failure: a lost connection, a command's
+        own error); the connection goes back to the pool."""
         with self._lock:
             if self._connection is None:
                 return

@@ -12,6 +12,7 @@ import redis
 from beamclaw_project.infra.redis import redis_client
 from sessions import events
 from sessions.runs.step import DeltaPublisher
+from tests.conftest import redis_connection_drop
 
 
 class _LeaseHeld:
@@ -23,18 +24,34 @@ def _publisher(run_id, *, skip: int = 0) -> DeltaPublisher:
     return DeltaPublisher(run_id, 0, skip=skip, lease=_LeaseHeld(), tenant="t", run_started_at=None)
 
 
-def _drop_the_appends_connection() -> None:
-    """Redis drops the connection the deltas go on (a client timeout, a restart): the one whose last command
-    was an EVAL (other callers send their scripts by SHA)."""
-    db = str(redis_client().connection_pool.connection_kwargs.get("db", 0))
-    [appending] = [c for c in redis_client().client_list() if c["cmd"] == "eval" and c["db"] == db]
-    redis_client().client_kill_filter(_id=appending["id"])
+def _drop_the_appends_connection(publisher: DeltaPublisher) -> None:
+    """Redis drops the connection the deltas go on (a client timeout, a restart)."""
+    redis_connection_drop(publisher.appends._commands._connection)
 
 
 def _stream(run_id) -> list[events.RunEvent]:
     stream = events.read_all(run_id)
     assert [event.seq for event in stream] == list(range(1, len(stream) + 1)), "no event lost or repeated"
     return stream
+
+
+def test_a_delta_appended_without_waiting_is_the_event_a_waiting_append_makes():
+    """DeltaAppends builds the append's command itself (all but the delta once per step): readers get the
+    same event, byte for byte, whatever the text holds."""
+    waiting, unawaited = uuid.uuid4(), uuid.uuid4()
+    for run_id in (waiting, unawaited):
+        events.publish(run_id, events.RUN_STARTED, {"run_id": "the same"})
+    appends = events.DeltaAppends(unawaited)
+    for text in ("plain", 'a "quote", a \\ and a\nnew line\t', "é ☃ 😀 中文", "\x00\x1f\ud800", ""):
+        for step in (0, 12):
+            events.publish_delta(waiting, {"text": text, "step": step})
+            appends.send({"text": text, "step": step})
+    appends.settle()
+
+    def raw(run_id):
+        return redis_client().xrange(events.stream_key(run_id))
+
+    assert raw(unawaited) == raw(waiting) and len(raw(waiting)) == 11
 
 
 def test_a_streamed_step_s_deltas_land_in_order_before_what_the_step_publishes_next():
@@ -64,7 +81,7 @@ def test_a_streamed_step_s_text_reaches_its_stream_once_when_the_appends_connect
     publisher = _publisher(run_id, skip=skip)
     for word in words[:20]:
         publisher(word)
-    _drop_the_appends_connection()
+    _drop_the_appends_connection(publisher)
     for word in words[20:]:
         publisher(word)
     publisher.close()
@@ -82,7 +99,7 @@ def test_a_streamed_step_whose_stream_redis_lost_does_not_mend_it():
     publisher = _publisher(run_id, skip=len("word0 word1 "))
     publisher("word0 word1 word2 ")
     redis_client().delete(events.stream_key(run_id))
-    _drop_the_appends_connection()
+    _drop_the_appends_connection(publisher)
     publisher("word3 ")
     with pytest.raises(redis.exceptions.ConnectionError):
         publisher.close()
