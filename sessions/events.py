@@ -125,7 +125,6 @@ class DeltaAppends:
     cost in a thread that had just woken for the model's next event."""
 
     def __init__(self, run_id):
-        self.run_id = run_id
         keys, (event, _, ttl, refresh_ttl, _) = _append_call(run_id, TEXT_DELTA, {})
         # EVAL, the script, its keys, the event; then the payload; the TTLs; the time (_append_call's order).
         head = ("EVAL", _APPEND_SCRIPT, len(keys), *keys, event)

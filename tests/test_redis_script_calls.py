@@ -22,7 +22,8 @@ from beamclaw_project.infra.redis import (
     redis_script_calls,
     redis_script_held_call,
     redis_scripts_call,
-    resp_command,
+    resp_array_head,
+    resp_bulks,
 )
 from beamclaw_project.infra.tasks import tasks_push_commands
 from sessions import events
@@ -126,7 +127,7 @@ def test_calls_sent_and_left_unread_do_not_answer_anyone_else():
 
 
 def _push(key: str, value: str) -> bytes:
-    return resp_command("RPUSH", key, value)
+    return resp_array_head(3) + resp_bulks("RPUSH", key, value)
 
 
 def test_commands_sent_without_waiting_land_in_order_and_leave_no_answer_behind():

@@ -293,15 +293,10 @@ def get_call(key: str) -> Command:
     return Command("GET", (key,))
 
 
-
-def resp_command(*parts: bytes | str | int) -> bytes:
-    """A command as Redis reads it off the wire (RESP), the bytes redis-py would send (UnawaitedCommands)."""
-    return resp_array_head(len(parts)) + resp_bulks(*parts)
-
-
 def resp_array_head(count: int) -> bytes:
-    """What comes before a command's `count` parts (resp_bulks), for a caller that builds most of a command
-    once and sends it many times."""
+    """What comes before a command's `count` parts (resp_bulks): a command as Redis reads it off the wire
+    (RESP), the bytes redis-py would send, for a caller that builds most of a command once and sends it many
+    times (UnawaitedCommands)."""
     return b"*%d\r\n" % count
 
 
@@ -330,7 +325,7 @@ class UnawaitedCommands:
         self._unread = 0
 
     def send(self, command: bytes) -> None:
-        """`command` packed (resp_command)."""
+        """`command` packed (resp_array_head, resp_bulks)."""
         with self._lock:
             if self._connection is None:
                 self._connection = redis_client().connection_pool.get_connection()
