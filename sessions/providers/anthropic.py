@@ -10,14 +10,17 @@ takes only its own HTTP client, which the outbound address policy does not provi
 
 import json
 import os
+import urllib.request
 from contextlib import nullcontext, suppress
 from functools import lru_cache
 from typing import Callable, Iterator
 
 import anthropic
+import httpx2
 
 from sessions.providers import endpoints
 from sessions.providers.base import Aborted, Completion, CompletionRequest, ProviderError, reply_cut_on_drain
+from sessions.providers.http1 import Http1Transport
 from sessions.providers.registry import register_provider
 
 # The longest reply asked for whole: it comes in one read once the model has written all of it, and the SDK
@@ -38,19 +41,28 @@ _KIND_BY_ERROR_TYPE = {
 
 
 @lru_cache(maxsize=endpoints.CLIENT_CACHE_SIZE)
-def _client(api_key: str) -> tuple[anthropic.Anthropic, bool]:
+def sdk_client(api_key: str) -> tuple[anthropic.Anthropic, bool]:
     """One client per key (the SDK reads ANTHROPIC_BASE_URL itself), and whether a drain or an abort can cut
     its reads (every read: a whole reply's wait for its headers too)."""
     timeout = anthropic.Timeout(endpoints.timeout_seconds(), connect=endpoints.CONNECT_TIMEOUT_SECONDS)
-    client = anthropic.Anthropic(api_key=api_key, max_retries=0, timeout=timeout)
+    client = anthropic.Anthropic(api_key=api_key, max_retries=0, timeout=timeout, http_client=_http_client(timeout))
     return client, endpoints.reads_made_cuttable(client._client)
+
+
+def _http_client(timeout: anthropic.Timeout) -> anthropic.DefaultHttpxClient | None:
+    """The SDK's HTTP client on our HTTP/1.1 transport (sessions/providers/http1.py: a streamed event costs a
+    fraction of httpx2's own), or None, the SDK's own client, when the environment names a proxy: httpx2's
+    transport takes the proxy settings, ours does not speak to proxies."""
+    if urllib.request.getproxies():
+        return None
+    return anthropic.DefaultHttpxClient(transport=Http1Transport(), timeout=timeout)
 
 
 def warm_up() -> None:
     """The deployment key's client, built before the first step needs it (its SSL context alone takes
     ~50 ms), and OpenTelemetry's propagation, which the SDK imports at its first traced call (~7 ms)."""
     if api_key := os.environ.get("ANTHROPIC_API_KEY"):
-        _client(api_key)
+        sdk_client(api_key)
     with suppress(ImportError):
         import opentelemetry.propagate  # noqa: F401
 
@@ -64,9 +76,16 @@ def _classify(exc: Exception, request: CompletionRequest) -> ProviderError:
     key_hint = "the agent's api_key" if request.api_key else "a valid ANTHROPIC_API_KEY for the workers"
     if isinstance(exc, anthropic.APITimeoutError):
         return ProviderError(f"Anthropic API timed out: {exc}", kind="timeout", retryable=True)
-    if isinstance(exc, anthropic.APIConnectionError):
+    if isinstance(exc, httpx2.TimeoutException):  # a read of the reply's body, after create() returned
+        return ProviderError(f"Anthropic API timed out while sending the reply: {exc}", kind="timeout",
+                             retryable=True)
+    if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
+        # The SDK's own message is only "Connection error."; what went wrong is its cause.
+        detail = str(exc).rstrip(".")
+        if exc.__cause__ is not None and str(exc.__cause__):
+            detail = f"{detail} ({str(exc.__cause__).rstrip('.')})"
         return ProviderError(
-            f"Could not reach the Anthropic API at {_base_url()}: {exc}. Check network access or ANTHROPIC_BASE_URL.",
+            f"Could not reach the Anthropic API at {_base_url()}: {detail}. Check network access or ANTHROPIC_BASE_URL.",
             kind="connection",
             retryable=True,
         )
@@ -123,7 +142,7 @@ class AnthropicProvider:
                 kind="auth",
             )
         try:
-            client, cuttable = _client(api_key)
+            client, cuttable = sdk_client(api_key)
             if request.whole_reply and cuttable and request.max_tokens <= WHOLE_REPLY_MAX_TOKENS:
                 return self._whole_once(request, client, on_text=on_text, should_abort=should_abort)
             return self._stream_once(request, client, cuttable, on_text=on_text, should_abort=should_abort)
@@ -142,7 +161,7 @@ class AnthropicProvider:
     ) -> Completion:
         """The reply asked for whole: one JSON body to read, where a stream is an event per token (a real
         model sends one every 10-20 ms, each a network read and a parse here)."""
-        # (A drain or an abort cuts the wait: _client's reads.)
+        # (A drain or an abort cuts the wait: sdk_client's reads.)
         with client.messages.with_streaming_response.create(**_request_kwargs(request, stream=False)) as response:
             body = json.loads(response.http_response.read())
         if should_abort():
@@ -174,7 +193,7 @@ class AnthropicProvider:
         # The stream's events as plain JSON rather than the SDK's models: building a pydantic model per
         # event, and snapshots in its accumulating helper, cost more CPU than everything else here when
         # hundreds of runs stream at once. The SDK still sends the request and raises for error statuses.
-        # A drain cuts the stream's reads: every read of _client's connections, or (when those could not be
+        # A drain cuts the stream's reads: every read of sdk_client's connections, or (when those could not be
         # made cuttable) those of this response.
         with client.messages.with_streaming_response.create(**_request_kwargs(request, stream=True)) as response, \
                 nullcontext() if cuttable else reply_cut_on_drain(response.http_response):
@@ -261,7 +280,17 @@ def _sse_batches(response) -> Iterator[list[dict]]:
         # Events end with a blank line; the Messages API ends lines with \n, the SSE format allows \r\n.
         buffer = (buffer + chunk).replace(b"\r\n", b"\n")
         *complete, buffer = buffer.split(b"\n\n")
-        batch = [event for block in complete if (event := _sse_event(block, response)) is not None]
+        batch = []
+        for block in complete:
+            try:
+                event = _sse_event(block, response)
+            except anthropic.APIStatusError:
+                # The events before the error came first: their text is the user's before the error is.
+                if batch:
+                    yield batch
+                raise
+            if event is not None:
+                batch.append(event)
         if batch:
             yield batch
 

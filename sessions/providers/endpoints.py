@@ -21,6 +21,7 @@ from rest_framework.exceptions import ValidationError
 from beamclaw_project.infra import address_policy
 from beamclaw_project.infra.draining import cut_on_drain
 from sessions.providers.base import ProviderError
+from sessions.providers.http1 import Http1Transport
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def reads_made_cuttable(http_client) -> bool:
     for whole sends only once the model has written all of it. httpx2 has no public way to give its
     transports a network backend, so the wrapper goes into each transport's connection pool."""
     transports = [http_client._transport, *(t for t in http_client._mounts.values() if t is not None)]
-    pools = [getattr(transport, "_pool", None) for transport in transports]
+    # (Our Http1Transport's reads are cut by the transport itself.)
+    pools = [getattr(transport, "_pool", None) for transport in transports if not isinstance(transport, Http1Transport)]
     if not all(isinstance(getattr(pool, "_network_backend", None), httpcore2.NetworkBackend) for pool in pools):
         logger.warning("the model client's connections cannot be cut on drain or abort (httpx2's layout "
                        "changed); replies are streamed, never asked for whole")
