@@ -53,7 +53,7 @@ def _http_client(timeout: anthropic.Timeout) -> anthropic.DefaultHttpxClient | N
     """The SDK's HTTP client on our HTTP/1.1 transport (sessions/providers/http1.py: a streamed event costs a
     fraction of httpx2's own), or None, the SDK's own client, when the environment names a proxy: httpx2's
     transport takes the proxy settings, ours does not speak to proxies."""
-    if urllib.request.getproxies():
+    if any(scheme != "no" for scheme in urllib.request.getproxies()):  # ("no": NO_PROXY alone, no proxy)
         return None
     return anthropic.DefaultHttpxClient(transport=Http1Transport(), timeout=timeout)
 

@@ -238,6 +238,7 @@ class _Body(httpx2.SyncByteStream):
         encodings = [value.lower() for name, value in headers if name.lower() == b"transfer-encoding"]
         lengths = {value for name, value in headers if name.lower() == b"content-length"}
         if request.method == "HEAD" or status in _NO_BODY_STATUSES:
+            self._complete = True
             self._pieces = iter(())
         elif encodings:
             if encodings[-1].rsplit(b",", 1)[-1].strip() != b"chunked":

@@ -131,6 +131,10 @@ def _head(status: bytes = b"200 OK", *headers: bytes) -> bytes:
 
 
 def test_the_provider_speaks_through_it(monkeypatch, fake_llm):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("NO_PROXY", "example.com")  # a NO_PROXY alone names no proxy
     _, _, request = _ask(monkeypatch, fake_llm, directives="[[deltas=3]]")
     assert isinstance(sdk_client(request.api_key)[0]._client._transport, Http1Transport)
 
