@@ -4,9 +4,9 @@ httpx2's own transport reads each network chunk through httpcore2's connection p
 machine; for a streamed reply that is every event the model sends, and it cost the worker more CPU than the
 rest of a delta's way through the gateway (docs/performance.md, twenty-second step). This transport speaks
 HTTP/1.1 itself, over httpcore2's network streams: connecting, TLS, timeouts and their errors stay
-httpcore2's, and a drain still cuts a read (a blocked one at once). It
-sends a request in one write, parses the response's head, and reads its body by Content-Length, by chunks or
-until the connection closes, giving httpx2 what one network read brought as one piece.
+httpcore2's, and a drain still cuts a blocked read at once. It sends a request in one write, parses the
+response's head, and reads its body by Content-Length, by chunks or until the connection closes, giving httpx2
+what one network read brought as one piece.
 
 Only what the SDK sends is supported: requests whose body is known before they go (its JSON, its multipart
 uploads) and one request at a time per connection. The client uses it for the deployment's endpoint only when
@@ -44,6 +44,7 @@ KEEPALIVE_SOCKET_OPTIONS = tuple(
     if option[1] is not None
 )
 _NO_BODY_STATUSES = frozenset({204, 304})
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 class Http1Transport(httpx2.BaseTransport):
@@ -165,8 +166,8 @@ def _write_request(stream: httpcore2.NetworkStream, request: httpx2.Request, tim
 
 
 class _Reader:
-    """A connection's bytes as the response's parts need them: its head, then its body. From the request's
-    send to the response's end, a drain (or the reading thread's abort, beamclaw_project/infra/draining.py)
+    """A connection's bytes as the response's parts need them: its head, then its body. Once the request is
+    sent, until the response's end, a drain (or the reading thread's abort, beamclaw_project/infra/draining.py)
     shuts the connection down, which ends a blocked read at once; the reads themselves go straight to the
     socket (a network backend's read costs twice a recv per streamed event)."""
 
@@ -321,13 +322,11 @@ class _Body(httpx2.SyncByteStream):
                     if len(buffer) > MAX_HEAD_BYTES:
                         raise httpx2.RemoteProtocolError("Malformed chunked body: a chunk size line is too long")
                     break
-                size = buffer[:end].split(b";", 1)[0].strip()
-                try:
-                    left = int(size, 16)
-                except ValueError:
-                    raise httpx2.RemoteProtocolError(f"Malformed chunk size {size[:20]!r}") from None
-                if left < 0 or not size.isalnum():
+                size = buffer[:end].split(b";", 1)[0].strip(b" \t")
+                # Hex digits only: Python's int() would also take "0x1f", "1_0" or "+5".
+                if not size or len(size) > 16 or size.strip(_HEX_DIGITS):
                     raise httpx2.RemoteProtocolError(f"Malformed chunk size {size[:20]!r}")
+                left = int(size, 16)
                 reader.buffer = buffer[end + 2:]
                 if left == 0:
                     if pieces:

@@ -209,6 +209,8 @@ def test_requests_reuse_one_connection_and_leave_one_the_server_closed(monkeypat
     (b"HTTP/1.1 2OO OK\r\n\r\n", "connection", "Malformed status line"),
     (_head(b"200 OK", b"Content-Type: text/event-stream", b"Transfer-Encoding: chunked") + b"zz\r\n", "connection",
      "Malformed chunk size"),
+    (_head(b"200 OK", b"Content-Type: text/event-stream", b"Transfer-Encoding: chunked") + b"0x1f\r\n", "connection",
+     "Malformed chunk size"),
     (_head(b"200 OK", b"Content-Type: text/event-stream", b"Transfer-Encoding: chunked")
      + _chunked(_sse(_stream_events()[:2]))[:-5], "connection", "Server disconnected"),
     (_head(b"529 Overloaded", b"Content-Type: application/json", b"Content-Length: 74")
