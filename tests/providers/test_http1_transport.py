@@ -4,6 +4,7 @@ split across network reads at every byte."""
 
 import datetime
 import gzip
+import ipaddress
 import json
 import socket
 import ssl
@@ -174,7 +175,6 @@ def test_requests_reuse_one_connection_and_leave_one_the_server_closed(monkeypat
     whole = _head(b"200 OK", b"Content-Type: application/json", b"Content-Length: %d" % len(WHOLE_BODY)) + WHOLE_BODY
     closing = (_head(b"200 OK", b"Content-Type: application/json", b"Connection: close",
                      b"Content-Length: %d" % len(WHOLE_BODY)) + WHOLE_BODY)
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://unused")
     with scripted_server(lambda head, _: closing if b"close-me" in head else whole, bytewise=False) as server:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         request = CompletionRequest(model="claude-test", system="", max_tokens=100, whole_reply=True,
@@ -230,7 +230,6 @@ def _certificate(tmp_path) -> tuple[ssl.SSLContext, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "beamclaw test")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    import ipaddress
     certificate = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
