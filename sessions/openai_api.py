@@ -269,10 +269,7 @@ async def _complete(request, run_id, completion_id: str, created: int, model: st
     try:
         async for event in follow_run(run_id, ending_only=True):
             if drain_expired():
-                response = openai_error(503, restarting_message(run_id), type="server_restarting", code="server_restarting")
-                response["Retry-After"] = "1"
-                response["X-Run-Id"] = str(run_id)
-                return run_goes_on(response, request)
+                return restarting_response(request, run_id)
             if event is None or event.event not in events.TERMINAL_EVENTS:
                 continue
             payload = event.payload
@@ -374,6 +371,14 @@ async def _stream_chunks(run_id, completion_id: str, created: int, model: str, i
     except TimeoutError as exc:
         ending.append(_sse({"error": {"message": str(exc), "type": "timeout", "code": "timeout"}}))
     yield b"".join(ending) + b"data: [DONE]\n\n"
+
+
+def restarting_response(request, run_id) -> JsonResponse:
+    """A plain (non-streaming) request's 503 when this web process's drain ends before its run does. (The
+    caller's view adds X-Run-Id.)"""
+    response = openai_error(503, restarting_message(run_id), type="server_restarting", code="server_restarting")
+    response["Retry-After"] = "1"
+    return run_goes_on(response, request)
 
 
 def restarting_message(run_id) -> str:

@@ -33,6 +33,7 @@ from sessions.openai_api import (
     require_GET,
     require_POST,
     restarting_message,
+    restarting_response,
     run_goes_on,
     run_start_or_error,
 )
@@ -227,9 +228,7 @@ async def _complete(request, shell: _Shell):
     try:
         async for event in follow_run(run_id, ending_only=True):
             if drain_expired():
-                response = openai_error(503, restarting_message(run_id), type="server_restarting", code="server_restarting")
-                response["Retry-After"] = "1"
-                return run_goes_on(response, request)
+                return restarting_response(request, run_id)
             if event is None or event.event not in events.TERMINAL_EVENTS:
                 continue
             payload = event.payload
