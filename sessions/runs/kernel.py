@@ -82,10 +82,15 @@ def run_lock(run_id, session_id=None) -> tuple[Run, AgentSession]:
     return run, session
 
 
-def run_lock_reading(run_id, session_id, also: tuple[tuple[str, list], ...] = ()) -> tuple[Run, AgentSession, list]:
-    """run_lock, and the rows of each of the `also` statements, run after the locks in the same round trip."""
+def run_lock_reading(run_id, session_id, also: tuple[tuple[str, list], ...] = (), *,
+                     after_start: bool = False) -> tuple[Run, AgentSession, list]:
+    """run_lock, and the rows of each of the `also` statements, run after the locks in the same round trip.
+    `after_start`: first wait for the commit of the transaction that starts the run (run_start_wait_statement),
+    in the same round trip; a start rolled back meanwhile raises DoesNotExist as a missing run does."""
     _, _, run_columns, session_sql, run_sql = _lock_sql()
-    session_rows, run_rows, *also_rows = select_together((session_sql, [session_id]), (run_sql, [run_id]), *also)
+    wait = (run_start_wait_statement(run_id),) if after_start else ()
+    results = select_together(*wait, (session_sql, [session_id]), (run_sql, [run_id]), *also)
+    session_rows, run_rows, *also_rows = results[len(wait):]
     session = _session_of(session_rows[0] if session_rows else None, session_id)
     if not run_rows:
         raise Run.DoesNotExist(f"run {run_id} does not exist")

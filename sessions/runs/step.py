@@ -386,11 +386,19 @@ def _start_committed(run: Run) -> bool:
     last slot, raced for at its commit): nothing is written, and the reply is dropped."""
     if not getattr(run, "start_uncommitted", False):
         return True
-    _, exists = select_together(*run_started_statements(run.pk))
     run.start_uncommitted = False
+    return _run_start_committed(run.pk)
+
+
+def _run_start_committed(run_id) -> bool:
+    _, exists = select_together(*run_started_statements(run_id))
     if not exists[0][0]:
-        logger.info("run %s: its start was rolled back; its first step's reply is dropped", run.pk)
+        _log_start_rolled_back(run_id)
     return exists[0][0]
+
+
+def _log_start_rolled_back(run_id) -> None:
+    logger.info("run %s: its start was rolled back; its first step's reply is dropped", run_id)
 
 
 def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_reason: str | None,
@@ -482,27 +490,40 @@ def _execute_step(run: Run | None, step: int, attempt: int, lease: Lease, abort_
         step_duration_observe(tenant=tenant_slug, seconds=time.monotonic() - began)
     # Checked before the transaction: a schema check of a long reply need not hold the run's locks.
     json_check = reply_check(run.params.get("response_format"), completion)
-    if not _start_committed(run):
-        return False
-    return step_finish(run_id, run.session_id, step, completion, lease, json_check, held_delta=held_delta)
+    start_uncommitted = getattr(run, "start_uncommitted", False)
+    return step_finish(run_id, run.session_id, step, completion, lease, json_check, held_delta=held_delta,
+                       start_uncommitted=start_uncommitted)
 
 
 def step_finish(run_id, session_id, step: int, completion: Completion, lease: Lease, json_check: ReplyCheck | None,
-                *, held_delta: dict | None = None) -> bool:
+                *, held_delta: dict | None = None, start_uncommitted: bool = False) -> bool:
     """Write the reply, then end the run, start its tool calls (True), or (JSON mode) ask for a repair.
-    `held_delta`: the reply's last text delta, not published yet: it goes out with the run's end, or first."""
+    `held_delta`: the reply's last text delta, not published yet: it goes out with the run's end, or first.
+    `start_uncommitted`: the run came with its step (run_of_first_step_reads), its start perhaps not committed
+    yet; nothing is written (or published) before it has, and nothing at all if it was rolled back."""
     ends_run = not tool_phase.reply_calls_tools(completion) and (json_check is None or json_check.valid)
     has_calls = any(block.get("type") == "tool_use" for block in completion.content)
     # A reply that ends the run (most do) takes two round trips: the locks with what the session has
     # waiting, then the writes with the commit (run_end_locked's `pending_rows`).
     written_at_end = ends_run and not has_calls
     if held_delta is not None and not written_at_end:
+        if start_uncommitted and not _run_start_committed(run_id):
+            return False
+        start_uncommitted = False
         events.publish_delta(run_id, held_delta)
         held_delta = None
     with transaction.atomic():
-        run, session, also_rows = run_lock_reading(
-            run_id, session_id, also=(pending_runs_statement(session_id),) if written_at_end else ()
-        )
+        try:
+            # A start not known to have committed is waited for in the locks' round trip, not one of its own.
+            run, session, also_rows = run_lock_reading(
+                run_id, session_id, also=(pending_runs_statement(session_id),) if written_at_end else (),
+                after_start=start_uncommitted,
+            )
+        except (Run.DoesNotExist, AgentSession.DoesNotExist):
+            if not start_uncommitted:
+                raise
+            _log_start_rolled_back(run_id)
+            return False
         if run.status != Run.Status.RUNNING or run.step != step:
             return False
         _add_usage(run, session, completion.input_tokens, completion.output_tokens)
