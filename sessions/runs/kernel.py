@@ -37,7 +37,15 @@ from beamclaw_project.infra.leases import (
 )
 from beamclaw_project.infra.queues import WORK_PRIORITY, tenant_queue
 from beamclaw_project.infra.redis import Command, ScriptCall, get_call, redis_client, redis_script
-from beamclaw_project.infra.rows import Columns, instance_json, instances, rows_write, select_one, select_together
+from beamclaw_project.infra.rows import (
+    Columns,
+    instance_json,
+    instances,
+    rows_write,
+    rows_write_at_commit,
+    select_one,
+    select_together,
+)
 from beamclaw_project.infra.tasks import task_send, tasks_push_commands, tasks_send
 from sessions.models import AgentSession, Message, Run
 from tenants.models import Tenant
@@ -154,11 +162,25 @@ def transcript_append_reading(session: AgentSession, *, session_fields: tuple[st
     return message, rows
 
 
+def transcript_append_at_commit(session: AgentSession, *, new_rows: tuple = (), updated_rows: tuple = (),
+                                **fields) -> Message:
+    """transcript_append_reading's writes (without `also`), sent with the open transaction's COMMIT rather than
+    now (rows_write_at_commit): for a transaction whose last writes they are. `new_rows` count as saved from here
+    (the commit writes them, or the transaction is gone); the message's generated key stays unknown."""
+    message = transcript_message(session, **fields)
+    session_is_new = any(row is session for row in new_rows)
+    session_update = [] if session_is_new else [(session, ("next_seq", "updated_at"))]
+    rows_write_at_commit(updates=[*updated_rows, *session_update], inserts=[*([row] for row in new_rows), [message]])
+    for row in new_rows:
+        row._state.adding, row._state.db = False, "default"
+    return message
+
+
 # --- a run's step 0 sent before its transaction commits --------------------------------------------
 # The transaction that starts a run in a session it made itself (a chat completion without a session)
 # sends step 0 before it commits, so that the commit and the step's way to a worker overlap on the way to
-# the first token. It takes this lock with the run's writes, before sending, and holds it until it commits
-# or rolls back. A step that reads its run waits for it first (run_start_wait_statement): no step reads a
+# the first token. It takes this lock before sending (with the run's writes, or ahead of them when they go
+# with the COMMIT), and holds it until it commits or rolls back. A step that reads its run waits for it first (run_start_wait_statement): no step reads a
 # run before its commit, and a step whose run was rolled back finds no run and does nothing.
 #
 # Such a step 0 would read only what its web process has just written: the run, its session, the session's
