@@ -180,8 +180,9 @@ def transcript_append_at_commit(session: AgentSession, *, new_rows: tuple = (), 
 # The transaction that starts a run in a session it made itself (a chat completion without a session)
 # sends step 0 before it commits, so that the commit and the step's way to a worker overlap on the way to
 # the first token. It takes this lock before sending (with the run's writes, or ahead of them when they go
-# with the COMMIT), and holds it until it commits or rolls back. A step that reads its run waits for it first (run_start_wait_statement): no step reads a
-# run before its commit, and a step whose run was rolled back finds no run and does nothing.
+# with the COMMIT), and holds it until it commits or rolls back. A step that reads its run waits for it first
+# (run_start_wait_statement): no step reads a run before its commit, and a step whose run was rolled back finds
+# no run and does nothing.
 #
 # Such a step 0 would read only what its web process has just written: the run, its session, the session's
 # agent and tenant, the transcript (the request's messages) and the tenant's skill uploads' revision. The web

@@ -279,14 +279,14 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
         # oldest), and a start racing them for it would mostly be refused at the commit, after sending a
         # step 0 that finds no run.)
         room = tenant_room_statements(session.tenant_id, lock=not room_counted_at_commit, queued=True)
-    message = dict(role=Message.Role.USER, content=content, run=run, new_rows=new_rows, updated_rows=updated_rows)
+    user_message = dict(role=Message.Role.USER, content=content, run=run, new_rows=new_rows, updated_rows=updated_rows)
     if room_counted_at_commit:
         # The writes go with the COMMIT, then the locked count (which counts this run): step 0 leaves after a
         # round trip of reads only, the start's lock taken, and the writes and the commit are one round trip
         # that overlaps the step's way to the model. The first look does not count this run yet.
         rows, this_run_counted = select_together(*start_lock, *uploads, *room), False
     else:
-        _, rows = transcript_append_reading(session, **message, also=(*start_lock, *uploads, *room))
+        _, rows = transcript_append_reading(session, **user_message, also=(*start_lock, *uploads, *room))
         this_run_counted = True
     # (The tenant's row is locked after the writes, which take no lock on it: their foreign keys are
     # checked, with a share lock, only at commit, by which time this transaction holds the row itself.)
@@ -298,7 +298,7 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
             # Room for them as well (a cap raised meanwhile): they need not wait for a run's end.
             tenant_fill_slots_on_commit(session.tenant_id)
     if room_counted_at_commit:
-        transcript_append_at_commit(session, **message)
+        transcript_append_at_commit(session, **user_message)
         tenant_room_check_at_commit(session.tenant_id)
     if session_is_new:
         reads = first_step_reads(session, run, content, rows[len(start_lock)][0]) if uploads else None
