@@ -154,12 +154,8 @@ def transcript_append_reading(session: AgentSession, *, session_fields: tuple[st
     """transcript_append, and the rows of each of the `also` statements. `updated_rows`: (instance,
     update_fields) of other saved rows the caller changed, saved first, in the same round trip (the queued
     run the message starts)."""
-    message = transcript_message(session, **fields)
-    session_is_new = any(row is session for row in new_rows)
-    session_update = [] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))]
-    rows = rows_write(updates=[*updated_rows, *session_update],
-                      inserts=[*([row] for row in new_rows), [message]], reads=also)
-    return message, rows
+    message, updates, inserts = _transcript_writes(session, session_fields, new_rows, updated_rows, fields)
+    return message, rows_write(updates=updates, inserts=inserts, reads=also)
 
 
 def transcript_append_at_commit(session: AgentSession, *, new_rows: tuple = (), updated_rows: tuple = (),
@@ -167,13 +163,21 @@ def transcript_append_at_commit(session: AgentSession, *, new_rows: tuple = (), 
     """transcript_append_reading's writes (without `also`), sent with the open transaction's COMMIT rather than
     now (rows_write_at_commit): for a transaction whose last writes they are. `new_rows` count as saved from here
     (the commit writes them, or the transaction is gone); the message's generated key stays unknown."""
-    message = transcript_message(session, **fields)
-    session_is_new = any(row is session for row in new_rows)
-    session_update = [] if session_is_new else [(session, ("next_seq", "updated_at"))]
-    rows_write_at_commit(updates=[*updated_rows, *session_update], inserts=[*([row] for row in new_rows), [message]])
+    message, updates, inserts = _transcript_writes(session, (), new_rows, updated_rows, fields)
+    rows_write_at_commit(updates=updates, inserts=inserts)
     for row in new_rows:
         row._state.adding, row._state.db = False, "default"
     return message
+
+
+def _transcript_writes(session: AgentSession, session_fields: tuple[str, ...], new_rows: tuple, updated_rows: tuple,
+                       fields: dict) -> tuple[Message, list, list]:
+    """The session's next message, and the (updates, inserts) that write it with `new_rows` and `updated_rows`:
+    the session itself is inserted when it is one of `new_rows`, else its next_seq updated."""
+    message = transcript_message(session, **fields)
+    session_is_new = any(row is session for row in new_rows)
+    session_update = [] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))]
+    return message, [*updated_rows, *session_update], [*([row] for row in new_rows), [message]]
 
 
 # --- a run's step 0 sent before its transaction commits --------------------------------------------
