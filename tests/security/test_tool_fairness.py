@@ -17,14 +17,16 @@ def test_invocations_in_flight_are_capped_per_tenant(live, make_tenant):
     greedy, other = make_tenant(), make_tenant()
     cap = settings.BEAMCLAW_TOOLS["MAX_INVOCATIONS_IN_FLIGHT_PER_TENANT"]
     # As if `cap` slow commands of this tenant were running on the workers right now: rows and the leases a
-    # worker holds while it runs them (without the leases, the workers' recovery settles them as lost).
-    running = ToolInvocation.objects.bulk_create(
+    # worker holds while it runs them (without the leases, the workers' recovery settles them as lost). The
+    # leases come first: a recovery sweep between the rows and their leases settled the rows as lost.
+    running = [
         ToolInvocation(tenant=greedy.tenant, agent=greedy.agent, tool="exec", input={"command": "sleep 600"},
                        status=ToolInvocation.Status.RUNNING)
         for _ in range(cap)
-    )
+    ]
     for invocation in running:
         redis_client().set(runner.lease_key(runner.KIND_API_INVOCATION, invocation.pk), "a-worker-token", ex=300)
+    ToolInvocation.objects.bulk_create(running)
     refused = invoke(live, greedy, "process", {"action": "list"})
     assert refused.status_code == 429 and refused.json()["code"] == "tool_invocations_in_flight"
     assert f"limit {cap}" in refused.json()["detail"] and refused.headers["Retry-After"]
