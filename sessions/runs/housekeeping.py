@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 def reap_orphaned_runs() -> int:
     running = list(Run.objects.filter(status=Run.Status.RUNNING).values_list("pk", "step", "tenant__slug")[:5000])
     orphans, lost = map(set, runs_stranded([(pk, slug) for pk, _, slug in running]))
+    if orphans:
+        # Read again after their leases: a run that ended after the first read gave its lease back after its
+        # end's commit, so it shows ended now. (Taken for an orphan, it was sent a step it had no use for, and
+        # logged as having lost its worker.)
+        orphans &= set(Run.objects.filter(pk__in=orphans, status=Run.Status.RUNNING).values_list("pk", flat=True))
     reaped = 0
     for pk, step, slug in running:
         if pk in orphans and step_enqueue(pk, step, slug, only_if_free=True):

@@ -214,7 +214,7 @@ def session_advance_locked(session: AgentSession, pending_rows: list[tuple] | No
     if run is None:
         return None
     if not tenant_has_capacity_locked(session.tenant_id):
-        capacity_wait_note(session.tenant_id)
+        capacity_wait_begin(session.tenant_id)
         return None
     return run_start_locked(session, run)
 
@@ -430,6 +430,23 @@ def tenant_fill_slots(*, tenant_id) -> int:
         # Another look only if this one was full and started something (sessions found busy stay listed).
         if room <= 0 or len(waiting) < WAITING_SESSIONS_LOOKED_AT or started == started_before:
             return started
+
+
+def capacity_wait_begin(tenant_id) -> None:
+    """A run of the tenant is written queued for lack of room, in the caller's transaction: set the hint
+    that brings the runs' ends to it, and count the room again once the transaction commits. A run that
+    ended between this transaction's count and its commit looked for waiting runs before this one could be
+    seen; were it the last one running, no other end would come to start this one, and it would wait for
+    the reaper. Counted after the commit, such an end has freed its slot, and this run takes it."""
+    capacity_wait_note(tenant_id)
+    transaction.on_commit(partial(_tenant_fill_slots_if_room, tenant_id), robust=True)
+
+
+def _tenant_fill_slots_if_room(tenant_id) -> None:
+    # The room alone first: at its cap (the usual case here) the tenant has none, and the waiting sessions'
+    # query is left out.
+    if _tenant_room_of(select_together(*tenant_room_statements(tenant_id, lock=False))) > 0:
+        tenant_fill_slots(tenant_id=tenant_id)
 
 
 def tenant_fill_slots_on_commit(tenant_id) -> None:

@@ -13,13 +13,12 @@ from sessions.runs.client_calls import client_results_check_locked
 from sessions.runs.delta_window import UNSTREAMED_PARAM
 from sessions.runs.kernel import session_lock
 from sessions.runs.lifecycle import (
-    capacity_wait_note,
+    capacity_wait_begin,
     run_abort_locked,
     run_end_locked,
     run_start_locked,
     runs_started_announce_on_commit,
     session_advance_locked,
-    tenant_fill_slots_on_commit,
     tenant_has_capacity_locked,
     tenant_room_and_waiting_locked,
     tenant_room_locked,
@@ -135,10 +134,9 @@ def _new_session_run_start_or_queue_locked(session: AgentSession, run: Run) -> R
     if room > 0 and not waiting:
         return run_start_locked(session, run, session_is_new=True)
     rows_insert(*(([session], [run]) if session._state.adding else ([run],)))
-    capacity_wait_note(session.tenant_id)
     tenant_at_cap_note(session.tenant_id)
-    if room > 0:
-        tenant_fill_slots_on_commit(session.tenant_id)
+    # (With room, the oldest waiting runs start once this commits: capacity_wait_begin counts it again.)
+    capacity_wait_begin(session.tenant_id)
     return run
 
 
@@ -195,7 +193,7 @@ def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[d
         rows_insert(sessions, runs, messages)  # in one round trip
         runs_started_announce_on_commit(runs[:starting], tenant_slug=tenant.slug)
         if starting < len(runs):
-            capacity_wait_note(tenant.pk)
+            capacity_wait_begin(tenant.pk)
     return runs
 
 

@@ -6,12 +6,13 @@ import uuid
 
 import httpx
 import pytest
+from django.db import transaction
 
 from beamclaw_project.infra.redis import redis_client
 from sessions import events
 from sessions.models import AgentSession, Run
 from sessions.runs import UNSTREAMED_PARAM, run_submit
-from tenants.models import ApiKey, Tenant
+from tenants.models import Agent, ApiKey, Tenant
 from tests.conftest import wait_until
 
 SLOW = "[[deltas=10]] [[delay_ms=100]]"
@@ -206,6 +207,26 @@ def test_a_run_waiting_for_room_is_not_overtaken_by_a_newer_request(api, live, t
     assert first.started_at < second.started_at, "the run that waited started first"
     assert second.started_at >= first.finished_at, "the newer one waited for the slot the first one freed"
     wait_status(busy["id"], "aborted")
+
+
+def test_a_run_queued_as_the_last_running_run_ends_starts_at_its_commit(api, tenant):
+    # A run counted under the tenant's lock finds no room and is written queued; before its transaction
+    # commits, the one running run ends. That end looked for waiting runs before this one could be seen, and
+    # no other run's end comes: the run's own commit must start it. (It waited for the reaper, ~30 s, which
+    # stalled 32 clients against the demo tenant's cap of 10 after a few hundred requests.)
+    Tenant.objects.filter(pk=tenant.tenant.pk).update(max_concurrent_runs=1)
+    busy = send(api, new_session(api), "holding the slot [[deltas=5]] [[delay_ms=100]]")
+    wait_status(busy["id"], "running")
+    agent = Agent.objects.get(tenant=tenant.tenant, slug="assistant")
+    with transaction.atomic():
+        session = AgentSession(tenant=tenant.tenant, agent=agent, key=f"queued-{uuid.uuid4().hex}", ephemeral=True)
+        run = run_submit(session=session, content=[{"type": "text", "text": "over the cap"}],
+                         trigger=Run.Trigger.API, session_is_new=True, room_counted_first=True)
+        assert run.status == Run.Status.QUEUED, "the slot is taken: the run waits"
+        wait_status(busy["id"], "succeeded")  # (read in this transaction: each statement sees what committed)
+    assert Run.objects.get(pk=run.pk).status != Run.Status.QUEUED, "its commit found the freed slot and started it"
+    assert wait_status(run.pk, "succeeded").status == Run.Status.SUCCEEDED
+    assert transcript(session.pk) == [("user", "over the cap"), ("assistant", "Echo: over the cap")]
 
 
 def test_max_concurrent_runs_holds_when_many_start_at_the_same_moment(api, tenant):
