@@ -11,7 +11,7 @@ takes only its own HTTP client, which the outbound address policy does not provi
 import json
 import os
 import urllib.request
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from functools import lru_cache
 from typing import Callable, Iterator
 
@@ -162,8 +162,8 @@ class AnthropicProvider:
         """The reply asked for whole: one JSON body to read, where a stream is an event per token (a real
         model sends one every 10-20 ms, each a network read and a parse here)."""
         # (A drain or an abort cuts the wait: sdk_client's reads.)
-        with client.messages.with_streaming_response.create(**_request_kwargs(request, stream=False)) as response:
-            body = json.loads(response.http_response.read())
+        with _messages_post(client, request, stream=False) as response:
+            body = json.loads(response.read())
         if should_abort():
             raise Aborted()
         usage = body.get("usage") or {}
@@ -195,8 +195,8 @@ class AnthropicProvider:
         # hundreds of runs stream at once. The SDK still sends the request and raises for error statuses.
         # A drain cuts the stream's reads: every read of sdk_client's connections, or (when those could not be
         # made cuttable) those of this response.
-        with client.messages.with_streaming_response.create(**_request_kwargs(request, stream=True)) as response, \
-                nullcontext() if cuttable else reply_cut_on_drain(response.http_response):
+        with _messages_post(client, request, stream=True) as response, \
+                nullcontext() if cuttable else reply_cut_on_drain(response):
             for batch in _sse_batches(response):
                 # Text deltas that arrived in one network read go on as one: the model wrote them while
                 # this worker was busy, so joining them delays nothing, and each costs a Redis append here
@@ -219,27 +219,38 @@ class AnthropicProvider:
         return completion
 
 
-def _request_kwargs(request: CompletionRequest, *, stream: bool) -> dict:
-    """The Messages API request, as the SDK's create() takes it."""
-    kwargs = {"model": request.model, "max_tokens": request.max_tokens, "messages": request.messages, "stream": stream}
+@contextmanager
+def _messages_post(client: anthropic.Anthropic, request: CompletionRequest, *, stream: bool) -> Iterator[httpx2.Response]:
+    """POST /v1/messages through the SDK (its headers, key, timeouts, and APIStatusError for an error status),
+    yielding the response with its body still to read. The body goes as JSON we encode: the SDK's typed
+    create() copies every node of the request first (its prepare step, ~0.2 ms a call for the default agent's
+    7 KB of tool definitions), for request shapes that are plain JSON here already."""
+    body = json.dumps(_request_body(request, stream=stream), ensure_ascii=False).encode()
+    # (The client's default headers say the body is JSON. The SDK's stream leaves the body unread; it is
+    # not iterated.)
+    with client.post("/v1/messages", cast_to=object, content=body, stream=True,
+                     stream_cls=anthropic.Stream[object]) as sdk_stream:
+        yield sdk_stream.response
+
+
+def _request_body(request: CompletionRequest, *, stream: bool) -> dict:
+    """The Messages API request's body."""
+    body = {"model": request.model, "max_tokens": request.max_tokens, "messages": request.messages, "stream": stream}
     if request.system:
-        kwargs["system"] = request.system
+        body["system"] = request.system
     if request.stop_sequences:
-        kwargs["stop_sequences"] = list(request.stop_sequences)
+        body["stop_sequences"] = list(request.stop_sequences)
     if request.effort:
-        kwargs["output_config"] = {"effort": request.effort}
-    # The pinned SDK has no typed argument for the sampling knobs the Messages API still takes; its
-    # documented way to send such fields is extra_body (a TypeError here once broke every request).
-    sampling = {name: value for name, value in (("temperature", _temperature(request.temperature)),
-                                                ("top_p", request.top_p))
-                if value is not None}
-    if sampling:
-        kwargs["extra_body"] = sampling
+        body["output_config"] = {"effort": request.effort}
+    if (temperature := _temperature(request.temperature)) is not None:
+        body["temperature"] = temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
     if request.tools:
-        kwargs["tools"] = list(request.tools)
+        body["tools"] = request.tools
         if request.tool_choice:
-            kwargs["tool_choice"] = dict(request.tool_choice)
-    return kwargs
+            body["tool_choice"] = request.tool_choice
+    return body
 
 
 def _apply_event(event: dict, completion: Completion, partial_json: dict[int, list[str]]) -> None:
@@ -272,7 +283,7 @@ def _apply_event(event: dict, completion: Completion, partial_json: dict[int, li
             completion.output_tokens = output_tokens
 
 
-def _sse_batches(response) -> Iterator[list[dict]]:
+def _sse_batches(response: httpx2.Response) -> Iterator[list[dict]]:
     """The stream's server-sent events, as the JSON object each carries, in batches: the events completed by
     one network read. Pings are skipped; an `error` event raises APIStatusError, as the SDK's own stream does."""
     buffer = b""
@@ -308,7 +319,7 @@ def _sse_event(block: bytes, response) -> dict | None:
         return None
     body = json.loads("\n".join(data))
     if name == "error":
-        raise anthropic.APIStatusError(f"{body}", response=response.http_response, body=body)
+        raise anthropic.APIStatusError(f"{body}", response=response, body=body)
     return body
 
 
