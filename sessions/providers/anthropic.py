@@ -225,12 +225,16 @@ def _messages_post(client: anthropic.Anthropic, request: CompletionRequest, *, s
     yielding the response with its body still to read. The body goes as JSON we encode: the SDK's typed
     create() copies every node of the request first (its prepare step, ~0.2 ms a call for the default agent's
     7 KB of tool definitions), for request shapes that are plain JSON here already."""
-    body = json.dumps(_request_body(request, stream=stream), ensure_ascii=False).encode()
+    body = _BODY_ENCODER.encode(_request_body(request, stream=stream)).encode()
     # (The client's default headers say the body is JSON. The SDK's stream leaves the body unread; it is
     # not iterated.)
     with client.post("/v1/messages", cast_to=object, content=body, stream=True,
                      stream_cls=anthropic.Stream[object]) as sdk_stream:
         yield sdk_stream.response
+
+
+# As the SDK encodes a body: UTF-8, compact, and no NaN (invalid JSON).
+_BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _request_body(request: CompletionRequest, *, stream: bool) -> dict:
