@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from beamclaw_project.errors import InvalidInput, NotFound
-from beamclaw_project.infra.rows import row_insert
 from sessions.client_tools import (
     agent_tool_names,
     client_tools_check_clash,
@@ -44,8 +43,8 @@ from sessions.runs import (
     run_submit,
     tenant_at_cap_from_commit,
     tenant_recently_at_cap,
-    transcript_seed,
     transcript_seed_if_empty,
+    transcript_seed_new,
 )
 from sessions.services import SessionConflict, SessionKeyInvalid, session_get_or_create, session_key_normalize
 from tenants.models import Agent, Tenant
@@ -354,9 +353,9 @@ def turn_add(turns: list[tuple[str, list[dict]]], role: str, blocks: list[dict])
 
 def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, list[dict]]], *,
                        key_prefix: str | None = None) -> AgentSession:
-    """A session of the request's own messages, closed after its run (unless it hands out tool calls).
-    Without earlier messages it is not written yet: it goes to Postgres with its run (run_start_locked), in
-    that round trip."""
+    """A session of the request's own messages, closed after its run (unless it hands out tool calls). It is
+    not written yet: it goes to Postgres with its run (run_start_locked), in that round trip, and so do the
+    request's earlier messages."""
     session = AgentSession(
         tenant=tenant,
         agent=agent,
@@ -364,8 +363,7 @@ def _ephemeral_session(tenant: Tenant, agent: Agent, history: list[tuple[str, li
         ephemeral=True,
     )
     if history:
-        row_insert(session)
-        transcript_seed(session, history)
+        transcript_seed_new(session, history)
     return session
 
 

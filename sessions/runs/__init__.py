@@ -30,7 +30,7 @@ from sessions.runs.compaction import (
 )
 from sessions.runs.delta_window import UNSTREAMED_PARAM
 from sessions.runs.json_mode import response_format_parse
-from sessions.runs.kernel import FIRST_STEP_READS_HEADER
+from sessions.runs.kernel import FIRST_STEP_READS_HEADER, transcript_seed_new
 from sessions.runs.lifecycle import (
     RUN_FAILED_UNANSWERED,
     TenantAtCap,
@@ -70,4 +70,5 @@ __all__ = [
     "terminal_event_from_db",
     "transcript_seed",
     "transcript_seed_if_empty",
+    "transcript_seed_new",
 ]

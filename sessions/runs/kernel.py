@@ -173,11 +173,32 @@ def transcript_append_at_commit(session: AgentSession, *, new_rows: tuple = (), 
 def _transcript_writes(session: AgentSession, session_fields: tuple[str, ...], new_rows: tuple, updated_rows: tuple,
                        fields: dict) -> tuple[Message, list, list]:
     """The session's next message, and the (updates, inserts) that write it with `new_rows` and `updated_rows`:
-    the session itself is inserted when it is one of `new_rows`, else its next_seq updated."""
-    message = transcript_message(session, **fields)
+    the session itself is inserted when it is one of `new_rows` (with the turns it was seeded with:
+    transcript_seed_new), else its next_seq updated."""
     session_is_new = any(row is session for row in new_rows)
+    seeded = transcript_seeded_messages(session) if session_is_new else []
+    message = transcript_message(session, **fields)
     session_update = [] if session_is_new else [(session, ("next_seq", "updated_at", *session_fields))]
-    return message, [*updated_rows, *session_update], [*([row] for row in new_rows), [message]]
+    # (The seeded turns and the message are one model's rows: one INSERT.)
+    return message, [*updated_rows, *session_update], [*([row] for row in new_rows), [*seeded, message]]
+
+
+def transcript_seed_new(session: AgentSession, turns: list[tuple[str, list[dict]]]) -> None:
+    """Start the transcript of a session not written yet with `turns` (role, blocks): a client's history. They
+    are written with the session, in the same round trip (transcript_seeded_messages), which a new session's
+    run writes with its own message: no round trip of their own on the way to the first token."""
+    session.next_seq = len(turns) + 1
+    # What a new session's first step will read of them (first_step_reads), as transcript_seed keeps them.
+    session.seeded_turns = [(role, blocks) for role, blocks in turns]
+
+
+def transcript_seeded_messages(session: AgentSession) -> list[Message]:
+    """The messages of the turns a session not written yet was seeded with (transcript_seed_new), to insert
+    with it."""
+    return [
+        Message(session=session, seq=seq, role=role, content=blocks)
+        for seq, (role, blocks) in enumerate(getattr(session, "seeded_turns", ()), 1)
+    ]
 
 
 # --- a run's step 0 sent before its transaction commits --------------------------------------------

@@ -11,7 +11,7 @@ from sessions.models import AgentSession, Message, Run
 from sessions.runs.budget import check_token_budget
 from sessions.runs.client_calls import client_results_check_locked
 from sessions.runs.delta_window import UNSTREAMED_PARAM
-from sessions.runs.kernel import session_lock
+from sessions.runs.kernel import session_lock, transcript_seeded_messages
 from sessions.runs.lifecycle import (
     capacity_wait_begin,
     run_abort_locked,
@@ -133,7 +133,7 @@ def _new_session_run_start_or_queue_locked(session: AgentSession, run: Run) -> R
     room, waiting = tenant_room_and_waiting_locked(session.tenant_id)
     if room > 0 and not waiting:
         return run_start_locked(session, run, session_is_new=True)
-    rows_insert(*(([session], [run]) if session._state.adding else ([run],)))
+    rows_insert(*(([session], transcript_seeded_messages(session), [run]) if session._state.adding else ([run],)))
     tenant_at_cap_note(session.tenant_id)
     # (With room, the oldest waiting runs start once this commits: capacity_wait_begin counts it again.)
     capacity_wait_begin(session.tenant_id)

@@ -199,3 +199,20 @@ def test_ephemeral_request_history_and_system_prompt_reach_the_model(live, make_
     assert [(m["role"], m["content"][0]["text"]) for m in body["messages"]] == [
         ("user", "earlier question"), ("assistant", "earlier answer"), ("user", "now this"),
     ]
+
+
+@pytest.mark.parametrize("history_chars", [300, 90_000], ids=["sent-with-the-step", "read-by-the-step"])
+def test_a_request_s_history_is_the_session_s_transcript_in_order(live, tenant, fake_requests, history_chars):
+    # The earlier messages are written with the session and the run, in the commit's round trip. A small
+    # request's step 0 takes them from its message; a long one's (over the header's size) reads them back.
+    turns = [("user" if n % 2 == 0 else "assistant", f"turn {n}: " + "x" * (history_chars // 6)) for n in range(6)]
+    completion = openai_client(live, tenant).chat.completions.with_raw_response.create(
+        model="assistant", messages=[*({"role": r, "content": t} for r, t in turns), {"role": "user", "content": "and now?"}],
+    )
+    assert completion.parse().choices[0].message.content == "Echo: and now?"
+    sent = fake_requests(1)[-1]["body"]["messages"]
+    assert [(m["role"], m["content"][0]["text"]) for m in sent] == [*turns, ("user", "and now?")]
+    run = Run.objects.get(pk=completion.headers["x-run-id"])
+    stored = [(m.seq, m.role, m.content[0]["text"]) for m in Message.objects.filter(session=run.session_id).order_by("seq")]
+    assert stored == [(n, r, t) for n, (r, t) in enumerate([*turns, ("user", "and now?"), ("assistant", "Echo: and now?")], 1)]
+    assert AgentSession.objects.get(pk=run.session_id).next_seq == len(stored) + 1
