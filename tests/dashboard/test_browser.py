@@ -129,6 +129,34 @@ def test_approve_from_the_run_page_while_watching(operator_page, live, make_tena
     assert Approval.objects.get(tenant=bundle.tenant).decided_by == f"dashboard:{operator.username}"
 
 
+def test_a_run_page_refreshed_without_changes_keeps_its_buttons_in_place(operator_page, live, make_tenant):
+    # Opening the page replays the run's events, and its tool call and approval request each re-render the
+    # tool calls from the server: the same markup both times. A button swapped for its copy under a click
+    # loses the click (a Deny once went nowhere), so a region that has not changed stays as it is.
+    bundle = make_tenant(approval={"mode": "always", "allowlist": []})
+    tool = json.dumps({"url": "http://10.255.0.1/unchanged"})
+    run_id = start_run(live, bundle, f"fetch [[tool=web_fetch:{tool}]]")
+    wait_until(lambda: run_status(run_id) == Run.Status.AWAITING_APPROVAL, timeout=30, message="the approval request")
+    page = operator_page
+    # Counts the refreshes whose answer the page has read; the page's own handler runs right after.
+    page.add_init_script("""
+        window.refreshesRead = 0;
+        const fetchFirst = window.fetch;
+        window.fetch = (...args) => fetchFirst(...args).then(response => {
+            const readFirst = response.text.bind(response);
+            response.text = () => readFirst().then(text => { window.refreshesRead += 1; return text; });
+            return response;
+        });
+    """)
+    page.goto(f"/runs/{run_id}/")
+    deny = page.locator("#tool-calls").get_by_role("button", name="Deny")
+    handle = deny.element_handle()
+    page.wait_for_function("() => window.refreshesRead >= 2")
+    assert handle.evaluate("button => button.isConnected"), "the button was swapped for a copy"
+    deny.click()
+    expect(page.locator("#run-status")).to_have_text("Succeeded", timeout=30_000)
+
+
 def test_chat_with_an_agent_from_a_new_session(operator_page, tenant, fake_requests, screenshots):
     page = operator_page
     page.get_by_role("link", name="Sessions").click()

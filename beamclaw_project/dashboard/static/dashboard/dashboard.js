@@ -33,7 +33,9 @@
   }
 
   /* Re-render one region of the current page from the server (after tool calls, approvals, the end).
-     Every call fetches (none is dropped while another is in flight), and only the newest answer is used. */
+     Every call fetches (none is dropped while another is in flight), and only the newest answer is used.
+     A region that has not changed is left in place: swapped for its copy under a click (a tool call and its
+     approval request come as two events, so two refreshes), the click's button is gone and the click lost. */
   var refreshes = {};
   function refresh(selector) {
     var ticket = (refreshes[selector] || 0) + 1;
@@ -43,8 +45,17 @@
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html").querySelector(selector);
         var current = document.querySelector(selector);
-        if (ticket === refreshes[selector] && fresh && current) current.replaceWith(document.importNode(fresh, true));
+        if (ticket === refreshes[selector] && fresh && current && markup(fresh) !== markup(current)) {
+          current.replaceWith(document.importNode(fresh, true));
+        }
       });
+  }
+
+  /* A region's markup, but for its forms' CSRF tokens, which differ in every answer. */
+  function markup(region) {
+    var copy = region.cloneNode(true);
+    copy.querySelectorAll("input[name=csrfmiddlewaretoken]").forEach(function (input) { input.removeAttribute("value"); });
+    return copy.outerHTML;
   }
 
   var TERMINAL = { "run.completed": 1, "run.failed": 1, "run.aborted": 1 };
