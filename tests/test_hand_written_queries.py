@@ -22,7 +22,7 @@ from beamclaw_project.infra.leases import Lease
 from beamclaw_project.infra.redis import redis_client
 from beamclaw_project.infra.rows import row_insert, row_update, rows_insert, rows_write, select_one
 from beamclaw_project.postgres.base import PreparedCursor, connection_usable
-from sessions.models import AgentSession, Compaction, Message, Run
+from sessions.models import AgentSession, Compaction, Message, Run, ToolCall
 from sessions.providers.base import Completion
 from sessions.runs.context import transcript_view
 from sessions.runs.kernel import first_step_reads, run_lease_key, run_lock, session_lock
@@ -35,6 +35,7 @@ from sessions.runs.lifecycle import (
     tenant_room_statements,
 )
 from sessions.runs.step import run_for_step, run_of_first_step_reads, step_finish
+from sessions.runs.tool_phase import RUN_CALLS
 from tenants.auth import AuthError, authenticate_key, authenticate_key_for_agent
 from tenants.models import Agent, ApiKey, Tenant
 from tools.models import Skill
@@ -104,6 +105,37 @@ def test_a_step_and_the_locks_load_the_run_and_session_as_the_orm_does(make_tena
         with pytest.raises(Run.DoesNotExist):
             run_lock(uuid.uuid4(), session.pk)
 
+
+def test_a_tool_call_s_claim_and_record_load_what_the_orm_does(make_tenant):
+    # A worker claims a model's tool call (the pending -> running update and what the tool runs with, in one
+    # statement), and records its result under the session's, the run's and the call's locks.
+    bundle = make_tenant()
+    Agent.objects.filter(pk=bundle.agent.pk).update(tool_policy={"allow": ["exec"], "deny": []}, sandbox={"network": False})
+    session = AgentSession.objects.create(tenant=bundle.tenant, agent=bundle.agent, key=f"agent:x:{uuid.uuid4().hex}")
+    # Ended already, so no worker or reaper touches it meanwhile: the claim still loads it, the record stops there.
+    run = Run.objects.create(tenant=bundle.tenant, session=session, trigger=Run.Trigger.API, status=Run.Status.ABORTED,
+                             input=[{"type": "text", "text": "hi"}], params={"temperature": 0.5})
+    call = ToolCall.objects.create(run=run, step=0, tool_use_id="toolu_1", name="exec", input={"command": "ls"})
+
+    claimed = RUN_CALLS.call_claim(call.pk, node="worker@test")
+    assert claimed.tool == "exec" and claimed.input == {"command": "ls"}
+    assert claimed.refusal == "not run: the run was aborted or has ended"
+    context = claimed.context
+    assert_same(context.session, AgentSession, session.pk)
+    assert_same(context.agent, Agent, bundle.agent.pk)
+    assert_same(context.tenant, Tenant, bundle.tenant.pk)
+    assert context.session.agent is context.agent and context.agent.tenant is context.tenant is context.session.tenant
+    stored = ToolCall.objects.get(pk=call.pk)
+    assert stored.status == ToolCall.Status.RUNNING and stored.started_at is not None
+    assert RUN_CALLS.call_claim(call.pk, node="worker@test") is None, "a call is claimed once"
+
+    RUN_CALLS.call_record(call.pk, {"ok": True, "output": "done"})
+    stored = ToolCall.objects.get(pk=call.pk)
+    assert (stored.status, stored.output) == (ToolCall.Status.SUCCEEDED, {"ok": True, "output": "done"})
+    assert stored.finished_at is not None
+    RUN_CALLS.call_record(call.pk, {"ok": False})  # settled already: nothing changes
+    assert ToolCall.objects.get(pk=call.pk).output == {"ok": True, "output": "done"}
+    RUN_CALLS.call_record(uuid.uuid4().int % 2**62, {"ok": True})  # a call that is gone: nothing to record
 
 def test_a_new_session_s_first_step_gets_with_its_message_what_it_would_read(make_tenant):
     # A chat completion's step 0 takes its run from what the web process sent with it (sessions/runs/kernel.py,
