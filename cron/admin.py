@@ -127,6 +127,8 @@ class CronJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="schedule")
     def schedule_text(self, obj):
+        if obj.schedule_unreadable:
+            return f"unreadable {obj.kind} schedule"
         if obj.kind == CronJob.Kind.EVERY:
             return f"every {duration_format(obj.every_seconds)}"  # the anchor is on the job's page
         if obj.kind == CronJob.Kind.AT:

@@ -73,6 +73,15 @@ class CronJob(models.Model):
         text, parsed = sched.cron_parse(self.expr)
         return sched.Cron(expr=text, tz=self.tz, parsed=parsed)
 
+    @property
+    def schedule_unreadable(self) -> bool:
+        """A row without its kind's values (written around the services, say): nothing can be computed from it,
+        and the sweeper disables it, but the admin and the dashboard still list it."""
+        return (
+            (self.kind == self.Kind.AT and self.at is None) or (self.kind == self.Kind.EVERY and self.every_seconds is None)
+            or (self.kind == self.Kind.CRON and not self.expr)
+        )
+
     @schedule.setter
     def schedule(self, value: sched.Schedule) -> None:
         self.kind = value.kind

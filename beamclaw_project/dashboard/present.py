@@ -85,6 +85,8 @@ def approval_display(approval: Approval) -> dict:
 
 
 def schedule_display(job: CronJob) -> str:
+    if job.schedule_unreadable:
+        return f"unreadable {job.kind} schedule"
     if job.kind == CronJob.Kind.AT:
         return f"once at {job.at:%Y-%m-%d %H:%M:%S %Z}"
     if job.kind == CronJob.Kind.EVERY:

@@ -4,7 +4,7 @@ are edited (django-celery-beat's copies are not in the admin)."""
 from django.urls import reverse
 from django.utils import timezone
 
-from cron.models import CronRun
+from cron.models import CronJob, CronRun
 from cron.schedule import schedule_parse
 from cron.services import cron_job_create
 from tests.admin.helpers import list_row, page, visible
@@ -54,3 +54,15 @@ def test_beat_models_are_not_in_the_admin(admin_client):
         assert name not in index
     assert "Cron jobs" in index
     assert admin_client.get("/admin/django_celery_beat/periodictask/").status_code == 404
+
+
+def test_a_job_whose_schedule_cannot_be_read_is_still_listed(admin_client, tenant):
+    # A row without its interval (written around the services): the sweeper disables such a job; the lists
+    # that show every job must still render, and say what is wrong with it.
+    job = cron_job_create(tenant=tenant.tenant, agent=tenant.agent, name="half written", prompt="p",
+                          schedule=schedule_parse({"kind": "every", "every": "1h"}, now=timezone.now()))
+    CronJob.objects.filter(pk=job.pk).update(every_seconds=None)
+    listed = page(admin_client, reverse("admin:cron_cronjob_changelist"), q=tenant.tenant.slug)
+    assert "unreadable every schedule" in list_row(listed, "half written")
+    dashboard = admin_client.get(reverse("dashboard:cron"), {"tenant": tenant.tenant.slug})
+    assert dashboard.status_code == 200 and "unreadable every schedule" in dashboard.content.decode()
