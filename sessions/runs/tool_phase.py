@@ -26,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from beamclaw_project.infra.log_context import log_context_bind
-from beamclaw_project.infra.rows import Columns, instances, select_one
+from beamclaw_project.infra.rows import Columns, instances, row_update, select_one
 from sessions import events
 from sessions.models import AgentSession, Message, Run, ToolCall
 from sessions.runs.client_calls import client_tool_names
@@ -166,20 +166,23 @@ def _open_call(call: ToolCall, tenant_slug: str) -> runner.OpenCall:
                            input=call.input, tenant_slug=tenant_slug)
 
 
-def _step_advance_locked(run: Run, session: AgentSession, step: int, lease=None) -> None:
+def _step_advance_locked(run: Run, session: AgentSession, step: int, lease=None, *,
+                         calls: list[ToolCall] | None = None) -> None:
     """Caller holds the session and run locks. Keep the run's status in line with its open calls; once
     all are settled, append the tool results (with any steering messages) and enqueue the next step.
-    `lease`: the step's, when its own worker settles every call at once (all refused, say)."""
+    `lease`: the step's, when its own worker settles every call at once (all refused, say). `calls`: the
+    step's calls in id order, if the caller read them under the locks (with its own changes to them made)."""
     if run.is_terminal or run.step != step:
         return
-    calls = list(run.tool_calls.filter(step=step).order_by("id"))
+    if calls is None:
+        calls = list(run.tool_calls.filter(step=step).order_by("id"))
     open_calls = [c for c in calls if c.status not in ENGINE_DONE]
     if open_calls:
         awaiting = any(c.status == ToolCall.Status.AWAITING_APPROVAL for c in open_calls)
         status = Run.Status.AWAITING_APPROVAL if awaiting else Run.Status.RUNNING
         if run.status != status:
             run.status = status
-            run.save(update_fields=["status"])
+            row_update(run, ["status"])
         return
     client_calls = [c for c in calls if c.status == ToolCall.Status.AWAITING_CLIENT]
     if client_calls:
@@ -188,7 +191,7 @@ def _step_advance_locked(run: Run, session: AgentSession, step: int, lease=None)
     results_append(session, calls, step, also=steering_take_locked(session, run))
     run.step = step + 1
     run.status = Run.Status.RUNNING
-    run.save(update_fields=["step", "status"])
+    row_update(run, ["step", "status"])
     run_id, next_step, slug = run.pk, run.step, session.tenant.slug
     if lease is not None:
         # The lease goes from the step's worker to the queued step in one swap, then the step is sent:
@@ -238,14 +241,16 @@ class _RunCalls:
 
     def call_record(self, call_id, result: dict) -> None:
         """Record a call's result and continue the run if it was the step's last open call."""
-        call_columns, ids_sql, lock_sql = _record_sql()
+        call_columns, ids_sql, lock_sql, step_sql = _record_sql()
         ids = select_one(ids_sql, [call_id])
         if ids is None:
             return
         run_id, session_id = ids
         with transaction.atomic():
-            # The session, the run and the call locked in one round trip.
-            run, session, [[call_row]] = run_lock_reading(run_id, session_id, also=((lock_sql, [call_id]),))
+            # The session, the run and the call locked, and the call's step's calls read, in one round trip.
+            run, session, [[call_row], step_rows] = run_lock_reading(
+                run_id, session_id, also=((lock_sql, [call_id]), (step_sql, [run_id, call_id])),
+            )
             call = call_columns.instance(call_row)
             call.run = run
             if call.status in SETTLED:
@@ -253,9 +258,10 @@ class _RunCalls:
             call.status = ToolCall.Status.SUCCEEDED if result.get("ok") else ToolCall.Status.FAILED
             call.output = result
             call.finished_at = timezone.now()
-            call.save(update_fields=["status", "output", "finished_at"])
+            row_update(call, ["status", "output", "finished_at"])
             transaction.on_commit(lambda: result_announce(run_id, call))
-            _step_advance_locked(run, session, call.step)
+            step_calls = [call if other.pk == call.pk else other for other in map(call_columns.instance, step_rows)]
+            _step_advance_locked(run, session, call.step, calls=step_calls)
 
     def approval_lock(self, approval: Approval):
         run_id = ToolCall.objects.filter(pk=approval.tool_call_id).values_list("run_id", flat=True).get()
@@ -309,12 +315,15 @@ def _claim_sql() -> tuple[Columns, Columns, Columns, Columns, Columns, str]:
 
 
 @cache
-def _record_sql() -> tuple[Columns, str, str]:
+def _record_sql() -> tuple[Columns, str, str, str]:
     call = Columns(ToolCall, "c")
-    ids_sql = (f'SELECT c.run_id, r.session_id FROM "{ToolCall._meta.db_table}" c '
-               f'JOIN "{Run._meta.db_table}" r ON r.id = c.run_id WHERE c.id = %s')
-    lock_sql = f'SELECT {call.sql} FROM "{ToolCall._meta.db_table}" c WHERE c.id = %s FOR NO KEY UPDATE'
-    return call, ids_sql, lock_sql
+    table = ToolCall._meta.db_table
+    ids_sql = f'SELECT c.run_id, r.session_id FROM "{table}" c JOIN "{Run._meta.db_table}" r ON r.id = c.run_id WHERE c.id = %s'
+    lock_sql = f'SELECT {call.sql} FROM "{table}" c WHERE c.id = %s FOR NO KEY UPDATE'
+    # The calls of the locked call's step, in id order (what _step_advance_locked reads).
+    step_sql = (f'SELECT {call.sql} FROM "{table}" c WHERE c.run_id = %s '
+                f'AND c.step = (SELECT step FROM "{table}" WHERE id = %s) ORDER BY c.id')
+    return call, ids_sql, lock_sql, step_sql
 
 
 def tool_calls_reap() -> None:
