@@ -248,10 +248,12 @@ class _RunCalls:
         run_id, session_id = ids
         with transaction.atomic():
             # The session, the run and the call locked, and the call's step's calls read, in one round trip.
-            run, session, [[call_row], step_rows] = run_lock_reading(
+            run, session, [call_rows, step_rows] = run_lock_reading(
                 run_id, session_id, also=((lock_sql, [call_id]), (step_sql, [run_id, call_id])),
             )
-            call = call_columns.instance(call_row)
+            if not call_rows:
+                return  # (deleted meanwhile: nothing waits for its result)
+            call = call_columns.instance(call_rows[0])
             call.run = run
             if call.status in SETTLED:
                 return
