@@ -137,6 +137,8 @@ def test_a_tool_call_s_claim_and_record_load_what_the_orm_does(make_tenant):
     assert ToolCall.objects.get(pk=call.pk).output == {"ok": True, "output": "done"}
     RUN_CALLS.call_record(uuid.uuid4().int % 2**62, {"ok": True})  # a call that is gone: nothing to record
 
+
+
 def test_a_new_session_s_first_step_gets_with_its_message_what_it_would_read(make_tenant):
     # A chat completion's step 0 takes its run from what the web process sent with it (sessions/runs/kernel.py,
     # first_step_reads), as JSON in the message's header: every field, with its type, as run_for_step reads it.
