@@ -303,6 +303,8 @@ BEAMCLAW_OUTBOUND = {
 }
 # --- end outbound --------------------------------------------------------------------------------
 
+# Every process's level, the Celery worker's too (sessions/management/commands/worker.py).
+LOG_LEVEL = (os.environ.get("LOG_LEVEL") or "INFO").strip().upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -321,14 +323,19 @@ LOGGING = {
             "filters": ["ids"],
         }
     },
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},  # the anthropic SDK's client: one INFO line per model request
         "daphne": {"level": "WARNING"},
-        # Daphne's access log, where it goes through logging (JSON lines: infra/log_context.py).
-        "daphne.access": {"level": "INFO"},
+        # Daphne's access log, where it goes through logging (JSON lines: infra/log_context.py): at INFO,
+        # so LOG_LEVEL=WARNING leaves it out too.
+        "daphne.access": {"level": LOG_LEVEL},
         "django.channels.server": {"level": "WARNING"},
+        # Celery's lines for every task it receives and finishes: a run is followed by its own lines (docs/metrics.md),
+        # and Flower lists the tasks. Failures are still logged; LOG_LEVEL=DEBUG brings these back.
+        "celery.worker.strategy": {"level": "WARNING" if LOG_LEVEL == "INFO" else LOG_LEVEL},
+        "celery.app.trace": {"level": "WARNING" if LOG_LEVEL == "INFO" else LOG_LEVEL},
     },
 }
 

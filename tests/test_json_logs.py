@@ -6,6 +6,8 @@ import subprocess
 import sys
 import uuid
 
+import pytest
+
 from sessions.models import Run
 from tests.conftest import ROOT, openai_client, start_daphne, wait_until
 from tests.procs import Process
@@ -58,11 +60,35 @@ def test_web_and_worker_write_json_lines_with_the_ids_of_a_run(fleet, service_en
         # The run's end is logged before it is announced, so the line is there once the reply is.
         worker_lines = json_lines(worker.log_path)
         assert any(line["message"] == "run succeeded" and line.items() >= ids.items() for line in worker_lines)
+        # Not Celery's own line for each task it receives: the run's lines say what happened.
+        assert not [line for line in worker_lines if line["logger"] == "celery.worker.strategy"]
         # Celery's start-up banner and its "ready" line are JSON lines too.
         assert any(" starting\n" in line["message"] and "[queues]" in line["message"] for line in worker_lines)
         assert any(line["message"].endswith(" ready.") for line in worker_lines)
     finally:
         web.stop()
+
+
+@pytest.mark.usefixtures("fleet")  # this test's worker takes the shared one's place
+def test_log_level_warning_leaves_a_runs_info_lines_out_of_web_and_worker(workers, service_env, log_dir, tenant):
+    quiet = {**service_env, "LOG_LEVEL": "WARNING"}
+    name = f"quiet-worker-{uuid.uuid4().hex[:4]}"
+    # As the Procfile starts it, with no -l of its own: LOG_LEVEL is the worker's level too.
+    worker = Process(name, [sys.executable, "manage.py", "worker", "-c", "8", "-n", f"{name}@%h"], quiet, log_dir).start()
+    web, url = start_daphne(f"quiet-web-{uuid.uuid4().hex[:4]}", quiet, log_dir)
+    try:
+        workers.wait_ready(name)
+        reply = openai_client(url, tenant).chat.completions.create(
+            model="assistant", messages=[{"role": "user", "content": "Log nothing, please."}]
+        )
+        assert reply.choices[0].message.content
+        # Both lines are written before the reply goes out ("run started" by the web, "run succeeded" by the
+        # worker before it announces the end): at INFO they would be there by now.
+        for proc in (web, worker):
+            assert [line for line in json_lines(proc.log_path) if line["level"] == "INFO"] == []
+    finally:
+        web.stop()
+        worker.stop()
 
 
 def test_beat_writes_json_lines(service_env, log_dir, tmp_path):

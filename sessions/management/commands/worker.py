@@ -43,7 +43,9 @@ class Command(BaseCommand):
             "--concurrency", "-c", type=int, default=settings.BEAMCLAW["WORKER_CONCURRENCY"],
             help="Threads; LLM steps mostly wait on the network, so this can be high (default %(default)s).",
         )
-        parser.add_argument("--loglevel", "-l", default="INFO")
+        parser.add_argument(
+            "--loglevel", "-l", default=settings.LOG_LEVEL, help="Default: LOG_LEVEL, as every process (%(default)s).",
+        )
         parser.add_argument("--hostname", "-n", default=None, help="Celery node name, e.g. worker1@%%h.")
         pool = parser.add_mutually_exclusive_group()
         pool.add_argument(
