@@ -447,13 +447,18 @@ def cgroup_enter(*, tenant: str, scope: str, pids: list[int]) -> dict:
             directories[hierarchy] = scope_dir
         _CGROUP_USERS[key] = _CGROUP_USERS.get(key, 0) + 1
     try:
-        for directory in directories.values():
-            for pid in pids:
-                (directory / "cgroup.procs").write_text(str(pid))
+        cgroup_join(directories, pids)
     except OSError:
         cgroup_leave(tenant=tenant, scope=scope, directories=directories)
         raise
     return directories
+
+
+def cgroup_join(directories: dict, pids: list[int]) -> None:
+    """Move `pids` into the cgroups `directories` maps each hierarchy to."""
+    for directory in directories.values():
+        for pid in pids:
+            (directory / "cgroup.procs").write_text(str(pid))
 
 
 def cgroup_leave(*, tenant: str, scope: str, directories: dict) -> None:
@@ -851,12 +856,17 @@ class SandboxProcess:
                 launch.close()
         self._deadline = time.monotonic() + self.spec.timeout
         try:
-            info = _read_info(info_r)
-        finally:
-            os.close(info_r)
-        if info is not None:
-            self._pid_ns = info.get("pid-namespace")
-        try:
+            # bwrap first, as soon as it exists: the first move of a process into a cgroup after a quiet
+            # spell waits for the kernel's RCU grace period (5-10 ms on a small VM), which then passes
+            # while bwrap builds the sandbox rather than after it.
+            self._contain_launcher()
+            try:
+                info = _read_info(info_r)
+            finally:
+                os.close(info_r)
+                info_r = None
+            if info is not None:
+                self._pid_ns = info.get("pid-namespace")
             self._contain(info)
             if self.spec.network:
                 self._start_network(info)
@@ -873,20 +883,31 @@ class SandboxProcess:
             self._popen.stdin.close()
             raise
         finally:
+            if info_r is not None:
+                os.close(info_r)
             os.close(block_w)
         threading.Thread(target=self._monitor, name="sandbox-monitor", daemon=True).start()
         return self
 
+    def _contain_launcher(self) -> None:
+        """Put bwrap in the session's cgroup (see _contain). Fails closed: a worker that found usable
+        cgroups does not run a sandbox outside them."""
+        if not cgroups().bases:
+            return
+        try:
+            self._cgroups = cgroup_enter(tenant=self.spec.tenant, scope=self.spec.scope, pids=[self._popen.pid])
+        except OSError as exc:
+            raise SandboxError(f"could not place the sandbox in its cgroup ({exc}); see `manage.py doctor`") from exc
+
     def _contain(self, info: dict | None) -> None:
-        """Put bwrap and the sandbox's first process in the session's cgroup while bwrap waits on its
-        block fd: everything the command starts is born inside. Fails closed: a worker that found
-        usable cgroups does not run a sandbox outside them."""
+        """Put the sandbox's first process in bwrap's cgroup while bwrap waits on its block fd: everything
+        the command starts is born inside. (bwrap may have made it before it was moved itself.)"""
         if not cgroups().bases:
             return
         if info is None or "child-pid" not in info:
             raise SandboxError("the sandbox ended before it could be placed in its cgroup")
         try:
-            self._cgroups = cgroup_enter(tenant=self.spec.tenant, scope=self.spec.scope, pids=[self._popen.pid, info["child-pid"]])
+            cgroup_join(self._cgroups, [info["child-pid"]])
         except OSError as exc:
             raise SandboxError(f"could not place the sandbox in its cgroup ({exc}); see `manage.py doctor`") from exc
         self._session_cgroup_oom = cgroup_oom_kills(self._cgroups)
