@@ -41,9 +41,10 @@ from sessions.runs import (
     TenantAtCap,
     response_format_parse,
     run_submit,
+    session_lock,
     tenant_at_cap_from_commit,
     tenant_recently_at_cap,
-    transcript_seed_if_empty,
+    transcript_seed_if_empty_locked,
     transcript_seed_new,
 )
 from sessions.services import SessionConflict, SessionKeyInvalid, session_get_or_create, session_key_normalize
@@ -443,13 +444,17 @@ def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> ChatStarted:
             session = session_get_or_create(tenant=tenant, agent=agent, key=request.session_name)
         except (SessionKeyInvalid, SessionConflict) as exc:
             raise ChatRequestError(str(exc), "user")
+        # One lock of the session for both: whether its transcript is empty, and the run's submit. A refusal
+        # gives the whole transaction up.
         with transaction.atomic():
-            if transcript_seed_if_empty(session_id=session.pk, turns=request.history):
+            locked = session_lock(session.pk)
+            if transcript_seed_if_empty_locked(locked, turns=request.history):
                 history = HISTORY_SEEDED
-                run = _submit(session, request, content=request.turns[-1][1])
+                run = _submit(locked, request, content=request.turns[-1][1], session_locked=True)
             else:
                 history = HISTORY_SERVER
-                run = _submit(session, request, content=request.new_input, tool_results=request.tool_results)
+                run = _submit(locked, request, content=request.new_input, tool_results=request.tool_results,
+                              session_locked=True)
     else:
         history = HISTORY_REQUEST
         key_prefix = None
@@ -520,7 +525,7 @@ def _ephemeral_submit(tenant: Tenant, agent: Agent, request: ChatRequest, *, key
 
 
 def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict], tool_results=None,
-            session_is_new: bool = False, room_counted_first: bool = False,
+            session_is_new: bool = False, session_locked: bool = False, room_counted_first: bool = False,
             room_counted_at_commit: bool = False) -> Run:
     # A reply that is not streamed is read whole at the run's end: its deltas may travel in fewer, larger
     # pieces meanwhile (delta_window.py).
@@ -533,6 +538,7 @@ def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict],
         mode=request.queue_mode,
         tool_results=tool_results or None,
         session_is_new=session_is_new,
+        session_locked=session_locked,
         room_counted_first=room_counted_first,
         room_counted_at_commit=room_counted_at_commit,
     )

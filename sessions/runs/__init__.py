@@ -30,7 +30,7 @@ from sessions.runs.compaction import (
 )
 from sessions.runs.delta_window import UNSTREAMED_PARAM
 from sessions.runs.json_mode import response_format_parse
-from sessions.runs.kernel import FIRST_STEP_READS_HEADER, transcript_seed_new
+from sessions.runs.kernel import FIRST_STEP_READS_HEADER, session_lock, transcript_seed_new
 from sessions.runs.lifecycle import (
     RUN_FAILED_UNANSWERED,
     TenantAtCap,
@@ -45,7 +45,7 @@ from sessions.runs.submit import (
     runs_submit_isolated,
     tenant_recently_at_cap,
     transcript_seed,
-    transcript_seed_if_empty,
+    transcript_seed_if_empty_locked,
 )
 
 __all__ = [
@@ -66,9 +66,10 @@ __all__ = [
     "run_step",
     "run_submit",
     "runs_submit_isolated",
+    "session_lock",
     "tenant_recently_at_cap",
     "terminal_event_from_db",
     "transcript_seed",
-    "transcript_seed_if_empty",
+    "transcript_seed_if_empty_locked",
     "transcript_seed_new",
 ]

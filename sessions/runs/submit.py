@@ -39,6 +39,7 @@ def run_submit(
     mode: str | None = None,
     tool_results: dict[str, dict] | None = None,
     session_is_new: bool = False,
+    session_locked: bool = False,
     room_counted_first: bool = False,
     room_counted_at_commit: bool = False,
 ) -> Run:
@@ -61,12 +62,15 @@ def run_submit(
     `room_counted_at_commit` (the caller's transaction is its own, committed right after this: no savepoint
     around it), the room is counted in the commit instead, and the caller's tenant_at_cap_from_commit raises
     TenantAtCap after the rollback.
+    `session_locked`: the caller locked the session (session_lock) in its transaction, still open, and gives
+    that transaction up on a refusal here: no second lock, no savepoint.
     """
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode
-    # A new session's caller gives up its whole transaction on a refusal here, so it needs no savepoint.
-    with transaction.atomic(savepoint=not session_is_new):
-        locked = session if session_is_new else session_lock(session.pk)
+    # A caller that gives up its whole transaction on a refusal here needs no savepoint (each costs two
+    # round trips).
+    with transaction.atomic(savepoint=not (session_is_new or session_locked)):
+        locked = session if session_is_new or session_locked else session_lock(session.pk)
         if tool_results and locked.ephemeral and locked.status == AgentSession.Status.CLOSED:
             raise SessionClosed(f"Session {locked.key} is closed: its tool calls were answered already.")
         if locked.status == AgentSession.Status.CLOSED:
@@ -197,14 +201,13 @@ def runs_submit_isolated(*, tenant: Tenant, turns: list[tuple[Agent, str, list[d
     return runs
 
 
-def transcript_seed_if_empty(*, session_id, turns: list[tuple[str, list[dict]]]) -> bool:
+def transcript_seed_if_empty_locked(session: AgentSession, turns: list[tuple[str, list[dict]]]) -> bool:
     """Start an empty transcript with `turns` (role, blocks) — a client's history for a new session. Returns
-    whether the transcript was empty (and so is now `turns`); an existing transcript is left alone."""
-    with transaction.atomic():
-        locked = session_lock(session_id)
-        if locked.next_seq != 1:
-            return False
-        transcript_seed(locked, turns)
+    whether the transcript was empty (and so is now `turns`); an existing transcript is left alone. The
+    caller holds the session's lock (session_lock)."""
+    if session.next_seq != 1:
+        return False
+    transcript_seed(session, turns)
     return True
 
 
