@@ -305,6 +305,7 @@ BEAMCLAW_OUTBOUND = {
 
 # Every process's level, the Celery worker's too (sessions/management/commands/worker.py).
 LOG_LEVEL = (os.environ.get("LOG_LEVEL") or "INFO").strip().upper()
+_CELERY_TASK_LINES_LEVEL = "WARNING" if LOG_LEVEL == "INFO" else LOG_LEVEL  # (see LOGGING's loggers)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -334,8 +335,8 @@ LOGGING = {
         "django.channels.server": {"level": "WARNING"},
         # Celery's lines for every task it receives and finishes: a run is followed by its own lines (docs/metrics.md),
         # and Flower lists the tasks. Failures are still logged; LOG_LEVEL=DEBUG brings these back.
-        "celery.worker.strategy": {"level": "WARNING" if LOG_LEVEL == "INFO" else LOG_LEVEL},
-        "celery.app.trace": {"level": "WARNING" if LOG_LEVEL == "INFO" else LOG_LEVEL},
+        "celery.worker.strategy": {"level": _CELERY_TASK_LINES_LEVEL},
+        "celery.app.trace": {"level": _CELERY_TASK_LINES_LEVEL},
     },
 }
 

@@ -11,7 +11,7 @@ from sessions.models import AgentSession, Message, Run
 from sessions.runs.budget import check_token_budget
 from sessions.runs.client_calls import client_results_check_locked
 from sessions.runs.delta_window import UNSTREAMED_PARAM
-from sessions.runs.kernel import session_lock, transcript_seeded_messages
+from sessions.runs.kernel import session_lock, transcript_seed_new, transcript_seeded_messages
 from sessions.runs.lifecycle import (
     capacity_wait_begin,
     run_abort_locked,
@@ -215,10 +215,8 @@ def transcript_seed(session: AgentSession, turns: list[tuple[str, list[dict]]]) 
     """Write `turns` (role, blocks) as the start of the session's empty transcript. The caller holds the
     session's lock, or created it in its still-open transaction."""
     if turns:
-        Message.objects.bulk_create(
-            Message(session=session, seq=seq, role=role, content=blocks) for seq, (role, blocks) in enumerate(turns, 1)
-        )
-        session.next_seq = len(turns) + 1
+        # Seeded as a session not written yet is (next_seq, and the turns kept on the instance for
+        # kernel.first_step_reads), then written at once.
+        transcript_seed_new(session, turns)
+        Message.objects.bulk_create(transcript_seeded_messages(session))
         session.save(update_fields=["next_seq", "updated_at"])
-        # What a new session's first step will read of them (kernel.first_step_reads), kept on the instance.
-        session.seeded_turns = [(role, blocks) for role, blocks in turns]
