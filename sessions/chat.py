@@ -38,10 +38,11 @@ from sessions.providers.chain import chain_providers
 from sessions.providers.registry import provider_sampling
 from sessions.runs import (
     UNSTREAMED_PARAM,
+    SubmitReads,
     TenantAtCap,
     response_format_parse,
     run_submit,
-    session_lock,
+    submit_reads,
     tenant_at_cap_from_commit,
     tenant_recently_at_cap,
     transcript_seed_if_empty_locked,
@@ -444,17 +445,17 @@ def _start(tenant: Tenant, agent: Agent, request: ChatRequest) -> ChatStarted:
             session = session_get_or_create(tenant=tenant, agent=agent, key=request.session_name)
         except (SessionKeyInvalid, SessionConflict) as exc:
             raise ChatRequestError(str(exc), "user")
-        # One lock of the session for both: whether its transcript is empty, and the run's submit. A refusal
-        # gives the whole transaction up.
+        # One lock of the session, with what the submit reads, for both: whether its transcript is empty, and
+        # the run's submit. A refusal gives the whole transaction up.
         with transaction.atomic():
-            locked = session_lock(session.pk)
-            if transcript_seed_if_empty_locked(locked, turns=request.history):
+            reads = submit_reads(session.pk, session.tenant_id)
+            if transcript_seed_if_empty_locked(reads.session, turns=request.history):
                 history = HISTORY_SEEDED
-                run = _submit(locked, request, content=request.turns[-1][1], session_locked=True)
+                run = _submit(reads.session, request, content=request.turns[-1][1], reads=reads)
             else:
                 history = HISTORY_SERVER
-                run = _submit(locked, request, content=request.new_input, tool_results=request.tool_results,
-                              session_locked=True)
+                run = _submit(reads.session, request, content=request.new_input, tool_results=request.tool_results,
+                              reads=reads)
     else:
         history = HISTORY_REQUEST
         key_prefix = None
@@ -525,7 +526,7 @@ def _ephemeral_submit(tenant: Tenant, agent: Agent, request: ChatRequest, *, key
 
 
 def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict], tool_results=None,
-            session_is_new: bool = False, session_locked: bool = False, room_counted_first: bool = False,
+            session_is_new: bool = False, reads: SubmitReads | None = None, room_counted_first: bool = False,
             room_counted_at_commit: bool = False) -> Run:
     # A reply that is not streamed is read whole at the run's end: its deltas may travel in fewer, larger
     # pieces meanwhile (delta_window.py).
@@ -538,7 +539,7 @@ def _submit(session: AgentSession, request: ChatRequest, *, content: list[dict],
         mode=request.queue_mode,
         tool_results=tool_results or None,
         session_is_new=session_is_new,
-        session_locked=session_locked,
+        reads=reads,
         room_counted_first=room_counted_first,
         room_counted_at_commit=room_counted_at_commit,
     )

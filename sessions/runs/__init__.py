@@ -30,7 +30,7 @@ from sessions.runs.compaction import (
 )
 from sessions.runs.delta_window import UNSTREAMED_PARAM
 from sessions.runs.json_mode import response_format_parse
-from sessions.runs.kernel import FIRST_STEP_READS_HEADER, session_lock, transcript_seed_new
+from sessions.runs.kernel import FIRST_STEP_READS_HEADER, transcript_seed_new
 from sessions.runs.lifecycle import (
     RUN_FAILED_UNANSWERED,
     TenantAtCap,
@@ -41,8 +41,10 @@ from sessions.runs.lifecycle import (
 from sessions.runs.step import run_step
 from sessions.runs.submit import (
     SessionClosed,
+    SubmitReads,
     run_submit,
     runs_submit_isolated,
+    submit_reads,
     tenant_recently_at_cap,
     transcript_seed,
     transcript_seed_if_empty_locked,
@@ -58,6 +60,7 @@ __all__ = [
     "compaction_run_requested",
     "RUN_FAILED_UNANSWERED",
     "SessionClosed",
+    "SubmitReads",
     "TenantAtCap",
     "tenant_at_cap_from_commit",
     "UNSTREAMED_PARAM",
@@ -66,7 +69,7 @@ __all__ = [
     "run_step",
     "run_submit",
     "runs_submit_isolated",
-    "session_lock",
+    "submit_reads",
     "tenant_recently_at_cap",
     "terminal_event_from_db",
     "transcript_seed",

@@ -66,10 +66,11 @@ def client_calls_waiting_of(rows: list[tuple]) -> list[ToolCall]:
     return [columns.instance(row) for row in rows]
 
 
-def client_results_check_locked(session: AgentSession, results: dict[str, dict]) -> None:
+def client_results_check_locked(session: AgentSession, results: dict[str, dict],
+                                waiting: list[ToolCall] | None = None) -> None:
     """The client's results must answer exactly the calls waiting in this session. Caller holds the
-    session lock."""
-    waiting = {call.tool_use_id: call for call in _waiting(session)}
+    session lock. `waiting`: those calls, if the caller read them (client_calls_waiting_statement)."""
+    waiting = {call.tool_use_id: call for call in (_waiting(session) if waiting is None else waiting)}
     if not waiting:
         raise Conflict(
             f"No tool calls of session {session.key} are waiting for results: they were answered already, or "

@@ -72,7 +72,7 @@ def tenant_has_capacity_locked(tenant_id) -> bool:
 def tenant_room_locked(tenant_id) -> int:
     """How many more runs the tenant may start now (may be negative after its cap was lowered); locks the
     tenant row like tenant_has_capacity_locked."""
-    return _tenant_room_of(select_together(*tenant_room_statements(tenant_id)))
+    return room_of_tenant_rows(select_together(*tenant_room_statements(tenant_id)))
 
 
 # Constants of the model, not input: safe to write into SQL.
@@ -109,7 +109,7 @@ def tenant_room_statements(tenant_id, *, lock: bool = True,
     )
 
 
-def _tenant_room_of(rows: list[list[tuple]]) -> int:
+def room_of_tenant_rows(rows: list[list[tuple]]) -> int:
     """The room tenant_room_statements' rows give."""
     [(limit,)], [(active, *_)] = rows
     return limit - active
@@ -123,7 +123,7 @@ def tenant_waiting_of(rows: list[list[tuple]]) -> int:
 def tenant_room_and_waiting_locked(tenant_id) -> tuple[int, int]:
     """The tenant's room (tenant_room_locked) and how many of its runs wait for room."""
     rows = select_together(*tenant_room_statements(tenant_id, queued=True))
-    return _tenant_room_of(rows), tenant_waiting_of(rows)
+    return room_of_tenant_rows(rows), tenant_waiting_of(rows)
 
 
 class TenantAtCap(Exception):
@@ -194,10 +194,15 @@ def pending_runs_statement(session_id) -> tuple[str, list]:
     return sql, [session_id, [str(status) for status in (Run.Status.QUEUED, *Run.ACTIVE_STATUSES)]]
 
 
+def pending_runs_of(pending_rows: list[tuple]) -> list[Run]:
+    """The runs of pending_runs_statement's rows."""
+    columns, _ = _pending_sql()
+    return [columns.instance(row) for row in pending_rows]
+
+
 def _next_to_start(pending_rows: list[tuple]) -> Run | None:
     """The session's oldest queued run, if none of its runs is active (pending_runs_statement's rows)."""
-    columns, _ = _pending_sql()
-    pending = [columns.instance(row) for row in pending_rows]
+    pending = pending_runs_of(pending_rows)
     if not pending or any(r.status in Run.ACTIVE_STATUSES for r in pending):
         return None
     return pending[0]
@@ -235,9 +240,9 @@ def _session_advance_with_room(tenant_id, session_id) -> tuple[Run | None, int]:
             client_calls_waiting_statement(session_id), *tenant_room_statements(tenant_id),
         )
         if not session_rows:
-            return None, _tenant_room_of(room_rows)  # (deleted meanwhile)
+            return None, room_of_tenant_rows(room_rows)  # (deleted meanwhile)
         session = session_of_lock_rows(session_rows, session_id)
-        run, room = _next_to_start(pending_rows), _tenant_room_of(room_rows)
+        run, room = _next_to_start(pending_rows), room_of_tenant_rows(room_rows)
         if run is None or room <= 0:
             return None, room
         return run_start_locked(session, run, waiting_calls=client_calls_waiting_of(waiting_calls_rows)), room - 1
@@ -245,7 +250,7 @@ def _session_advance_with_room(tenant_id, session_id) -> tuple[Run | None, int]:
 
 def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = False,
                      room_counted_with_writes: bool = False, room_counted_at_commit: bool = False,
-                     waiting_calls: list[ToolCall] | None = None) -> Run:
+                     waiting_calls: list[ToolCall] | None = None, start_locked: bool = False) -> Run:
     """Put the run's user message in the transcript, mark it running and (after commit) enqueue step 0.
     Saves the run, whether it is new or was waiting. `session_is_new`: see run_submit.
     `room_counted_with_writes` (a new session's run): the tenant's room was not counted yet; it is counted
@@ -255,7 +260,10 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     which fails if the run took the tenant over its cap (tenant_at_cap_from_commit turns that into
     TenantAtCap; step 0, sent by then, finds no run); the writes' round trip then counts without the lock, so
     only starts racing each other for the cap's last slots get as far as the commit. `waiting_calls`: the
-    session's calls waiting for the client, if the caller read them (client_calls_waiting_statement)."""
+    session's calls waiting for the client, if the caller read them (client_calls_waiting_statement).
+    `start_locked` (a session that exists): the caller's transaction holds the run's start lock
+    (kernel.run_start_lock_statement), so `run.started` and step 0 go out now, before the run's writes, and the
+    step's way to a worker overlaps them and the commit; the session's subscribers are told after the commit."""
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.step = 0
@@ -263,6 +271,8 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     updated_rows = () if run._state.adding else ((run, ("status", "started_at", "step")),)
     # Results for tool calls the client was handed go first, as the Messages API wants (client_calls.py).
     content = [*([] if session_is_new else client_results_take_locked(session, run, waiting_calls)), *run.input]
+    if start_locked:
+        run_started_send_before_commit(run, tenant_slug=session.tenant.slug, watched=True)
     # A new run is written with its message, and a new session not written yet with both (one round trip on
     # the way to the first token).
     new_rows = tuple(row for row in (session, run) if row._state.adding)
@@ -292,7 +302,7 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     # checked, with a share lock, only at commit, by which time this transaction holds the row itself.)
     if room:
         waiting = tenant_waiting_of(rows[-2:])
-        if _tenant_room_of(rows[-2:]) + this_run_counted - waiting < 1:  # (no room left for this run)
+        if room_of_tenant_rows(rows[-2:]) + this_run_counted - waiting < 1:  # (no room left for this run)
             raise TenantAtCap()
         if waiting:
             # Room for them as well (a cap raised meanwhile): they need not wait for a run's end.
@@ -303,20 +313,32 @@ def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = 
     if session_is_new:
         reads = first_step_reads(session, run, content, rows[len(start_lock)][0]) if uploads else None
         run_started_send_before_commit(run, tenant_slug=session.tenant.slug, reads=reads)
-    else:
+    elif not start_locked:
         run_started_announce_on_commit(run, tenant_slug=session.tenant.slug)
     return run
 
 
-def run_started_send_before_commit(run: Run, *, tenant_slug: str, reads: dict | None = None) -> None:
-    """Start a run whose row, in a session made in the caller's transaction, its caller has just written
-    as running, holding run_start_lock_statement's lock: mark it queued, publish run_started and send step 0
-    (with `reads`: kernel.first_step_reads) now, in one round trip; once the transaction commits, log and
-    count it. If it rolls back instead, the step finds no run, and the marker and the event lapse."""
+def run_started_send_before_commit(run: Run, *, tenant_slug: str, reads: dict | None = None,
+                                   watched: bool = False) -> None:
+    """Start a run that its caller writes as running in its transaction, holding run_start_lock_statement's
+    lock: mark it queued, publish run_started and send step 0 (with `reads`: kernel.first_step_reads) now, in
+    one round trip; once the transaction commits, log and count it, and with `watched` (a session that may
+    have subscribers) tell the session's subscribers. If it rolls back instead, the step finds no run, and the
+    marker and the event lapse: nobody was told the run's id."""
     run_id, session_id, trigger = run.pk, run.session_id, run.trigger
     _runs_started_send([(run_id, session_id)], tenant_slug, watched=False, mark_queued=True,
                        reads={run_id: reads} if reads is not None else None)
-    transaction.on_commit(lambda: _run_started_note(run_id, session_id, trigger, tenant_slug))
+
+    def started():
+        _run_started_note(run_id, session_id, trigger, tenant_slug)
+        if watched:
+            # Asked after the commit, not with the step, as run_started_announce_on_commit does: no socket is told
+            # of a run that a rollback undid.
+            [followed] = redis_scripts_call([session_watched_command(session_id)])
+            if followed:
+                session_subscribers_notify(session_id, run_id)
+
+    transaction.on_commit(started)
 
 
 def run_started_announce_on_commit(run: Run, *, tenant_slug: str) -> None:
@@ -418,7 +440,7 @@ def tenant_fill_slots(*, tenant_id) -> int:
         first_look = select_together(
             *tenant_room_statements(tenant_id, lock=False), (_waiting_sessions_sql(), [tenant_id, tenant_id])
         )
-        room, waiting = _tenant_room_of(first_look[:2]), first_look[2]
+        room, waiting = room_of_tenant_rows(first_look[:2]), first_look[2]
         started_before = started
         for (session_id,) in waiting:
             if room <= 0:
@@ -445,7 +467,7 @@ def capacity_wait_begin(tenant_id) -> None:
 def _tenant_fill_slots_if_room(tenant_id) -> None:
     # The room alone first: at its cap (the usual case here) the tenant has none, and the waiting sessions'
     # query is left out.
-    if _tenant_room_of(select_together(*tenant_room_statements(tenant_id, lock=False))) > 0:
+    if room_of_tenant_rows(select_together(*tenant_room_statements(tenant_id, lock=False))) > 0:
         tenant_fill_slots(tenant_id=tenant_id)
 
 

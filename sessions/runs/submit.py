@@ -1,19 +1,34 @@
 """Submitting a user turn: the run that will answer it, under the session's queue mode."""
 
 import time
+import uuid
+from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
 
 from beamclaw_project.errors import Conflict
-from beamclaw_project.infra.rows import rows_insert
-from sessions.models import AgentSession, Message, Run
+from beamclaw_project.infra.rows import rows_insert, select_together
+from sessions.models import AgentSession, Message, Run, ToolCall
 from sessions.runs.budget import check_token_budget
-from sessions.runs.client_calls import client_results_check_locked
+from sessions.runs.client_calls import (
+    client_calls_waiting_of,
+    client_calls_waiting_statement,
+    client_results_check_locked,
+)
 from sessions.runs.delta_window import UNSTREAMED_PARAM
-from sessions.runs.kernel import session_lock, transcript_seed_new, transcript_seeded_messages
+from sessions.runs.kernel import (
+    run_start_lock_statement,
+    session_lock_statement,
+    session_of_lock_rows,
+    transcript_seed_new,
+    transcript_seeded_messages,
+)
 from sessions.runs.lifecycle import (
     capacity_wait_begin,
+    pending_runs_of,
+    pending_runs_statement,
+    room_of_tenant_rows,
     run_abort_locked,
     run_end_locked,
     run_start_locked,
@@ -22,12 +37,43 @@ from sessions.runs.lifecycle import (
     tenant_has_capacity_locked,
     tenant_room_and_waiting_locked,
     tenant_room_locked,
+    tenant_room_statements,
 )
 from tenants.models import Agent, Tenant
 
 
 class SessionClosed(Conflict):
     """The session no longer takes messages (an ephemeral session whose request is over)."""
+
+
+@dataclass
+class SubmitReads:
+    """What run_submit decides by in a session that exists, read in one round trip (submit_reads)."""
+
+    session: AgentSession  # locked, its tenant loaded
+    pending: list[Run]  # its queued and active runs, oldest first
+    waiting_calls: list[ToolCall]  # its calls waiting for the client's results, locked
+    room: int  # how many more runs the tenant may start now, counted under the tenant's lock
+    # The id of the run the submit may start. The transaction holds that run's start lock
+    # (kernel.run_start_lock_statement), so its step 0 may go out before the commit and wait for it.
+    run_id: uuid.UUID
+
+
+def submit_reads(session_id, tenant_id) -> SubmitReads:
+    """Lock the session and read what a submit to it decides by, in one round trip: its runs, its calls waiting
+    for the client, the tenant's room (the tenant's row locked after the session's, the order of every lock
+    here) and the start lock of the run it may start. Call inside the transaction that submits. Raises
+    AgentSession.DoesNotExist."""
+    run_id = uuid.uuid4()
+    session_rows, pending_rows, waiting_rows, *room_rows, _ = select_together(
+        session_lock_statement(session_id), pending_runs_statement(session_id),
+        client_calls_waiting_statement(session_id), *tenant_room_statements(tenant_id),
+        run_start_lock_statement(run_id),
+    )
+    return SubmitReads(
+        session=session_of_lock_rows(session_rows, session_id), pending=pending_runs_of(pending_rows),
+        waiting_calls=client_calls_waiting_of(waiting_rows), room=room_of_tenant_rows(room_rows), run_id=run_id,
+    )
 
 
 def run_submit(
@@ -39,7 +85,7 @@ def run_submit(
     mode: str | None = None,
     tool_results: dict[str, dict] | None = None,
     session_is_new: bool = False,
-    session_locked: bool = False,
+    reads: SubmitReads | None = None,
     room_counted_first: bool = False,
     room_counted_at_commit: bool = False,
 ) -> Run:
@@ -62,26 +108,29 @@ def run_submit(
     `room_counted_at_commit` (the caller's transaction is its own, committed right after this: no savepoint
     around it), the room is counted in the commit instead, and the caller's tenant_at_cap_from_commit raises
     TenantAtCap after the rollback.
-    `session_locked`: the caller locked the session (session_lock) in its transaction, still open, and gives
-    that transaction up on a refusal here: no second lock, no savepoint.
+    In a session that exists, the session is locked and what the submit decides by read in one round trip
+    (submit_reads); a run that starts at once sends its `run.started` and step 0 before its writes, which the
+    step waits for (run_start_locked's `start_locked`). `reads`: the caller read them (submit_reads) in its
+    transaction, still open, and gives that transaction up on a refusal here: no savepoint.
     """
     check_token_budget(tenant=session.tenant)
     mode = mode or session.queue_mode
     # A caller that gives up its whole transaction on a refusal here needs no savepoint (each costs two
     # round trips).
-    with transaction.atomic(savepoint=not (session_is_new or session_locked)):
-        locked = session if session_is_new or session_locked else session_lock(session.pk)
+    with transaction.atomic(savepoint=not (session_is_new or reads is not None)):
+        if not session_is_new and reads is None:
+            reads = submit_reads(session.pk, session.tenant_id)
+        locked = session if session_is_new else reads.session
         if tool_results and locked.ephemeral and locked.status == AgentSession.Status.CLOSED:
             raise SessionClosed(f"Session {locked.key} is closed: its tool calls were answered already.")
         if locked.status == AgentSession.Status.CLOSED:
             raise SessionClosed(f"Session {locked.key} is closed.")
         if tool_results:
-            client_results_check_locked(locked, tool_results)
+            client_results_check_locked(locked, tool_results, waiting=reads.waiting_calls if reads else None)
             params = {**(params or {}), "tool_results": tool_results}
         # Workers change a session's runs only under the session lock held here, so this read is current.
-        pending = [] if session_is_new else list(
-            Run.objects.filter(session=locked, status__in=(Run.Status.QUEUED, *Run.ACTIVE_STATUSES)).order_by("created_at")
-        )
+        pending = [] if session_is_new else reads.pending
+        room, waiting_calls = (None, None) if session_is_new else (reads.room, reads.waiting_calls)
         active = next((r for r in pending if r.status in Run.ACTIVE_STATUSES), None)
         queued = [r for r in pending if r.status == Run.Status.QUEUED]
         if active is not None and mode == AgentSession.QueueMode.COLLECT:
@@ -102,9 +151,12 @@ def run_submit(
                 run_end_locked(superseded, Run.Status.ABORTED, error="superseded by a newer message", session=locked)
             queued = []
             run_abort_locked(active, "interrupted by a newer message", locked)
+            # (Its end may have settled calls and freed a slot of the tenant's: read again below.)
+            room, waiting_calls = None, None
             if active.is_terminal:
                 active = None
         run = Run(
+            **({} if session_is_new else {"id": reads.run_id}),
             tenant_id=locked.tenant_id,
             session=locked,
             input=content,
@@ -116,8 +168,9 @@ def run_submit(
                 return run_start_locked(locked, run, session_is_new=True, room_counted_with_writes=True,
                                         room_counted_at_commit=room_counted_at_commit)
             return _new_session_run_start_or_queue_locked(locked, run)
-        if active is None and not queued and tenant_has_capacity_locked(locked.tenant_id):
-            run_start_locked(locked, run)  # the common case: straight to running
+        if active is None and not queued and (room > 0 if room is not None else tenant_has_capacity_locked(locked.tenant_id)):
+            # The common case: straight to running.
+            run_start_locked(locked, run, waiting_calls=waiting_calls, start_locked=True)
             return run
         run.save()
         if active is None:

@@ -308,3 +308,59 @@ def test_a_chat_run_rolled_back_after_its_step_was_sent_leaves_no_trace(worker, 
     assert not Message.objects.filter(run_id=run.pk).exists()
     assert not {events.RUN_COMPLETED, events.RUN_FAILED} & set(_event_kinds(run.pk))
     assert _asked_model(fake_requests, marker) is not own_key
+
+
+# A run that starts at once in a session that exists (a named chat session, the REST API, a WebSocket) also sends
+# step 0 before its writes and commit (run_submit, run_start_locked's `start_locked`): the step waits for the
+# commit to read its run. Here the transaction stays open until a worker holds the step.
+def _session(tenant, marker: str) -> AgentSession:
+    from sessions.services import session_get_or_create
+
+    return session_get_or_create(tenant=tenant.tenant, agent=_assistant(tenant, own_key=False), key=marker)
+
+
+def _turn(session: AgentSession, text: str) -> Run:
+    return run_submit(session=session, content=[{"type": "text", "text": text}], trigger=Run.Trigger.API)
+
+
+def test_a_session_s_run_sent_before_its_commit_asks_the_model_only_after_it(worker, tenant, fake_requests):
+    from django.db import transaction
+
+    marker = f"session-early-{uuid.uuid4().hex[:8]}"
+    session = _session(tenant, marker)
+    with transaction.atomic():
+        run = _turn(session, marker)
+        wait_until(lambda: _worker_holds(run.pk), timeout=30, message="a worker holding step 0")
+        assert not _asked_model(fake_requests, marker)  # it waits to read the run
+        assert _event_kinds(run.pk) == [events.RUN_STARTED]
+    wait_until(lambda: Run.objects.get(pk=run.pk).status == Run.Status.SUCCEEDED, timeout=30, message="the run done")
+    assert [m.content[0]["text"] for m in Message.objects.filter(run_id=run.pk, role="assistant")] == [f"Echo: {marker}"]
+    assert redis_client().get(f"bc:run:{run.pk}:step:0:attempts") == b"1"
+    kinds = _event_kinds(run.pk)
+    assert [kinds[0], kinds[-1]] == [events.RUN_STARTED, events.RUN_COMPLETED]
+    assert kinds.count(events.RUN_STARTED) == 1
+
+
+def test_a_session_s_run_rolled_back_after_its_step_was_sent_leaves_no_trace(worker, tenant, fake_requests):
+    from django.db import transaction
+
+    from sessions.runs.kernel import run_lease_key
+
+    marker = f"session-rolled-back-{uuid.uuid4().hex[:8]}"
+    session = _session(tenant, marker)
+    try:
+        with transaction.atomic():
+            run = _turn(session, marker)
+            wait_until(lambda: _worker_holds(run.pk), timeout=30, message="a worker holding step 0")
+            raise RuntimeError("the request fails before its commit")
+    except RuntimeError:
+        pass
+    wait_until(lambda: redis_client().get(run_lease_key(run.pk)) is None, timeout=30, message="the step let go")
+    assert not Run.objects.filter(pk=run.pk).exists()
+    assert not Message.objects.filter(run_id=run.pk).exists()
+    assert not _asked_model(fake_requests, marker)
+    # The session is as it was: its next turn runs.
+    session.refresh_from_db()
+    assert session.next_seq == 1
+    again = _turn(session, marker + " again")
+    wait_until(lambda: Run.objects.get(pk=again.pk).status == Run.Status.SUCCEEDED, timeout=30, message="the next run")

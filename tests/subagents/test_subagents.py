@@ -59,11 +59,16 @@ def announcements(session: AgentSession) -> list[Message]:
 
 
 def answered_announcement(parent: AgentSession) -> Run:
-    """The parent run that answered the announcement (its own run, or the run it steered into)."""
+    """The parent run that answered the announcement: its own run, or the run it steered into (which took it in
+    with a step's tool results, a message of no run's own)."""
     def answered():
-        for message in announcements(parent):
-            if message.run is not None and message.run.is_terminal:
-                return message.run
+        if not announcements(parent):
+            return None
+        for announcing in Run.objects.filter(session=parent, trigger=Run.Trigger.SUBAGENT).order_by("created_at"):
+            merged_into = announcing.params.get("merged_into")
+            answering = Run.objects.get(pk=merged_into) if merged_into else announcing
+            if answering.is_terminal:
+                return answering
         return None
 
     return wait_until(answered, timeout=60, message="a parent run to answer the announcement")
