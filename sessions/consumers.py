@@ -345,10 +345,15 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         except DomainError as exc:
             await self._respond(request_id, error=domain_error_frame(exc))
         else:
-            await self._respond(request_id, payload)
+            responded = None
             if frame["method"] == "chat.send":
-                # Only after the response: the run's events must not reach the client before the run's id.
-                self._tail(payload["run_id"])
+                # Started now, so that its first reads of the stream overlap the response; its events wait for the
+                # response, which must reach the client first: the run's id.
+                responded = asyncio.Event()
+                self._tail(payload["run_id"], after=responded)
+            await self._respond(request_id, payload)
+            if responded is not None:
+                responded.set()
 
     @staticmethod
     def _parse(text_data, bytes_data) -> tuple[dict | None, str | None]:
@@ -491,15 +496,19 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             self.subscriptions.add(session_id)
             await notify.subscribe(session_id, self.channel_name)
 
-    def _tail(self, run_id: str) -> None:
+    def _tail(self, run_id: str, *, after: asyncio.Event | None = None) -> None:
+        """Forward the run's events to the client; with `after`, none before it is set."""
         if run_id not in self.tails:
-            self.tails[run_id] = asyncio.ensure_future(self._forward_events(run_id))
+            self.tails[run_id] = asyncio.ensure_future(self._forward_events(run_id, after))
 
-    async def _forward_events(self, run_id: str) -> None:
+    async def _forward_events(self, run_id: str, after: asyncio.Event | None = None) -> None:
         try:
             async for event in follow_run(run_id):
                 if event is None or not self._first_approval_copy(event.event, event.payload):
                     continue
+                if after is not None:
+                    await after.wait()
+                    after = None
                 await self.send_json(
                     {"type": "event", "event": event.event, "payload": {**event.payload, "run_id": run_id}, "seq": event.seq}
                 )

@@ -14,9 +14,9 @@ import uuid
 import weakref
 
 import redis
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from beamclaw_project.infra.channel_layer import group_send_later, send_later
 from beamclaw_project.infra.redis import Command, async_redis
 
 SUBSCRIPTION_TTL_SECONDS = 24 * 3600
@@ -51,11 +51,23 @@ def session_watched_command(session_id) -> Command:
 
 
 def session_subscribers_notify(session_id, run_id) -> None:
-    layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(
-            session_group(session_id), {"type": "run.started", "run_id": str(run_id), "session_id": str(session_id)}
-        )
+    """Tell the sockets that follow the session that the run started; sent without waiting (group_send_later)."""
+    group_send_later(session_group(session_id), _run_started_message(session_id, run_id),
+                     what=f"run {run_id} started in session {session_id}")
+
+
+def session_subscribers_notify_if_any(session_id, run_id) -> None:
+    """session_subscribers_notify if a socket follows the session (session_watched_command), both without
+    waiting: the EXISTS is asked on the loop that sends (send_later)."""
+    async def send():
+        if await async_redis().exists(_subscribers_key(session_id)):
+            await get_channel_layer().group_send(session_group(session_id), _run_started_message(session_id, run_id))
+
+    send_later(send, what=f"run {run_id} started in session {session_id}")
+
+
+def _run_started_message(session_id, run_id) -> dict:
+    return {"type": "run.started", "run_id": str(run_id), "session_id": str(session_id)}
 
 
 # --- subscriptions after Redis lost its data -------------------------------------------------------

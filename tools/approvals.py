@@ -29,12 +29,11 @@ import json
 import logging
 from datetime import timedelta
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from beamclaw_project.infra.channel_layer import group_send_later
 from sessions import events
 from tenants.models import Agent
 from tools import registry
@@ -153,12 +152,9 @@ def _announce(approval: Approval, event: str, run_id=None) -> None:
     def send():
         if run_id is not None:
             events.publish(run_id, event, payload)
-        try:
-            async_to_sync(get_channel_layer().group_send)(
-                tenant_approvals_group(tenant_id), {"type": "approval.event", "event": event, "payload": payload}
-            )
-        except Exception:  # noqa: BLE001 - a missed notification must not undo the decision; REST still shows it
-            logger.exception("could not notify WebSocket clients about approval %s", payload["approval_id"])
+        # (Sent without waiting; a failure is logged, and must not undo the decision: REST still shows it.)
+        group_send_later(tenant_approvals_group(tenant_id), {"type": "approval.event", "event": event, "payload": payload},
+                         what=f"approval {payload['approval_id']} {event}")
 
     transaction.on_commit(send)
 

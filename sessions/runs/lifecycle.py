@@ -19,7 +19,7 @@ from beamclaw_project.infra.redis import Command, redis_client, redis_scripts_ca
 from beamclaw_project.infra.rows import Columns, rows_write, rows_write_at_commit, select_all, select_together
 from sessions import events
 from sessions.models import AgentSession, Message, Run, ToolCall
-from sessions.notify import session_subscribers_notify, session_watched_command
+from sessions.notify import session_subscribers_notify, session_subscribers_notify_if_any, session_watched_command
 from sessions.runs.budget import record_tokens_call, record_tokens_counted
 from sessions.runs.client_calls import (
     client_calls_of,
@@ -333,10 +333,9 @@ def run_started_send_before_commit(run: Run, *, tenant_slug: str, reads: dict | 
         _run_started_note(run_id, session_id, trigger, tenant_slug)
         if watched:
             # Asked after the commit, not with the step, as run_started_announce_on_commit does: no socket is told
-            # of a run that a rollback undid.
-            [followed] = redis_scripts_call([session_watched_command(session_id)])
-            if followed:
-                session_subscribers_notify(session_id, run_id)
+            # of a run that a rollback undid. (Asked and sent without waiting: the submitter's answer does not
+            # wait for other sockets.)
+            session_subscribers_notify_if_any(session_id, run_id)
 
     transaction.on_commit(started)
 
