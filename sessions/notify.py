@@ -60,8 +60,9 @@ def session_subscribers_notify_if_any(session_id, run_id) -> None:
     """session_subscribers_notify if a socket follows the session (session_watched_command), both without
     waiting: the EXISTS is asked on the loop that sends (send_later)."""
     async def send():
-        if await async_redis().exists(_subscribers_key(session_id)):
-            await get_channel_layer().group_send(session_group(session_id), _run_started_message(session_id, run_id))
+        layer = get_channel_layer()
+        if layer is not None and await async_redis().exists(_subscribers_key(session_id)):
+            await layer.group_send(session_group(session_id), _run_started_message(session_id, run_id))
 
     send_later(send, what=f"run {run_id} started in session {session_id}")
 

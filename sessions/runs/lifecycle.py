@@ -251,7 +251,8 @@ def _session_advance_with_room(tenant_id, session_id) -> tuple[Run | None, int]:
 def run_start_locked(session: AgentSession, run: Run, *, session_is_new: bool = False,
                      room_counted_with_writes: bool = False, room_counted_at_commit: bool = False,
                      waiting_calls: list[ToolCall] | None = None, start_locked: bool = False) -> Run:
-    """Put the run's user message in the transcript, mark it running and (after commit) enqueue step 0.
+    """Put the run's user message in the transcript, mark it running and enqueue step 0: after commit, or before
+    it with `session_is_new` or `start_locked`.
     Saves the run, whether it is new or was waiting. `session_is_new`: see run_submit.
     `room_counted_with_writes` (a new session's run): the tenant's room was not counted yet; it is counted
     in the round trip of the run's writes, after them (so counting this run), and TenantAtCap raised when
