@@ -386,9 +386,11 @@ class GatewayClient:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def stream(self, prompt: str) -> StreamResult:
-        # No `user`: every request gets an ephemeral session.
+    async def stream(self, prompt: str, user: str | None = None) -> StreamResult:
+        # Without `user`, every request gets an ephemeral session; with it, the named session's next turn.
         request = {"model": self.agent, "messages": [{"role": "user", "content": prompt}], "stream": True}
+        if user is not None:
+            request["user"] = user
         body = json.dumps(request).encode()
         parts: list[str] = []
         text_at: list[float] = []

@@ -25,6 +25,7 @@ import json
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +37,7 @@ import gateway_bench as gb  # noqa: E402
 
 RESULTS_PATH = gb.ROOT / "bench" / "results" / "load.json"
 CPU_RUNS = 200
+NAMED_RUNS, SESSION_TURNS = 100, 4
 THROUGHPUT_RUNS = 600
 THROUGHPUT_CLIENTS = 32
 STREAMING_RUNS = 600
@@ -100,11 +102,20 @@ async def measure_cpu_per_run(gateway: gb.GatewayClient, direct: gb.DirectClient
     per_run = {name: round(seconds * 1000 / CPU_RUNS, 2) for name, seconds in used.items()}
     per_run["web + worker"] = round(per_run["daphne"] + per_run["worker"], 2)
     ttft = gb.compare(direct_results, results, "ttft")
+    # The same in named sessions (`user`), a conversation of SESSION_TURNS turns each: the REST API's, a
+    # WebSocket's and Discord's runs take the same way (a session that exists).
+    named = []
+    for i in range(NAMED_RUNS):
+        if i % SESSION_TURNS == 0:
+            user = f"bench-{uuid.uuid4().hex[:8]}"
+        named.append(await gateway.stream(prompt, user=user))
+    named_ttft = gb.compare(direct_results, named, "ttft")
     return {
         "runs": CPU_RUNS,
         "failed": sum(not r.is_exact(gb.LATENCY_REPLY) for r in results),
         "ms_per_run": per_run,
-        "ttft_ms": {"direct_p50": ttft["direct"]["p50"], "gateway_p50": ttft["gateway"]["p50"], "added_p50": ttft["added"]["p50"]},
+        "ttft_ms": {"direct_p50": ttft["direct"]["p50"], "gateway_p50": ttft["gateway"]["p50"], "added_p50": ttft["added"]["p50"],
+                    "named_session_added_p50": named_ttft["added"]["p50"]},
     }
 
 
@@ -193,7 +204,7 @@ def print_report(results: dict) -> None:
     cpu = results["cpu_per_run"]
     ttft = cpu["ttft_ms"]
     print(f"\n1. TTFT p50 at c=1: direct {ttft['direct_p50']:.1f} ms, gateway {ttft['gateway_p50']:.1f} ms, "
-          f"added {ttft['added_p50']:+.1f} ms")
+          f"added {ttft['added_p50']:+.1f} ms; in a named session (`user`) added {ttft['named_session_added_p50']:+.1f} ms")
     print(f"   CPU per simple run ({cpu['runs']} sequential streaming runs, {cpu['failed']} failed), ms per run")
     print(gb.format_table(list(cpu["ms_per_run"]), [[f"{v:.1f}" for v in cpu["ms_per_run"].values()]]))
     t = results["throughput"]
