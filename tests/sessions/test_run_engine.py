@@ -285,29 +285,39 @@ def test_a_chat_run_s_step_sent_before_its_commit_ends_the_run_only_after_it(wor
 
 @pytest.mark.parametrize("own_key", [False, True], ids=["reads-sent-with-the-step", "agent-with-its-own-key"])
 def test_a_chat_run_rolled_back_after_its_step_was_sent_leaves_no_trace(worker, tenant, fake_requests, own_key):
-    from django.db import transaction
-
     from sessions.chat import chat_start
-    from sessions.runs.kernel import run_lease_key
 
     agent = _assistant(tenant, own_key=own_key)
     marker = f"rolled-back-{uuid.uuid4().hex[:8]}"
+    run = _rolled_back_once_a_worker_holds_its_step(
+        lambda: chat_start(tenant=tenant.tenant, agent=agent, request=_chat_request(marker, stream=True)).run,
+        meanwhile=None if own_key else lambda run: events.TEXT_DELTA in _event_kinds(run.pk),
+    )
+    # (With the run read, the step did not even ask the model.)
+    assert not {events.RUN_COMPLETED, events.RUN_FAILED} & set(_event_kinds(run.pk))
+    assert _asked_model(fake_requests, marker) is not own_key
+
+
+def _rolled_back_once_a_worker_holds_its_step(start, *, meanwhile=None) -> Run:
+    """The run `start()` submits in a transaction that rolls back once a worker holds its step 0 (and
+    `meanwhile(run)` is true, if given), returned once the worker let go of the step: it wrote nothing."""
+    from django.db import transaction
+
+    from sessions.runs.kernel import run_lease_key
+
     try:
         with transaction.atomic():
-            run = chat_start(tenant=tenant.tenant, agent=agent, request=_chat_request(marker, stream=True)).run
+            run = start()
             wait_until(lambda: _worker_holds(run.pk), timeout=30, message="a worker holding step 0")
-            if not own_key:
-                wait_until(lambda: events.TEXT_DELTA in _event_kinds(run.pk), timeout=30, message="the reply streaming")
+            if meanwhile is not None:
+                wait_until(lambda: meanwhile(run), timeout=30, message="the reply streaming")
             raise RuntimeError("the request fails before its commit")
     except RuntimeError:
         pass
-    # Once the transaction is gone the worker lets go of the step: it wrote nothing and ended nothing (with the
-    # run read, it did not even ask the model).
     wait_until(lambda: redis_client().get(run_lease_key(run.pk)) is None, timeout=30, message="the step let go")
     assert not Run.objects.filter(pk=run.pk).exists()
     assert not Message.objects.filter(run_id=run.pk).exists()
-    assert not {events.RUN_COMPLETED, events.RUN_FAILED} & set(_event_kinds(run.pk))
-    assert _asked_model(fake_requests, marker) is not own_key
+    return run
 
 
 # A run that starts at once in a session that exists (a named chat session, the REST API, a WebSocket) also sends
@@ -342,22 +352,9 @@ def test_a_session_s_run_sent_before_its_commit_asks_the_model_only_after_it(wor
 
 
 def test_a_session_s_run_rolled_back_after_its_step_was_sent_leaves_no_trace(worker, tenant, fake_requests):
-    from django.db import transaction
-
-    from sessions.runs.kernel import run_lease_key
-
     marker = f"session-rolled-back-{uuid.uuid4().hex[:8]}"
     session = _session(tenant, marker)
-    try:
-        with transaction.atomic():
-            run = _turn(session, marker)
-            wait_until(lambda: _worker_holds(run.pk), timeout=30, message="a worker holding step 0")
-            raise RuntimeError("the request fails before its commit")
-    except RuntimeError:
-        pass
-    wait_until(lambda: redis_client().get(run_lease_key(run.pk)) is None, timeout=30, message="the step let go")
-    assert not Run.objects.filter(pk=run.pk).exists()
-    assert not Message.objects.filter(run_id=run.pk).exists()
+    _rolled_back_once_a_worker_holds_its_step(lambda: _turn(session, marker))
     assert not _asked_model(fake_requests, marker)
     # The session is as it was: its next turn runs.
     session.refresh_from_db()
